@@ -1,0 +1,3 @@
+from square_mirror.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The `square-mirror` console script: one entry point that dispatches to each room's command module.
+
+A command module exposes ``HELP``, ``configure(parser)`` and ``run(args) -> int`` (sync or async);
+it is imported only when its command runs, so `square-mirror webhooks` never loads the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from square_mirror import __version__
+from square_mirror.db import DatabaseUnavailable
+from square_mirror.settings import SettingsError
+
+# command -> (module, one-line help). Modules own their flags.
+COMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
+}
+# Commands that parse their own argv (the emulator shares no code with the rest).
+PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {
+    "emulator": ("emulator.cli", "run the local Square emulator (see emulator/README.md)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="square-mirror",
+        description="A live, exact Postgres mirror of Square Customer Directories.",
+        epilog="Configuration comes from the environment; see the README's configuration table.",
+    )
+    parser.add_argument("--version", action="version", version=f"square-mirror {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=getattr(module, "HELP", help_text))
+        module.configure(command)
+        command.set_defaults(_module=module_name)
+    for name, (_module_name, help_text) in PASSTHROUGH.items():
+        command = sub.add_parser(name, help=help_text, add_help=False)
+        command.add_argument("argv", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in PASSTHROUGH:
+        module = importlib.import_module(PASSTHROUGH[args_list[0]][0])
+        result: int = module.main(args_list[1:])
+        return result
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    module = importlib.import_module(args._module)
+    try:
+        outcome = module.run(args)
+        if inspect.isawaitable(outcome):
+            outcome = asyncio.run(outcome)  # type: ignore[arg-type]
+        return int(outcome or 0)
+    except (SettingsError, DatabaseUnavailable) as exc:
+        print(f"square-mirror: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

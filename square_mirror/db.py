@@ -1,0 +1,98 @@
+"""Postgres access shared by every process: pool creation, JSON codecs and the migration."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import orjson
+
+SCHEMA_VERSION: Final = 1
+# Arbitrary constant: serialises concurrent `migrate` runs against one database.
+_MIGRATE_LOCK_KEY: Final = 0x5371_4D69
+
+
+class DatabaseUnavailable(RuntimeError):
+    """DATABASE_URL is set but the server cannot be reached; never silently replaced by a fallback."""
+
+
+def schema_sql() -> str:
+    """schema.sql from the installed wheel, or from the source tree in a development checkout."""
+    packaged = resources.files("square_mirror").joinpath("sql/schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"DATABASE_URL is set but Postgres cannot be reached: {exc}") from None
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            init=init_connection,
+            # pgbouncer in transaction mode cannot keep prepared statements across transactions.
+            statement_cache_size=100,
+            max_inactive_connection_lifetime=300.0,
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"DATABASE_URL is set but Postgres cannot be reached: {exc}") from None
+    assert pool is not None
+    return pool
+
+
+async def migrate(dsn: str) -> int:
+    """Apply schema.sql (idempotent) under an advisory lock; returns the schema version now in place."""
+    conn = await connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK_KEY)
+        try:
+            await conn.execute(schema_sql())
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_KEY)
+        version: int = await conn.fetchval("SELECT max(version) FROM square.schema_version")
+        return version
+    finally:
+        await conn.close()
+
+
+async def describe_schema(dsn: str) -> list[tuple[str, str, list[str]]]:
+    """(kind, name, columns) of every table and view in schema square, for `migrate --print`."""
+    conn = await connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT c.relname, CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind,
+                   array_agg(a.attname ORDER BY a.attnum) AS columns
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE n.nspname = 'square' AND c.relkind IN ('r', 'v')
+            GROUP BY c.relname, c.relkind
+            ORDER BY kind, c.relname
+            """
+        )
+        return [(r["kind"], r["relname"], list(r["columns"])) for r in rows]
+    finally:
+        await conn.close()

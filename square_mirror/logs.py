@@ -1,0 +1,140 @@
+"""Structured JSON logs that can never carry customer PII or secrets.
+
+Redaction is a structlog processor, so it applies to every line whoever wrote it: keys that name PII or
+secrets are masked at any depth, and string values are scrubbed of e-mail addresses, bearer tokens and the
+configured secret values. Context (merchant_id, customer_id, event_id) is bound with contextvars per request
+or job.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, Final, TextIO
+
+import orjson
+import structlog
+
+REDACTED: Final = "[REDACTED]"
+
+PII_KEYS: Final = frozenset(
+    {
+        "given_name", "family_name", "nickname", "company_name", "email_address", "email", "phone_number",
+        "phone", "address", "address_line_1", "address_line_2", "address_line_3", "locality", "sublocality",
+        "postal_code", "first_name", "last_name", "note", "birthday", "tax_ids", "eu_vat", "name_on_card",
+    }
+)
+SECRET_KEYS: Final = frozenset(
+    {
+        "token", "access_token", "authorization", "signature_key", "signature_keys", "password", "secret",
+        "x-square-hmacsha256-signature", "signature", "database_url", "redis_url", "dsn", "cookie",
+    }
+)
+_EMAIL_RE: Final = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_BEARER_RE: Final = re.compile(r"(?i)bearer\s+[\w.~+/=-]+")
+_URL_PASSWORD_RE: Final = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+
+_secret_values: tuple[str, ...] = ()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
+    global _secret_values
+    _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
+
+
+def _scrub_text(text: str) -> str:
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _URL_PASSWORD_RE.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
+    text = _BEARER_RE.sub("Bearer " + REDACTED, text)
+    return _EMAIL_RE.sub(REDACTED, text)
+
+
+def redact(value: Any, *, depth: int = 0) -> Any:
+    """Mask PII and secrets in any JSON-like value, nested containers included."""
+    if depth > 20:
+        return REDACTED
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if name.lower() in PII_KEYS or name.lower() in SECRET_KEYS:
+                out[name] = REDACTED if item is not None else None
+            else:
+                out[name] = redact(item, depth=depth + 1)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(item, depth=depth + 1) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in PII_KEYS or key.lower() in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif key != "exception":
+            event_dict[key] = redact(event_dict[key])
+        else:
+            event_dict[key] = _scrub_text(str(event_dict[key]))
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=lambda o: str(o)).decode()
+
+
+def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+    """JSON lines on stdout; the redactor runs last before rendering so nothing slips past it."""
+    register_secrets(secrets)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_processor,
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that log through the standard library (aiohttp, arq) go through the same redactor.
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact_processor,
+                structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+            ],
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.stdlib.add_logger_name,
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)
+
+
+bind_context = structlog.contextvars.bind_contextvars
+clear_context = structlog.contextvars.clear_contextvars
+bound_context = structlog.contextvars.bound_contextvars

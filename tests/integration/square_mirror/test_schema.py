@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from square_mirror.db import SCHEMA_VERSION, connect, migrate
+
+TABLES = {
+    "schema_version", "merchants", "customers", "customer_groups", "customer_segments",
+    "customer_group_members", "customer_segment_members", "customer_merges", "webhook_events", "sync_runs",
+    "sync_state",
+}
+VIEWS = {"customers_current", "customer_id_resolution", "customer_group_memberships", "customer_segment_memberships"}
+
+
+async def test_schema_applies_twice_and_creates_every_table_view_and_the_reader_role(db_dsn: str) -> None:
+    assert await migrate(db_dsn) == SCHEMA_VERSION
+    assert await migrate(db_dsn) == SCHEMA_VERSION
+    conn = await connect(db_dsn)
+    try:
+        tables = {r[0] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema='square' AND table_type='BASE TABLE'")}
+        views = {r[0] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.views WHERE table_schema='square'")}
+        assert tables >= TABLES
+        assert views >= VIEWS
+        assert await conn.fetchval("SELECT count(*) FROM square.schema_version") == 1
+        assert await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader'") == 1
+        assert await conn.fetchval(
+            "SELECT has_table_privilege('square_mirror_reader', 'square.customers', 'SELECT')")
+        assert not await conn.fetchval(
+            "SELECT has_table_privilege('square_mirror_reader', 'square.customers', 'INSERT')")
+    finally:
+        await conn.close()
+
+
+async def test_every_primary_key_starts_with_merchant_id(db_pool: asyncpg.Pool) -> None:
+    rows = await db_pool.fetch(
+        """
+        SELECT c.relname AS table_name, a.attname AS first_column
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+        WHERE i.indisprimary AND n.nspname = 'square' AND c.relname NOT IN ('schema_version')
+        """
+    )
+    assert rows, "no primary keys found"
+    assert {r["table_name"]: r["first_column"] for r in rows} == {r["table_name"]: "merchant_id" for r in rows}
+
+
+async def _add_customer(pool: asyncpg.Pool, cid: str, *, deleted: bool = False, merged_into: str | None = None) -> None:
+    await pool.execute(
+        "INSERT INTO square.customers (merchant_id, id, version, given_name, deleted_at, merged_into)"
+        " VALUES ('M', $1, 0, 'X', CASE WHEN $2 THEN now() END, $3)",
+        cid, deleted, merged_into,
+    )
+
+
+async def test_id_resolution_follows_merge_chains_of_any_length(db_pool: asyncpg.Pool) -> None:
+    # A+B -> C, C+D -> E, E -> F (three hops for A); G deleted plainly.
+    for cid, into in (("A", "C"), ("B", "C"), ("C", "E"), ("D", "E"), ("E", "F")):
+        await _add_customer(db_pool, cid, deleted=True, merged_into=into)
+        await db_pool.execute(
+            "INSERT INTO square.customer_merges (merchant_id, from_customer_id, to_customer_id) VALUES ('M', $1, $2)",
+            cid, into,
+        )
+    await _add_customer(db_pool, "F")
+    await _add_customer(db_pool, "G", deleted=True)
+    rows = await db_pool.fetch(
+        "SELECT customer_id, current_customer_id, merge_depth FROM square.customer_id_resolution WHERE merchant_id='M'")
+    resolved = {r["customer_id"]: (r["current_customer_id"], r["merge_depth"]) for r in rows}
+    assert resolved["A"] == ("F", 3)
+    assert resolved["D"] == ("F", 2)
+    assert resolved["F"] == ("F", 0)
+    assert resolved["G"] == (None, 0)
+    live = await db_pool.fetch("SELECT id FROM square.customers_current WHERE merchant_id='M'")
+    assert [r["id"] for r in live] == ["F"]
+
+
+async def test_membership_views_carry_names(db_pool: asyncpg.Pool) -> None:
+    await db_pool.execute("INSERT INTO square.customer_groups (merchant_id, id, name) VALUES ('M','G1','VIP')")
+    await db_pool.execute("INSERT INTO square.customer_segments (merchant_id, id, name) VALUES ('M','S1','Lunch')")
+    await db_pool.execute(
+        "INSERT INTO square.customer_group_members (merchant_id, group_id, customer_id) VALUES ('M','G1','C')")
+    await db_pool.execute(
+        "INSERT INTO square.customer_segment_members (merchant_id, segment_id, customer_id) VALUES ('M','S1','C')")
+    assert await db_pool.fetchval("SELECT group_name FROM square.customer_group_memberships") == "VIP"
+    assert await db_pool.fetchval("SELECT segment_name FROM square.customer_segment_memberships") == "Lunch"
+
+
+async def test_outcome_column_rejects_unknown_values(db_pool: asyncpg.Pool) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db_pool.execute(
+            "INSERT INTO square.webhook_events (merchant_id, event_id, type, outcome) VALUES ('M','E','t','great')")

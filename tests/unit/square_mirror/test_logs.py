@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from square_mirror.logs import REDACTED, bound_context, configure_logging, get_logger, redact
+
+CUSTOMER = {
+    "id": "CUST1",
+    "given_name": "Amelia",
+    "family_name": "Earhart",
+    "email_address": "amelia.earhart@example.com",
+    "phone_number": "+12065551212",
+    "address": {"address_line_1": "500 Electric Ave", "locality": "New York"},
+    "note": "likes window seats",
+    "birthday": "1897-07-24",
+    "version": 3,
+}
+PII_VALUES = ("Amelia", "Earhart", "amelia.earhart@example.com", "+12065551212", "500 Electric Ave",
+              "window seats", "1897-07-24")
+
+
+@pytest.fixture
+def log_stream() -> io.StringIO:
+    stream = io.StringIO()
+    configure_logging("DEBUG", secrets=["EAAA-very-secret-token", "sig-key-123456"], stream=stream)
+    return stream
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_pii_fields_are_redacted_at_any_depth(log_stream: io.StringIO) -> None:
+    get_logger().info("fetched", response={"customer": CUSTOMER}, customers=[CUSTOMER], **CUSTOMER)
+    output = log_stream.getvalue()
+    for value in PII_VALUES:
+        assert value not in output
+    line = _lines(log_stream)[0]
+    assert line["id"] == "CUST1" and line["version"] == 3
+    assert line["given_name"] == REDACTED
+
+
+def test_secrets_and_emails_are_scrubbed_from_free_text(log_stream: io.StringIO) -> None:
+    get_logger().warning(
+        "call failed with header Authorization: Bearer EAAA-very-secret-token for bob@example.org",
+        detail="key sig-key-123456 rejected",
+        dsn_hint="postgresql://app:pw123456@db/mirror",
+    )
+    output = log_stream.getvalue()
+    for leaked in ("EAAA-very-secret-token", "bob@example.org", "sig-key-123456", "pw123456"):
+        assert leaked not in output
+
+
+def test_context_is_bound_and_lines_are_json(log_stream: io.StringIO) -> None:
+    with bound_context(merchant_id="M1", customer_id="C1", event_id="E1"):
+        get_logger().info("applied", outcome="applied")
+    get_logger().info("after")
+    first, second = _lines(log_stream)
+    assert (first["merchant_id"], first["customer_id"], first["event_id"]) == ("M1", "C1", "E1")
+    assert first["level"] == "info" and "timestamp" in first
+    assert "merchant_id" not in second
+
+
+def test_standard_library_logging_goes_through_the_redactor(log_stream: io.StringIO) -> None:
+    import logging
+
+    logging.getLogger("some.library").error("request to %s failed", "carol@example.net")
+    output = log_stream.getvalue()
+    assert "carol@example.net" not in output and "request to" in output
+
+
+def test_redact_keeps_non_pii_values() -> None:
+    assert redact({"outcome": "stale", "latency_ms": 1.5, "ids": ["A", "B"]}) == {
+        "outcome": "stale", "latency_ms": 1.5, "ids": ["A", "B"]
+    }
+    assert redact({"nested": {"email": "x@y.io"}}) == {"nested": {"email": REDACTED}}

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from square_mirror.constants import DEFAULT_SQUARE_BASE_URL, DEFAULT_SQUARE_VERSION
+from square_mirror.settings import Secret, Settings, SettingsError
+
+
+def test_defaults_apply_when_environment_is_empty() -> None:
+    settings = Settings.from_env({})
+    assert settings.square_base_url == DEFAULT_SQUARE_BASE_URL
+    assert settings.square_version == DEFAULT_SQUARE_VERSION
+    assert settings.database_url is None
+    assert settings.log_level == "INFO"
+
+
+def test_require_database_url_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings.from_env({}).require_database_url()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://x@y/z"),
+        ("REDIS_URL", "http://localhost"),
+        ("SQUARE_BASE_URL", "ftp://connect.squareup.com"),
+        ("SQUARE_BASE_URL", "https://connect.squareup.com/v2"),
+        ("SQUARE_VERSION", "2025-8-20"),
+        ("SQUARE_WEBHOOK_NOTIFICATION_URL", "not a url"),
+        ("SQUARE_WEBHOOK_SIGNATURE_KEY", "key1,,key2"),
+        ("LOG_LEVEL", "CHATTY"),
+        ("WEBHOOK_MAX_BODY_BYTES", "-5"),
+        ("SQUARE_ACCESS_TOKEN", "two words"),
+    ],
+)
+def test_malformed_value_fails_with_the_variable_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_signature_keys_are_split_for_rotation() -> None:
+    settings = Settings.from_env({"SQUARE_WEBHOOK_SIGNATURE_KEY": "old-key-1, new-key-2"})
+    assert [k.reveal() for k in settings.webhook_signature_keys] == ["old-key-1", "new-key-2"]
+
+
+def test_notification_url_keeps_its_trailing_slash_because_the_signature_covers_it() -> None:
+    settings = Settings.from_env({"SQUARE_WEBHOOK_NOTIFICATION_URL": "https://example.com/hook/"})
+    assert settings.webhook_notification_url == "https://example.com/hook/"
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://app:hunter2pw@db:5432/mirror",
+            "SQUARE_ACCESS_TOKEN": "EAAAsupersecrettoken",
+            "SQUARE_WEBHOOK_SIGNATURE_KEY": "sigkey-abcdef",
+        }
+    )
+    text = repr(settings) + str(settings)
+    for secret in ("hunter2pw", "EAAAsupersecrettoken", "sigkey-abcdef"):
+        assert secret not in text
+    assert set(settings.secrets()) >= {"EAAAsupersecrettoken", "sigkey-abcdef"}
+
+
+def test_secret_compares_by_value_but_hides_it() -> None:
+    assert Secret("abc") == Secret("abc")
+    assert "abc" not in repr(Secret("abc"))
+
+
+def test_tokens_file_is_validated_at_start_up(tmp_path: Path) -> None:
+    good = tmp_path / "tokens.json"
+    good.write_text(json.dumps({"MERCHANT1": "tok-1", "MERCHANT2": "tok-2"}))
+    assert Settings.from_env({"SQUARE_TOKENS_FILE": str(good)}).square_tokens_file == good
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SettingsError, match="SQUARE_TOKENS_FILE"):
+        Settings.from_env({"SQUARE_TOKENS_FILE": str(bad)})
+    with pytest.raises(SettingsError, match="SQUARE_TOKENS_FILE"):
+        Settings.from_env({"SQUARE_TOKENS_FILE": str(tmp_path / "missing.json")})
+    empty_token = tmp_path / "empty.json"
+    empty_token.write_text(json.dumps({"MERCHANT1": ""}))
+    with pytest.raises(SettingsError, match="MERCHANT1"):
+        Settings.from_env({"SQUARE_TOKENS_FILE": str(empty_token)})
+
+
+def test_tokens_file_errors_never_echo_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"bad merchant id!": "EAAAleakme"}))
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"SQUARE_TOKENS_FILE": str(path)})
+    assert "EAAAleakme" not in str(info.value)

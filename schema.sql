@@ -169,6 +169,19 @@ CREATE TABLE IF NOT EXISTS square.sync_state (
     PRIMARY KEY (merchant_id, lane)
 );
 
+-- The staleness rule, in one place: may a customer snapshot observed at new_observed replace the stored row?
+-- A tombstone is final; a higher version wins; an equal version wins only when observed later (segment
+-- membership changes without a version bump). The upsert's ON CONFLICT guard calls exactly this.
+CREATE OR REPLACE FUNCTION square.customer_snapshot_wins(
+    stored_deleted_at timestamptz, stored_version bigint, stored_observed_at timestamptz,
+    new_version bigint, new_observed_at timestamptz
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT stored_deleted_at IS NULL
+       AND (new_version > stored_version
+            OR (new_version = stored_version AND new_observed_at > stored_observed_at))
+$$;
+
 -- Views for analysts ---------------------------------------------------------------------------------
 
 CREATE OR REPLACE VIEW square.customers_current AS

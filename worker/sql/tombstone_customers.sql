@@ -1,0 +1,21 @@
+-- Tombstone customers (plain delete, or merged away when $4 is set) and drop their memberships.
+-- A tombstone row is written even for an ID the mirror never saw, so a late create cannot resurrect it.
+-- $1 merchant_id, $2 text[] ids, $3 deleted_at, $4 merged_into (NULL for a plain delete), $5 last version or NULL.
+WITH marked AS (
+    INSERT INTO square.customers AS c (merchant_id, id, version, deleted_at, merged_into, observed_at, synced_at)
+    SELECT $1, x, COALESCE($5::bigint, 0), $3, $4, now(), now()
+    FROM unnest($2::text[]) AS x
+    ORDER BY x
+    ON CONFLICT (merchant_id, id) DO UPDATE SET
+        deleted_at = COALESCE(c.deleted_at, EXCLUDED.deleted_at),
+        merged_into = COALESCE(c.merged_into, EXCLUDED.merged_into),
+        version = GREATEST(c.version, COALESCE($5::bigint, c.version)),
+        synced_at = now()
+    WHERE c.deleted_at IS NULL OR (c.merged_into IS NULL AND EXCLUDED.merged_into IS NOT NULL)
+    RETURNING c.id
+), drop_groups AS (
+    DELETE FROM square.customer_group_members WHERE merchant_id = $1 AND customer_id = ANY ($2::text[])
+), drop_segments AS (
+    DELETE FROM square.customer_segment_members WHERE merchant_id = $1 AND customer_id = ANY ($2::text[])
+)
+SELECT id FROM marked;

@@ -1,0 +1,170 @@
+"""Every write the worker, backfill and reconcile make to the mirror, each one idempotent and version-guarded.
+
+The SQL lives in ``worker/sql/*.sql``. Webhook jobs, backfill pages and reconcile lanes all write through
+these functions, so the staleness rule (``square.customer_snapshot_wins`` in schema.sql) and the merge rule
+(:func:`apply_merge`) hold whoever writes and whatever the interleaving of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import asyncpg
+
+_SQL_DIR: Final = Path(__file__).with_name("sql")
+DefinitionKind = Literal["groups", "segments"]
+_DEFINITIONS: Final[dict[str, dict[str, str]]] = {
+    "groups": {
+        "table": "customer_groups", "members": "customer_group_members", "member_key": "group_id",
+        "array_column": "group_ids",
+    },
+    "segments": {
+        "table": "customer_segments", "members": "customer_segment_members", "member_key": "segment_id",
+        "array_column": "segment_ids",
+    },
+}
+
+
+@cache
+def sql(name: str, kind: str | None = None) -> str:
+    text = (_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+    return text.format(**_DEFINITIONS[kind]) if kind else text
+
+
+def latest_per_id(customers: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One snapshot per customer ID (the highest version): a statement may touch a row only once."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for customer in customers:
+        cid = customer.get("id")
+        if not isinstance(cid, str) or not cid:
+            continue
+        held = best.get(cid)
+        if held is None or int(customer.get("version") or 0) >= int(held.get("version") or 0):
+            best[cid] = customer
+    return [best[k] for k in sorted(best)]
+
+
+async def upsert_customers(
+    conn: asyncpg.Connection, merchant_id: str, customers: Sequence[Mapping[str, Any]], observed_at: datetime
+) -> set[str]:
+    """Write full snapshots where they win the staleness rule; returns the IDs actually written."""
+    batch = latest_per_id(customers)
+    if not batch:
+        return set()
+    rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at)
+    return {r["id"] for r in rows}
+
+
+async def tombstone_customers(
+    conn: asyncpg.Connection,
+    merchant_id: str,
+    customer_ids: Sequence[str],
+    deleted_at: datetime,
+    *,
+    merged_into: str | None = None,
+    version: int | None = None,
+) -> set[str]:
+    """Mark customers deleted (or merged away); returns the IDs whose tombstone is new or newly merge-linked."""
+    ids = sorted({c for c in customer_ids if c and c != merged_into})
+    if not ids:
+        return set()
+    rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version)
+    return {r["id"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    recorded: set[str]
+    tombstoned: set[str]
+
+
+async def apply_merge(
+    conn: asyncpg.Connection,
+    merchant_id: str,
+    from_customer_ids: Sequence[str],
+    to_customer_id: str,
+    merged_at: datetime,
+    *,
+    source: str,
+    event_id: str | None = None,
+) -> MergeResult:
+    """The merge rule: record from -> to lineage and tombstone every merged-away ID with merged_into.
+
+    Lineage is written once (the first statement wins) and tombstones are final, so replaying any merge
+    event, or learning the same merge from a RetrieveCustomer redirect, changes nothing. The target is
+    never tombstoned here; syncing its profile is the caller's next step.
+    """
+    sources = sorted({f for f in from_customer_ids if f and f != to_customer_id})
+    if not sources:
+        return MergeResult(set(), set())
+    rows = await conn.fetch(
+        sql("record_merges"), merchant_id, sources, to_customer_id, merged_at, source, event_id
+    )
+    tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
+    return MergeResult({r["from_customer_id"] for r in rows}, tombstoned)
+
+
+async def upsert_definitions(
+    conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind, definitions: Sequence[Mapping[str, Any]]
+) -> set[str]:
+    unique = {d["id"]: d for d in definitions if isinstance(d.get("id"), str)}
+    if not unique:
+        return set()
+    rows = await conn.fetch(sql("upsert_definitions", kind), merchant_id, [unique[k] for k in sorted(unique)])
+    return {r["id"] for r in rows}
+
+
+async def tombstone_definitions(
+    conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind, ids: Sequence[str], deleted_at: datetime
+) -> set[str]:
+    if not ids:
+        return set()
+    rows = await conn.fetch(sql("tombstone_definitions", kind), merchant_id, sorted(set(ids)), deleted_at)
+    return {r["id"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDiff:
+    removed: int
+    added: int
+    unknown: list[str]  # members the mirror has no customer row for yet: the caller syncs them
+
+
+async def replace_segment_members(
+    conn: asyncpg.Connection, merchant_id: str, segment_id: str, member_ids: Sequence[str], observed_at: datetime
+) -> SegmentDiff:
+    row = await conn.fetchrow(
+        sql("replace_segment_members"), merchant_id, segment_id, sorted(set(member_ids)), observed_at
+    )
+    assert row is not None
+    return SegmentDiff(int(row["removed"]), int(row["added"]), list(row["unknown"]))
+
+
+async def known_definition_ids(conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind) -> set[str]:
+    table = _DEFINITIONS[kind]["table"]
+    rows = await conn.fetch(f"SELECT id FROM square.{table} WHERE merchant_id = $1", merchant_id)  # noqa: S608
+    return {r["id"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCustomer:
+    version: int
+    deleted: bool
+    merged_into: str | None
+
+
+async def stored_customers(
+    conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, customer_ids: Sequence[str]
+) -> dict[str, StoredCustomer]:
+    rows = await conn.fetch(
+        "SELECT id, version, deleted_at IS NOT NULL AS deleted, merged_into FROM square.customers"
+        " WHERE merchant_id = $1 AND id = ANY ($2::text[])",
+        merchant_id,
+        list(customer_ids),
+    )
+    return {r["id"]: StoredCustomer(r["version"], r["deleted"], r["merged_into"]) for r in rows}

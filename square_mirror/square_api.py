@@ -1,0 +1,431 @@
+"""The one Square API client: auth per merchant, pinned version, retries, the shared rate limit.
+
+Endpoint paths, page limits and the API version live here and nowhere else. Retries cover 429, 5xx,
+timeouts and connection errors, with exponential backoff and full jitter, honouring Retry-After when Square
+sends it. 401/403 are never retried: the merchant is reported unauthorized through ``on_unauthorized``.
+Bad answers (HTML error pages, truncated JSON, a 200 carrying ``errors``, oversize bodies) become
+:class:`SquareBadResponse` with a clear message instead of reaching the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import aiohttp
+import orjson
+
+from square_mirror.logs import get_logger
+from square_mirror.metrics import RATE_LIMIT_WAIT_SECONDS, SQUARE_RATE_LIMITED, SQUARE_REQUEST_SECONDS, SQUARE_REQUESTS
+from square_mirror.ratelimit import RateLimiter
+from square_mirror.settings import Settings
+from square_mirror.tokens import NoToken, TokenSource
+
+log = get_logger(__name__)
+
+# Endpoints (Square API paths) and page limits.
+RETRIEVE_CUSTOMER: Final = "/v2/customers/{customer_id}"
+BULK_RETRIEVE_CUSTOMERS: Final = "/v2/customers/bulk-retrieve"
+LIST_CUSTOMERS: Final = "/v2/customers"
+SEARCH_CUSTOMERS: Final = "/v2/customers/search"
+LIST_GROUPS: Final = "/v2/customers/groups"
+RETRIEVE_GROUP: Final = "/v2/customers/groups/{group_id}"
+LIST_SEGMENTS: Final = "/v2/customers/segments"
+RETRIEVE_SEGMENT: Final = "/v2/customers/segments/{segment_id}"
+SEARCH_EVENTS: Final = "/v2/events"
+RETRIEVE_MERCHANT: Final = "/v2/merchants/{merchant_id}"
+
+CUSTOMERS_PAGE_LIMIT: Final = 100
+BULK_RETRIEVE_LIMIT: Final = 100
+GROUPS_PAGE_LIMIT: Final = 50
+SEGMENTS_PAGE_LIMIT: Final = 50
+EVENTS_PAGE_LIMIT: Final = 100
+SEGMENT_FILTER_LIMIT: Final = 3
+
+MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+RETRY_AFTER_CAP_SECONDS: Final = 60.0
+
+
+class SquareError(Exception):
+    """Square answered with an error, or an answer the client cannot use."""
+
+    def __init__(self, message: str, *, status: int | None = None, errors: list[dict[str, Any]] | None = None,
+                 endpoint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.errors = errors or []
+        self.endpoint = endpoint
+
+    @property
+    def codes(self) -> list[str]:
+        return [str(e.get("code")) for e in self.errors]
+
+
+class SquareNotFound(SquareError):
+    pass
+
+
+class SquareUnauthorized(SquareError):
+    def __init__(self, message: str, *, merchant_id: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.merchant_id = merchant_id
+
+
+class SquareRateLimited(SquareError):
+    """429 after every retry; ``retry_after`` is Square's hint in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class SquareUnavailable(SquareError):
+    """5xx, timeouts or connection failures that outlasted the retries: transient, try again later."""
+
+
+class SquareBadResponse(SquareError):
+    """An answer that is not the JSON object Square documents (HTML page, truncated body, 200 with errors)."""
+
+
+class SquareInvalidRequest(SquareError):
+    """A 4xx other than 401/403/404/429: the request itself is wrong (e.g. INVALID_CURSOR, BAD_REQUEST)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.2
+    max_delay: float = 20.0
+    deadline: float = 60.0  # total seconds one call may spend, retries included
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, min(seconds, RETRY_AFTER_CAP_SECONDS))
+
+
+UnauthorizedHook = Callable[[str, str], Awaitable[None]]
+
+
+class SquareClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        version: str,
+        tokens: TokenSource,
+        rate_limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 15.0,
+        session: aiohttp.ClientSession | None = None,
+        on_unauthorized: UnauthorizedHook | None = None,
+        max_connections: int = 200,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.version = version
+        self.tokens = tokens
+        self.rate_limiter = rate_limiter
+        self.retry = retry or RetryPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(5.0, timeout))
+        self._session = session
+        self._owns_session = session is None
+        self._max_connections = max_connections
+        self.on_unauthorized = on_unauthorized
+        self.requests_made = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> SquareClient:
+        return cls(
+            base_url=settings.square_base_url,
+            version=settings.square_version,
+            tokens=kw.pop("tokens", None) or TokenSource.from_settings(settings),
+            **kw,
+        )
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+            )
+            self._owns_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> SquareClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the one request path ------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        merchant_id: str,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str | int] | None = None,
+        body: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """One Square call with retries; returns the JSON object or raises a :class:`SquareError`."""
+        if token is None:
+            try:
+                token = self.tokens.token_for(merchant_id)
+            except NoToken as exc:
+                raise SquareUnauthorized(str(exc), merchant_id=merchant_id, endpoint=endpoint) from None
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Square-Version": self.version,
+            "Accept": "application/json",
+        }
+        data: bytes | None = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        url = self.base_url + path
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            if self.rate_limiter is not None:
+                waited = await self.rate_limiter.acquire(merchant_id)
+                if waited:
+                    RATE_LIMIT_WAIT_SECONDS.inc(waited)
+            try:
+                return await self._attempt(merchant_id, method, url, endpoint, headers, params, data)
+            except (SquareRateLimited, SquareUnavailable, SquareBadResponse) as exc:
+                attempt += 1
+                delay = self.retry.backoff(attempt)
+                if isinstance(exc, SquareRateLimited) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                if attempt >= self.retry.attempts or time.monotonic() - started + delay > self.retry.deadline:
+                    raise
+                log.info("square_retry", endpoint=endpoint, attempt=attempt, status=exc.status,
+                         delay=round(delay, 3), error=type(exc).__name__)
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        merchant_id: str,
+        method: str,
+        url: str,
+        endpoint: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str | int] | None,
+        data: bytes | None,
+    ) -> dict[str, Any]:
+        begun = time.monotonic()
+        self.requests_made += 1
+        try:
+            async with self._http().request(method, url, headers=headers, params=params, data=data) as response:
+                status = response.status
+                raw = await _read_limited(response)
+                content_type = response.headers.get("Content-Type", "")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            SQUARE_REQUESTS.labels(endpoint, "error").inc()
+            raise SquareUnavailable(f"{endpoint}: {type(exc).__name__}", endpoint=endpoint) from None
+        finally:
+            SQUARE_REQUEST_SECONDS.labels(endpoint).observe(time.monotonic() - begun)
+        SQUARE_REQUESTS.labels(endpoint, str(status)).inc()
+        payload = _decode(raw, content_type)
+        errors = _errors_of(payload)
+        if status == 429:
+            SQUARE_RATE_LIMITED.labels(endpoint).inc()
+            raise SquareRateLimited(f"{endpoint}: 429 RATE_LIMITED", status=status, errors=errors, endpoint=endpoint,
+                                    retry_after=retry_after)
+        if status in (401, 403):
+            message = f"{endpoint}: {status} {', '.join(str(e.get('code')) for e in errors) or 'unauthorized'}"
+            if self.on_unauthorized is not None:
+                await self.on_unauthorized(merchant_id, message)
+            raise SquareUnauthorized(message, merchant_id=merchant_id, status=status, errors=errors, endpoint=endpoint)
+        if status >= 500:
+            raise SquareUnavailable(f"{endpoint}: HTTP {status}", status=status, errors=errors, endpoint=endpoint)
+        if status == 404:
+            raise SquareNotFound(f"{endpoint}: 404 NOT_FOUND", status=status, errors=errors, endpoint=endpoint)
+        if status >= 400:
+            codes = ", ".join(str(e.get("code")) for e in errors) or f"HTTP {status}"
+            raise SquareInvalidRequest(f"{endpoint}: {status} {codes}", status=status, errors=errors,
+                                       endpoint=endpoint)
+        if payload is None:
+            raise SquareBadResponse(
+                f"{endpoint}: HTTP {status} with a body that is not a JSON object ({content_type or 'no type'})",
+                status=status, endpoint=endpoint)
+        if errors and endpoint not in _BULK_ENDPOINTS:
+            raise SquareBadResponse(f"{endpoint}: HTTP {status} carrying errors", status=status, errors=errors,
+                                    endpoint=endpoint)
+        return payload
+
+    # -- Customers ----------------------------------------------------------------------------------------
+
+    async def retrieve_customer(self, merchant_id: str, customer_id: str) -> dict[str, Any] | None:
+        """The profile for this ID (for a merged-away ID Square answers with the merge target), or None on 404."""
+        try:
+            payload = await self.request(merchant_id, "GET", RETRIEVE_CUSTOMER.format(customer_id=_quote(customer_id)),
+                                         endpoint="RetrieveCustomer")
+        except SquareNotFound:
+            return None
+        customer = payload.get("customer")
+        if not isinstance(customer, dict) or not isinstance(customer.get("id"), str):
+            raise SquareBadResponse("RetrieveCustomer: response has no customer object", endpoint="RetrieveCustomer")
+        return customer
+
+    async def bulk_retrieve_customers(
+        self, merchant_id: str, customer_ids: list[str]
+    ) -> dict[str, dict[str, Any] | None]:
+        """requested ID -> profile, or None where Square answered NOT_FOUND for that item."""
+        if not 1 <= len(customer_ids) <= BULK_RETRIEVE_LIMIT:
+            raise ValueError(f"BulkRetrieveCustomers takes 1 to {BULK_RETRIEVE_LIMIT} IDs")
+        payload = await self.request(merchant_id, "POST", BULK_RETRIEVE_CUSTOMERS,
+                                     body={"customer_ids": customer_ids}, endpoint="BulkRetrieveCustomers")
+        responses = payload.get("responses")
+        if not isinstance(responses, dict):
+            if payload.get("errors"):
+                raise SquareBadResponse("BulkRetrieveCustomers: request-level errors", errors=_errors_of(payload),
+                                        endpoint="BulkRetrieveCustomers")
+            raise SquareBadResponse("BulkRetrieveCustomers: no responses map", endpoint="BulkRetrieveCustomers")
+        result: dict[str, dict[str, Any] | None] = {}
+        for requested in customer_ids:
+            item = responses.get(requested)
+            if not isinstance(item, dict):
+                raise SquareBadResponse(f"BulkRetrieveCustomers: no result for a requested ID ({requested})",
+                                        endpoint="BulkRetrieveCustomers")
+            customer = item.get("customer")
+            if isinstance(customer, dict) and isinstance(customer.get("id"), str):
+                result[requested] = customer
+                continue
+            codes = [str(e.get("code")) for e in _errors_of(item) or []]
+            if "NOT_FOUND" in codes:
+                result[requested] = None
+            else:
+                raise SquareBadResponse(f"BulkRetrieveCustomers: item error {codes or 'without customer'}",
+                                        errors=_errors_of(item), endpoint="BulkRetrieveCustomers")
+        return result
+
+    async def list_customers(self, merchant_id: str, *, cursor: str | None = None, limit: int = CUSTOMERS_PAGE_LIMIT,
+                             sort_field: str = "CREATED_AT", sort_order: str = "ASC") -> dict[str, Any]:
+        params: dict[str, str | int] = {"limit": limit, "sort_field": sort_field, "sort_order": sort_order}
+        if cursor:
+            params["cursor"] = cursor
+        return await self.request(merchant_id, "GET", LIST_CUSTOMERS, params=params, endpoint="ListCustomers")
+
+    async def search_customers(self, merchant_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request(merchant_id, "POST", SEARCH_CUSTOMERS, body=body, endpoint="SearchCustomers")
+
+    # -- Groups and segments ------------------------------------------------------------------------------
+
+    async def list_groups(self, merchant_id: str, *, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, str | int] = {"limit": GROUPS_PAGE_LIMIT}
+        if cursor:
+            params["cursor"] = cursor
+        return await self.request(merchant_id, "GET", LIST_GROUPS, params=params, endpoint="ListCustomerGroups")
+
+    async def retrieve_group(self, merchant_id: str, group_id: str) -> dict[str, Any] | None:
+        try:
+            payload = await self.request(merchant_id, "GET", RETRIEVE_GROUP.format(group_id=_quote(group_id)),
+                                         endpoint="RetrieveCustomerGroup")
+        except SquareNotFound:
+            return None
+        group = payload.get("group")
+        return group if isinstance(group, dict) else None
+
+    async def list_segments(self, merchant_id: str, *, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, str | int] = {"limit": SEGMENTS_PAGE_LIMIT}
+        if cursor:
+            params["cursor"] = cursor
+        return await self.request(merchant_id, "GET", LIST_SEGMENTS, params=params, endpoint="ListCustomerSegments")
+
+    async def retrieve_segment(self, merchant_id: str, segment_id: str) -> dict[str, Any] | None:
+        try:
+            payload = await self.request(merchant_id, "GET", RETRIEVE_SEGMENT.format(segment_id=_quote(segment_id)),
+                                         endpoint="RetrieveCustomerSegment")
+        except SquareNotFound:
+            return None
+        segment = payload.get("segment")
+        return segment if isinstance(segment, dict) else None
+
+    # -- Events and merchants -----------------------------------------------------------------------------
+
+    async def search_events(self, merchant_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request(merchant_id, "POST", SEARCH_EVENTS, body=body, endpoint="SearchEvents")
+
+    async def retrieve_own_merchant_id(self, token: str) -> str:
+        """The merchant a token belongs to (RetrieveMerchant with the ID ``me``)."""
+        payload = await self.request("me", "GET", RETRIEVE_MERCHANT.format(merchant_id="me"),
+                                     endpoint="RetrieveMerchant", token=token)
+        merchant = payload.get("merchant")
+        if not isinstance(merchant, dict) or not isinstance(merchant.get("id"), str):
+            raise SquareBadResponse("RetrieveMerchant: no merchant object", endpoint="RetrieveMerchant")
+        merchant_id: str = merchant["id"]
+        return merchant_id
+
+
+_BULK_ENDPOINTS: Final = frozenset({"BulkRetrieveCustomers"})
+
+
+def _quote(segment: str) -> str:
+    from urllib.parse import quote
+
+    return quote(segment, safe="")
+
+
+async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        raise SquareBadResponse(f"response of {declared} bytes exceeds the {MAX_RESPONSE_BYTES} byte limit",
+                                status=response.status)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise SquareBadResponse(f"response exceeds the {MAX_RESPONSE_BYTES} byte limit", status=response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, content_type: str) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    if "json" not in content_type.lower():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _errors_of(payload: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not payload:
+        return []
+    errors = payload.get("errors")
+    if not isinstance(errors, list):
+        return []
+    return [e for e in errors if isinstance(e, dict)]

@@ -1,0 +1,88 @@
+"""Access tokens per merchant: one token for a single seller, or a JSON file for apps serving many.
+
+The file is re-read when it changes (checked at most once a second), so replacing a revoked token needs no
+restart. A file that turns malformed while running keeps the last good tokens and logs the problem.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from square_mirror.logs import get_logger
+from square_mirror.settings import Secret, Settings, SettingsError, load_tokens_file
+
+log = get_logger(__name__)
+
+
+class NoToken(LookupError):
+    """No access token is configured for this merchant."""
+
+
+class TokenSource:
+    def __init__(self, *, single: Secret | None = None, path: Path | None = None, single_merchant: str | None = None):
+        self._single = single
+        self._single_merchant = single_merchant
+        self._path = path
+        self._tokens: dict[str, Secret] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self.generation = 0  # bumped on every reload, so callers can notice a replaced token
+        if path is not None:
+            self._reload(force=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenSource:
+        return cls(
+            single=settings.square_access_token,
+            path=settings.square_tokens_file,
+            single_merchant=settings.square_merchant_id,
+        )
+
+    def _reload(self, *, force: bool = False) -> None:
+        if self._path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            mtime = self._path.stat().st_mtime
+        except OSError:
+            if force:
+                raise SettingsError(f"SQUARE_TOKENS_FILE {str(self._path)!r} does not exist") from None
+            return
+        if not force and mtime == self._mtime:
+            return
+        try:
+            tokens = load_tokens_file(self._path)
+        except SettingsError as exc:
+            if force:
+                raise
+            log.error("tokens_file_invalid_keeping_previous", error=str(exc))
+            self._mtime = mtime
+            return
+        self._tokens, self._mtime = tokens, mtime
+        self.generation += 1
+        log.info("tokens_file_loaded", merchants=len(tokens))
+
+    def token_for(self, merchant_id: str) -> str:
+        self._reload()
+        token = self._tokens.get(merchant_id)
+        if token is not None:
+            return token.reveal()
+        if self._single is not None:
+            return self._single.reveal()
+        raise NoToken(f"no access token configured for merchant {merchant_id}")
+
+    def merchants(self) -> list[str]:
+        """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token)."""
+        self._reload()
+        known = set(self._tokens)
+        if self._single is not None and self._single_merchant:
+            known.add(self._single_merchant)
+        return sorted(known)
+
+    @property
+    def has_single_token(self) -> bool:
+        return self._single is not None

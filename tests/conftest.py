@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from square_mirror.db import create_pool, migrate
+from tests.scripted_square import square  # noqa: F401  (fixture: a scripted Square HTTP server)
 from tests.services import ConfiguredServiceUnreachable, Services, start_services, with_database, with_redis_db
 
 DatabaseFactory = Callable[[], Awaitable[str]]

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 _SQL_DIR: Final = Path(__file__).with_name("sql")
+# A plain connection or one borrowed from a pool; every function runs in the caller's transaction.
+Conn = asyncpg.Connection | PoolConnectionProxy
 DefinitionKind = Literal["groups", "segments"]
 _DEFINITIONS: Final[dict[str, dict[str, str]]] = {
     "groups": {
@@ -50,7 +53,7 @@ def latest_per_id(customers: Iterable[Mapping[str, Any]]) -> list[Mapping[str, A
 
 
 async def upsert_customers(
-    conn: asyncpg.Connection, merchant_id: str, customers: Sequence[Mapping[str, Any]], observed_at: datetime
+    conn: Conn, merchant_id: str, customers: Sequence[Mapping[str, Any]], observed_at: datetime
 ) -> set[str]:
     """Write full snapshots where they win the staleness rule; returns the IDs actually written."""
     batch = latest_per_id(customers)
@@ -61,7 +64,7 @@ async def upsert_customers(
 
 
 async def tombstone_customers(
-    conn: asyncpg.Connection,
+    conn: Conn,
     merchant_id: str,
     customer_ids: Sequence[str],
     deleted_at: datetime,
@@ -84,7 +87,7 @@ class MergeResult:
 
 
 async def apply_merge(
-    conn: asyncpg.Connection,
+    conn: Conn,
     merchant_id: str,
     from_customer_ids: Sequence[str],
     to_customer_id: str,
@@ -110,7 +113,7 @@ async def apply_merge(
 
 
 async def upsert_definitions(
-    conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind, definitions: Sequence[Mapping[str, Any]]
+    conn: Conn, merchant_id: str, kind: DefinitionKind, definitions: Sequence[Mapping[str, Any]]
 ) -> set[str]:
     unique = {d["id"]: d for d in definitions if isinstance(d.get("id"), str)}
     if not unique:
@@ -120,7 +123,7 @@ async def upsert_definitions(
 
 
 async def tombstone_definitions(
-    conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind, ids: Sequence[str], deleted_at: datetime
+    conn: Conn, merchant_id: str, kind: DefinitionKind, ids: Sequence[str], deleted_at: datetime
 ) -> set[str]:
     if not ids:
         return set()
@@ -136,7 +139,7 @@ class SegmentDiff:
 
 
 async def replace_segment_members(
-    conn: asyncpg.Connection, merchant_id: str, segment_id: str, member_ids: Sequence[str], observed_at: datetime
+    conn: Conn, merchant_id: str, segment_id: str, member_ids: Sequence[str], observed_at: datetime
 ) -> SegmentDiff:
     row = await conn.fetchrow(
         sql("replace_segment_members"), merchant_id, segment_id, sorted(set(member_ids)), observed_at
@@ -145,7 +148,7 @@ async def replace_segment_members(
     return SegmentDiff(int(row["removed"]), int(row["added"]), list(row["unknown"]))
 
 
-async def known_definition_ids(conn: asyncpg.Connection, merchant_id: str, kind: DefinitionKind) -> set[str]:
+async def known_definition_ids(conn: Conn, merchant_id: str, kind: DefinitionKind) -> set[str]:
     table = _DEFINITIONS[kind]["table"]
     rows = await conn.fetch(f"SELECT id FROM square.{table} WHERE merchant_id = $1", merchant_id)  # noqa: S608
     return {r["id"] for r in rows}
@@ -159,7 +162,7 @@ class StoredCustomer:
 
 
 async def stored_customers(
-    conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str, customer_ids: Sequence[str]
+    conn: Conn | asyncpg.Pool, merchant_id: str, customer_ids: Sequence[str]
 ) -> dict[str, StoredCustomer]:
     rows = await conn.fetch(
         "SELECT id, version, deleted_at IS NOT NULL AS deleted, merged_into FROM square.customers"
@@ -168,3 +171,31 @@ async def stored_customers(
         list(customer_ids),
     )
     return {r["id"]: StoredCustomer(r["version"], r["deleted"], r["merged_into"]) for r in rows}
+
+
+async def set_merchant_auth(
+    conn: Conn | asyncpg.Pool, merchant_id: str, *, ok: bool, error: str | None = None
+) -> None:
+    """Record whether the merchant's token works; status and metrics read it, a replaced token clears it."""
+    status = "ok" if ok else "unauthorized"
+    await conn.execute(
+        """
+        INSERT INTO square.merchants AS m (merchant_id, auth_status, auth_error, auth_changed_at)
+        VALUES ($1, $2, $3, now())
+        ON CONFLICT (merchant_id) DO UPDATE SET
+            auth_status = EXCLUDED.auth_status,
+            auth_error = EXCLUDED.auth_error,
+            auth_changed_at = CASE WHEN m.auth_status = EXCLUDED.auth_status THEN m.auth_changed_at ELSE now() END,
+            updated_at = now()
+        WHERE m.auth_status IS DISTINCT FROM EXCLUDED.auth_status OR m.auth_error IS DISTINCT FROM EXCLUDED.auth_error
+        """,
+        merchant_id,
+        status,
+        error,
+    )
+
+
+async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO square.merchants (merchant_id) VALUES ($1) ON CONFLICT (merchant_id) DO NOTHING", merchant_id
+    )

@@ -64,6 +64,14 @@ class Settings:
     webhook_path: str = "/square/webhooks"
     webhook_max_body_bytes: int = 256 * 1024
     log_level: str = "INFO"
+    square_max_requests_per_second: float = 50.0
+    square_request_burst: int = 100
+    square_timeout_seconds: float = 15.0
+    worker_max_jobs: int = 200
+    worker_poll_delay: float = 0.05
+    worker_metrics_port: int = 9101
+    backfill_concurrency: int = 8
+    reconcile_overlap_seconds: float = 120.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def require_database_url(self) -> str:
@@ -109,6 +117,14 @@ class Settings:
             webhook_path=_webhook_path(env),
             webhook_max_body_bytes=_positive_int(env, "WEBHOOK_MAX_BODY_BYTES", 256 * 1024),
             log_level=_log_level(env),
+            square_max_requests_per_second=_number(env, "SQUARE_MAX_REQUESTS_PER_SECOND", 50.0, minimum=0.0),
+            square_request_burst=_positive_int(env, "SQUARE_REQUEST_BURST", 100),
+            square_timeout_seconds=_number(env, "SQUARE_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            worker_max_jobs=_positive_int(env, "WORKER_MAX_JOBS", 200),
+            worker_poll_delay=_number(env, "WORKER_POLL_DELAY", 0.05, minimum=0.001),
+            worker_metrics_port=_port(env, "WORKER_METRICS_PORT", 9101),
+            backfill_concurrency=_positive_int(env, "BACKFILL_CONCURRENCY", 8),
+            reconcile_overlap_seconds=_number(env, "RECONCILE_OVERLAP_SECONDS", 120.0, minimum=0.0),
         )
 
 
@@ -236,6 +252,33 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if number <= 0:
         raise SettingsError(f"{name} must be positive, got {number}")
     return number
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if number != number or number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port; 0 turns the listener off."""
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a port number (0 to disable), got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{name} must be between 0 and 65535, got {port}")
+    return port
 
 
 def _log_level(env: Mapping[str, str]) -> str:

@@ -94,3 +94,19 @@ def test_tokens_file_errors_never_echo_a_token(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"SQUARE_TOKENS_FILE": str(path)})
     assert "EAAAleakme" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SQUARE_MAX_REQUESTS_PER_SECOND", "-1"), ("SQUARE_MAX_REQUESTS_PER_SECOND", "nan"), ("WORKER_POLL_DELAY", "x"),
+     ("WORKER_METRICS_PORT", "70000"), ("BACKFILL_CONCURRENCY", "0")],
+)
+def test_tuning_values_are_validated(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_zero_disables_rate_limit_and_metrics_port() -> None:
+    settings = Settings.from_env({"SQUARE_MAX_REQUESTS_PER_SECOND": "0", "WORKER_METRICS_PORT": "0"})
+    assert settings.square_max_requests_per_second == 0
+    assert settings.worker_metrics_port == 0

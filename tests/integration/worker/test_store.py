@@ -174,7 +174,10 @@ async def test_any_delivery_order_converges_to_the_same_row(
     results = []
     for sequence in (ops, shuffled):
         async with db_pool.acquire() as conn:
-            await conn.execute("DELETE FROM square.customers; DELETE FROM square.customer_segment_members")
+            await conn.execute(
+                "TRUNCATE square.customers, square.customer_segment_members, square.customer_versions,"
+                " square.customer_segment_membership_history"
+            )
             for kind, version, observed in sequence:
                 if kind == "snap":
                     segs = [f"S{version}-{int(observed)}"]

@@ -1,0 +1,150 @@
+"""`square-mirror status`: is the mirror healthy, per merchant, at a glance (and as a probe or cron check)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from square_mirror.constants import QUEUE_NAME
+from square_mirror.db import DatabaseUnavailable, connect
+from square_mirror.settings import Settings
+
+HELP = (
+    "Per merchant: last event processed and its lag, failed events, last backfill and reconcile runs, token "
+    "status; plus queue depth. Exits 1 when unhealthy (unauthorized merchant, failed last run, queue older "
+    "than --max-queue-age, failed events with --strict), 2 when Postgres or Redis cannot be reached."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--max-queue-age", type=float, default=300.0,
+                        help="seconds the oldest queued event may wait before status is unhealthy (default 300)")
+    parser.add_argument("--strict", action="store_true", help="failed events (see redrive) also make it unhealthy")
+
+
+_MERCHANTS_SQL = """
+WITH known AS (
+    SELECT merchant_id FROM square.merchants
+    UNION SELECT DISTINCT merchant_id FROM square.sync_runs
+    UNION SELECT DISTINCT merchant_id FROM square.webhook_events
+)
+SELECT k.merchant_id,
+       m.auth_status, m.auth_error, m.auth_changed_at,
+       e.last_processed_at, e.last_event_created_at, e.last_lag_seconds,
+       (SELECT count(*) FROM square.webhook_events f WHERE f.merchant_id = k.merchant_id AND f.outcome = 'failed')
+           AS failed_events,
+       (SELECT count(*) FROM square.customers c WHERE c.merchant_id = k.merchant_id AND c.deleted_at IS NULL)
+           AS live_customers
+FROM known k
+LEFT JOIN square.merchants m ON m.merchant_id = k.merchant_id
+LEFT JOIN LATERAL (
+    SELECT w.processed_at AS last_processed_at, w.created_at AS last_event_created_at,
+           extract(epoch FROM (w.processed_at - coalesce(w.created_at, w.received_at))) AS last_lag_seconds
+    FROM square.webhook_events w
+    WHERE w.merchant_id = k.merchant_id AND w.processed_at IS NOT NULL
+    ORDER BY w.processed_at DESC
+    LIMIT 1
+) e ON true
+ORDER BY k.merchant_id
+"""
+
+_RUNS_SQL = """
+SELECT DISTINCT ON (merchant_id, kind) merchant_id, kind, run_id, status, started_at, finished_at, counts, error
+FROM square.sync_runs
+ORDER BY merchant_id, kind, started_at DESC
+"""
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tuple[dict[str, Any], int]:
+    problems: list[str] = []
+    report: dict[str, Any] = {"checked_at": datetime.now(UTC).isoformat(), "merchants": {}, "queue": None}
+    try:
+        conn = await connect(settings.require_database_url())
+    except DatabaseUnavailable as exc:
+        return {"error": str(exc)}, 2
+    try:
+        merchant_rows = await conn.fetch(_MERCHANTS_SQL)
+        run_rows = await conn.fetch(_RUNS_SQL)
+    finally:
+        await conn.close()
+    for row in merchant_rows:
+        entry = {
+            "auth_status": row["auth_status"] or "ok",
+            "auth_error": row["auth_error"],
+            "last_event_processed_at": _iso(row["last_processed_at"]),
+            "last_event_lag_seconds": round(float(row["last_lag_seconds"]), 3)
+            if row["last_lag_seconds"] is not None else None,
+            "failed_events": row["failed_events"],
+            "live_customers": row["live_customers"],
+            "runs": {},
+        }
+        if entry["auth_status"] == "unauthorized":
+            problems.append(f"{row['merchant_id']}: unauthorized ({row['auth_error'] or 'token rejected'})")
+        if strict and row["failed_events"]:
+            problems.append(f"{row['merchant_id']}: {row['failed_events']} failed events (square-mirror redrive)")
+        report["merchants"][row["merchant_id"]] = entry
+    for run in run_rows:
+        entry = report["merchants"].setdefault(run["merchant_id"], {"runs": {}})
+        entry["runs"][run["kind"]] = {
+            "run_id": run["run_id"], "status": run["status"], "started_at": _iso(run["started_at"]),
+            "finished_at": _iso(run["finished_at"]), "counts": run["counts"], "error": run["error"],
+        }
+        if run["status"] in ("failed", "partial", "interrupted"):
+            problems.append(f"{run['merchant_id']}: last {run['kind']} run {run['status']}")
+    if settings.redis_url is not None:
+        redis: Redis = Redis.from_url(settings.redis_url.reveal(), socket_timeout=3, socket_connect_timeout=3)
+        try:
+            depth = await redis.zcard(QUEUE_NAME)
+            oldest = await redis.zrange(QUEUE_NAME, 0, 0, withscores=True)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            report["queue"] = {"error": f"Redis unreachable: {type(exc).__name__}"}
+            report["healthy"] = False
+            report["problems"] = [*problems, "Redis unreachable"]
+            return report, 2
+        finally:
+            await redis.aclose()
+        age = max(0.0, time.time() - oldest[0][1] / 1000) if oldest else 0.0
+        report["queue"] = {"depth": depth, "oldest_age_seconds": round(age, 3)}
+        if age > max_queue_age:
+            problems.append(f"queue: oldest event waited {age:.0f} s (> {max_queue_age:.0f} s)")
+    report["healthy"] = not problems
+    report["problems"] = problems
+    return report, 0 if not problems else 1
+
+
+def _render(report: dict[str, Any]) -> str:
+    lines = [f"square-mirror status: {'healthy' if report.get('healthy') else 'UNHEALTHY'}"]
+    queue = report.get("queue")
+    if queue:
+        lines.append(f"  queue: {queue}")
+    for merchant_id, entry in report.get("merchants", {}).items():
+        lines.append(f"  {merchant_id}: auth {entry.get('auth_status', 'ok')}, {entry.get('live_customers', 0)} live "
+                     f"customers, {entry.get('failed_events', 0)} failed events, last event "
+                     f"{entry.get('last_event_processed_at') or 'never'} (lag {entry.get('last_event_lag_seconds')} s)")
+        for kind, run in entry.get("runs", {}).items():
+            lines.append(f"    {kind}: {run['status']} (run {run['run_id']}, started {run['started_at']})")
+    for problem in report.get("problems", []):
+        lines.append(f"  problem: {problem}")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    report, code = await collect(settings, args.max_queue_age, args.strict)
+    if args.json:
+        print(orjson.dumps(report, default=str).decode())
+    elif "error" in report:
+        print(f"square-mirror status: {report['error']}")
+    else:
+        print(_render(report))
+    return code

@@ -7,8 +7,9 @@ Rules reproduced from the CustomerFilter reference (seeds/004):
 * phone fuzzy: digits only; every query token must occur in the stored number's digits.
   ``415`` matches +1-415-212-1200, +1-212-415-1234 and +1 (551) 234-1567; ``415 123`` matches the last
   two only.
-* reference_id fuzzy: non-alphanumerics become spaces; every query token must occur in some stored
-  token (``NYC M`` matches NYC_M_35_JOHNSON and NYC_27_MURRAY).
+* reference_id fuzzy: non-alphanumerics become spaces; every query token must be a prefix of some
+  stored token (``NYC M`` matches NYC_M_35_JOHNSON and NYC_27_MURRAY; UNCONFIRMED: prefix, so
+  NYC_27_SMITH does not match).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def reference_tokens(text: str) -> list[str]:
 
 def reference_fuzzy(stored: str, query: str) -> bool:
     stored_tokens = reference_tokens(stored)
-    return all(any(q in s for s in stored_tokens) for q in reference_tokens(query))
+    return all(any(s.startswith(q) for s in stored_tokens) for q in reference_tokens(query))
 
 
 def _text_filter(name: str, spec: Any) -> tuple[str | None, str | None]:

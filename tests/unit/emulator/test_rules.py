@@ -64,3 +64,23 @@ def test_phone_validation_and_e164() -> None:
                                              ("2001/04/20", None)])
 def test_birthday_formats(given: str, out: str | None) -> None:
     assert normalise_birthday(given) == out
+
+
+def test_seeded_profiles_keep_square_field_order_and_are_deterministic() -> None:
+    import random
+
+    from emulator.config import Knobs
+    from emulator.seeding import seed_merchant
+    from emulator.state import FIELD_ORDER, MerchantState
+
+    def build() -> MerchantState:
+        st = MerchantState("M", "t", random.Random(1), Knobs(), lambda m, e: None)
+        seed_merchant(st, customers=300, instant_profiles=5, seed=9)
+        return st
+
+    a, b = build(), build()
+    assert list(a.customers) == list(b.customers)
+    for rec in a.customers.values():
+        keys = list(rec.doc)
+        assert keys == [k for k in FIELD_ORDER if k in keys]
+    assert sum(1 for r in a.customers.values() if not r.public) == 5

@@ -47,10 +47,36 @@ async def drive(url_fn: object, base: str, token: str, seconds: float, concurren
     return done
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def drive_list(base: str, token: str, seconds: float, concurrency: int) -> int:
+    """Each worker walks the directory page by page with cursors, in one of the four sort orders."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    sorts = ["", "&sort_field=CREATED_AT", "&sort_order=DESC", "&sort_field=CREATED_AT&sort_order=DESC"]
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers={"Authorization": f"Bearer {token}"}) as s:
+
+        async def worker(n: int) -> None:
+            nonlocal done
+            cursor = None
+            while time.perf_counter() < deadline:
+                url = f"{base}/v2/customers?limit=100{sorts[n % 4]}" + (f"&cursor={cursor}" if cursor else "")
+                async with s.get(url) as r:
+                    body = await r.json()
+                    assert r.status == 200 and len(body["customers"]) == 100, r.status
+                cursor = body.get("cursor")
+                done += 1
+
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return done
+
+
+def start_emulator() -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-m", "emulator", "--port", "0", "--seed", "1"],
+    return subprocess.Popen([sys.executable, "-m", "emulator", "--port", "0", "--seed", "1"],
                             stdout=subprocess.PIPE, env=env, text=True)
+
+
+async def main_async(args: argparse.Namespace, proc: subprocess.Popen[str]) -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
@@ -75,15 +101,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     break
         n = await drive(lambda i: f"/v2/customers/{ids[i % len(ids)]}", base, token, args.seconds, args.concurrency)
         print(f"RetrieveCustomer: {n / args.seconds:.0f} requests/s (concurrency {args.concurrency})")
-        # ListCustomers, 100 per page, different sort orders/pages (first pages: no cursor state needed)
-        sorts = ["", "&sort_field=CREATED_AT", "&sort_order=DESC", "&sort_field=CREATED_AT&sort_order=DESC"]
-        n = await drive(lambda i: f"/v2/customers?limit=100{sorts[i % 4]}", base, token, args.seconds,
-                        args.concurrency)
-        print(f"ListCustomers (100/page): {n / args.seconds:.0f} pages/s")
+        pages = await drive_list(base, token, args.seconds, args.concurrency)
+        print(f"ListCustomers (100/page, following cursors): {pages / args.seconds:.0f} pages/s")
         print(f"final RSS {rss_mb(proc.pid):.0f} MB")
     finally:
         proc.terminate()
-        proc.wait(10)
 
 
 def main() -> None:
@@ -91,7 +113,11 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=200_000)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
-    asyncio.run(main_async(p.parse_args()))
+    proc = start_emulator()
+    try:
+        asyncio.run(main_async(p.parse_args(), proc))
+    finally:
+        proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class Emulator:
         self.config = config
         self.seed = config.seed
         self.knobs: Knobs = config.knobs
+        self._initial_knobs = config.knobs.to_json()
         self.webhooks = WebhookDispatcher(config.seed, self.knobs)
         self.faults = FaultInjector(config.seed, self.knobs)
         self.merchants: dict[str, MerchantState] = {}
@@ -75,6 +76,7 @@ class Emulator:
         """Back to the start-up state (configured sellers, subscriptions and seeded customers)."""
         self.webhooks.subscriptions.clear()
         self.webhooks.log.clear()
+        self.knobs.merge(self._initial_knobs)
         self.faults.reset(self.seed)
         self._build()
 
@@ -148,6 +150,11 @@ async def square_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except SquareError as exc:
         return json_response(exc.body(), exc.status, exc.headers)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # Square answers unknown endpoints with its JSON envelope, not an HTML page.
+        detail = f"API endpoint for URL path `{request.path}` and HTTP method `{request.method}` is not found."
+        return json_response({"errors": [{"code": "NOT_FOUND", "detail": detail,
+                                          "category": "INVALID_REQUEST_ERROR"}]}, exc.status)
 
 
 async def _on_cleanup(app: web.Application) -> None:

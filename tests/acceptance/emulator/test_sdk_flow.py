@@ -143,3 +143,67 @@ async def test_sdk_full_flow_and_every_response_matches_openapi() -> None:
             "UpdateCustomerGroupResponse", "DeleteCustomerGroupResponse", "AddGroupToCustomerResponse",
             "RemoveGroupFromCustomerResponse", "ListCustomerSegmentsResponse", "RetrieveCustomerSegmentResponse",
             "SearchEventsResponse"} <= set(checker.checked)
+
+
+async def test_error_and_edge_responses_match_openapi_too() -> None:
+    """Error envelopes, empty results and bulk per-item errors are valid response bodies as well."""
+    import aiohttp
+
+    checker = SchemaChecker(_load_spec())
+    async with run_emulator(EmulatorConfig(seed=8)) as emu, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {emu.token}"}) as s:
+        calls: list[tuple[str, str, Any]] = [
+            ("GET", "/v2/customers", None),
+            ("GET", "/v2/customers?limit=0", None),
+            ("POST", "/v2/customers", {"nickname": "x"}),
+            ("POST", "/v2/customers", {"given_name": "A", "bogus": 1}),
+            ("POST", "/v2/customers", {"phone_number": "1", "email_address": "x"}),
+            ("GET", "/v2/customers/NOPE", None),
+            ("PUT", "/v2/customers/NOPE", {"given_name": "x"}),
+            ("DELETE", "/v2/customers/NOPE", None),
+            ("POST", "/v2/customers/search", {"query": {"filter": {"group_ids": {"any": ["NOPE"]}}}}),
+            ("POST", "/v2/customers/search", {"query": {"filter": {"segment_ids": {"any": ["NOPE"]}}}}),
+            ("POST", "/v2/customers/bulk-retrieve", {"customer_ids": ["NOPE"]}),
+            ("POST", "/v2/customers/bulk-delete", {"customer_ids": ["NOPE"]}),
+            ("POST", "/v2/customers/bulk-update", {"customers": {"NOPE": {"given_name": "x"}}}),
+            ("POST", "/v2/customers/bulk-create", {"customers": {"k": {"email_address": "bad"}}}),
+            ("GET", "/v2/customers/groups", None),
+            ("GET", "/v2/customers/groups/NOPE", None),
+            ("POST", "/v2/customers/groups", {"group": {}}),
+            ("GET", "/v2/customers/segments", None),
+            ("GET", "/v2/customers/segments/NOPE", None),
+            ("PUT", "/v2/customers/NOPE/groups/NOPE", None),
+            ("POST", "/v2/events", {"limit": 500}),
+            ("POST", "/v2/events", {}),
+        ]
+        statuses = []
+        for method, path, body in calls:
+            async with s.request(method, emu.base_url + path, json=body) as r:
+                statuses.append(r.status)
+                checker.validate(method, path.split("?")[0], await r.json())
+        assert 200 in statuses and 400 in statuses and 404 in statuses
+
+
+async def test_webhook_payloads_match_the_event_schemas() -> None:
+    spec = _load_spec()
+    comps = spec["components"]
+    names = {"customer.created": "CustomerCreatedEvent", "customer.updated": "CustomerUpdatedEvent",
+             "customer.deleted": "CustomerDeletedEvent"}
+    async with run_emulator(EmulatorConfig(seed=12)) as emu:
+        await emu.seed(customers=3, groups=1)
+        truth = await emu.truth()
+        ids = list(truth["customers"])
+        gid = next(iter(truth["groups"]))
+        import aiohttp
+
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.token}"}) as s:
+            await s.put(f"{emu.base_url}/v2/customers/{ids[0]}/groups/{gid}")
+            await s.put(f"{emu.base_url}/v2/customers/{ids[1]}", json={"note": "n"})
+        await emu.merge(ids[:2])
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.token}"}) as s, s.post(
+                emu.base_url + "/v2/events", json={}) as r:
+            events = (await r.json())["events"]
+    assert {e["type"] for e in events} == set(names)
+    for event in events:
+        jsonschema.validate(event, {"$ref": f"#/components/schemas/{names[event['type']]}", "components": comps},
+                            cls=jsonschema.Draft4Validator)

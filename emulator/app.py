@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from .state import MerchantState
 from .webhooks import WebhookDispatcher
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 JSON_HEADERS = {"Content-Type": "application/json", "Square-Version": "2025-08-20"}
 
 
@@ -141,13 +143,21 @@ async def square_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Auth + faults for /v2, and Square's error envelope for every SquareError."""
     emulator = request.app[EMULATOR]
     try:
+        version = request.headers.get("Square-Version")
         if request.path.startswith("/v2/"):
+            if version is not None and not _VERSION.match(version):
+                raise SquareError(400, [{"code": "INVALID_SQUARE_VERSION_FORMAT", "detail": "Invalid Square-Version "
+                                         f"format `{version}`, expected YYYY-MM-DD.", "field": "Square-Version",
+                                         "category": "INVALID_REQUEST_ERROR"}])
             state = emulator.authenticate(request)
             request[MERCHANT_KEY] = state
             route = request.match_info.route
             operation = route.name or request.path if route is not None else request.path
             await emulator.faults.before(state.merchant_id, operation)
-        return await handler(request)
+        response = await handler(request)
+        if version is not None and request.path.startswith("/v2/"):
+            response.headers["Square-Version"] = version  # Square echoes the version it used
+        return response
     except SquareError as exc:
         return json_response(exc.body(), exc.status, exc.headers)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .clock import parse_rfc3339, rfc3339_s
-from .errors import SquareError, bad_request, invalid_cursor
+from .errors import bad_request, invalid_cursor
 from .validation import parse_limit, reject_unknown
 
 RETENTION_SECONDS = 28 * 24 * 3600
@@ -100,13 +100,6 @@ def search_events(log: EventLog, merchant_id: str, body: dict[str, Any], raw: by
     if offset + limit < len(matched):
         out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({"o": offset + limit, "q": fingerprint})).decode()
     return out
-
-
-def check_limit(value: Any) -> None:
-    try:
-        parse_limit(value, low=1, high=100, default=100)
-    except SquareError:
-        raise
 
 
 def rng_for(seed: int, *parts: str) -> random.Random:

@@ -145,6 +145,7 @@ class MerchantState:
         self.merchant_id = merchant_id
         self.token = token
         self.revoked = False
+        self.events_enabled = knobs.events_enabled_by_default
         self.business_name = f"Emulated Seller {merchant_id}"
         self.rng = rng
         self.knobs = knobs

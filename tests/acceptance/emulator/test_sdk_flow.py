@@ -175,6 +175,10 @@ async def test_error_and_edge_responses_match_openapi_too() -> None:
             ("PUT", "/v2/customers/NOPE/groups/NOPE", None),
             ("POST", "/v2/events", {"limit": 500}),
             ("POST", "/v2/events", {}),
+            ("GET", "/v2/events/types", None),
+            ("PUT", "/v2/events/disable", None),
+            ("POST", "/v2/events", {}),
+            ("PUT", "/v2/events/enable", None),
         ]
         statuses = []
         for method, path, body in calls:

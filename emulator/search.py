@@ -180,6 +180,9 @@ def _in_range(attr: str, start: float | None, end: float | None) -> Predicate:
         value: float = getattr(r, attr)
         return (start is None or value >= start) and (end is None or value < end)
 
+    pred.range_attr = attr  # type: ignore[attr-defined]  # lets the index narrow updated_at ranges
+    pred.range_start = start  # type: ignore[attr-defined]
+    pred.range_end = end  # type: ignore[attr-defined]
     return pred
 
 

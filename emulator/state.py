@@ -82,6 +82,7 @@ class CustomerIndex:
         self.visible: dict[str, CustomerRec] = {}
         self.by_default: list[tuple[str, str]] = []
         self.by_created: list[tuple[str, str]] = []
+        self.by_updated: list[tuple[float, str]] = []  # narrows updated_at range searches (incremental sync)
         self.pending: deque[tuple[float, str, CustomerRec | None]] = deque()
         self.generation = 0
 
@@ -105,19 +106,37 @@ class CustomerIndex:
                     self.visible.pop(cid, None)
             self.by_default = sorted(r.dkey for r in self.visible.values())
             self.by_created = sorted(r.ckey for r in self.visible.values())
+            self.by_updated = sorted((r.updated_ts, r.id) for r in self.visible.values())
             return
         for cid, rec in due:
             old = self.visible.pop(cid, None)
             if old is not None:
                 _remove(self.by_default, old.dkey)
                 _remove(self.by_created, old.ckey)
+                _remove_u(self.by_updated, (old.updated_ts, cid))
             if rec is not None and rec.public:
                 self.visible[cid] = rec
                 bisect.insort(self.by_default, rec.dkey)
                 bisect.insort(self.by_created, rec.ckey)
+                bisect.insort(self.by_updated, (rec.updated_ts, cid))
+
+    def updated_between(self, start: float | None, end: float | None) -> set[str] | None:
+        """IDs whose updated_at is in [start, end), or None when the range is too wide to be worth it."""
+        keys = self.by_updated
+        lo = bisect.bisect_left(keys, (start, "")) if start is not None else 0
+        hi = bisect.bisect_left(keys, (end, "")) if end is not None else len(keys)
+        if hi - lo > len(keys) // 2:
+            return None
+        return {k[1] for k in keys[lo:hi]}
 
 
 def _remove(keys: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
+
+
+def _remove_u(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
     i = bisect.bisect_left(keys, key)
     if i < len(keys) and keys[i] == key:
         del keys[i]
@@ -414,7 +433,15 @@ class MerchantState:
         now = clock.now()
         index = self.index
         index.catch_up(now)
-        keys = index.by_created if sort_field == "CREATED_AT" else index.by_default
+        keys: list[tuple[str, str]] = index.by_created if sort_field == "CREATED_AT" else index.by_default
+        visible = index.visible
+        for pred in predicates or ():
+            if getattr(pred, "range_attr", None) == "updated_ts":
+                # A narrow updated_at range (incremental sync) walks only its candidates, in sort order.
+                ids = index.updated_between(pred.range_start, pred.range_end)  # type: ignore[attr-defined]
+                if ids is not None:
+                    by_created = sort_field == "CREATED_AT"
+                    keys = sorted(visible[i].ckey if by_created else visible[i].dkey for i in ids)
         desc = order == "DESC"
         start: int
         if cursor:
@@ -430,7 +457,6 @@ class MerchantState:
         else:
             start = len(keys) - 1 if desc else 0
             issued = now
-        visible = index.visible
         out: list[CustomerRec] = []
         i = start
         step = -1 if desc else 1
@@ -456,8 +482,8 @@ class MerchantState:
             if more and last_key else None
         total = None
         if count:
-            total = len(visible) if predicates is None else sum(
-                1 for r in visible.values() if all(p(r) for p in predicates))
+            total = len(keys) if predicates is None else sum(
+                1 for k in keys if all(p(visible[k[1]]) for p in predicates))
         return out, next_cursor, total
 
     # ---- groups ---------------------------------------------------------------------------------
@@ -577,6 +603,7 @@ class MerchantState:
         self.index.visible = {r.id: r for r in (records or self.customers.values()) if r.public}
         self.index.by_default = sorted(r.dkey for r in self.index.visible.values())
         self.index.by_created = sorted(r.ckey for r in self.index.visible.values())
+        self.index.by_updated = sorted((r.updated_ts, r.id) for r in self.index.visible.values())
 
     def iter_customers(self) -> Iterator[CustomerRec]:
         return iter(self.customers.values())

@@ -46,6 +46,32 @@ def query_tokens(text: str, strip: bool = True) -> list[str]:
     return tokens
 
 
+def _cached(r: Any, kind: str) -> str:
+    """Normalised email blob / phone digits of a record, computed once per record version."""
+    cache = r.search_cache
+    if cache is None:
+        cache = r.search_cache = {}
+    value: str | None = cache.get(kind)
+    if value is None:
+        if kind == "email":
+            value = email_blob(r.doc.get("email_address") or "")
+        else:
+            value = "".join(c for c in r.doc.get("phone_number") or "" if c.isdigit())
+        cache[kind] = value
+    return value
+
+
+def _email_tokens_pred(query: str) -> Predicate:
+    tokens = query_tokens(query)
+    return lambda r: bool(r.doc.get("email_address")) and all(t in _cached(r, "email") for t in tokens)
+
+
+def _phone_tokens_pred(query: str) -> Predicate:
+    tokens = [t for t in ("".join(c for c in tok if c.isdigit()) for tok in query.split()) if t]
+    return lambda r: bool(tokens) and bool(r.doc.get("phone_number")) and all(t in _cached(r, "phone")
+                                                                               for t in tokens)
+
+
 def email_fuzzy(stored: str, query: str) -> bool:
     blob = email_blob(stored)
     return all(tok in blob for tok in query_tokens(query))
@@ -134,8 +160,7 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
             want = exact.strip().lower()
             preds.append(lambda r: (r.doc.get("email_address") or "").lower() == want)
         else:
-            q = str(fuzzy)
-            preds.append(lambda r: bool(r.doc.get("email_address")) and email_fuzzy(r.doc["email_address"], q))
+            preds.append(_email_tokens_pred(str(fuzzy)))
     if flt.get("phone_number") is not None:
         exact, fuzzy = _text_filter("phone_number", flt["phone_number"])
         if exact is not None:
@@ -144,8 +169,7 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
                 raise EmptyResult  # UNCONFIRMED: a non-E.164 exact query matches nothing
             preds.append(lambda r: bool(r.doc.get("phone_number")) and e164(r.doc["phone_number"]) == want_e164)
         else:
-            q = str(fuzzy)
-            preds.append(lambda r: bool(r.doc.get("phone_number")) and phone_fuzzy(r.doc["phone_number"], q))
+            preds.append(_phone_tokens_pred(str(fuzzy)))
     if flt.get("reference_id") is not None:
         exact, fuzzy = _text_filter("reference_id", flt["reference_id"])
         if exact is not None:

@@ -40,7 +40,7 @@ EventSink = Callable[[str, dict[str, Any]], None]
 class CustomerRec:
     """One committed version of a customer profile."""
 
-    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "updated_ts")
+    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "search_cache", "updated_ts")
 
     def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float, *, ordered: bool = False) -> None:
         if not ordered:
@@ -48,6 +48,7 @@ class CustomerRec:
         self.doc = doc
         self.created_ts = created_ts
         self.updated_ts = updated_ts
+        self.search_cache: dict[str, str] | None = None  # normalised email/phone, filled by the first search
         self.public = any(doc.get(f) for f in PUBLIC_FIELDS)
         self.dkey = (default_sort_text(doc), doc["id"])
         self.ckey = (doc["created_at"], doc["id"])

@@ -37,6 +37,7 @@ class Knobs:
     webhook_timeout_seconds: float = 10.0
     webhook_retry_scale: float = 1.0  # multiplies Square's retry schedule (1 min, 2 min, 4 min, ...)
     webhook_max_retries: int = 11  # UNCONFIRMED: 24 h schedule, 11 retries
+    webhook_latest_version_only: bool = False  # skip a pending delivery once a newer version was published
     bulk_retrieve_resolves_merges: bool = False  # UNCONFIRMED
     stale_version_status: int = 400  # UNCONFIRMED
     stale_version_code: str = "BAD_REQUEST"  # UNCONFIRMED

@@ -160,3 +160,19 @@ async def test_cli_style_config_subscription_reaches_every_seller(receiver: Rece
         await emu.drain_webhooks(5)
         await asyncio.sleep(0)
     assert sorted(e["merchant_id"] for e in events(receiver)) == ["M1", "M2"]
+
+
+async def test_latest_version_only_drops_superseded_pending_deliveries(emu: EmulatorHandle,
+                                                                       receiver: Receiver) -> None:
+    c = (await call(emu, "POST", "/v2/customers", {"given_name": "V"}))["customer"]
+    await emu.drain_webhooks(5)
+    receiver.received.clear()
+    await emu.set_faults(webhook_latest_version_only=True, webhook_reorder_rate=1.0,
+                         webhook_reorder_max_delay_seconds=0.2)
+    for n in range(4):
+        await call(emu, "PUT", f"/v2/customers/{c['id']}", {"nickname": f"n{n}"})
+    await emu.drain_webhooks(5)
+    versions = [e["data"]["object"]["customer"]["version"] for e in events(receiver)]
+    assert versions == [4]
+    log = (await emu.admin("GET", "deliveries"))["deliveries"]
+    assert sum(1 for d in log if d["status"] == "superseded") == 3

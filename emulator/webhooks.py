@@ -106,6 +106,8 @@ class WebhookDispatcher:
             for copy in range(copies):
                 rec = DeliveryRecord(event["event_id"], event["type"], merchant_id, sub.id, copy)
                 self.log.append(rec)
+                if len(self.log) > self.knobs.delivery_log_max:
+                    del self.log[: max(1, self.knobs.delivery_log_max // 10)]
                 if rng.random() < self.knobs.webhook_loss_rate:
                     rec.status = "lost"
                     continue

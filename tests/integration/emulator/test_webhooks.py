@@ -176,3 +176,17 @@ async def test_latest_version_only_drops_superseded_pending_deliveries(emu: Emul
     assert versions == [4]
     log = (await emu.admin("GET", "deliveries"))["deliveries"]
     assert sum(1 for d in log if d["status"] == "superseded") == 3
+
+
+async def test_search_events_desc_paging_is_stable_while_events_arrive(emu: EmulatorHandle) -> None:
+    for n in range(5):
+        await call(emu, "POST", "/v2/customers", {"given_name": f"P{n}"})
+    first = await call(emu, "POST", "/v2/events", {"limit": 2})
+    await call(emu, "POST", "/v2/customers", {"given_name": "Newer"})  # lands before page 1, not in page 2
+    seen = [e["event_id"] for e in first["events"]]
+    cursor = first["cursor"]
+    while cursor:
+        page = await call(emu, "POST", "/v2/events", {"limit": 2, "cursor": cursor})
+        seen += [e["event_id"] for e in page["events"]]
+        cursor = page.get("cursor")
+    assert len(seen) == len(set(seen)) == 5

@@ -281,12 +281,16 @@ class MerchantState:
                 f"The customer version ({version}) does not match the current version ({rec.version}).",
                 field="version")])
 
-    def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool) -> CustomerRec:
+    def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool,
+                        preferences: dict[str, Any] | None = None) -> CustomerRec:
+        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it."""
         rec = self.customers.get(cid)
         if rec is None:
             raise customer_not_found_error(cid)  # merged profiles must be updated by their new ID
         self.check_version(rec, version)
         doc = dict(rec.doc)
+        if preferences is not None:
+            doc["preferences"] = {"email_unsubscribed": bool(preferences.get("email_unsubscribed", False))}
         changed = False
         for key, value in fields.items():
             if key == "address":

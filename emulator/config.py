@@ -46,6 +46,7 @@ class Knobs:
     segment_change_touches_updated_at: bool = False
     event_log_max: int = 1_000_000  # per seller; oldest events dropped beyond it (memory bound)
     delivery_log_max: int = 200_000  # entries kept in GET /_emulator/deliveries
+    merge_writes_note: bool = False  # write Square's "Merged on ..." note listing fields not transferred
     events_enabled_by_default: bool = True  # Square: disabled until EnableEvents; on here for convenience
 
     def to_json(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import bisect
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,6 +35,8 @@ from .validation import PUBLIC_FIELDS, has_identity
 FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "nickname", "company_name",
                "email_address", "address", "phone_number", "birthday", "reference_id", "note", "preferences",
                "creation_source", "group_ids", "segment_ids", "version", "tax_ids")
+_NOTE_LABELS = {"given_name": "First Name", "family_name": "Last Name", "company_name": "Company",
+                "email_address": "Email", "phone_number": "Phone"}
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -405,12 +408,20 @@ class MerchantState:
         live = [r for r in recs if r is not None]
         ordered = sorted(live, key=lambda r: (r.updated_ts, r.version), reverse=True)
         fields: dict[str, Any] = {}
+        lost: list[str] = []
         for rec in ordered:  # newest profile wins; older ones fill the gaps
             for key, value in rec.doc.items():
                 if key in ("id", "created_at", "updated_at", "version", "creation_source", "group_ids",
                            "segment_ids", "preferences"):
                     continue
+                if key in fields and fields[key] != value and key in _NOTE_LABELS:
+                    lost.append(f"{_NOTE_LABELS[key]}: {value}")
                 fields.setdefault(key, value)
+        if self.knobs.merge_writes_note and lost:
+            # Observed on real merged profiles (FACTS §2): Square records what it dropped in `note`.
+            stamp = time.strftime("%m/%d/%Y", time.gmtime(clock.now()))
+            fields["note"] = f" Merged on {stamp}. Following fields were not transferred to the current " \
+                             f"customer:{' '.join(lost)}"
         groups = sorted({g for r in live for g in r.doc.get("group_ids") or ()})
         segments = sorted({s for r in live for s in r.doc.get("segment_ids") or ()})
         ts = self.tick()

@@ -69,3 +69,17 @@ def test_truth_invariants_hold(ops: list[tuple[str, int, int]]) -> None:
         assert doc["version"] == updates[cid]
         assert "segment_ids" not in str([e["data"]["object"] for e in events if e["data"]["id"] == cid])
     assert {e["data"]["id"] for e in events if e["type"] == "customer.deleted"} == set(dump["tombstones"])
+
+
+def test_merge_keeps_newest_fields_and_can_write_square_note() -> None:
+    knobs = Knobs(merge_writes_note=True)
+    state = MerchantState("M", "t", random.Random(0), knobs, lambda m, e: None)
+    old, _ = state.create_customer({"given_name": "Mary", "family_name": "Doe", "email_address": "m@example.com"})
+    new, _ = state.create_customer({"given_name": "Maria", "phone_number": "+14155550100"})
+    new = state.update_customer(new.id, {"family_name": "Dover"}, None, clear_null=True)
+    merged = state.merge([old.id, new.id]).doc
+    assert (merged["given_name"], merged["family_name"]) == ("Maria", "Dover")
+    assert merged["email_address"] == "m@example.com" and merged["phone_number"] == "+14155550100"
+    assert merged["note"].startswith(" Merged on ")
+    assert merged["note"].endswith("Following fields were not transferred to the current customer:"
+                                   "First Name: Mary Last Name: Doe")

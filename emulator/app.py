@@ -180,6 +180,7 @@ async def _on_cleanup(app: web.Application) -> None:
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
     """Build the emulator application (used by the CLI, ``testing.run_emulator`` and tests)."""
     from . import admin, routes_customers, routes_events, routes_groups
+    from . import custom_attributes as attrs
 
     config = config or EmulatorConfig()
     emulator = Emulator(config)
@@ -189,7 +190,9 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app[EMULATOR] = emulator
     routes_customers.register(app)
     routes_groups.register(app)
+    attrs.register_literal(app)
     routes_customers.register_item_routes(app)
+    attrs.register_item(app)
     routes_events.register(app)
     admin.register(app)
     app.on_cleanup.append(_on_cleanup)

@@ -185,6 +185,9 @@ class MerchantState:
         self.idempotency: dict[str, bytes] = {}
         self.group_idempotency: dict[str, str] = {}
         self.index = CustomerIndex()
+        self.ca_definitions: dict[str, dict[str, Any]] = {}
+        self.ca_values: dict[str, dict[str, dict[str, Any]]] = {}  # customer id -> key -> CustomAttribute
+        self.ca_idempotency: dict[str, str] = {}
         self.events = EventLog(knobs.event_log_max)
         self.quiet = False  # seeding: no events
         self._last_created = 0.0
@@ -352,6 +355,7 @@ class MerchantState:
             self.segment_members.get(sid, set()).discard(cid)
         self.tombstones[cid] = {"deleted_at": clock.rfc3339_ms(ts), "merged_into": merged_into,
                                 "version": rec.version}
+        self.ca_values.pop(cid, None)
         self.emit("customer.deleted", rec.doc, ts, merge)
 
     def set_group(self, cid: str, gid: str, member: bool) -> None:
@@ -436,6 +440,12 @@ class MerchantState:
         for sid in segments:
             self.segment_members.setdefault(sid, set()).add(new_id)
         self.emit("customer.created", new.doc, ts, merge_ctx)
+        attrs: dict[str, dict[str, Any]] = {}
+        for rec in ordered:  # custom attribute values follow the merge, newest profile first
+            for key, attr in self.ca_values.get(rec.id, {}).items():
+                attrs.setdefault(key, attr)
+        if attrs:
+            self.ca_values[new_id] = attrs
         for cid in ids:
             self.delete_customer(cid, None, merged_into=new_id, merge=merge_ctx)
             self.merges.append({"from_customer_id": cid, "to_customer_id": new_id,
@@ -588,6 +598,8 @@ class MerchantState:
         out["events"] = [[ts, e] for ts, e in self.events.entries]
         out["idempotency"] = {k: v.decode() for k, v in self.idempotency.items()}
         out["group_idempotency"] = dict(self.group_idempotency)
+        out["custom_attribute_definitions"] = dict(self.ca_definitions)
+        out["custom_attributes"] = {cid: dict(v) for cid, v in self.ca_values.items()}
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -611,6 +623,8 @@ class MerchantState:
             self.events.append(float(ts), event)
         self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}
         self.group_idempotency = dict(snap.get("group_idempotency", {}))
+        self.ca_definitions = dict(snap.get("custom_attribute_definitions", {}))
+        self.ca_values = {cid: dict(v) for cid, v in snap.get("custom_attributes", {}).items()}
         self.reindex()
 
     def reindex(self, records: Iterable[CustomerRec] | None = None) -> None:

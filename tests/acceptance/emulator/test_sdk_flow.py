@@ -211,3 +211,68 @@ async def test_webhook_payloads_match_the_event_schemas() -> None:
     for event in events:
         jsonschema.validate(event, {"$ref": f"#/components/schemas/{names[event['type']]}", "components": comps},
                             cls=jsonschema.Draft4Validator)
+
+
+async def test_custom_attribute_flow_matches_openapi_and_feeds_search() -> None:
+    import aiohttp
+
+    checker = SchemaChecker(_load_spec())
+    string_schema = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
+    number_schema = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.Number"}
+    async with run_emulator(EmulatorConfig(seed=21)) as emu, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {emu.token}"}) as s:
+
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with s.request(method, emu.base_url + path, json=body) as r:
+                data = await r.json()
+                checker.validate(method, path.split("?")[0], data)
+                return r.status, data
+
+        _, a = await call("POST", "/v2/customers", {"given_name": "Attr", "family_name": "One"})
+        _, b = await call("POST", "/v2/customers", {"given_name": "Attr", "family_name": "Two"})
+        a_id, b_id = a["customer"]["id"], b["customer"]["id"]
+        status, d = await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "drink", "schema": string_schema, "name": "Drink",
+                                            "visibility": "VISIBILITY_READ_WRITE_VALUES"}, "idempotency_key": "d1"})
+        assert status == 200 and d["custom_attribute_definition"]["version"] == 1
+        await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "visits", "schema": number_schema, "name": "Visits"}})
+        status, _ = await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "drink", "schema": string_schema}})
+        assert status == 409
+        status, up = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                                {"custom_attribute": {"value": "Double-shot breve"}})
+        assert status == 200 and up["custom_attribute"]["version"] == 1
+        status, up = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                                {"custom_attribute": {"value": "Flat white", "version": 1}})
+        assert up["custom_attribute"]["version"] == 2
+        status, _ = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                               {"custom_attribute": {"value": "x", "version": 1}})
+        assert status == 400
+        status, bulk = await call("POST", "/v2/customers/custom-attributes/bulk-upsert", {"values": {
+            "r1": {"customer_id": b_id, "custom_attribute": {"key": "visits", "value": "7"}},
+            "r2": {"customer_id": b_id, "custom_attribute": {"key": "visits", "value": "many"}}}})
+        assert bulk["values"]["r1"]["custom_attribute"]["value"] == "7" and bulk["values"]["r2"]["errors"]
+        _, got = await call("GET", f"/v2/customers/{a_id}/custom-attributes/drink?with_definition=true")
+        assert got["custom_attribute"]["definition"]["key"] == "drink"
+        _, listed = await call("GET", f"/v2/customers/{a_id}/custom-attributes")
+        assert [c["key"] for c in listed["custom_attributes"]] == ["drink"]
+        _, defs = await call("GET", "/v2/customers/custom-attribute-definitions?limit=1")
+        assert len(defs["custom_attribute_definitions"]) == 1 and defs["cursor"]
+        _, found = await call("POST", "/v2/customers/search", {"query": {"filter": {"custom_attribute": {
+            "filters": [{"key": "drink", "filter": {"text": {"fuzzy": "flat"}}}]}}}})
+        assert [c["id"] for c in found["customers"]] == [a_id]
+        _, found = await call("POST", "/v2/customers/search", {"query": {"filter": {"custom_attribute": {
+            "filters": [{"key": "visits", "filter": {"number": {"start_at": "5", "end_at": "10"}}}]}}}})
+        assert [c["id"] for c in found["customers"]] == [b_id]
+        _, c = await call("GET", f"/v2/customers/{a_id}")
+        assert c["customer"]["version"] == 0  # custom attributes never bump the profile version
+        status, _ = await call("DELETE", f"/v2/customers/{a_id}/custom-attributes/drink")
+        assert status == 200
+        _, upd = await call("PUT", "/v2/customers/custom-attribute-definitions/drink",
+                            {"custom_attribute_definition": {"name": "Favourite drink", "version": 1}})
+        assert upd["custom_attribute_definition"]["version"] == 2
+        status, _ = await call("DELETE", "/v2/customers/custom-attribute-definitions/drink")
+        assert status == 200
+        status, _ = await call("GET", "/v2/customers/custom-attribute-definitions/drink")
+        assert status == 404

@@ -1,0 +1,318 @@
+"""`square-mirror demo`: the whole pipeline on one machine in a minute, with nothing configured.
+
+It starts (or uses DATABASE_URL / REDIS_URL) Postgres and Redis, the Square emulator, the receiver and a worker
+as real processes, plays a story that exercises every hard part (backfill, live creates and updates, a group
+change, a delete, a merge, a segment change only reconcile can see, a burst of duplicated and reordered
+deliveries), then checks the mirror against the emulator's truth and prints what happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+from square_mirror.constants import QUEUE_NAME
+from square_mirror.convergence import mirror_diff
+from square_mirror.db import create_pool, migrate
+from square_mirror.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, tcp_reachable
+
+HELP = (
+    "Start Postgres and Redis (embedded unless DATABASE_URL / REDIS_URL are set), the Square emulator, the "
+    "receiver and a worker; play a story of creates, updates, a group change, a delete, a merge, a segment "
+    "change and a burst of duplicated, out-of-order deliveries; check the mirror against the emulator. "
+    "--keep-running leaves everything up until Ctrl-C."
+)
+EXAMPLE_SQL = """\
+-- live customers and their groups
+SELECT c.given_name, c.family_name, m.group_name
+FROM square.customers_current c JOIN square.customer_group_memberships m
+  ON m.merchant_id = c.merchant_id AND m.customer_id = c.id LIMIT 10;
+-- segment sizes
+SELECT segment_name, count(*) FROM square.customer_segment_memberships GROUP BY 1 ORDER BY 2 DESC;
+-- where did merged-away customers go?
+SELECT customer_id, current_customer_id, merge_depth FROM square.customer_id_resolution WHERE merge_depth > 0;
+-- what happened to each webhook event
+SELECT type, outcome, count(*) FROM square.webhook_events GROUP BY 1, 2 ORDER BY 1, 2;"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--customers", type=int, default=300, help="customers the emulator starts with (300)")
+    parser.add_argument("--seed", type=int, default=7, help="emulator seed (7)")
+    parser.add_argument("--keep-running", action="store_true", help="leave everything up until Ctrl-C")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for convergence (90)")
+
+
+@dataclass
+class Stack:
+    """Everything the demo started, so that it can all be stopped, whatever happened."""
+
+    workdir: Path
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    embedded: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(list(argv), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.processes):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, proc in reversed(self.processes):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for server in reversed(self.embedded):
+            server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "square_mirror", *args]
+
+
+async def _wait_for(
+    predicate: Any, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+
+
+class Square:
+    """The emulator through its public API (as a seller's app would call it) and its admin API."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, merchant_id: str) -> None:
+        self.session, self.base_url, self.token, self.merchant_id = session, base_url, token, merchant_id
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}", "Square-Version": "2025-08-20"}
+        async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
+            payload = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: HTTP {resp.status} {payload}")
+            return payload
+
+    async def admin(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.session.request(method, f"{self.base_url}/_emulator{path}", json=body) as resp:
+            payload = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
+            return payload
+
+
+async def _run_cli(stack: Stack, name: str, args: Sequence[str], env: dict[str, str], timeout: float = 120) -> int:
+    proc = stack.start(name, _cli(*args), env)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+    except TimeoutError:
+        raise RuntimeError(f"{name} did not finish within {timeout:.0f} s") from None
+
+
+async def _queue_empty(redis: Redis) -> bool:
+    pending = await redis.zcard(QUEUE_NAME)
+    running = 0
+    async for _key in redis.scan_iter(match="arq:in-progress:*", count=1000):
+        running += 1
+    return pending == 0 and running == 0
+
+
+async def _story(square: Square, stack: Stack, env: dict[str, str], say: Any) -> None:
+    mid = square.merchant_id
+    say("1/7 backfill: everything the seller already has")
+    code = await _run_cli(stack, "backfill", ["backfill", "--merchant", mid, "--no-progress"], env)
+    if code != 0:
+        raise RuntimeError(f"backfill failed (exit {code}); see {stack.workdir / 'backfill.log'}")
+
+    say("2/7 live creates and updates (webhooks -> receiver -> queue -> worker)")
+    created = []
+    for i in range(5):
+        body = {"idempotency_key": str(uuid.uuid4()), "given_name": f"Demo{i}", "family_name": "Customer",
+                "email_address": f"demo{i}@example.com", "phone_number": f"+1206555{1000 + i}"}
+        created.append((await square.call("POST", "/v2/customers", body))["customer"])
+    for customer in created:
+        await square.call("PUT", f"/v2/customers/{customer['id']}",
+                          {"nickname": "updated", "version": customer["version"]})
+
+    say("3/7 a group change")
+    group = (await square.call("POST", "/v2/customers/groups",
+                               {"idempotency_key": str(uuid.uuid4()), "group": {"name": "Demo VIPs"}}))["group"]
+    await square.call("PUT", f"/v2/customers/{created[0]['id']}/groups/{group['id']}")
+
+    say("4/7 a delete")
+    await square.call("DELETE", f"/v2/customers/{created[1]['id']}")
+
+    say("5/7 a merge (Dashboard-only in Square: emulator admin API)")
+    await square.admin("POST", "/merge", {"merchant_id": mid, "customer_ids": [created[2]["id"], created[3]["id"]]})
+
+    say("6/7 a segment change (no webhook, no version bump) healed by the reconcile segments lane")
+    segment = (await square.admin("POST", "/segments", {"merchant_id": mid, "name": "Lunch regulars"}))["segment"]
+    await square.admin("PUT", f"/segments/{segment['id']}/members/{created[4]['id']}")
+    code = await _run_cli(stack, "reconcile", ["reconcile", "--merchant", mid, "--lane", "segments"], env)
+    if code != 0:
+        raise RuntimeError(f"reconcile failed (exit {code}); see {stack.workdir / 'reconcile.log'}")
+
+    say("7/7 a burst of duplicated and out-of-order deliveries")
+    await square.admin("PUT", "/faults", {"webhook_duplicate_rate": 0.5, "webhook_reorder_rate": 0.5,
+                                          "webhook_reorder_max_delay_seconds": 1.0})
+    listed = (await square.call("GET", "/v2/customers?limit=20"))["customers"]
+    for round_ in range(3):
+        for customer in listed:
+            fresh = (await square.call("GET", f"/v2/customers/{customer['id']}"))["customer"]
+            await square.call("PUT", f"/v2/customers/{customer['id']}",
+                              {"reference_id": f"burst-{round_}", "version": fresh["version"]})
+    await square.admin("POST", "/deliveries/drain?timeout=30")
+    await square.admin("PUT", "/faults", {"webhook_duplicate_rate": 0, "webhook_reorder_rate": 0})
+
+
+async def _summary(pool: asyncpg.Pool, mid: str, diffs: list[str], converge_s: float) -> str:
+    outcomes = await pool.fetch("SELECT type, outcome, count(*) AS n FROM square.webhook_events"
+                                " WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2", mid)
+    lag = await pool.fetchrow(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, percentile_cont(0.99) WITHIN GROUP"
+        " (ORDER BY s) AS p99 FROM (SELECT extract(epoch FROM processed_at - received_at) AS s"
+        " FROM square.webhook_events WHERE merchant_id = $1 AND processed_at IS NOT NULL AND source = 'webhook') x",
+        mid)
+    tables = ("customers_current", "customers", "customer_groups", "customer_segments", "customer_group_members",
+              "customer_segment_members", "customer_merges", "webhook_events", "sync_runs", "customer_versions")
+    counts = {t: await pool.fetchval(f"SELECT count(*) FROM square.{t}") for t in tables}  # noqa: S608
+    lines = ["", "== summary =="]
+    lines.append("events processed by outcome:")
+    lines.extend(f"  {r['type']:<18} {r['outcome'] or 'in progress':<12} {r['n']}" for r in outcomes)
+    if lag and lag["p50"] is not None:
+        lines.append(f"receipt-to-row lag: p50 {lag['p50'] * 1000:.0f} ms, p99 {lag['p99'] * 1000:.0f} ms")
+    lines.append("rows: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    if diffs:
+        lines.append(f"convergence check: {len(diffs)} differences from the emulator's truth:")
+        lines.extend(f"  {d}" for d in diffs[:20])
+    else:
+        lines.append(f"convergence check: the mirror equals the emulator's truth (converged in {converge_s:.1f} s)")
+    lines.append("")
+    lines.append("try:")
+    lines.extend(f"  {line}" for line in EXAMPLE_SQL.splitlines())
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    stack = Stack(Path(tempfile.mkdtemp(prefix="square-mirror-demo-")))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        return await _demo(args, stack, stop, say)
+    finally:
+        say("stopping every process the demo started...")
+        stack.stop()
+
+
+async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say: Any) -> int:
+    dsn = os.environ.get("DATABASE_URL", "").strip()
+    if not dsn:
+        pg = EmbeddedPostgres(stack.workdir / "pg")
+        stack.embedded.append(pg)
+        dsn = pg.start()
+        say("embedded Postgres started")
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    if not redis_url:
+        redis_server = EmbeddedRedis()
+        stack.embedded.append(redis_server)
+        redis_url = redis_server.start()
+        say("embedded Redis started")
+    await migrate(dsn)
+
+    emulator_port, receiver_port, metrics_port = free_port(), free_port(), free_port()
+    signature_key = secrets.token_urlsafe(24)
+    hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
+    emulator = stack.start("emulator", _cli(
+        "emulator", "--port", str(emulator_port), "--seed", str(args.seed), "--customers", str(args.customers),
+        "--webhook-url", hook_url, "--signature-key", signature_key), dict(os.environ))
+    emulator_url = f"http://127.0.0.1:{emulator_port}"
+    await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
+    first_line = (stack.workdir / "emulator.log").read_text().splitlines()[0]
+    seller = orjson.loads(first_line)["sellers"][0]
+    merchant_id, token = seller["merchant_id"], seller["token"]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUARE_")}
+    env.update({
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SQUARE_BASE_URL": emulator_url,
+        "SQUARE_ACCESS_TOKEN": token, "SQUARE_MERCHANT_ID": merchant_id,
+        "SQUARE_WEBHOOK_SIGNATURE_KEY": signature_key, "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url,
+        "WORKER_METRICS_PORT": str(metrics_port), "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+    })
+    receiver = stack.start("receiver", _cli("webhooks", "--host", "127.0.0.1", "--port", str(receiver_port)), env)
+    worker = stack.start("worker", _cli("worker"), env)
+    await _wait_for(lambda: tcp_reachable("127.0.0.1", receiver_port), "the receiver", proc=receiver)
+    await _wait_for(lambda: tcp_reachable("127.0.0.1", metrics_port), "the worker", proc=worker)
+    say(f"emulator {emulator_url} (seller {merchant_id}, {args.customers} customers), receiver {hook_url}, "
+        f"worker metrics http://127.0.0.1:{metrics_port}/metrics")
+
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    redis = Redis.from_url(redis_url)
+    try:
+        async with aiohttp.ClientSession() as session:
+            square = Square(session, emulator_url, token, merchant_id)
+            await _story(square, stack, env, say)
+            say("waiting for the queue to drain and the mirror to converge...")
+            started = time.monotonic()
+            diffs: list[str] = ["not checked yet"]
+            while time.monotonic() - started < args.timeout:
+                if await _queue_empty(redis):
+                    truth = await square.admin("GET", f"/state?merchant_id={merchant_id}")
+                    diffs = await mirror_diff(pool, truth, merchant_id)
+                    if not diffs:
+                        break
+                await asyncio.sleep(0.5)
+            say(await _summary(pool, merchant_id, diffs, time.monotonic() - started))
+        if args.keep_running:
+            say("")
+            say("everything keeps running; Ctrl-C stops it all")
+            say(f"  psql '{dsn}'")
+            say(f"  emulator: {emulator_url}  (token {token})")
+            say(f"  receiver: {hook_url}  metrics http://127.0.0.1:{receiver_port}/metrics")
+            say(f"  worker metrics: http://127.0.0.1:{metrics_port}/metrics")
+            say(f"  logs: {stack.workdir}")
+            await stop.wait()
+        return 0 if not diffs else 1
+    finally:
+        await pool.close()
+        await redis.aclose()

@@ -44,7 +44,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def post(http: aiohttp.ClientSession, receiver: Receiver, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+async def post(
+    http: aiohttp.ClientSession, receiver: Receiver, body: bytes, headers: dict[str, str]
+) -> tuple[int, str]:
     async with http.post(receiver.url, data=body, headers=headers) as response:
         return response.status, await response.text()
 

@@ -11,7 +11,10 @@ from typing import Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.queue import redis_settings
@@ -27,7 +30,13 @@ METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
 
 
 def create_redis(url: str, timeout: float) -> Redis[bytes]:
-    """A Redis client whose every connect and command is bounded by ``timeout``, with no silent retries."""
+    """A Redis client whose every connect and command is bounded by ``timeout``.
+
+    A command that meets a dead connection (Redis restarted since it was pooled) is retried once on a fresh
+    one, so the first event after an outage is not refused for nothing; retrying the enqueue script is safe
+    because it is idempotent (a job already written is reported as a duplicate, and it is queued either way).
+    Timeouts are not retried: they bound the answer.
+    """
     rs = redis_settings(url)
     return Redis(
         host=str(rs.host),
@@ -39,6 +48,8 @@ def create_redis(url: str, timeout: float) -> Redis[bytes]:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis_exceptions.ConnectionError,)),
+        retry_on_error=[redis_exceptions.ConnectionError],
     )
 
 

@@ -82,9 +82,16 @@ class WebhookMetrics:
             registry=self.registry,
         )
 
+        # Label children looked up once per (outcome, event_type): `.labels()` costs more than the update itself.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
     def observe_request(self, outcome: str, event_type: str, seconds: float) -> None:
-        self.requests.labels(outcome, event_type).inc()
-        self.request_seconds.labels(outcome, event_type).observe(seconds)
+        children = self._children.get((outcome, event_type))
+        if children is None:
+            children = (self.requests.labels(outcome, event_type), self.request_seconds.labels(outcome, event_type))
+            self._children[(outcome, event_type)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -166,7 +166,7 @@ class BatchEnqueuer:
             async with asyncio.timeout(self._timeout):
                 replies = await self._script(keys=keys, args=args)
             if not isinstance(replies, list) or len(replies) != len(batch):
-                raise QueueUnavailable("unexpected reply")
+                raise QueueUnavailable("redis_error")  # not the reply the script returns
         except Exception as exc:  # every failure fails the batch: none of these requests may answer 200
             reason = _failure_reason(exc)
             for item in batch:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +77,20 @@ def notification_url(port: int) -> str:
     return f"http://{HOST}:{port}{PATH}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to tell server cost from machine noise."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+
+
 @contextlib.contextmanager
-def server_process(kind: str, redis_url: str, queue_name: str) -> Iterator[int]:
+def server_process(kind: str, redis_url: str, queue_name: str) -> Iterator[Server]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--redis-url", redis_url,
@@ -91,7 +103,7 @@ def server_process(kind: str, redis_url: str, queue_name: str) -> Iterator[int]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the {kind} server did not start")
             time.sleep(0.05)
-        yield port
+        yield Server(port, process.pid)
     finally:
         process.terminate()
         process.wait(15)
@@ -160,6 +172,7 @@ class Result:
     failed: int
     seconds: float
     latencies: list[float]
+    server_cpu: float = 0.0  # seconds of server CPU during the load
 
     @property
     def per_second(self) -> float:
@@ -172,8 +185,13 @@ class Result:
     def line(self) -> str:
         return (
             f"{self.name:<34} {self.per_second:>9.0f} req/s   p50 {self.percentile(0.50):7.2f} ms   "
-            f"p99 {self.percentile(0.99):7.2f} ms   non-2xx {self.failed}"
+            f"p99 {self.percentile(0.99):7.2f} ms   server CPU {self.cpu_per_request:6.1f} us/req "
+            f"({100 * self.server_cpu / self.seconds:3.0f}% of a core)   non-2xx {self.failed}"
         )
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.server_cpu / max(self.completed, 1) * 1e6
 
 
 @contextlib.asynccontextmanager
@@ -275,37 +293,42 @@ async def count_queued(redis_url: str, queue_name: str) -> int:
         await client.aclose()
 
 
+async def measured(server: Server, load: Awaitable[Result]) -> Result:
+    cpu_before = cpu_seconds(server.pid)
+    result = await load
+    result.server_cpu = cpu_seconds(server.pid) - cpu_before
+    print(result.line(), flush=True)
+    return result
+
+
 async def main(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:8]
     queue_name = f"square-mirror:bench:{run_id}"
-    print(f"bench run {run_id}: duration {args.duration}s, {args.connections} connections, open loop "
-          f"{args.rate}/s, Redis {args.redis_url.split('@')[-1]}, {os.cpu_count()} CPUs")
+    print(f"bench run {run_id}: {args.duration}s per load, {args.connections} connections, open loop "
+          f"{args.rate}/s, Redis {args.redis_url.split('@')[-1]}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, Result] = {}
+    paced_count = int(args.rate * args.duration) + 16
     try:
-        with server_process("bare", args.redis_url, queue_name) as port:
-            requests = make_requests(port, args.events, run_id + "x")
-            results["bare"] = await closed_loop("bare handler, closed loop", port, requests, args.connections,
-                                                args.duration)
-            print(results["bare"].line())
-            paced = make_requests(port, int(args.rate * args.duration) + 16, run_id + "y")
-            results["bare@rate"] = await open_loop(f"bare handler, {args.rate}/s", port, paced, args.rate,
-                                                   args.duration)
-            print(results["bare@rate"].line())
-        with server_process("receiver", args.redis_url, queue_name) as port:
-            requests = make_requests(port, args.events, run_id)
-            results["receiver"] = await closed_loop("receiver, closed loop", port, requests, args.connections,
-                                                    args.duration)
-            print(results["receiver"].line())
-            paced = make_requests(port, int(args.rate * args.duration) + 16, run_id + "r")
-            results["receiver@rate"] = await open_loop(f"receiver, {args.rate}/s", port, paced, args.rate,
-                                                       args.duration)
-            print(results["receiver@rate"].line())
-            queued = await count_queued(args.redis_url, queue_name)
+        for kind in ("bare", "receiver"):
+            with server_process(kind, args.redis_url, queue_name) as server:
+                requests = make_requests(server.port, args.events, f"{run_id}{kind[0]}c")
+                paced = make_requests(server.port, paced_count, f"{run_id}{kind[0]}r")
+                name = "bare handler" if kind == "bare" else "receiver"
+                results[kind] = await measured(
+                    server, closed_loop(f"{name}, closed loop", server.port, requests, args.connections,
+                                        args.duration)
+                )
+                results[kind + "@rate"] = await measured(
+                    server, open_loop(f"{name}, {args.rate}/s", server.port, paced, args.rate, args.duration)
+                )
+        queued = await count_queued(args.redis_url, queue_name)
     finally:
         await cleanup(args.redis_url, queue_name, run_id)
     accepted = sum(r.completed - r.failed for k, r in results.items() if k.startswith("receiver")) + 16
     ratio = results["receiver"].per_second / results["bare"].per_second
-    print(f"receiver / bare throughput: {ratio:.2f}  (goal >= 0.50)")
+    cpu_ratio = results["bare"].cpu_per_request / results["receiver"].cpu_per_request
+    print(f"receiver / bare throughput: {ratio:.2f}  (goal >= 0.50); by server CPU per request: {cpu_ratio:.2f}")
     print(f"receiver p99 at {args.rate}/s: {results['receiver@rate'].percentile(0.99):.2f} ms  (goal < 50 ms)")
     print(f"jobs in the queue: {queued} for {accepted} accepted requests (warm-up included)")
     return 0

@@ -9,14 +9,16 @@ resolves only from Redis's reply, so a request can answer 200 only after Redis a
 
 A flush starts as soon as a job is pending and fewer than ``max_in_flight`` flushes are running, so a lone
 request never waits for a timer; under load, requests that arrive during a round trip share the next one.
-Every flush is bounded by ``timeout``: a stopped or hung Redis fails the batch's requests (503) well within
-Square's 10 s. A job whose request already gave up is dropped from the batch if it was not sent yet; one that
-was sent may still land, which is harmless (Square retries, and the retry is a duplicate).
+Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
+(both flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
+never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
+is then a duplicate. What never happens is a 200 without Redis's acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -72,6 +74,7 @@ class _Pending:
     job_id: str
     data: bytes
     score: int
+    queued_at: float  # time.monotonic() when the request handed it over
     future: asyncio.Future[bool]
 
 
@@ -105,27 +108,28 @@ class BatchEnqueuer:
         self._expires_ms = expires_ms
         self._metrics = metrics
         self._script = redis.register_script(ENQUEUE_BATCH_LUA)
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Pending] = deque()  # not sent yet
+        self._unanswered: deque[_Pending] = deque()  # every job in arrival order until the watchdog drops it
         self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def enqueue(self, job_id: str, payload: Mapping[str, Any]) -> bool:
         """Queue one job; True if it is new, False if a job with this ID is already queued, running or kept.
 
-        Raises :class:`QueueUnavailable` unless Redis acknowledged within the timeout.
+        Raises :class:`QueueUnavailable` unless Redis acknowledged in time.
         """
         if self._closed:
             raise QueueUnavailable("closing")
         now_ms = int(time.time() * 1000)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(job_id, encode_job(payload, now_ms), now_ms, future))
+        item = _Pending(job_id, encode_job(payload, now_ms), now_ms, time.monotonic(), future)
+        self._pending.append(item)
+        self._unanswered.append(item)
         self._start_flushes()
-        try:
-            # A backstop only: the flush itself is bounded by the same timeout and resolves the future.
-            async with asyncio.timeout(self._timeout + 0.5):
-                return await future
-        except TimeoutError:
-            raise QueueUnavailable("timeout") from None
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._expire_pending())
+        return await future
 
     async def close(self) -> None:
         """Refuse new jobs and wait for the flushes in flight, so every answered request got its reply."""
@@ -136,6 +140,29 @@ class BatchEnqueuer:
             else:
                 self._start_flushes()
                 await asyncio.sleep(0)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    async def _expire_pending(self) -> None:
+        """Fail every job still unanswered ``timeout`` after its request handed it over, sent or not.
+
+        One timer for all requests instead of one per request (an asyncio.timeout per request costs more than
+        the HMAC check). Jobs are checked in arrival order, so each tick looks only at the expired ones and the
+        answered ones in front of them. A job failed here while its flush is still running may yet be stored;
+        that flush's reply is then ignored.
+        """
+        tick = min(0.25, self._timeout / 4)
+        unanswered = self._unanswered
+        while True:
+            await asyncio.sleep(tick)
+            deadline = time.monotonic() - self._timeout
+            while unanswered and (unanswered[0].future.done() or unanswered[0].queued_at <= deadline):
+                item = unanswered.popleft()
+                if not item.future.done():
+                    item.future.set_exception(QueueUnavailable("timeout"))
 
     def _start_flushes(self) -> None:
         while self._pending and len(self._flushes) < self._max_in_flight:

@@ -40,6 +40,6 @@ def verify_signature(keys: Iterable[str], notification_url: str, raw_body: bytes
     for key in keys:
         if not key:
             continue
-        digest = hmac.new(key.encode("utf-8"), message, hashlib.sha256).digest()
+        digest = hmac.digest(key.encode("utf-8"), message, "sha256")
         matched |= hmac.compare_digest(base64.b64encode(digest), expected)
     return matched

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -96,22 +95,25 @@ class Views:
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(verdict.outcome, verdict.event_type, elapsed)
         status = _STATUS[verdict.outcome]
-        log = _log.info if status < 400 else _log.warning
-        log(
-            "webhook",
-            outcome=verdict.outcome,
-            status=status,
-            event_id=verdict.event_id,
-            type=verdict.event_type,
-            merchant_id=verdict.merchant_id,
-            reason=verdict.reason,
-            retry_number=_retry_number(request),
-            latency_ms=round(elapsed * 1000, 2),
-        )
+        fields: dict[str, Any] = {
+            "outcome": verdict.outcome,
+            "status": status,
+            "event_id": verdict.event_id,
+            "type": verdict.event_type,
+            "merchant_id": verdict.merchant_id,
+            "latency_ms": round(elapsed * 1000, 2),
+        }
+        # Optional fields only when present: every logged field goes through the redactor, which is not free.
+        if verdict.reason is not None:
+            fields["reason"] = verdict.reason
+        retry_number = _retry_number(request)
+        if retry_number is not None:
+            fields["retry_number"] = retry_number
+        (_log.info if status < 400 else _log.warning)("webhook", **fields)
         return web.Response(status=status, body=_BODY[verdict.outcome], content_type="application/json")
 
     async def _handle(self, request: web.Request) -> _Verdict:
-        received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        received_at = _utc_now_iso()
         length = request.content_length
         if length is not None and length > self.config.max_body_bytes:
             return _Verdict(m.TOO_LARGE)
@@ -171,6 +173,19 @@ class Views:
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = self.metrics.content_type
         return response
+
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def _utc_now_iso() -> str:
+    """Now as RFC 3339 UTC with milliseconds; the part up to the second is formatted once per second."""
+    global _second_prefix
+    now_ms = time.time_ns() // 1_000_000
+    second, millis = divmod(now_ms, 1000)
+    if _second_prefix[0] != second:
+        _second_prefix = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_prefix[1]}.{millis:03d}Z"
 
 
 def _retry_number(request: web.Request) -> int | None:

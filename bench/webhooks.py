@@ -50,6 +50,8 @@ HOST = "127.0.0.1"
 def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
     from aiohttp import web
 
+    from webhooks.cli import serve as serve_app
+
     if kind == "bare":
 
         async def ok(_request: web.Request) -> web.Response:
@@ -62,6 +64,7 @@ def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
         from square_mirror.settings import Secret, Settings
         from webhooks.app import create_app
 
+        # The receiver's JSON log line per request is rendered and written, to /dev/null.
         level = os.environ.get("BENCH_LOG_LEVEL", "INFO")
         configure_logging(level, stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
         settings = Settings(
@@ -70,7 +73,8 @@ def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
             webhook_notification_url=notification_url(port),
         )
         app = create_app(settings, queue_name=queue_name)
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+    # Both served exactly as `square-mirror webhooks` serves (runner, gc.freeze, signals).
+    asyncio.run(serve_app(app, HOST, port))
 
 
 def notification_url(port: int) -> str:
@@ -293,6 +297,27 @@ async def count_queued(redis_url: str, queue_name: str) -> int:
         await client.aclose()
 
 
+async def batch_stats(port: int) -> str:
+    """Enqueue batching seen so far, from the receiver's own /metrics."""
+    conn = await Connection.open(port)
+    try:
+        conn.writer.write(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+        text = (await conn.reader.readexactly(length)).decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("square_mirror_webhook_enqueue_batch_size_", "square_mirror_webhook_enqueue_seconds_")):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    batches = values.get("square_mirror_webhook_enqueue_batch_size_count", 0) or 1
+    events = values.get("square_mirror_webhook_enqueue_batch_size_sum", 0)
+    seconds = values.get("square_mirror_webhook_enqueue_seconds_sum", 0)
+    return f"{batches:.0f} Redis round trips, {events / batches:.1f} events and {1000 * seconds / batches:.2f} ms each"
+
+
 async def measured(server: Server, load: Awaitable[Result]) -> Result:
     cpu_before = cpu_seconds(server.pid)
     result = await load
@@ -319,6 +344,8 @@ async def main(args: argparse.Namespace) -> int:
                     server, closed_loop(f"{name}, closed loop", server.port, requests, args.connections,
                                         args.duration)
                 )
+                if kind == "receiver":
+                    print("   " + await batch_stats(server.port), flush=True)
                 results[kind + "@rate"] = await measured(
                     server, open_loop(f"{name}, {args.rate}/s", server.port, paced, args.rate, args.duration)
                 )

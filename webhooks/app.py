@@ -29,7 +29,7 @@ VIEWS_KEY: Final = web.AppKey("views", Views)
 METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
 
 
-def create_redis(url: str, timeout: float) -> Redis[bytes]:
+def create_redis(url: str, timeout: float) -> Redis:
     """A Redis client whose every connect and command is bounded by ``timeout``.
 
     A command that meets a dead connection (Redis restarted since it was pooled) is retried once on a fresh
@@ -88,7 +88,7 @@ def create_app(
     async def close_queue(_app: web.Application) -> None:
         # on_cleanup runs after the server finished its in-flight requests (AppRunner.cleanup).
         await enqueuer.close()
-        await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
+        await redis.aclose()
 
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[METRICS_KEY] = metrics

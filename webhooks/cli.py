@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 HELP: Final = (
     "Run the Square webhook receiver: verifies signed deliveries and queues customer events for the worker. "
@@ -27,30 +31,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     # Imported here so `square-mirror --help` does not load aiohttp, Redis and Prometheus.
-    from aiohttp import web
-
-    from square_mirror.logs import configure_logging, get_logger
+    from square_mirror.logs import configure_logging
     from square_mirror.settings import Settings
     from webhooks.app import create_app
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, secrets=settings.secrets())
+    return await serve(create_app(settings), args.host, args.port, path=settings.webhook_path)
+
+
+async def serve(app: web.Application, host: str, port: int, *, path: str = "") -> int:
+    """Serve ``app`` until SIGTERM/SIGINT, then shut down gracefully (the benchmark serves through this too)."""
+    from aiohttp import web
+
+    from square_mirror.logs import get_logger
+
     log = get_logger("webhooks")
-    app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        print(f"square-mirror: error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(f"square-mirror: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
+    # Everything alive now (modules, the app) lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise stall the event loop for ~10 ms now and then (p99 latency).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("webhooks_listening", host=args.host, port=args.port, path=settings.webhook_path)
+    log.info("webhooks_listening", host=host, port=port, path=path)
     try:
         await stop.wait()
     finally:

@@ -91,7 +91,7 @@ class BatchEnqueuer:
 
     def __init__(
         self,
-        redis: Redis[bytes],
+        redis: Redis,
         *,
         queue_name: str = QUEUE_NAME,
         timeout: float = 2.0,

@@ -74,7 +74,7 @@ class Views:
     """The handlers, bound to one app's config, enqueuer, Redis client and metrics."""
 
     def __init__(
-        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: Redis[bytes], metrics: m.WebhookMetrics
+        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: Redis, metrics: m.WebhookMetrics
     ) -> None:
         self.config = config
         self.enqueuer = enqueuer

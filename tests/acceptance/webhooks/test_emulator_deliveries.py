@@ -1,17 +1,16 @@
 """End to end with the Square emulator: its signed deliveries are accepted and land in the queue exactly once
-each, redeliveries included.
+each, duplicates included.
 
-Written against the emulator's documented test interface (``emulator.testing.run_emulator()``, an async
-context manager whose handle has ``subscribe(url, signature_key)`` and ``drain_webhooks()``); the events are
-caused through the Square Customers API the emulator serves. Skipped until the emulator lands in this tree.
+Uses the emulator's test interface (``emulator.testing.run_emulator()``: ``base_url``, ``token``,
+``subscribe()``, ``set_faults()``, ``merge()``, ``drain_webhooks()``); events are caused through the Square
+Customers API it serves. Skipped while the emulator is not in this tree.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,22 +23,38 @@ from webhooks.app import create_app
 
 emulator_testing = pytest.importorskip("emulator.testing")
 
-T = TypeVar("T")
 KEY = "emulator-signature-key"
+Delivery = tuple[bytes, dict[str, str], int, str]  # body, headers, status, response body
 
 
-async def maybe_await(value: T | Awaitable[T]) -> T:
-    if inspect.isawaitable(value):
-        return await value
-    return value
+async def _receiver_recording(
+    settings: Settings, port: int, deliveries: list[Delivery]
+) -> web.AppRunner:
+    """The real receiver on a real port, with a middleware that notes what the emulator sent and got."""
+    app = create_app(settings)
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        body = await request.read()  # cached: the receiver reads the same bytes
+        response = await handler(request)
+        if request.path == settings.webhook_path:
+            text = response.body.decode() if isinstance(response, web.Response) and response.body else ""
+            deliveries.append((body, dict(request.headers), response.status, text))
+        return response
+
+    app.middlewares.append(record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
-def attribute(handle: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(handle, name, None)
-        if value:
-            return value
-    raise AssertionError(f"the emulator handle has none of {names}; update this test to its interface")
+async def _square(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    async with session.request(method, url, json=body) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
 
 
 async def test_emulator_deliveries_land_in_the_queue_exactly_once_each(redis_url: str) -> None:
@@ -50,54 +65,51 @@ async def test_emulator_deliveries_land_in_the_queue_exactly_once_each(redis_url
         webhook_signature_keys=(Secret(KEY),),
         webhook_notification_url=notification_url,
     )
-    app = create_app(settings)
-    deliveries: list[tuple[bytes, dict[str, str], int]] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        body = await request.read()  # cached: the receiver reads the same bytes
-        response: web.StreamResponse = await handler(request)
-        if request.path == settings.webhook_path:
-            deliveries.append((body, dict(request.headers), response.status))
-        return response
-
-    app.middlewares.append(record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    deliveries: list[Delivery] = []
+    runner = await _receiver_recording(settings, port, deliveries)
     try:
         async with emulator_testing.run_emulator() as emu:
-            await maybe_await(emu.subscribe(notification_url, KEY))
-            base_url = str(attribute(emu, "base_url", "url")).rstrip("/")
-            token = attribute(emu, "access_token", "token")
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            await emu.subscribe(notification_url, KEY)
+            await emu.set_faults(webhook_duplicate_rate=1.0)  # every event delivered twice
+            headers = {"Authorization": f"Bearer {emu.token}", "Square-Version": "2025-08-20"}
             async with aiohttp.ClientSession(headers=headers) as square:
                 ids = []
-                for n in range(5):
-                    async with square.post(
-                        f"{base_url}/v2/customers", json={"given_name": f"Emu{n}", "idempotency_key": f"k{n}"}
-                    ) as response:
-                        assert response.status == 200, await response.text()
-                        ids.append((await response.json())["customer"]["id"])
-                async with square.put(f"{base_url}/v2/customers/{ids[0]}", json={"note": "updated"}) as response:
-                    assert response.status == 200, await response.text()
-                async with square.delete(f"{base_url}/v2/customers/{ids[1]}") as response:
-                    assert response.status == 200, await response.text()
-            await maybe_await(emu.drain_webhooks())
+                for n in range(4):
+                    created = await _square(
+                        square, "POST", f"{emu.base_url}/v2/customers",
+                        {"given_name": f"Emu{n}", "email_address": f"emu{n}@example.com", "idempotency_key": f"k{n}"},
+                    )
+                    ids.append(created["customer"]["id"])
+                await _square(square, "PUT", f"{emu.base_url}/v2/customers/{ids[0]}", {"note": "updated"})
+                await _square(square, "DELETE", f"{emu.base_url}/v2/customers/{ids[1]}")
+            merged = await emu.merge([ids[2], ids[3]])
+            assert await emu.drain_webhooks()
 
         assert deliveries, "the emulator delivered nothing"
-        assert {status for _, _, status in deliveries} == {200}
-        delivered_ids = {json.loads(body)["event_id"] for body, _, _ in deliveries}
+        assert {status for _, _, status, _ in deliveries} == {200}
+        event_ids = [json.loads(body)["event_id"] for body, _, _, _ in deliveries]
+        distinct = set(event_ids)
+        assert len(event_ids) > len(distinct), "the duplicate fault should have redelivered events"
+        answers = [text for _, _, _, text in deliveries]
+        assert answers.count('{"status":"queued"}') == len(distinct)
         jobs = await queued_jobs(redis_url)
-        assert sorted(j.job_id for j in jobs) == sorted(delivered_ids)
-        assert {j.args[0]["type"] for j in jobs} >= {"customer.created", "customer.updated", "customer.deleted"}
+        assert sorted(j.job_id for j in jobs) == sorted(distinct)
+        payloads = [j.args[0] for j in jobs]
+        assert {p["type"] for p in payloads} == {"customer.created", "customer.updated", "customer.deleted"}
+        merge_contexts = [p["event_context"] for p in payloads if p["event_context"]]
+        assert merge_contexts, "the merge's events should carry event_context.merge"
+        for context in merge_contexts:
+            assert context["merge"]["to_customer_id"] == merged["customer"]["id"]
+            assert sorted(context["merge"]["from_customer_ids"]) == sorted([ids[2], ids[3]])
+        assert not any("example.com" in json.dumps(p) for p in payloads)  # no PII in Redis
 
-        # Square redelivers at least once: every one of the emulator's signed deliveries again, as sent.
+        # Square redelivers at least once: every signed delivery again, byte for byte, is a no-op.
         async with aiohttp.ClientSession() as http:
-            for body, sent_headers, _ in list(deliveries):
-                keep = {k: v for k, v in sent_headers.items() if k.lower().startswith(("x-square", "content-type"))}
+            for body, sent_headers, _, _ in deliveries[:10]:
+                keep = {k: v for k, v in sent_headers.items() if k.lower() in ("content-type",
+                                                                                "x-square-hmacsha256-signature")}
                 async with http.post(notification_url, data=body, headers=keep) as response:
                     assert (response.status, await response.text()) == (200, '{"status":"duplicate"}')
-        assert sorted(j.job_id for j in await queued_jobs(redis_url)) == sorted(delivered_ids)
+        assert sorted(j.job_id for j in await queued_jobs(redis_url)) == sorted(distinct)
     finally:
         await runner.cleanup()

@@ -19,6 +19,9 @@ which is what to compare when the machine is shared: throughput also moves with 
 bare handler can outrun a one-process load generator. Summary: best-round throughput and the ratio, median
 CPU per request and its ratio, open-loop p50/p99. The bench writes to a queue name and job IDs of its own and
 deletes them afterwards, so it never touches the real queue or another run's keys.
+
+Environment knobs for experiments: BENCH_LOG_LEVEL=WARNING drops the receiver's per-request log line (to see
+its cost), BENCH_MAX_IN_FLIGHT=N sets the enqueuer's concurrent Redis round trips (default 2).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
             webhook_signature_keys=(Secret(KEY),),
             webhook_notification_url=notification_url(port),
         )
-        app = create_app(settings, queue_name=queue_name)
+        app = create_app(settings, queue_name=queue_name,
+                         max_in_flight=int(os.environ.get("BENCH_MAX_IN_FLIGHT", "2")))
     # Both served exactly as `square-mirror webhooks` serves (runner, gc.freeze, signals).
     asyncio.run(serve_app(app, HOST, port))
 

@@ -66,3 +66,11 @@ def test_unknown_payload_version_is_refused() -> None:
     payload["v"] = 99
     with pytest.raises(InvalidEnvelope, match="version"):
         read_event_job(payload)
+
+
+def test_payload_keys_are_exactly_the_job_fields() -> None:
+    from dataclasses import fields
+
+    from square_mirror.jobs import EventJob
+
+    assert set(build_event_job(CREATED)) == {"v"} | {f.name for f in fields(EventJob)}

@@ -1,0 +1,129 @@
+"""The inbox (``square.webhook_events``): first sight, duplicates, outcomes, and what redrive re-enqueues.
+
+An event row is written the first time any run sees the event and counts every run in ``attempts``. A row
+with ``processed_at`` set is finished: a later run is a duplicate and changes nothing. A row without it (a run
+crashed, or is waiting on a retry) is processed again. ``payload`` is the PII-free job payload, so a failed
+event can be rebuilt and re-enqueued by ``square-mirror redrive``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+
+from square_mirror.jobs import EventJob
+from worker.store import Conn
+
+ERROR_MAX_CHARS: Final = 300
+_FRACTION_RE: Final = re.compile(r"(\.\d{6})\d+")
+
+
+class Outcome:
+    APPLIED: Final = "applied"
+    STALE: Final = "stale"
+    DUPLICATE: Final = "duplicate"
+    DELETED: Final = "deleted"
+    MERGED: Final = "merged"
+    IGNORED: Final = "ignored"
+    FAILED: Final = "failed"
+    UNAUTHORIZED: Final = "unauthorized"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp from Square (any number of fraction digits, ``Z`` or an offset), else None."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(_FRACTION_RE.sub(r"\1", value.strip()).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    processed: bool
+    outcome: str | None
+    attempts: int
+
+
+_RECORD_SQL: Final = """
+INSERT INTO square.webhook_events AS e
+    (merchant_id, event_id, type, customer_id, version, created_at, received_at, attempts, source, payload)
+VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), 1, $8, $9)
+ON CONFLICT (merchant_id, event_id) DO UPDATE SET attempts = e.attempts + 1
+RETURNING processed_at IS NOT NULL AS processed, outcome, attempts
+"""
+
+
+async def record(conn: Conn | asyncpg.Pool, job: EventJob, payload: dict[str, Any]) -> Sighting:
+    """Write the event on first sight (or count another run of it); tells whether it was already processed."""
+    row = await conn.fetchrow(
+        _RECORD_SQL, job.merchant_id, job.event_id, job.type, job.customer_id, job.version,
+        parse_time(job.created_at), parse_time(job.received_at), job.source, payload,
+    )
+    assert row is not None
+    return Sighting(bool(row["processed"]), row["outcome"], int(row["attempts"]))
+
+
+async def finish(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str, outcome: str,
+                 error: str | None = None) -> bool:
+    """Mark the event processed; the first run to finish wins (a concurrent twin does not overwrite it)."""
+    status = await conn.execute(
+        "UPDATE square.webhook_events SET processed_at = now(), outcome = $3, error = $4"
+        " WHERE merchant_id = $1 AND event_id = $2 AND processed_at IS NULL",
+        merchant_id, event_id, outcome, _short(error),
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def note_pending(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str, outcome: str | None,
+                       error: str | None) -> None:
+    """An unfinished run: keep the reason (e.g. ``unauthorized``, the last transient error) without finishing."""
+    await conn.execute(
+        "UPDATE square.webhook_events SET outcome = $3, error = $4"
+        " WHERE merchant_id = $1 AND event_id = $2 AND processed_at IS NULL",
+        merchant_id, event_id, outcome, _short(error),
+    )
+
+
+def _short(error: str | None) -> str | None:
+    if error is None:
+        return None
+    return error if len(error) <= ERROR_MAX_CHARS else error[: ERROR_MAX_CHARS - 3] + "..."
+
+
+async def failed_events(
+    conn: Conn | asyncpg.Pool,
+    *,
+    merchant_id: str | None = None,
+    event_ids: list[str] | None = None,
+    limit: int = 100_000,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(merchant_id, event_id, payload) of events whose outcome is ``failed``, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT merchant_id, event_id, payload FROM square.webhook_events
+        WHERE outcome = 'failed' AND payload IS NOT NULL
+          AND ($1::text IS NULL OR merchant_id = $1)
+          AND ($2::text[] IS NULL OR event_id = ANY ($2::text[]))
+        ORDER BY received_at, event_id
+        LIMIT $3
+        """,
+        merchant_id, event_ids, limit,
+    )
+    return [(r["merchant_id"], r["event_id"], dict(r["payload"])) for r in rows]
+
+
+async def reopen(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str) -> bool:
+    """Clear a failed event's finish so the re-enqueued job processes it instead of calling it a duplicate."""
+    status = await conn.execute(
+        "UPDATE square.webhook_events SET processed_at = NULL, outcome = NULL"
+        " WHERE merchant_id = $1 AND event_id = $2 AND outcome = 'failed'",
+        merchant_id, event_id,
+    )
+    return bool(status.endswith(" 1"))

@@ -3,7 +3,8 @@
 A job asks for one customer. The ID joins the merchant's pending batch, which is sent after a short window
 (a few ms) or as soon as it holds 100 IDs, as ONE :func:`worker.sync.sync_customers` call (fetch, merge
 redirects, confirmed NOT_FOUNDs, version-guarded upsert, missing definitions). Every waiting job gets its own
-ID's outcome.
+ID's outcome. At most ``max_in_flight`` batches per merchant run at once (full batches excepted): under load,
+IDs keep gathering while earlier batches are out, so batches grow with the load instead of the call count.
 
 Jobs for a customer whose fetch is already in flight share it, but only if what it brought back is at least
 as new as their event: a fetch that left before the event's change was committed cannot answer for it, so
@@ -51,18 +52,22 @@ class FetchCoalescer:
         *,
         window: float = 0.005,
         max_batch: int = BULK_RETRIEVE_LIMIT,
+        max_in_flight: int = 2,
         on_success: MerchantHook | None = None,
         sync_function: SyncFunction | None = None,
     ) -> None:
         self.sync = sync
         self.window = max(0.0, window)
         self.max_batch = max(1, min(max_batch, BULK_RETRIEVE_LIMIT))
+        self.max_in_flight = max(1, max_in_flight)
         self.on_success = on_success
         self._sync_function: SyncFunction = sync_function or sync_customers
         self._pending: dict[str, dict[str, asyncio.Future[Fetched]]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Fetched]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, int] = {}  # merchant -> batches in flight
+        self._due: set[str] = set()  # merchants whose window passed while max_in_flight batches were out
         self.batches = 0
         self.ids_fetched = 0
         self._closed = False
@@ -89,10 +94,7 @@ class FetchCoalescer:
         batch = self._pending.get(merchant_id)
         if batch is None:
             batch = self._pending[merchant_id] = {}
-            if self.window > 0:
-                self._timers[merchant_id] = loop.call_later(self.window, self._flush, merchant_id)
-            else:
-                self._timers[merchant_id] = loop.call_soon(self._flush, merchant_id)  # type: ignore[assignment]
+            self._timers[merchant_id] = loop.call_later(self.window, self._window_passed, merchant_id)
         future = batch.get(customer_id)
         if future is None:
             future = batch[customer_id] = loop.create_future()
@@ -101,7 +103,15 @@ class FetchCoalescer:
             self._flush(merchant_id)
         return future
 
+    def _window_passed(self, merchant_id: str) -> None:
+        self._timers.pop(merchant_id, None)
+        if self._running.get(merchant_id, 0) >= self.max_in_flight:
+            self._due.add(merchant_id)  # sent when a batch in flight comes back
+        else:
+            self._flush(merchant_id)
+
     def _flush(self, merchant_id: str) -> None:
+        self._due.discard(merchant_id)
         timer = self._timers.pop(merchant_id, None)
         if timer is not None:
             timer.cancel()
@@ -110,9 +120,20 @@ class FetchCoalescer:
             return
         for customer_id, future in batch.items():
             self._inflight[(merchant_id, customer_id)] = future
+        self._running[merchant_id] = self._running.get(merchant_id, 0) + 1
         task = asyncio.get_running_loop().create_task(self._run(merchant_id, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._batch_done(merchant_id))
+
+    def _batch_done(self, merchant_id: str) -> None:
+        left = self._running.get(merchant_id, 1) - 1
+        if left > 0:
+            self._running[merchant_id] = left
+        else:
+            self._running.pop(merchant_id, None)
+        if merchant_id in self._due:
+            self._flush(merchant_id)
 
     async def _run(self, merchant_id: str, batch: dict[str, asyncio.Future[Fetched]]) -> None:
         ids = list(batch)
@@ -134,6 +155,11 @@ class FetchCoalescer:
                 if self._inflight.get((merchant_id, customer_id)) is future:
                     del self._inflight[(merchant_id, customer_id)]
         FETCHES.labels("ok").inc()
+        if self.on_success is not None:
+            try:
+                await self.on_success(merchant_id)
+            except Exception as exc:
+                log.warning("merchant_ok_hook_failed", merchant_id=merchant_id, error=type(exc).__name__)
         for customer_id, future in batch.items():
             if not future.done():
                 future.set_result(Fetched(
@@ -141,11 +167,6 @@ class FetchCoalescer:
                     version=result.versions.get(customer_id),
                     merged_into=result.merged_into.get(customer_id),
                 ))
-        if self.on_success is not None:
-            try:
-                await self.on_success(merchant_id)
-            except Exception as exc:
-                log.warning("merchant_ok_hook_failed", merchant_id=merchant_id, error=type(exc).__name__)
 
     async def close(self) -> None:
         """Send what is pending and wait for every batch in flight."""

@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
         enqueued, skipped = await redrive(pool, redis, merchant_id=args.merchant,
                                           event_ids=None if args.all_failed else args.event, dry_run=args.dry_run)
     finally:
-        await redis.close()
+        await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
         await pool.close()
     verb = "would re-enqueue" if args.dry_run else "re-enqueued"
     print(f"{verb} {enqueued} failed event(s); {skipped} skipped")

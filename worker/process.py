@@ -131,7 +131,7 @@ async def _run(ctx: dict[str, Any], job: EventJob, payload: dict[str, Any]) -> s
         except TimeoutError:
             raise Transient("timeout", f"job deadline of {deadline:.0f}s passed") from None
         except (*_DATABASE_TRANSIENT, redis_exceptions.ConnectionError, redis_exceptions.TimeoutError) as exc:
-            raise Transient("database", type(exc).__name__) from None
+            raise Transient("database", f"{type(exc).__name__}: {str(exc)[:120]}") from None
     except SquareUnauthorized as exc:
         await ctx["mark_unauthorized"](job.merchant_id, str(exc))
         error = f"unauthorized: {exc}"

@@ -31,7 +31,7 @@ UNAUTHORIZED_TTL_SECONDS: Final = 30 * 24 * 3600
 async def startup(ctx: dict[str, Any]) -> None:
     """arq ``on_startup``: ctx arrives with ``settings`` and ``redis``; anything already in ctx is kept."""
     settings: Settings = ctx["settings"]
-    redis: Redis[bytes] = ctx["redis"]
+    redis: Redis = ctx["redis"]
     owned: list[str] = ctx.setdefault("_owned", [])
     if "pool" not in ctx:
         ctx["pool"] = await create_pool(settings.require_database_url(), min_size=2,

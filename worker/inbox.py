@@ -9,14 +9,17 @@ event can be rebuilt and re-enqueued by ``square-mirror redrive``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
+import orjson
 
 from square_mirror.jobs import EventJob
-from worker.store import Conn
+from worker.batching import MicroBatcher
+from worker.store import Conn, StoredCustomer
 
 ERROR_MAX_CHARS: Final = 300
 _FRACTION_RE: Final = re.compile(r"(\.\d{6})\d+")
@@ -49,6 +52,7 @@ class Sighting:
     processed: bool
     outcome: str | None
     attempts: int
+    stored: StoredCustomer | None = None  # the event's customer as the mirror held it, read in the same statement
 
 
 _RECORD_SQL: Final = """
@@ -89,6 +93,97 @@ async def note_pending(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: st
         " WHERE merchant_id = $1 AND event_id = $2 AND processed_at IS NULL",
         merchant_id, event_id, outcome, _short(error),
     )
+
+
+EventKey = tuple[str, str]  # (merchant_id, event_id)
+
+_RECORD_MANY_SQL: Final = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
+                         $7::timestamptz[], $8::text[], $9::text[])
+        AS t(merchant_id, event_id, type, customer_id, version, created_at, received_at, source, payload)
+), ins AS (
+    INSERT INTO square.webhook_events AS e
+        (merchant_id, event_id, type, customer_id, version, created_at, received_at, attempts, source, payload)
+    SELECT merchant_id, event_id, type, customer_id, version, created_at, COALESCE(received_at, now()), 1, source,
+           payload::jsonb
+    FROM input
+    ORDER BY merchant_id, event_id
+    ON CONFLICT (merchant_id, event_id) DO UPDATE SET attempts = e.attempts + 1
+    RETURNING e.merchant_id, e.event_id, e.processed_at IS NOT NULL AS processed, e.outcome, e.attempts
+)
+SELECT ins.*, c.id IS NOT NULL AS known, c.version AS stored_version, c.deleted_at IS NOT NULL AS stored_deleted,
+       c.merged_into AS stored_merged_into
+FROM ins
+JOIN input i ON i.merchant_id = ins.merchant_id AND i.event_id = ins.event_id
+LEFT JOIN square.customers c ON c.merchant_id = i.merchant_id AND c.id = i.customer_id
+"""
+
+
+async def record_many(
+    conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[EventJob, dict[str, Any]]]
+) -> dict[EventKey, Sighting]:
+    """:func:`record` for many events in one statement, with each event's stored customer (the gate's input)."""
+    keys = sorted(items)
+    jobs = [items[k][0] for k in keys]
+    rows = await conn.fetch(
+        _RECORD_MANY_SQL,
+        [j.merchant_id for j in jobs], [j.event_id for j in jobs], [j.type for j in jobs],
+        [j.customer_id for j in jobs], [j.version for j in jobs], [parse_time(j.created_at) for j in jobs],
+        [parse_time(j.received_at) for j in jobs], [j.source for j in jobs],
+        [orjson.dumps(items[k][1]).decode() for k in keys],
+    )
+    out: dict[EventKey, Sighting] = {}
+    for r in rows:
+        stored = (StoredCustomer(r["stored_version"], r["stored_deleted"], r["stored_merged_into"])
+                  if r["known"] else None)
+        out[(r["merchant_id"], r["event_id"])] = Sighting(bool(r["processed"]), r["outcome"], int(r["attempts"]),
+                                                          stored)
+    return out
+
+
+async def finish_many(conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[str, str | None]]) -> dict[
+        EventKey, bool]:
+    """:func:`finish` for many events in one statement."""
+    keys = sorted(items)
+    await conn.execute(
+        """
+        UPDATE square.webhook_events e SET processed_at = now(), outcome = u.outcome, error = u.error
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(merchant_id, event_id, outcome, error)
+        WHERE e.merchant_id = u.merchant_id AND e.event_id = u.event_id AND e.processed_at IS NULL
+        """,
+        [k[0] for k in keys], [k[1] for k in keys], [items[k][0] for k in keys],
+        [_short(items[k][1]) for k in keys],
+    )
+    return dict.fromkeys(keys, True)
+
+
+class Inbox:
+    """The inbox writes of concurrent jobs, batched: one statement per few milliseconds instead of per job."""
+
+    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.002) -> None:
+        self.pool = pool
+
+        async def record_batch(items: dict[EventKey, tuple[EventJob, dict[str, Any]]]) -> dict[EventKey, Sighting]:
+            return await record_many(pool, items)
+
+        async def finish_batch(items: dict[EventKey, tuple[str, str | None]]) -> dict[EventKey, bool]:
+            return await finish_many(pool, items)
+
+        self._record: MicroBatcher[EventKey, tuple[EventJob, dict[str, Any]], Sighting] = MicroBatcher(
+            record_batch, window=window)
+        self._finish: MicroBatcher[EventKey, tuple[str, str | None], bool] = MicroBatcher(finish_batch,
+                                                                                          window=window)
+
+    async def record(self, job: EventJob, payload: dict[str, Any]) -> Sighting:
+        return await self._record.submit((job.merchant_id, job.event_id), (job, payload))
+
+    async def finish(self, job: EventJob, outcome: str, error: str | None = None) -> None:
+        await self._finish.submit((job.merchant_id, job.event_id), (outcome, error))
+
+    async def close(self) -> None:
+        await self._record.close()
+        await self._finish.close()
 
 
 def _short(error: str | None) -> str | None:

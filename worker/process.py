@@ -179,7 +179,7 @@ async def _fail(ctx: dict[str, Any], job: EventJob, error: str) -> str:
 async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, Any]) -> str:
     """Steps 1-5 above for one run; returns the outcome (already written to the inbox)."""
     pool: asyncpg.Pool = ctx["pool"]
-    sighting = await inbox.record(pool, job, payload)
+    sighting = await ctx["inbox"].record(job, payload)
     if sighting.processed:
         EVENTS.labels(job.type, Outcome.DUPLICATE).inc()
         return Outcome.DUPLICATE
@@ -205,8 +205,7 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
             await ctx["coalescer"].fetch(job.merchant_id, to_id, target_version)
         return await _finish(ctx, job, Outcome.MERGED)
 
-    stored = (await store.stored_customers(pool, job.merchant_id, [customer_id])).get(customer_id)
-    if event_is_stale(stored, job):
+    if event_is_stale(sighting.stored, job):
         return await _finish(ctx, job, Outcome.STALE)
 
     if job.type == "customer.deleted":
@@ -223,7 +222,7 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
 
 
 async def _finish(ctx: dict[str, Any], job: EventJob, outcome: str) -> str:
-    await inbox.finish(ctx["pool"], job.merchant_id, job.event_id, outcome)
+    await ctx["inbox"].finish(job, outcome)
     return _count(ctx, job, outcome)
 
 

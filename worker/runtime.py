@@ -3,7 +3,8 @@
 Keys every job may use (backfill and reconcile jobs run in the same process):
 ``settings``, ``pool`` (asyncpg), ``client`` (SquareClient with the shared Redis rate limit and the
 unauthorized hook), ``sync`` (worker.sync.SyncContext), ``redis`` (arq's own connection), plus
-``coalescer`` (worker.coalescer.FetchCoalescer) and ``mark_unauthorized`` / ``mark_authorized``.
+``coalescer`` (worker.coalescer.FetchCoalescer), ``inbox`` (worker.inbox.Inbox, batched inbox writes) and
+``mark_unauthorized`` / ``mark_authorized``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from square_mirror.settings import Settings
 from square_mirror.square_api import SquareClient
 from worker import store
 from worker.coalescer import FetchCoalescer
+from worker.inbox import Inbox
 from worker.metrics import MERCHANT_UNAUTHORIZED, QUEUE_DEPTH, start_metrics_server
 from worker.sync import SyncContext
 
@@ -65,6 +67,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         )
         owned.append("client")
     ctx["sync"] = SyncContext(pool, ctx["client"])
+    ctx["inbox"] = Inbox(pool)
     ctx["coalescer"] = FetchCoalescer(ctx["sync"], window=settings.worker_fetch_window_ms / 1000.0,
                                       on_success=mark_authorized)
 
@@ -82,6 +85,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     coalescer: FetchCoalescer | None = ctx.get("coalescer")
     if coalescer is not None:
         await coalescer.close()
+    inbox: Inbox | None = ctx.get("inbox")
+    if inbox is not None:
+        await inbox.close()
     runner = ctx.get("metrics_runner")
     if runner is not None:
         await runner.cleanup()

@@ -52,7 +52,7 @@ class FetchCoalescer:
         *,
         window: float = 0.005,
         max_batch: int = BULK_RETRIEVE_LIMIT,
-        max_in_flight: int = 2,
+        max_in_flight: int = 4,
         on_success: MerchantHook | None = None,
         sync_function: SyncFunction | None = None,
     ) -> None:

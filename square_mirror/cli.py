@@ -23,6 +23,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
     "worker": ("worker.cli", "run the sync worker (arq): webhook events to committed rows"),
     "redrive": ("worker.redrive", "re-enqueue webhook events recorded as failed"),
+    "webhooks": ("webhooks.cli", "run the Square webhook receiver (HTTP, queues events to Redis)"),
 }
 # Commands that parse their own argv (the emulator shares no code with the rest).
 PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {

@@ -214,6 +214,24 @@ async def failed_events(
     return [(r["merchant_id"], r["event_id"], dict(r["payload"])) for r in rows]
 
 
+async def unfinished_events(
+    conn: Conn | asyncpg.Pool, *, older_than_seconds: float, merchant_id: str | None = None, limit: int = 100_000,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Events never finished (their job was lost: a crash on the last try, or an expired job), oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT merchant_id, event_id, payload FROM square.webhook_events
+        WHERE processed_at IS NULL AND payload IS NOT NULL
+          AND received_at < now() - make_interval(secs => $1)
+          AND ($2::text IS NULL OR merchant_id = $2)
+        ORDER BY received_at, event_id
+        LIMIT $3
+        """,
+        older_than_seconds, merchant_id, limit,
+    )
+    return [(r["merchant_id"], r["event_id"], dict(r["payload"])) for r in rows]
+
+
 async def reopen(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str) -> bool:
     """Clear a failed event's finish so the re-enqueued job processes it instead of calling it a duplicate."""
     status = await conn.execute(

@@ -32,17 +32,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merchant", help="only this merchant's failed events")
     parser.add_argument("--event", action="append", default=[], metavar="ID", help="this event ID (repeatable)")
     parser.add_argument("--all-failed", action="store_true", help="every failed event (of --merchant, if given)")
+    parser.add_argument("--unfinished-older-than", type=float, metavar="SECONDS",
+                        help="also events never finished whose job was lost (a crash on the last try, an expired "
+                             "job) and that arrived more than SECONDS ago; a job still queued is left alone")
     parser.add_argument("--dry-run", action="store_true", help="list what would be re-enqueued")
 
 
 async def redrive(
     pool: Conn | Any, redis: ArqRedis, *, merchant_id: str | None = None, event_ids: list[str] | None = None,
-    dry_run: bool = False,
+    dry_run: bool = False, unfinished_older_than: float | None = None, failed: bool = True,
 ) -> tuple[int, int]:
-    """Re-enqueue the chosen failed events; returns (enqueued, skipped)."""
+    """Re-enqueue the chosen failed (and, if asked, lost unfinished) events; returns (enqueued, skipped)."""
     enqueued = skipped = 0
-    for merchant, event_id, payload in await inbox.failed_events(pool, merchant_id=merchant_id,
-                                                                 event_ids=event_ids or None):
+    chosen = []
+    if failed:
+        chosen += await inbox.failed_events(pool, merchant_id=merchant_id, event_ids=event_ids or None)
+    if unfinished_older_than is not None:
+        chosen += await inbox.unfinished_events(pool, older_than_seconds=unfinished_older_than,
+                                                merchant_id=merchant_id)
+    for merchant, event_id, payload in chosen:
         try:
             read_event_job(payload)
         except InvalidEnvelope as exc:
@@ -63,8 +71,8 @@ async def redrive(
 
 
 async def run(args: argparse.Namespace) -> int:
-    if not args.event and not args.all_failed:
-        print("square-mirror redrive: choose events with --event ID or --all-failed")
+    if not args.event and not args.all_failed and args.unfinished_older_than is None:
+        print("square-mirror redrive: choose events with --event ID, --all-failed or --unfinished-older-than")
         return 2
     settings = Settings.from_env()
     configure_logging(settings.log_level, secrets=settings.secrets())
@@ -72,11 +80,13 @@ async def run(args: argparse.Namespace) -> int:
     redis = await create_pool(redis_settings(settings.require_redis_url()), job_serializer=serialize_job,
                               job_deserializer=deserialize_job, default_queue_name=QUEUE_NAME)
     try:
-        enqueued, skipped = await redrive(pool, redis, merchant_id=args.merchant,
-                                          event_ids=None if args.all_failed else args.event, dry_run=args.dry_run)
+        enqueued, skipped = await redrive(
+            pool, redis, merchant_id=args.merchant, event_ids=None if args.all_failed else args.event,
+            dry_run=args.dry_run, unfinished_older_than=args.unfinished_older_than,
+            failed=bool(args.all_failed or args.event))
     finally:
         await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
         await pool.close()
     verb = "would re-enqueue" if args.dry_run else "re-enqueued"
-    print(f"{verb} {enqueued} failed event(s); {skipped} skipped")
+    print(f"{verb} {enqueued} event(s); {skipped} skipped")
     return 0

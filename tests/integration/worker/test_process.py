@@ -223,3 +223,27 @@ async def test_unauthorized_merchant_is_marked_deferred_and_recovers(db_pool: as
         assert await h.run(payload, job_try=2) == "applied"
         assert await db_pool.fetchval("SELECT auth_status FROM square.merchants") == "ok"
         del rec
+
+
+async def test_redrive_finds_events_whose_job_was_lost(db_pool: asyncpg.Pool, redis_url: str) -> None:
+    from arq.connections import create_pool
+
+    from square_mirror.jobs import read_event_job
+    from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+    from worker import inbox
+    from worker.redrive import redrive
+
+    async with harness(db_pool, redis_url) as h:
+        h.state.create_customer({"given_name": "A"})
+        [payload] = h.payloads()
+        await inbox.record(db_pool, read_event_job(payload), payload)  # a run that crashed on its last try
+        await db_pool.execute("UPDATE square.webhook_events SET received_at = now() - interval '1 hour'")
+        arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                                      job_deserializer=deserialize_job)
+        try:
+            assert await redrive(db_pool, arq_redis, failed=False, unfinished_older_than=600) == (1, 0)
+            assert await redrive(db_pool, arq_redis, failed=False, unfinished_older_than=600) == (0, 1)  # queued
+            assert await redrive(db_pool, arq_redis, failed=False, unfinished_older_than=7200) == (0, 0)
+        finally:
+            await arq_redis.aclose()
+        assert await h.run(payload) == "applied"

@@ -22,7 +22,7 @@ class MicroBatcher(Generic[K, V, R]):
         self,
         run: Callable[[dict[K, V]], Awaitable[dict[K, R]]],
         *,
-        window: float = 0.002,
+        window: float = 0.005,
         max_batch: int = 500,
         max_in_flight: int = 2,
     ) -> None:

@@ -161,7 +161,7 @@ async def finish_many(conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[
 class Inbox:
     """The inbox writes of concurrent jobs, batched: one statement per few milliseconds instead of per job."""
 
-    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.002) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, window: float = 0.005) -> None:
         self.pool = pool
 
         async def record_batch(items: dict[EventKey, tuple[EventJob, dict[str, Any]]]) -> dict[EventKey, Sighting]:

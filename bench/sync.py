@@ -87,6 +87,16 @@ async def enqueue(redis: Redis, payloads: list[dict[str, Any]]) -> None:
         await pipe.execute()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -218,6 +228,7 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
                 finally:
                     await conn.close()
                 calls = await scrape_api_calls(session, metrics_port) - calls_before
+                worker_cpu = cpu_seconds(proc.pid)
             finally:
                 await stop_process(proc)
             touched = {p_id for p_id in stored}
@@ -225,7 +236,7 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
         return {"events": total, "seconds": elapsed, "events_per_s": total / elapsed,
                 "p50": percentile(lags, 0.50), "p99": percentile(lags, 0.99), "calls_per_event": calls / total,
                 "applied": float(outcomes.get("applied", 0)), "stale": float(outcomes.get("stale", 0)),
-                "wrong_rows": float(wrong)}
+                "wrong_rows": float(wrong), "worker_cpu_ms_per_event": 1000 * worker_cpu / total}
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         await admin.close()
@@ -246,7 +257,7 @@ async def main(opts: argparse.Namespace) -> int:
         noop = await baseline(redis, base_env, events)
         print(f"arq no-op baseline (same settings: max_jobs 200, poll_delay 0.05): {noop:8.0f} jobs/s")
         print(f"{'scenario':28} {'events':>7} {'events/s':>9} {'ratio':>6} {'lag p50':>8} {'lag p99':>8} "
-              f"{'calls/event':>11} {'applied':>7} {'stale':>6}")
+              f"{'calls/event':>11} {'applied':>7} {'stale':>6} {'cpu ms/ev':>9}")
         for latency in opts.latencies:
             runs = [("burst", latency)]
             if latency in opts.paced_latencies:
@@ -257,7 +268,8 @@ async def main(opts: argparse.Namespace) -> int:
                          else f"paced {opts.paced_rate}/s @{lat:g}ms")
                 print(f"{label:28} {r['events']:7.0f} {r['events_per_s']:9.0f} {r['events_per_s'] / noop:6.2f} "
                       f"{r['p50']:7.3f}s {r['p99']:7.3f}s {r['calls_per_event']:11.4f} {r['applied']:7.0f} "
-                      f"{r['stale']:6.0f}" + (f"  WRONG ROWS: {r['wrong_rows']:.0f}" if r["wrong_rows"] else ""))
+                      f"{r['stale']:6.0f} {r['worker_cpu_ms_per_event']:8.2f}"
+                      + (f"  WRONG ROWS: {r['wrong_rows']:.0f}" if r["wrong_rows"] else ""))
     finally:
         await redis.aclose()
         if redis_server is not None:

@@ -327,23 +327,30 @@ async def count_queued(redis_url: str, queue_name: str) -> int:
         await client.aclose()
 
 
-async def batch_stats(port: int) -> str:
-    """Enqueue batching seen so far, from the receiver's own /metrics."""
+async def enqueue_counters(port: int) -> tuple[float, float, float]:
+    """(round trips, events, seconds) of the receiver's enqueue batches so far, from its own /metrics."""
     conn = await Connection.open(port)
     try:
         await conn.send(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
         text = conn.body.decode()
     finally:
         conn.close()
-    values = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("square_mirror_webhook_enqueue_batch_size_", "square_mirror_webhook_enqueue_seconds_")):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
-    batches = values.get("square_mirror_webhook_enqueue_batch_size_count", 0) or 1
-    events = values.get("square_mirror_webhook_enqueue_batch_size_sum", 0)
-    seconds = values.get("square_mirror_webhook_enqueue_seconds_sum", 0)
-    return f"{batches:.0f} Redis round trips, {events / batches:.1f} events and {1000 * seconds / batches:.2f} ms each"
+    return (
+        values.get("square_mirror_webhook_enqueue_batch_size_count", 0.0),
+        values.get("square_mirror_webhook_enqueue_batch_size_sum", 0.0),
+        values.get("square_mirror_webhook_enqueue_seconds_sum", 0.0),
+    )
+
+
+def batch_line(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    trips, events, seconds = (a - b for a, b in zip(after, before, strict=True))
+    trips = trips or 1
+    return f"{trips:.0f} Redis round trips, {events / trips:.1f} events and {1000 * seconds / trips:.2f} ms each"
 
 
 async def measured(server: Server, load: Awaitable[Result]) -> Result:
@@ -369,12 +376,13 @@ async def main(args: argparse.Namespace) -> int:
             for number in range(args.rounds):
                 print(f"round {number + 1}", flush=True)
                 results: dict[str, Result] = {}
+                counters = await enqueue_counters(receiver.port)
                 for kind, server in servers.items():
                     requests = make_requests(server.port, args.events, f"{run_id}{kind[0]}{number}c")
                     results[kind] = await measured(server, closed_loop(
                         f"  {kind}, closed loop", server.port, requests, args.connections, args.duration,
                         repeat=kind == "bare"))
-                print("    receiver: " + await batch_stats(receiver.port), flush=True)
+                print("    receiver: " + batch_line(counters, await enqueue_counters(receiver.port)), flush=True)
                 for kind, server in servers.items():
                     paced = make_requests(server.port, paced_count, f"{run_id}{kind[0]}{number}r")
                     results[kind + "@rate"] = await measured(server, open_loop(

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis
 
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
@@ -121,6 +122,8 @@ class Views:
             raw = await request.read()  # bounded by the app's client_max_size (chunked bodies included)
         except web.HTTPRequestEntityTooLarge:
             return _Verdict(m.TOO_LARGE)
+        except (OSError, HttpProcessingError):  # the client went away or sent a broken body
+            return _Verdict(m.BAD_REQUEST, reason="body not received")
         if not verify_signature(
             self.config.signature_keys, self.config.notification_url, raw, request.headers.get(SIGNATURE_HEADER)
         ):

@@ -313,3 +313,25 @@ async def test_one_log_line_per_request_without_payload_pii_or_signature(
     assert not any(pii in raw for pii in PII_STRINGS)
     assert headers["x-square-hmacsha256-signature"] not in raw
     assert KEY not in raw
+
+
+async def test_a_client_that_disconnects_mid_body_is_counted_not_crashed(
+    receiver: Receiver, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    body = customer_event(1)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(body).items())
+    writer.write(f"POST /square/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())
+    writer.write(body[:20])
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    for _ in range(50):
+        text = await (await http.get(receiver.base + "/metrics")).text()
+        if 'outcome="bad_request"' in text:
+            break
+        await asyncio.sleep(0.05)
+    assert 'square_mirror_webhook_requests_total{event_type="unknown",outcome="bad_request"} 1.0' in text
+    assert 'outcome="error"' not in text
+    assert await queued_jobs(redis_url) == []
+    assert (await post(http, receiver, body, signed_headers(body)))[0] == 200

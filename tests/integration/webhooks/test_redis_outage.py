@@ -101,13 +101,14 @@ async def test_a_hung_redis_gives_503_within_the_timeout(http: aiohttp.ClientSes
     async with blackhole_server() as port:
         settings = settings_for(f"redis://127.0.0.1:{port}/0")
         async with running_receiver(settings, redis_timeout=TIMEOUT) as receiver:
-            # More requests than flush slots: the ones never sent are bounded by the same timeout.
+            # More requests than flush slots: the ones never sent are bounded by the same timeout (under
+            # 2 x TIMEOUT: none waits for a first flush to time out and then for a second one).
             results = await asyncio.gather(*(deliver(http, receiver, n) for n in range(40)))
             assert [s for s, _, _ in results] == [503] * 40
-            assert max(elapsed for _, _, elapsed in results) < TIMEOUT + 1.0
+            assert max(elapsed for _, _, elapsed in results) < TIMEOUT + 0.9
             started = time.monotonic()
             assert await status_of(http, receiver.base + "/readyz") == 503
-            assert time.monotonic() - started < TIMEOUT + 1.0
+            assert time.monotonic() - started < TIMEOUT + 1.5
             assert await status_of(http, receiver.base + "/healthz") == 200
 
 
@@ -122,7 +123,7 @@ async def test_a_slow_redis_gives_503_and_the_retry_is_a_200(
         await admin.execute_command("CLIENT", "PAUSE", int((TIMEOUT + 1.0) * 1000), "ALL")
         status, _, elapsed = await deliver(http, receiver, 1)
         assert status == 503
-        assert elapsed < TIMEOUT + 1.0
+        assert elapsed < TIMEOUT + 1.5
         await asyncio.sleep(1.2)  # the pause ends
         status, text, _ = await deliver(http, receiver, 1)
         assert status == 200

@@ -247,3 +247,13 @@ async def test_redrive_finds_events_whose_job_was_lost(db_pool: asyncpg.Pool, re
         finally:
             await arq_redis.aclose()
         assert await h.run(payload) == "applied"
+
+
+async def test_a_poison_event_fails_alone_not_its_whole_inbox_batch(db_pool: asyncpg.Pool, redis_url: str) -> None:
+    async with harness(db_pool, redis_url) as h:
+        h.state.create_customer({"given_name": "A"})
+        [good] = h.payloads()
+        poison = build_event_job({"merchant_id": h.merchant_id, "type": "customer.updated", "event_id": "evt-nul",
+                                  "data": {"id": "BAD\x00ID", "object": {"customer": {"version": 1}}}})
+        outcomes = await asyncio.gather(h.run(good), h.run(poison))
+        assert outcomes == ["applied", "failed"]

@@ -151,7 +151,11 @@ async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
     proc = await start_process([os.path.join(ROOT, "bench", "sync.py"), "--noop-worker"], env)
     try:
         await asyncio.sleep(1.5)  # start-up
-        payloads = [{"v": 1, "event_id": uuid.uuid4().hex} for _ in range(count)]
+        payloads = [build_event_job({  # the same payload shape and size as the real events
+            "merchant_id": "MLEMULATOR001", "type": "customer.updated", "event_id": str(uuid.uuid4()),
+            "created_at": now_iso(), "data": {"type": "customer", "id": uuid.uuid4().hex[:26].upper(),
+                                              "object": {"customer": {"version": 7}}}}, received_at=now_iso())
+            for _ in range(count)]
         started = time.perf_counter()
         await enqueue(redis, payloads)
         while await redis.zcard(QUEUE_NAME):  # noqa: ASYNC110 - polling another process

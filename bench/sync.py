@@ -184,7 +184,9 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
             metrics_port = free_port()
             env = {**base_env, "DATABASE_URL": dsn, "SQUARE_BASE_URL": emu.base_url,
                    "SQUARE_ACCESS_TOKEN": emu.token, "WORKER_METRICS_PORT": str(metrics_port)}
-            proc = await start_process(["-m", "square_mirror", "worker"], env)
+            profile = os.environ.get("BENCH_PROFILE")  # write a cProfile of the worker process there
+            proc = await start_process((["-m", "cProfile", "-o", profile] if profile else [])
+                                       + ["-m", "square_mirror", "worker"], env)
             try:
                 await wait_for_metrics(session, metrics_port, proc)
                 calls_before = await scrape_api_calls(session, metrics_port)

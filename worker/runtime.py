@@ -44,8 +44,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     async def mark_unauthorized(merchant_id: str, message: str) -> None:
         MERCHANT_UNAUTHORIZED.labels(merchant_id).set(1)
-        first = await redis.set(UNAUTHORIZED_KEY + merchant_id, message[:300], ex=UNAUTHORIZED_TTL_SECONDS,
-                                get=True) is None
+        first = not await redis.exists(UNAUTHORIZED_KEY + merchant_id)
+        await redis.set(UNAUTHORIZED_KEY + merchant_id, message[:300], ex=UNAUTHORIZED_TTL_SECONDS)
         await store.set_merchant_auth(pool, merchant_id, ok=False, error=message[:300])
         if first:
             log.warning("merchant_unauthorized", merchant_id=merchant_id, error=message)

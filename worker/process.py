@@ -133,7 +133,10 @@ async def _run(ctx: dict[str, Any], job: EventJob, payload: dict[str, Any]) -> s
         except (*_DATABASE_TRANSIENT, redis_exceptions.ConnectionError, redis_exceptions.TimeoutError) as exc:
             raise Transient("database", f"{type(exc).__name__}: {str(exc)[:120]}") from None
     except SquareUnauthorized as exc:
-        await ctx["mark_unauthorized"](job.merchant_id, str(exc))
+        try:
+            await ctx["mark_unauthorized"](job.merchant_id, str(exc))
+        except Exception as mark_exc:  # Redis or Postgres down: the deferral below still matters most
+            log.warning("merchant_unauthorized_mark_failed", error=type(mark_exc).__name__)
         error = f"unauthorized: {exc}"
         if last_try:
             return await _fail(ctx, job, error)

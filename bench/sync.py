@@ -54,6 +54,7 @@ from square_mirror.jobs import build_event_job
 from square_mirror.queue import serialize_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+baseline_cpu_ms: list[float] = []
 
 
 # -- the no-op baseline worker (runs as a subprocess: python bench/sync.py --noop-worker) -------------------
@@ -158,9 +159,12 @@ async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
             for _ in range(count)]
         started = time.perf_counter()
         await enqueue(redis, payloads)
+        cpu_before = cpu_seconds(proc.pid)
         while await redis.zcard(QUEUE_NAME):  # noqa: ASYNC110 - polling another process
             await asyncio.sleep(0.01)
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        baseline_cpu_ms.append(1000 * (cpu_seconds(proc.pid) - cpu_before) / count)
+        return rate
     finally:
         await stop_process(proc)
 
@@ -190,6 +194,7 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
             try:
                 await wait_for_metrics(session, metrics_port, proc)
                 calls_before = await scrape_api_calls(session, metrics_port)
+                cpu_start = cpu_seconds(proc.pid)
                 started = time.perf_counter()
                 if kind == "burst":
                     for _round in range(opts.updates):
@@ -234,7 +239,7 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
                 finally:
                     await conn.close()
                 calls = await scrape_api_calls(session, metrics_port) - calls_before
-                worker_cpu = cpu_seconds(proc.pid)
+                worker_cpu = cpu_seconds(proc.pid) - cpu_start
             finally:
                 await stop_process(proc)
             touched = {p_id for p_id in stored}
@@ -263,7 +268,8 @@ async def main(opts: argparse.Namespace) -> int:
         noops = [await baseline(redis, base_env, events) for _ in range(2)]
         noop = sum(noops) / len(noops)
         print(f"arq no-op baseline (same settings: max_jobs 200, poll_delay 0.05): {noop:8.0f} jobs/s "
-              f"(mean of {', '.join(f'{n:.0f}' for n in noops)})")
+              f"(mean of {', '.join(f'{n:.0f}' for n in noops)}; "
+              f"{sum(baseline_cpu_ms) / len(baseline_cpu_ms):.2f} ms CPU per job)")
         print(f"{'scenario':28} {'events':>7} {'events/s':>9} {'ratio':>6} {'lag p50':>8} {'lag p99':>8} "
               f"{'calls/event':>11} {'applied':>7} {'stale':>6} {'cpu ms/ev':>9}")
         for latency in opts.latencies:

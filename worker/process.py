@@ -252,5 +252,9 @@ def _event_time(job: EventJob) -> datetime:
 async def _ensure_merchant(ctx: dict[str, Any], merchant_id: str) -> None:
     known: set[str] = ctx.setdefault("known_merchants", set())
     if merchant_id not in known:
-        await store.ensure_merchant(ctx["pool"], merchant_id)
-        known.add(merchant_id)
+        known.add(merchant_id)  # before the await: a burst's first jobs must not all insert the same row
+        try:
+            await store.ensure_merchant(ctx["pool"], merchant_id)
+        except BaseException:
+            known.discard(merchant_id)
+            raise

@@ -284,3 +284,29 @@ async def test_a_redirect_through_a_merge_chain_is_corrected_by_the_webhook_line
         assert tombs == {cid: t["merged_into"] for cid, t in truth["tombstones"].items()}
         assert await db_pool.fetchval(
             "SELECT current_customer_id FROM square.customer_id_resolution WHERE customer_id = $1", a.id) == e.id
+
+
+async def test_metrics_count_events_by_type_and_outcome_and_fetch_batches(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async with harness(db_pool, redis_url) as h:
+        h.state.create_customer({"given_name": "A"})
+        [payload] = h.payloads()
+        payload["received_at"] = "2026-01-01T00:00:00.123456789Z"  # as the receiver stamps it
+        applied = value("square_mirror_worker_events_total", type="customer.created", outcome="applied")
+        duplicate = value("square_mirror_worker_events_total", type="customer.created", outcome="duplicate")
+        batches = value("square_mirror_worker_fetch_batch_size_count")
+        lags = value("square_mirror_worker_event_lag_seconds_count")
+        await h.run(payload)
+        await h.run(payload)
+        assert value("square_mirror_worker_events_total", type="customer.created", outcome="applied") == applied + 1
+        assert value("square_mirror_worker_events_total", type="customer.created",
+                     outcome="duplicate") == duplicate + 1
+        assert value("square_mirror_worker_fetch_batch_size_count") == batches + 1
+        assert value("square_mirror_worker_event_lag_seconds_count") == lags + 1
+        assert value("square_mirror_square_requests_total", endpoint="RetrieveCustomer", status="200") >= 1

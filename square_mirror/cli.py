@@ -21,6 +21,8 @@ from square_mirror.settings import SettingsError
 # command -> (module, one-line help). Modules own their flags.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
+    "worker": ("worker.cli", "run the sync worker (arq): webhook events to committed rows"),
+    "redrive": ("worker.redrive", "re-enqueue webhook events recorded as failed"),
     "webhooks": ("webhooks.cli", "run the Square webhook receiver (HTTP, queues events to Redis)"),
     "status": ("square_mirror.commands.status", "health per merchant; exit 1 when unhealthy (a probe)"),
     "prune-history": ("square_mirror.commands.prune_history", "delete closed history rows older than a period"),

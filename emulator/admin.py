@@ -1,0 +1,211 @@
+"""Admin API under ``/_emulator/``: what only the Square Dashboard can do, plus test control.
+
+No authentication; JSON in and out. Errors use the Square envelope so clients parse them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .app import EMULATOR, Emulator, json_response
+from .errors import SquareError, bad_request
+from .seeding import seed_merchant
+from .state import MerchantState
+from .validation import parse_json
+
+
+def save_snapshot(emulator: Emulator, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(emulator.snapshot()))
+    os.replace(tmp, path)
+
+
+def load_snapshot_if_exists(emulator: Emulator, path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb") as fh:
+        emulator.restore(orjson.loads(fh.read()))
+    return True
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    body = parse_json(await request.read())
+    if not isinstance(body, dict):
+        raise bad_request("Expected a JSON object.")
+    return body
+
+
+def _emu(request: web.Request) -> Emulator:
+    return request.app[EMULATOR]
+
+
+def _merchant(request: web.Request, body: dict[str, Any] | None = None) -> MerchantState:
+    mid = (body or {}).get("merchant_id") or request.query.get("merchant_id")
+    return _emu(request).merchant(mid)
+
+
+async def reset(request: web.Request) -> web.Response:
+    _emu(request).reset()
+    return json_response({"ok": True})
+
+
+async def seed(request: web.Request) -> web.Response:
+    body = await _json(request)
+    state = _merchant(request, body)
+    result = seed_merchant(state, customers=int(body.get("customers", 0)), groups=body.get("groups"),
+                           segments=body.get("segments"), instant_profiles=int(body.get("instant_profiles", 0)),
+                           seed=body.get("seed", _emu(request).seed))
+    return json_response(result)
+
+
+async def state(request: web.Request) -> web.Response:
+    emulator = _emu(request)
+    if request.query.get("merchant_id"):
+        return json_response(emulator.merchant(request.query["merchant_id"]).dump())
+    return json_response({"merchants": {mid: st.dump() for mid, st in emulator.merchants.items()}})
+
+
+async def merge(request: web.Request) -> web.Response:
+    body = await _json(request)
+    ids = body.get("customer_ids")
+    if not isinstance(ids, list):
+        raise bad_request("`customer_ids` must be a list.", field="customer_ids")
+    rec = _merchant(request, body).merge([str(i) for i in ids])
+    return json_response({"customer": rec.doc})
+
+
+async def instant_profile(request: web.Request) -> web.Response:
+    body = await _json(request)
+    rec, _ = _merchant(request, body).create_customer({}, source="INSTANT_PROFILE", require_identity=False)
+    return json_response({"customer": rec.doc})
+
+
+async def create_segment(request: web.Request) -> web.Response:
+    body = await _json(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad_request("`name` is required.", field="name")
+    return json_response({"segment": _merchant(request, body).create_segment(name, body.get("id"))})
+
+
+async def delete_segment(request: web.Request) -> web.Response:
+    _merchant(request).delete_segment(request.match_info["segment_id"])
+    return json_response({})
+
+
+async def segment_member(request: web.Request) -> web.Response:
+    member = request.method == "PUT"
+    rec = _merchant(request).set_segment(request.match_info["customer_id"], request.match_info["segment_id"], member)
+    return json_response({"customer": rec.doc})
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return json_response(_emu(request).knobs.to_json())
+
+
+async def put_faults(request: web.Request) -> web.Response:
+    body = await _json(request)
+    try:
+        _emu(request).knobs.merge(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad_request(f"Unknown or invalid knob: {exc}") from None
+    return json_response(_emu(request).knobs.to_json())
+
+
+async def add_subscription(request: web.Request) -> web.Response:
+    body = await _json(request)
+    emulator = _emu(request)
+    if not body.get("url") or not body.get("signature_key"):
+        raise bad_request("`url` and `signature_key` are required.")
+    targets = [body["merchant_id"]] if body.get("merchant_id") else list(emulator.merchants)
+    subs = []
+    for mid in targets:
+        emulator.merchant(mid)
+        subs.append(emulator.webhooks.subscribe(mid, body["url"], body["signature_key"],
+                                                body.get("notification_url"),
+                                                tuple(body["event_types"]) if body.get("event_types") else None))
+    return json_response({"subscriptions": [s.to_json() for s in subs]})
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    return json_response({"subscriptions": [s.to_json() for s in _emu(request).webhooks.subscriptions]})
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    return json_response({"deliveries": [d.to_json() for d in _emu(request).webhooks.log]})
+
+
+async def drain(request: web.Request) -> web.Response:
+    timeout = float(request.query.get("timeout", "10"))
+    settled = await _emu(request).webhooks.drain(timeout)
+    return json_response({"settled": settled, "pending": len(_emu(request).webhooks.tasks)})
+
+
+async def add_seller(request: web.Request) -> web.Response:
+    body = await _json(request)
+    if not body.get("merchant_id") or not body.get("token"):
+        raise bad_request("`merchant_id` and `token` are required.")
+    state = _emu(request).add_seller(str(body["merchant_id"]), str(body["token"]))
+    return json_response({"merchant_id": state.merchant_id, "token": state.token})
+
+
+async def revoke(request: web.Request) -> web.Response:
+    state = _emu(request).merchant(request.match_info["merchant_id"])
+    state.revoked = request.match_info["action"] == "revoke"
+    return json_response({"merchant_id": state.merchant_id, "revoked": state.revoked})
+
+
+async def sellers(request: web.Request) -> web.Response:
+    return json_response({"sellers": [{"merchant_id": s.merchant_id, "token": s.token, "revoked": s.revoked}
+                                      for s in _emu(request).merchants.values()]})
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    emulator = _emu(request)
+    body = await _json(request)
+    if body.get("path"):
+        save_snapshot(emulator, str(body["path"]))
+        return json_response({"path": body["path"]})
+    return json_response(emulator.snapshot())
+
+
+async def restore(request: web.Request) -> web.Response:
+    emulator = _emu(request)
+    body = await _json(request)
+    if body.get("path"):
+        if not load_snapshot_if_exists(emulator, str(body["path"])):
+            raise SquareError(404, [{"code": "NOT_FOUND", "detail": "No snapshot at that path.",
+                                     "category": "INVALID_REQUEST_ERROR"}])
+    else:
+        emulator.restore(body)
+    return json_response({"ok": True})
+
+
+def register(app: web.Application) -> None:
+    r = app.router
+    p = "/_emulator"
+    r.add_post(f"{p}/reset", reset)
+    r.add_post(f"{p}/seed", seed)
+    r.add_get(f"{p}/state", state)
+    r.add_post(f"{p}/merge", merge)
+    r.add_post(f"{p}/instant-profiles", instant_profile)
+    r.add_post(f"{p}/segments", create_segment)
+    r.add_delete(f"{p}/segments/{{segment_id}}", delete_segment)
+    r.add_put(f"{p}/segments/{{segment_id}}/members/{{customer_id}}", segment_member)
+    r.add_delete(f"{p}/segments/{{segment_id}}/members/{{customer_id}}", segment_member)
+    r.add_get(f"{p}/faults", get_faults)
+    r.add_put(f"{p}/faults", put_faults)
+    r.add_post(f"{p}/subscriptions", add_subscription)
+    r.add_get(f"{p}/subscriptions", list_subscriptions)
+    r.add_get(f"{p}/deliveries", deliveries)
+    r.add_post(f"{p}/deliveries/drain", drain)
+    r.add_get(f"{p}/sellers", sellers)
+    r.add_post(f"{p}/sellers", add_seller)
+    r.add_post(f"{p}/sellers/{{merchant_id}}/{{action:revoke|restore}}", revoke)
+    r.add_post(f"{p}/snapshot", snapshot)
+    r.add_post(f"{p}/restore", restore)

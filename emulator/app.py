@@ -1,0 +1,178 @@
+"""The aiohttp application: sellers, auth, fault middleware and route wiring.
+
+``Emulator`` owns all state; handlers reach it through ``request.app[EMULATOR]``. Public routes
+authenticate a Bearer token to one seller; ``/_emulator/`` admin routes need no token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .config import EmulatorConfig, Knobs
+from .errors import SquareError, token_revoked, unauthorized_invalid, unauthorized_missing
+from .faults import FaultInjector
+from .seeding import seed_merchant
+from .state import MerchantState
+from .webhooks import WebhookDispatcher
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON_HEADERS = {"Content-Type": "application/json", "Square-Version": "2025-08-20"}
+
+
+class Emulator:
+    """Every seller's state plus the cross-cutting machinery (webhooks, faults)."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.seed = config.seed
+        self.knobs: Knobs = config.knobs
+        self.webhooks = WebhookDispatcher(config.seed, self.knobs)
+        self.faults = FaultInjector(config.seed, self.knobs)
+        self.merchants: dict[str, MerchantState] = {}
+        self.tokens: dict[str, str] = {}
+        self._build()
+
+    def _build(self) -> None:
+        self.merchants.clear()
+        self.tokens.clear()
+        for merchant_id, token in self.config.seller_map().items():
+            self.add_seller(merchant_id, token)
+        for spec in self.config.subscriptions:
+            targets = [spec.merchant_id] if spec.merchant_id else list(self.merchants)
+            for mid in targets:
+                self.webhooks.subscribe(mid, spec.url, spec.signature_key, spec.notification_url,
+                                        spec.event_types)
+        if self.config.customers or self.config.groups or self.config.segments:
+            for state in self.merchants.values():
+                seed_merchant(state, customers=self.config.customers, groups=self.config.groups,
+                              segments=self.config.segments, seed=self.seed)
+
+    def add_seller(self, merchant_id: str, token: str) -> MerchantState:
+        old = self.merchants.get(merchant_id)
+        if old is not None:
+            self.tokens.pop(old.token, None)
+            old.token = token
+            self.tokens[token] = merchant_id
+            return old
+        rng = random.Random(f"merchant:{self.seed}:{merchant_id}")
+        state = MerchantState(merchant_id, token, rng, self.knobs, self._publish)
+        self.merchants[merchant_id] = state
+        self.tokens[token] = merchant_id
+        return state
+
+    def _publish(self, merchant_id: str, event: dict[str, Any]) -> None:
+        # Without a running loop (sync callers) the event is recorded for SearchEvents but not delivered.
+        with contextlib.suppress(RuntimeError):
+            self.webhooks.publish(merchant_id, event)
+
+    def reset(self) -> None:
+        """Back to the start-up state (configured sellers, subscriptions and seeded customers)."""
+        self.webhooks.subscriptions.clear()
+        self.webhooks.log.clear()
+        self.faults.reset(self.seed)
+        self._build()
+
+    def merchant(self, merchant_id: str | None) -> MerchantState:
+        if merchant_id is None:
+            return next(iter(self.merchants.values()))
+        state = self.merchants.get(merchant_id)
+        if state is None:
+            raise SquareError(404, [{"code": "NOT_FOUND", "detail": f"Unknown merchant `{merchant_id}`.",
+                                     "category": "INVALID_REQUEST_ERROR"}])
+        return state
+
+    def authenticate(self, request: web.Request) -> MerchantState:
+        header = request.headers.get("Authorization")
+        if not header:
+            raise unauthorized_missing()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized_invalid()
+        merchant_id = self.tokens.get(token.strip())
+        if merchant_id is None:
+            raise unauthorized_invalid()
+        state = self.merchants[merchant_id]
+        if state.revoked:
+            raise token_revoked()
+        return state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"seed": self.seed, "knobs": self.knobs.to_json(),
+                "subscriptions": [s.to_json() | {"signature_key": s.signature_key}
+                                  for s in self.webhooks.subscriptions],
+                "merchants": {mid: st.snapshot() for mid, st in self.merchants.items()}}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.knobs.merge(snap.get("knobs", {}))
+        self.merchants.clear()
+        self.tokens.clear()
+        for mid, msnap in snap.get("merchants", {}).items():
+            state = self.add_seller(mid, msnap["token"])
+            state.restore(msnap)
+        self.webhooks.subscriptions.clear()
+        for sub in snap.get("subscriptions", []):
+            self.webhooks.subscribe(sub["merchant_id"], sub["url"], sub["signature_key"],
+                                    sub.get("notification_url"), tuple(sub.get("event_types") or ()) or None)
+
+
+EMULATOR: web.AppKey[Emulator] = web.AppKey("emulator", Emulator)
+MERCHANT_KEY: web.RequestKey[MerchantState] = web.RequestKey("square_merchant", MerchantState)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return web.Response(body=raw, status=status, headers={**JSON_HEADERS, **(headers or {})})
+
+
+def merchant_of(request: web.Request) -> MerchantState:
+    return request[MERCHANT_KEY]
+
+
+@web.middleware
+async def square_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth + faults for /v2, and Square's error envelope for every SquareError."""
+    emulator = request.app[EMULATOR]
+    try:
+        if request.path.startswith("/v2/"):
+            state = emulator.authenticate(request)
+            request[MERCHANT_KEY] = state
+            route = request.match_info.route
+            operation = route.name or request.path if route is not None else request.path
+            await emulator.faults.before(state.merchant_id, operation)
+        return await handler(request)
+    except SquareError as exc:
+        return json_response(exc.body(), exc.status, exc.headers)
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    emulator = app[EMULATOR]
+    if emulator.config.snapshot_path:
+        from .admin import save_snapshot
+
+        save_snapshot(emulator, emulator.config.snapshot_path)
+    await emulator.webhooks.close()
+
+
+def create_app(config: EmulatorConfig | None = None) -> web.Application:
+    """Build the emulator application (used by the CLI, ``testing.run_emulator`` and tests)."""
+    from . import admin, routes_customers, routes_events, routes_groups
+
+    config = config or EmulatorConfig()
+    emulator = Emulator(config)
+    if config.snapshot_path:
+        admin.load_snapshot_if_exists(emulator, config.snapshot_path)
+    app = web.Application(middlewares=[square_middleware], client_max_size=16 * 1024 * 1024)
+    app[EMULATOR] = emulator
+    routes_customers.register(app)
+    routes_groups.register(app)
+    routes_customers.register_item_routes(app)
+    routes_events.register(app)
+    admin.register(app)
+    app.on_cleanup.append(_on_cleanup)
+    return app

@@ -1,0 +1,98 @@
+"""``square-mirror emulator``: run the emulator as a server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .app import EMULATOR, create_app
+from .config import EmulatorConfig, Knobs, SubscriptionSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="square-mirror emulator", description="Run the Square emulator.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--customers", type=int, default=0, help="customers seeded for each seller at start")
+    p.add_argument("--webhook-url")
+    p.add_argument("--signature-key")
+    p.add_argument("--notification-url", help="URL the signature is computed over (default: --webhook-url)")
+    p.add_argument("--seller", action="append", default=[], metavar="MERCHANT_ID:TOKEN")
+    p.add_argument("--snapshot", metavar="PATH", help="restore at start if it exists, save on shutdown")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=JSON",
+                   help="set a fault/realism knob, e.g. --knob index_lag_seconds=2 (repeatable)")
+    p.add_argument("--latency-ms", type=float)
+    p.add_argument("--rate-limit-rps", type=float)
+    p.add_argument("--error-500-rate", type=float)
+    p.add_argument("--index-lag-seconds", type=float)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    sellers: dict[str, str] = {}
+    for spec in args.seller:
+        mid, sep, token = spec.partition(":")
+        if not sep or not mid or not token:
+            raise SystemExit(f"--seller expects MERCHANT_ID:TOKEN, got {spec!r}")
+        sellers[mid] = token
+    knobs = Knobs()
+    patch: dict[str, object] = {}
+    for item in args.knob:
+        name, _, value = item.partition("=")
+        patch[name] = orjson.loads(value)
+    for name in ("latency_ms", "rate_limit_rps", "error_500_rate", "index_lag_seconds"):
+        if getattr(args, name) is not None:
+            patch[name] = getattr(args, name)
+    knobs.merge(patch)
+    subs = []
+    if args.webhook_url:
+        if not args.signature_key:
+            raise SystemExit("--webhook-url needs --signature-key")
+        subs.append(SubscriptionSpec(url=args.webhook_url, signature_key=args.signature_key,
+                                     notification_url=args.notification_url))
+    return EmulatorConfig(seed=args.seed, sellers=sellers, customers=args.customers, subscriptions=subs,
+                          knobs=knobs, snapshot_path=args.snapshot)
+
+
+async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server: Any = site._server
+    actual_port = port
+    if server is not None and getattr(server, "sockets", None):
+        actual_port = server.sockets[0].getsockname()[1]
+    emulator = app[EMULATOR]
+    line = {"emulator": f"http://{host}:{actual_port}",
+            "sellers": [{"merchant_id": s.merchant_id, "token": s.token} for s in emulator.merchants.values()]}
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    config = config_from_args(args)
+    asyncio.run(_serve(config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Configuration of an emulator instance: sellers, seed, subscriptions and realism knobs.
+
+Knobs are a flat dataclass so ``PUT /_emulator/faults`` can merge a partial JSON object into them and
+``GET`` can dump them; every UNCONFIRMED Square behaviour is a knob with the most plausible default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MERCHANT_ID = "MLEMULATOR001"
+DEFAULT_TOKEN = "EAAAEmulatorDefaultToken"  # noqa: S105 - documented public test token
+CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
+
+
+@dataclass
+class Knobs:
+    """Realism and fault knobs; all default to a perfectly behaved Square."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    endpoint_latency_ms: dict[str, float] = field(default_factory=dict)  # operation name -> extra ms
+    error_500_rate: float = 0.0
+    error_503_rate: float = 0.0
+    rate_limit_rps: float = 0.0  # per seller; 0 disables the token bucket
+    rate_limit_burst: int = 0  # 0 means "same as rps"
+    retry_after: bool = True  # UNCONFIRMED: whether 429 carries Retry-After
+    error_429_rate: float = 0.0
+    index_lag_seconds: float = 0.0  # list/search eventual consistency
+    cursor_ttl_seconds: float = 0.0  # 0: cursors never expire
+    webhook_duplicate_rate: float = 0.0
+    webhook_reorder_rate: float = 0.0
+    webhook_reorder_max_delay_seconds: float = 2.0
+    webhook_loss_rate: float = 0.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_scale: float = 1.0  # multiplies Square's retry schedule (1 min, 2 min, 4 min, ...)
+    webhook_max_retries: int = 11  # UNCONFIRMED: 24 h schedule, 11 retries
+    bulk_retrieve_resolves_merges: bool = False  # UNCONFIRMED
+    stale_version_status: int = 400  # UNCONFIRMED
+    stale_version_code: str = "BAD_REQUEST"  # UNCONFIRMED
+    require_clear_null_header: bool = True  # UNCONFIRMED: null clears only with X-Clear-Null: true
+    group_delete_bumps_version: bool = False  # UNCONFIRMED: deleting a group is silent for its members
+    segment_change_touches_updated_at: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merge(self, patch: dict[str, Any]) -> None:
+        """Apply a partial update; unknown keys are an error so typos in tests fail loudly."""
+        names = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in patch.items():
+            if key not in names:
+                raise KeyError(key)
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                value = bool(value)
+            elif isinstance(current, int) and not isinstance(current, bool):
+                value = int(value)
+            elif isinstance(current, float):
+                value = float(value)
+            elif isinstance(current, dict):
+                value = {str(k): float(v) for k, v in dict(value).items()}
+            setattr(self, key, value)
+
+
+@dataclass
+class SubscriptionSpec:
+    url: str
+    signature_key: str
+    notification_url: str | None = None
+    event_types: tuple[str, ...] = CUSTOMER_EVENT_TYPES
+    merchant_id: str | None = None  # None: every seller
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything ``create_app`` needs. ``sellers`` maps merchant ID -> token (default seller if empty)."""
+
+    seed: int = 0
+    sellers: dict[str, str] = field(default_factory=dict)
+    customers: int = 0  # seeded for each seller at start
+    groups: int | None = None
+    segments: int | None = None
+    subscriptions: list[SubscriptionSpec] = field(default_factory=list)
+    knobs: Knobs = field(default_factory=Knobs)
+    snapshot_path: str | None = None
+
+    def seller_map(self) -> dict[str, str]:
+        return dict(self.sellers) if self.sellers else {DEFAULT_MERCHANT_ID: DEFAULT_TOKEN}

@@ -1,0 +1,585 @@
+"""In-memory truth for each seller: customers, tombstones, merges, groups, segments, memberships.
+
+Customer records are immutable: every committed change builds a new record (doc + cached JSON bytes +
+sort keys), which lets the list/search index lag behind the truth (eventual consistency) by simply
+holding on to older records, and makes Retrieve/List cheap (cached serialised bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from . import clock
+from .config import Knobs
+from .errors import (
+    SquareError,
+    bad_request,
+    customer_not_found_error,
+    error,
+    group_not_found_error,
+    invalid_cursor,
+    segment_not_found_error,
+)
+from .events import EventLog, customer_event
+from .search import EmptyResult, Predicate
+from .validation import PUBLIC_FIELDS, has_identity
+
+FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "nickname", "company_name",
+               "email_address", "address", "phone_number", "birthday", "reference_id", "note", "preferences",
+               "creation_source", "group_ids", "segment_ids", "version", "tax_ids")
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class CustomerRec:
+    """One committed version of a customer profile."""
+
+    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "updated_ts")
+
+    def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float, *, ordered: bool = False) -> None:
+        if not ordered:
+            doc = {k: doc[k] for k in FIELD_ORDER if k in doc and doc[k] is not None}
+        self.doc = doc
+        self.created_ts = created_ts
+        self.updated_ts = updated_ts
+        self.public = any(doc.get(f) for f in PUBLIC_FIELDS)
+        self.dkey = (default_sort_text(doc), doc["id"])
+        self.ckey = (doc["created_at"], doc["id"])
+
+    @property
+    def raw(self) -> bytes:
+        """Serialised on demand: orjson is fast enough, and not caching bytes saves ~30% of RSS."""
+        return orjson.dumps(self.doc)
+
+    @property
+    def id(self) -> str:
+        return str(self.doc["id"])
+
+    @property
+    def version(self) -> int:
+        return int(self.doc["version"])
+
+
+def default_sort_text(doc: dict[str, Any]) -> str:
+    """Given+family name; else company, email, phone (documented DEFAULT order). Case-insensitive."""
+    name = " ".join(p for p in (doc.get("given_name"), doc.get("family_name")) if p)
+    for candidate in (name, doc.get("company_name"), doc.get("email_address"), doc.get("phone_number")):
+        if candidate:
+            return str(candidate).casefold()
+    return ""
+
+
+class CustomerIndex:
+    """What ListCustomers/SearchCustomers see: public profiles, possibly ``index_lag_seconds`` behind."""
+
+    def __init__(self) -> None:
+        self.visible: dict[str, CustomerRec] = {}
+        self.by_default: list[tuple[str, str]] = []
+        self.by_created: list[tuple[str, str]] = []
+        self.pending: deque[tuple[float, str, CustomerRec | None]] = deque()
+        self.generation = 0
+
+    def stage(self, due: float, cid: str, rec: CustomerRec | None) -> None:
+        self.pending.append((due, cid, rec))
+
+    def catch_up(self, now: float) -> None:
+        pending = self.pending
+        if not pending or pending[0][0] > now:
+            return
+        due: list[tuple[str, CustomerRec | None]] = []
+        while pending and pending[0][0] <= now:
+            _, cid, rec = pending.popleft()
+            due.append((cid, rec))
+        self.generation += 1
+        if len(due) > 256:
+            for cid, rec in due:
+                if rec is not None and rec.public:
+                    self.visible[cid] = rec
+                else:
+                    self.visible.pop(cid, None)
+            self.by_default = sorted(r.dkey for r in self.visible.values())
+            self.by_created = sorted(r.ckey for r in self.visible.values())
+            return
+        for cid, rec in due:
+            old = self.visible.pop(cid, None)
+            if old is not None:
+                _remove(self.by_default, old.dkey)
+                _remove(self.by_created, old.ckey)
+            if rec is not None and rec.public:
+                self.visible[cid] = rec
+                bisect.insort(self.by_default, rec.dkey)
+                bisect.insort(self.by_created, rec.ckey)
+
+
+def _remove(keys: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
+
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        out = orjson.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(out, dict):
+            raise ValueError
+        return out
+    except (ValueError, orjson.JSONDecodeError):
+        raise invalid_cursor() from None
+
+
+class MerchantState:
+    """All truth for one seller. Methods raise SquareError with Square's bodies on failure."""
+
+    def __init__(self, merchant_id: str, token: str, rng: random.Random, knobs: Knobs, sink: EventSink) -> None:
+        self.merchant_id = merchant_id
+        self.token = token
+        self.revoked = False
+        self.business_name = f"Emulated Seller {merchant_id}"
+        self.rng = rng
+        self.knobs = knobs
+        self.sink = sink
+        self.customers: dict[str, CustomerRec] = {}
+        self.tombstones: dict[str, dict[str, Any]] = {}
+        self.merges: list[dict[str, Any]] = []
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.deleted_groups: dict[str, dict[str, Any]] = {}
+        self.segments: dict[str, dict[str, Any]] = {}
+        self.deleted_segments: dict[str, dict[str, Any]] = {}
+        self.group_members: dict[str, set[str]] = {}
+        self.segment_members: dict[str, set[str]] = {}
+        self.idempotency: dict[str, bytes] = {}
+        self.group_idempotency: dict[str, str] = {}
+        self.index = CustomerIndex()
+        self.events = EventLog()
+        self.quiet = False  # seeding: no events
+        self._last_created = 0.0
+
+    def tick(self) -> float:
+        """Creation time, strictly increasing by at least 1 ms so CREATED_AT order is creation order."""
+        ts = max(clock.now(), self._last_created + 0.001)
+        self._last_created = ts
+        return ts
+
+    # ---- commit helpers -------------------------------------------------------------------------
+    def _commit(self, doc: dict[str, Any], created_ts: float, updated_ts: float) -> CustomerRec:
+        rec = CustomerRec(doc, created_ts, updated_ts)
+        self.customers[rec.id] = rec
+        self.index.stage(clock.now() + self.knobs.index_lag_seconds, rec.id, rec)
+        return rec
+
+    def emit(self, event_type: str, doc: dict[str, Any], ts: float, merge: dict[str, Any] | None = None) -> None:
+        if self.quiet:
+            return
+        event = customer_event(self.merchant_id, event_type, doc, event_id=clock.new_uuid(self.rng), ts=ts,
+                               merge=merge)
+        self.events.append(ts, event)
+        self.sink(self.merchant_id, event)
+
+    def new_customer_id(self) -> str:
+        while True:
+            cid = clock.new_id(self.rng)
+            if cid not in self.customers and cid not in self.tombstones:
+                return cid
+
+    # ---- customers ------------------------------------------------------------------------------
+    def resolve(self, cid: str) -> CustomerRec | None:
+        """Live record for an ID, following merge redirects (A merged into C returns C)."""
+        seen = 0
+        while seen < 64:
+            rec = self.customers.get(cid)
+            if rec is not None:
+                return rec
+            tomb = self.tombstones.get(cid)
+            if tomb is None or not tomb.get("merged_into"):
+                return None
+            cid = tomb["merged_into"]
+            seen += 1
+        return None
+
+    def get(self, cid: str, *, follow_merges: bool = True) -> CustomerRec:
+        rec = self.resolve(cid) if follow_merges else self.customers.get(cid)
+        if rec is None:
+            raise customer_not_found_error(cid)
+        return rec
+
+    def create_customer(self, fields: dict[str, Any], *, source: str = "THIRD_PARTY",
+                        idempotency_key: str | None = None, ts: float | None = None,
+                        require_identity: bool = True) -> tuple[CustomerRec, bytes | None]:
+        """Returns the record and, for a replayed idempotency key, the original response body."""
+        if idempotency_key and idempotency_key in self.idempotency:
+            return self._replay_rec(idempotency_key), self.idempotency[idempotency_key]
+        if require_identity and not has_identity(fields):
+            raise SquareError(400, [error(
+                "BAD_REQUEST",
+                "At least one of the following fields must be set: given_name, family_name, company_name, "
+                "email_address, phone_number.")])
+        ts = self.tick() if ts is None else ts
+        doc: dict[str, Any] = {"id": self.new_customer_id(), "created_at": clock.rfc3339_ms(ts),
+                               "updated_at": clock.rfc3339_s(ts)}
+        for key, value in fields.items():
+            if value is None or value == "" or (key == "address" and not value):
+                continue
+            if key == "address":
+                value = {k: v for k, v in value.items() if v not in (None, "")} or None
+            doc[key] = value
+        doc["preferences"] = {"email_unsubscribed": False}
+        doc["creation_source"] = source
+        doc["version"] = 0
+        rec = self._commit(doc, ts, float(int(ts)))
+        if idempotency_key:
+            self.idempotency[idempotency_key] = b'{"customer":' + rec.raw + b"}"
+        self.emit("customer.created", rec.doc, ts)
+        return rec, None
+
+    def _replay_rec(self, key: str) -> CustomerRec:
+        body = orjson.loads(self.idempotency[key])
+        rec = self.resolve(body["customer"]["id"])
+        if rec is None:
+            raise customer_not_found_error(body["customer"]["id"])
+        return rec
+
+    def check_version(self, rec: CustomerRec, version: Any) -> None:
+        if version is None:
+            return
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise bad_request("`version` must be an integer.", field="version", code="INVALID_VALUE")
+        if version != rec.version:
+            raise SquareError(self.knobs.stale_version_status, [error(
+                self.knobs.stale_version_code,
+                f"The customer version ({version}) does not match the current version ({rec.version}).",
+                field="version")])
+
+    def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool) -> CustomerRec:
+        rec = self.customers.get(cid)
+        if rec is None:
+            raise customer_not_found_error(cid)  # merged profiles must be updated by their new ID
+        self.check_version(rec, version)
+        doc = dict(rec.doc)
+        changed = False
+        for key, value in fields.items():
+            if key == "address":
+                if value is None:
+                    if clear_null and "address" in doc:
+                        del doc["address"]
+                        changed = True
+                    continue
+                if not value:
+                    continue  # "address": {} changes nothing
+                addr = dict(doc.get("address") or {})
+                for akey, avalue in value.items():
+                    if avalue is None and not clear_null:
+                        continue
+                    if avalue in (None, ""):
+                        changed |= addr.pop(akey, None) is not None
+                    elif addr.get(akey) != avalue:
+                        addr[akey] = avalue
+                        changed = True
+                if addr:
+                    doc["address"] = addr
+                else:
+                    doc.pop("address", None)
+                continue
+            if value is None and not clear_null:
+                continue
+            if value in (None, ""):
+                changed |= doc.pop(key, None) is not None
+            elif doc.get(key) != value:
+                doc[key] = value
+                changed = True
+        del changed  # Square commits (and bumps version) even when values are unchanged
+        return self._touch(rec, doc, "customer.updated")
+
+    def _touch(self, rec: CustomerRec, doc: dict[str, Any], event_type: str | None) -> CustomerRec:
+        ts = max(clock.now(), rec.updated_ts)
+        doc["updated_at"] = clock.rfc3339_s(ts)
+        doc["version"] = rec.version + 1
+        new = self._commit(doc, rec.created_ts, float(int(ts)))
+        if event_type:
+            self.emit(event_type, new.doc, ts)
+        return new
+
+    def delete_customer(self, cid: str, version: Any, *, merged_into: str | None = None,
+                        merge: dict[str, Any] | None = None) -> None:
+        rec = self.customers.get(cid)
+        if rec is None:
+            raise customer_not_found_error(cid)
+        self.check_version(rec, version)
+        ts = clock.now()
+        del self.customers[cid]
+        self.index.stage(ts + self.knobs.index_lag_seconds, cid, None)
+        for gid in rec.doc.get("group_ids") or ():
+            self.group_members.get(gid, set()).discard(cid)
+        for sid in rec.doc.get("segment_ids") or ():
+            self.segment_members.get(sid, set()).discard(cid)
+        self.tombstones[cid] = {"deleted_at": clock.rfc3339_ms(ts), "merged_into": merged_into,
+                                "version": rec.version}
+        self.emit("customer.deleted", rec.doc, ts, merge)
+
+    def set_group(self, cid: str, gid: str, member: bool) -> None:
+        rec = self.customers.get(cid)
+        if rec is None:
+            raise customer_not_found_error(cid)
+        if gid not in self.groups:
+            raise group_not_found_error(gid)
+        ids = list(rec.doc.get("group_ids") or [])
+        if (gid in ids) == member:
+            return  # UNCONFIRMED: an idempotent no-op neither bumps version nor fires an event
+        if member:
+            ids.append(gid)
+            self.group_members.setdefault(gid, set()).add(cid)
+        else:
+            ids.remove(gid)
+            self.group_members.get(gid, set()).discard(cid)
+        doc = dict(rec.doc)
+        doc["group_ids"] = ids or None
+        self._touch(rec, doc, "customer.updated")
+
+    def set_segment(self, cid: str, sid: str, member: bool) -> CustomerRec:
+        """Segment membership: no version bump and no event (documented)."""
+        rec = self.customers.get(cid)
+        if rec is None:
+            raise customer_not_found_error(cid)
+        if sid not in self.segments:
+            raise segment_not_found_error(sid)
+        ids = list(rec.doc.get("segment_ids") or [])
+        if (sid in ids) == member:
+            return rec
+        if member:
+            ids.append(sid)
+            self.segment_members.setdefault(sid, set()).add(cid)
+        else:
+            ids.remove(sid)
+            self.segment_members.get(sid, set()).discard(cid)
+        doc = dict(rec.doc)
+        doc["segment_ids"] = ids or None
+        updated_ts = rec.updated_ts
+        if self.knobs.segment_change_touches_updated_at:
+            updated_ts = float(int(clock.now()))
+            doc["updated_at"] = clock.rfc3339_s(updated_ts)
+        return self._commit(doc, rec.created_ts, updated_ts)
+
+    def merge(self, ids: list[str]) -> CustomerRec:
+        """Dashboard-style merge: a new MERGE profile, then every source deleted (all with event_context)."""
+        if len(ids) < 2 or len(set(ids)) != len(ids):
+            raise bad_request("A merge needs at least two distinct customer IDs.")
+        recs = [self.customers.get(i) for i in ids]
+        missing = [i for i, r in zip(ids, recs, strict=True) if r is None]
+        if missing:
+            raise customer_not_found_error(missing[0])
+        live = [r for r in recs if r is not None]
+        ordered = sorted(live, key=lambda r: (r.updated_ts, r.version), reverse=True)
+        fields: dict[str, Any] = {}
+        for rec in ordered:  # newest profile wins; older ones fill the gaps
+            for key, value in rec.doc.items():
+                if key in ("id", "created_at", "updated_at", "version", "creation_source", "group_ids",
+                           "segment_ids", "preferences"):
+                    continue
+                fields.setdefault(key, value)
+        groups = sorted({g for r in live for g in r.doc.get("group_ids") or ()})
+        segments = sorted({s for r in live for s in r.doc.get("segment_ids") or ()})
+        ts = self.tick()
+        new_id = self.new_customer_id()
+        merge_ctx = {"from_customer_ids": list(ids), "to_customer_id": new_id}
+        doc: dict[str, Any] = {"id": new_id, "created_at": clock.rfc3339_ms(ts), "updated_at": clock.rfc3339_s(ts),
+                               **fields, "preferences": {"email_unsubscribed": False}, "creation_source": "MERGE",
+                               "group_ids": groups or None, "segment_ids": segments or None, "version": 0}
+        new = self._commit(doc, ts, float(int(ts)))
+        for gid in groups:
+            self.group_members.setdefault(gid, set()).add(new_id)
+        for sid in segments:
+            self.segment_members.setdefault(sid, set()).add(new_id)
+        self.emit("customer.created", new.doc, ts, merge_ctx)
+        for cid in ids:
+            self.delete_customer(cid, None, merged_into=new_id, merge=merge_ctx)
+            self.merges.append({"from_customer_id": cid, "to_customer_id": new_id,
+                                "merged_at": clock.rfc3339_ms(ts)})
+        return new
+
+    # ---- list / search --------------------------------------------------------------------------
+    def page(self, *, sort_field: str, order: str, limit: int, cursor: str | None, fingerprint: str,
+             predicates: list[Predicate] | None, count: bool) -> tuple[list[CustomerRec], str | None, int | None]:
+        """One page of the (possibly lagging) index with keyset cursors tied to the query fingerprint."""
+        now = clock.now()
+        index = self.index
+        index.catch_up(now)
+        keys = index.by_created if sort_field == "CREATED_AT" else index.by_default
+        desc = order == "DESC"
+        start: int
+        if cursor:
+            cur = decode_cursor(cursor)
+            ttl = self.knobs.cursor_ttl_seconds
+            if cur.get("q") != fingerprint or (ttl > 0 and now - float(cur.get("t", 0)) > ttl):
+                raise invalid_cursor()
+            last = tuple(cur.get("k") or ())
+            if len(last) != 2:
+                raise invalid_cursor()
+            start = bisect.bisect_left(keys, last) - 1 if desc else bisect.bisect_right(keys, last)
+            issued = float(cur.get("t", now))
+        else:
+            start = len(keys) - 1 if desc else 0
+            issued = now
+        visible = index.visible
+        out: list[CustomerRec] = []
+        i = start
+        step = -1 if desc else 1
+        n = len(keys)
+        last_key: tuple[str, str] | None = None
+        while 0 <= i < n and len(out) < limit:
+            key = keys[i]
+            rec = visible[key[1]]
+            if predicates is None or all(p(rec) for p in predicates):
+                out.append(rec)
+                last_key = key
+            i += step
+        more = False
+        if len(out) == limit:
+            j = i
+            while 0 <= j < n:
+                rec = visible[keys[j][1]]
+                if predicates is None or all(p(rec) for p in predicates):
+                    more = True
+                    break
+                j += step
+        next_cursor = encode_cursor({"k": list(last_key), "q": fingerprint, "t": issued}) \
+            if more and last_key else None
+        total = None
+        if count:
+            total = len(visible) if predicates is None else sum(
+                1 for r in visible.values() if all(p(r) for p in predicates))
+        return out, next_cursor, total
+
+    # ---- groups ---------------------------------------------------------------------------------
+    def create_group(self, name: str, idempotency_key: str | None) -> dict[str, Any]:
+        if idempotency_key and idempotency_key in self.group_idempotency:
+            gid = self.group_idempotency[idempotency_key]
+            return self.groups.get(gid) or {"id": gid, "name": name}
+        ts = clock.now()
+        gid = clock.new_id(self.rng)
+        group = {"id": gid, "name": name, "created_at": clock.rfc3339_ms(ts), "updated_at": clock.rfc3339_s(ts)}
+        self.groups[gid] = group
+        self.group_members[gid] = set()
+        if idempotency_key:
+            self.group_idempotency[idempotency_key] = gid
+        return group
+
+    def get_group(self, gid: str) -> dict[str, Any]:
+        group = self.groups.get(gid)
+        if group is None:
+            raise group_not_found_error(gid)
+        return group
+
+    def update_group(self, gid: str, name: str) -> dict[str, Any]:
+        group = dict(self.get_group(gid))
+        group["name"] = name
+        group["updated_at"] = clock.rfc3339_s(clock.now())
+        self.groups[gid] = group
+        return group
+
+    def delete_group(self, gid: str) -> None:
+        self.get_group(gid)
+        del self.groups[gid]
+        self.deleted_groups[gid] = {"deleted_at": clock.rfc3339_ms(clock.now())}
+        for cid in sorted(self.group_members.pop(gid, set())):
+            rec = self.customers.get(cid)
+            if rec is None:
+                continue
+            doc = dict(rec.doc)
+            doc["group_ids"] = [g for g in doc.get("group_ids") or () if g != gid] or None
+            if self.knobs.group_delete_bumps_version:
+                self._touch(rec, doc, "customer.updated")
+            else:
+                self._commit(doc, rec.created_ts, rec.updated_ts)
+
+    # ---- segments -------------------------------------------------------------------------------
+    def create_segment(self, name: str, sid: str | None = None) -> dict[str, Any]:
+        ts = clock.now()
+        sid = sid or f"gv2:{clock.new_id(self.rng)}"
+        if sid in self.segments:
+            raise SquareError(409, [error("CONFLICT", f"Segment with ID `{sid}` already exists.")])
+        segment = {"id": sid, "name": name, "created_at": clock.rfc3339_ms(ts), "updated_at": clock.rfc3339_s(ts)}
+        self.segments[sid] = segment
+        self.segment_members[sid] = set()
+        self.deleted_segments.pop(sid, None)
+        return segment
+
+    def delete_segment(self, sid: str) -> None:
+        if sid not in self.segments:
+            raise segment_not_found_error(sid)
+        for cid in sorted(self.segment_members.get(sid, set())):
+            self.set_segment(cid, sid, False)
+        del self.segments[sid]
+        self.segment_members.pop(sid, None)
+        self.deleted_segments[sid] = {"deleted_at": clock.rfc3339_ms(clock.now())}
+
+    # ---- truth dump / snapshot ------------------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        return {
+            "merchant_id": self.merchant_id,
+            "customers": {cid: rec.doc for cid, rec in self.customers.items()},
+            "tombstones": dict(self.tombstones),
+            "merges": list(self.merges),
+            "groups": dict(self.groups),
+            "deleted_groups": dict(self.deleted_groups),
+            "segments": dict(self.segments),
+            "deleted_segments": dict(self.deleted_segments),
+            "group_members": {g: sorted(m) for g, m in self.group_members.items()},
+            "segment_members": {s: sorted(m) for s, m in self.segment_members.items()},
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        out = self.dump()
+        out["token"] = self.token
+        out["revoked"] = self.revoked
+        out["customer_ts"] = {cid: [r.created_ts, r.updated_ts] for cid, r in self.customers.items()}
+        out["events"] = [[ts, e] for ts, e in self.events.entries]
+        out["idempotency"] = {k: v.decode() for k, v in self.idempotency.items()}
+        out["group_idempotency"] = dict(self.group_idempotency)
+        return out
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        times = snap.get("customer_ts", {})
+        self.customers = {}
+        for cid, doc in snap["customers"].items():
+            created, updated = times.get(cid) or [clock.parse_rfc3339(doc["created_at"]),
+                                                  clock.parse_rfc3339(doc["updated_at"])]
+            self.customers[cid] = CustomerRec(doc, created, updated)
+        self.tombstones = dict(snap.get("tombstones", {}))
+        self.merges = list(snap.get("merges", []))
+        self.groups = dict(snap.get("groups", {}))
+        self.deleted_groups = dict(snap.get("deleted_groups", {}))
+        self.segments = dict(snap.get("segments", {}))
+        self.deleted_segments = dict(snap.get("deleted_segments", {}))
+        self.group_members = {g: set(m) for g, m in snap.get("group_members", {}).items()}
+        self.segment_members = {s: set(m) for s, m in snap.get("segment_members", {}).items()}
+        self.revoked = bool(snap.get("revoked", False))
+        self.events = EventLog()
+        for ts, event in snap.get("events", []):
+            self.events.append(float(ts), event)
+        self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}
+        self.group_idempotency = dict(snap.get("group_idempotency", {}))
+        self.reindex()
+
+    def reindex(self, records: Iterable[CustomerRec] | None = None) -> None:
+        """Rebuild the list/search index from the truth at once (seeding, restore)."""
+        self.index = CustomerIndex()
+        self.index.visible = {r.id: r for r in (records or self.customers.values()) if r.public}
+        self.index.by_default = sorted(r.dkey for r in self.index.visible.values())
+        self.index.by_created = sorted(r.ckey for r in self.index.visible.values())
+
+    def iter_customers(self) -> Iterator[CustomerRec]:
+        return iter(self.customers.values())
+
+
+def empty_result() -> EmptyResult:
+    return EmptyResult()

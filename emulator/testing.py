@@ -1,0 +1,96 @@
+"""``run_emulator``: a real emulator server on a real port for tests, with admin helpers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .app import EMULATOR, Emulator, create_app
+from .config import EmulatorConfig
+
+
+class EmulatorHandle:
+    """What tests hold: addresses, the default seller, and async admin helpers."""
+
+    def __init__(self, app: web.Application, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.app = app
+        self.base_url = base_url
+        self._session = session
+        emulator = self.emulator
+        first = next(iter(emulator.merchants.values()))
+        self.merchant_id = first.merchant_id
+        self.token = first.token
+
+    @property
+    def emulator(self) -> Emulator:
+        return self.app[EMULATOR]
+
+    @property
+    def sellers(self) -> dict[str, str]:
+        return {mid: st.token for mid, st in self.emulator.merchants.items()}
+
+    async def admin(self, method: str, path: str, json: Any = None) -> Any:
+        url = f"{self.base_url}/_emulator/{path.lstrip('/')}"
+        async with self._session.request(method, url, json=json) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"admin {method} {path} -> {resp.status}: {body}")
+            return body
+
+    async def truth(self, merchant_id: str | None = None) -> dict[str, Any]:
+        mid = merchant_id or self.merchant_id
+        result: dict[str, Any] = await self.admin("GET", f"state?merchant_id={mid}")
+        return result
+
+    async def seed(self, customers: int, merchant_id: str | None = None, **kw: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.admin("POST", "seed", {"merchant_id": merchant_id or self.merchant_id,
+                                                                   "customers": customers, **kw})
+        return result
+
+    async def merge(self, customer_ids: list[str], merchant_id: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.admin(
+            "POST", "merge", {"merchant_id": merchant_id or self.merchant_id, "customer_ids": customer_ids})
+        return result
+
+    async def set_faults(self, **knobs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.admin("PUT", "faults", knobs)
+        return result
+
+    async def subscribe(self, url: str, signature_key: str, notification_url: str | None = None,
+                        merchant_id: str | None = None, event_types: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"url": url, "signature_key": signature_key}
+        if notification_url:
+            body["notification_url"] = notification_url
+        if merchant_id:
+            body["merchant_id"] = merchant_id
+        if event_types:
+            body["event_types"] = event_types
+        result: dict[str, Any] = await self.admin("POST", "subscriptions", body)
+        return result
+
+    async def drain_webhooks(self, timeout: float = 10.0) -> bool:
+        return await self.emulator.webhooks.drain(timeout)
+
+
+@asynccontextmanager
+async def run_emulator(config: EmulatorConfig | None = None, *, host: str = "127.0.0.1",
+                       port: int = 0) -> AsyncIterator[EmulatorHandle]:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server: Any = site._server
+    actual = port
+    if server is not None and getattr(server, "sockets", None):
+        actual = server.sockets[0].getsockname()[1]
+    session = aiohttp.ClientSession()
+    try:
+        yield EmulatorHandle(app, f"http://{host}:{actual}", session)
+    finally:
+        await session.close()
+        await runner.cleanup()

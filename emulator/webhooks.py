@@ -1,0 +1,177 @@
+"""Webhook delivery: Square's headers and signature, retries with backoff, and delivery faults.
+
+Each (event, subscription) pair is one delivery task. Faults (loss, duplicate, reorder delay) are drawn
+from an RNG seeded by (seed, event_id, subscription), so a run is reproducible whatever the timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from . import clock
+from .config import CUSTOMER_EVENT_TYPES, Knobs
+from .events import rng_for
+
+log = logging.getLogger("emulator.webhooks")
+# Square's documented schedule (24 h window): minutes between attempts.
+RETRY_SCHEDULE_SECONDS = (60, 120, 240, 480, 960, 1920, 3600, 7200, 14400, 28800, 28800)
+
+
+def sign(signature_key: str, notification_url: str, body: bytes) -> str:
+    """base64(HMAC-SHA256(key, notification_url + raw body)), Square's x-square-hmacsha256-signature."""
+    digest = hmac.new(signature_key.encode(), notification_url.encode() + body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+@dataclass
+class Subscription:
+    id: str
+    merchant_id: str
+    url: str
+    signature_key: str
+    notification_url: str
+    event_types: tuple[str, ...] = CUSTOMER_EVENT_TYPES
+    enabled: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "merchant_id": self.merchant_id, "url": self.url,
+                "notification_url": self.notification_url, "event_types": list(self.event_types),
+                "enabled": self.enabled}
+
+
+@dataclass
+class DeliveryRecord:
+    event_id: str
+    type: str
+    merchant_id: str
+    subscription_id: str
+    copy: int
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "pending"  # pending | delivered | failed | lost
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.attempts[-1] if self.attempts else {}
+        return {"event_id": self.event_id, "type": self.type, "merchant_id": self.merchant_id,
+                "subscription_id": self.subscription_id, "copy": self.copy, "status": self.status,
+                "attempt": len(self.attempts), "http_status": last.get("http_status"),
+                "attempts": self.attempts}
+
+
+class WebhookDispatcher:
+    def __init__(self, seed: int, knobs: Knobs) -> None:
+        self.seed = seed
+        self.knobs = knobs
+        self.subscriptions: list[Subscription] = []
+        self.log: list[DeliveryRecord] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self._ids = itertools.count(1)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def subscribe(self, merchant_id: str, url: str, signature_key: str, notification_url: str | None = None,
+                  event_types: tuple[str, ...] | None = None) -> Subscription:
+        sub = Subscription(id=f"wbhk_{next(self._ids):06d}", merchant_id=merchant_id, url=url,
+                           signature_key=signature_key, notification_url=notification_url or url,
+                           event_types=tuple(event_types or CUSTOMER_EVENT_TYPES))
+        self.subscriptions.append(sub)
+        return sub
+
+    def publish(self, merchant_id: str, event: dict[str, Any]) -> None:
+        """Schedule deliveries of one event to every matching subscription (needs a running loop)."""
+        subs = [s for s in self.subscriptions
+                if s.enabled and s.merchant_id == merchant_id and event["type"] in s.event_types]
+        if not subs:
+            return
+        body = orjson.dumps(event)
+        for sub in subs:
+            rng = rng_for(self.seed, event["event_id"], sub.id)
+            copies = 2 if rng.random() < self.knobs.webhook_duplicate_rate else 1
+            for copy in range(copies):
+                rec = DeliveryRecord(event["event_id"], event["type"], merchant_id, sub.id, copy)
+                self.log.append(rec)
+                if rng.random() < self.knobs.webhook_loss_rate:
+                    rec.status = "lost"
+                    continue
+                delay = 0.0
+                if rng.random() < self.knobs.webhook_reorder_rate:
+                    delay = rng.uniform(0, self.knobs.webhook_reorder_max_delay_seconds)
+                self._spawn(self._deliver(sub, body, rec, delay))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self._idle.set()
+
+    async def _deliver(self, sub: Subscription, body: bytes, rec: DeliveryRecord, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.session is None or self.session.closed:
+            self.session = aiohttp.ClientSession()
+        initial = clock.rfc3339_ms(clock.now())
+        reason: str | None = None
+        for attempt in range(self.knobs.webhook_max_retries + 1):
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "Square Connect v2",
+                "x-square-hmacsha256-signature": sign(sub.signature_key, sub.notification_url, body),
+                "square-environment": "Sandbox",
+                "square-initial-delivery-timestamp": initial,
+            }
+            if attempt and reason:
+                headers["square-retry-number"] = str(attempt)
+                headers["square-retry-reason"] = reason
+            entry: dict[str, Any] = {"at": clock.rfc3339_ms(clock.now()), "retry_number": attempt}
+            rec.attempts.append(entry)
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.knobs.webhook_timeout_seconds)
+                async with self.session.post(sub.url, data=body, headers=headers, timeout=timeout) as resp:
+                    await resp.read()
+                    entry["http_status"] = resp.status
+                    if 200 <= resp.status < 300:
+                        rec.status = "delivered"
+                        return
+                    reason = "http_error"
+            except TimeoutError:
+                entry["error"] = reason = "http_timeout"
+            except aiohttp.ClientSSLError:
+                entry["error"] = reason = "ssl_error"
+            except (aiohttp.ClientError, OSError):
+                entry["error"] = reason = "other_error"
+            if attempt >= self.knobs.webhook_max_retries:
+                break
+            wait = RETRY_SCHEDULE_SECONDS[min(attempt, len(RETRY_SCHEDULE_SECONDS) - 1)]
+            await asyncio.sleep(wait * self.knobs.webhook_retry_scale)
+        rec.status = "failed"
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every pending delivery (retries included) has settled; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()

@@ -21,6 +21,7 @@ from square_mirror.settings import SettingsError
 # command -> (module, one-line help). Modules own their flags.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
+    "backfill": ("worker.cli_backfill", "copy every group, segment and customer; infer deletes and merges"),
 }
 # Commands that parse their own argv (the emulator shares no code with the rest).
 PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {

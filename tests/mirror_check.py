@@ -1,0 +1,124 @@
+"""Compare the mirror (Postgres) with the emulator's truth dump, field by field.
+
+Usage in a test::
+
+    diffs = await mirror_diff(db_pool, await emu.truth(), merchant_id)
+    assert not diffs, "\\n".join(diffs[:20])
+
+or simply ``await assert_mirror_matches(db_pool, emu)``.
+
+What "equal" means:
+- live customers: the same set of IDs (profiles the mirror could not know, i.e. instant profiles that list and
+  search never return, may be missing unless ``require_invisible``), and for each one the stored Square object
+  (``raw``) equals the truth apart from ``group_ids``/``segment_ids``, which are compared as sets through the
+  ``group_ids``/``segment_ids`` columns; every typed column agrees with the object;
+- membership tables equal the truth's ``group_members``/``segment_members`` restricted to live customers;
+- every truth tombstone the mirror knows is a tombstone in the mirror, with the same ``merged_into``;
+  truth merges the mirror knows of are recorded in ``customer_merges``;
+- live groups and segments (id and name) are the same sets; deleted ones are tombstoned if the mirror knows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+PUBLIC_FIELDS = ("given_name", "family_name", "company_name", "email_address", "phone_number")
+_COLUMNS = ("version", "given_name", "family_name", "nickname", "company_name", "email_address", "phone_number",
+            "birthday", "reference_id", "note", "creation_source")
+
+
+def _visible(doc: dict[str, Any]) -> bool:
+    return any(doc.get(f) for f in PUBLIC_FIELDS)
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in ("group_ids", "segment_ids")}
+
+
+async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: str, *,
+                      require_invisible: bool = False, check_memberships: bool = True) -> list[str]:
+    diffs: list[str] = []
+    rows = await pool.fetch("SELECT * FROM square.customers WHERE merchant_id = $1", merchant_id)
+    mirror = {r["id"]: r for r in rows}
+    live = {cid: r for cid, r in mirror.items() if r["deleted_at"] is None}
+    truth_live: dict[str, dict[str, Any]] = truth["customers"]
+    tombstones: dict[str, dict[str, Any]] = truth["tombstones"]
+
+    for cid, doc in truth_live.items():
+        row = live.get(cid)
+        if row is None:
+            if cid in mirror:
+                diffs.append(f"customer {cid}: live in truth, tombstoned in mirror")
+            elif require_invisible or _visible(doc):
+                diffs.append(f"customer {cid}: live in truth, missing from mirror")
+            continue
+        raw = row["raw"] or {}
+        if _strip(raw) != _strip(doc):
+            keys = sorted(k for k in set(_strip(raw)) | set(_strip(doc)) if raw.get(k) != doc.get(k))
+            diffs.append(f"customer {cid}: fields differ: {keys} (mirror v{raw.get('version')}, "
+                         f"truth v{doc.get('version')})")
+        for col in _COLUMNS:
+            want = doc.get(col, 0 if col == "version" else None)
+            if row[col] != want:
+                diffs.append(f"customer {cid}: column {col} differs")
+        if sorted(row["group_ids"]) != sorted(doc.get("group_ids") or []):
+            diffs.append(f"customer {cid}: group_ids {sorted(row['group_ids'])} != "
+                         f"{sorted(doc.get('group_ids') or [])}")
+        if sorted(row["segment_ids"]) != sorted(doc.get("segment_ids") or []):
+            diffs.append(f"customer {cid}: segment_ids {sorted(row['segment_ids'])} != "
+                         f"{sorted(doc.get('segment_ids') or [])}")
+    for cid in live:
+        if cid not in truth_live:
+            why = "tombstoned" if cid in tombstones else "unknown"
+            diffs.append(f"customer {cid}: live in mirror, {why} in truth")
+    for cid, stone in tombstones.items():
+        row = mirror.get(cid)
+        if row is None or row["deleted_at"] is None:
+            continue
+        if (stone.get("merged_into") or None) != row["merged_into"]:
+            diffs.append(f"customer {cid}: merged_into {row['merged_into']} != {stone.get('merged_into')}")
+
+    merges = await pool.fetch("SELECT from_customer_id, to_customer_id FROM square.customer_merges"
+                              " WHERE merchant_id = $1", merchant_id)
+    recorded = {r["from_customer_id"]: r["to_customer_id"] for r in merges}
+    for merge in truth.get("merges", []):
+        source = merge["from_customer_id"]
+        if source in mirror and recorded.get(source) != merge["to_customer_id"]:
+            diffs.append(f"merge {source} -> {merge['to_customer_id']} not recorded (mirror: {recorded.get(source)})")
+
+    for kind, table, deleted_key in (("groups", "customer_groups", "deleted_groups"),
+                                     ("segments", "customer_segments", "deleted_segments")):
+        defs = await pool.fetch(f"SELECT id, name, deleted_at FROM square.{table} WHERE merchant_id = $1",  # noqa: S608
+                                merchant_id)
+        live_defs = {r["id"]: r["name"] for r in defs if r["deleted_at"] is None}
+        want = {d["id"]: d.get("name") for d in truth[kind].values()}
+        if live_defs != want:
+            diffs.append(f"{kind}: mirror {sorted(live_defs.items())} != truth {sorted(want.items())}")
+        for did in truth.get(deleted_key, {}):
+            if did in live_defs:
+                diffs.append(f"{kind[:-1]} {did}: deleted in truth, live in mirror")
+
+    if check_memberships:
+        for kind, table, key in (("group_members", "customer_group_members", "group_id"),
+                                 ("segment_members", "customer_segment_members", "segment_id")):
+            got_rows = await pool.fetch(
+                f"SELECT {key} AS d, customer_id FROM square.{table} WHERE merchant_id = $1", merchant_id)  # noqa: S608
+            got = {(r["d"], r["customer_id"]) for r in got_rows}
+            want_pairs = {(d, c) for d, members in truth[kind].items() for c in members
+                          if c in live or (require_invisible and c in truth_live)}
+            if got != want_pairs:
+                missing, extra = sorted(want_pairs - got)[:5], sorted(got - want_pairs)[:5]
+                diffs.append(f"{kind}: {len(want_pairs - got)} missing (e.g. {missing}), "
+                             f"{len(got - want_pairs)} extra (e.g. {extra})")
+    return diffs
+
+
+async def assert_mirror_matches(pool: asyncpg.Pool, emulator: Any, merchant_id: str | None = None,
+                                **kw: Any) -> None:
+    """Raise AssertionError listing (up to 20) differences between the mirror and ``emulator.truth()``."""
+    mid = merchant_id or emulator.merchant_id
+    truth = await emulator.truth(mid)
+    diffs = await mirror_diff(pool, truth, mid, **kw)
+    assert not diffs, f"{len(diffs)} differences:\n" + "\n".join(diffs[:20])

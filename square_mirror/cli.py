@@ -22,6 +22,7 @@ from square_mirror.settings import SettingsError
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
     "backfill": ("worker.cli_backfill", "copy every group, segment and customer; infer deletes and merges"),
+    "reconcile": ("worker.cli_reconcile", "run reconcile lanes once (incremental, segments, groups, events, sweep)"),
 }
 # Commands that parse their own argv (the emulator shares no code with the rest).
 PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {

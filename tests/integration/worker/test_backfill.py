@@ -14,7 +14,7 @@ from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.settings import Secret
 from square_mirror.square_api import RetryPolicy, SquareClient
 from square_mirror.tokens import TokenSource
-from tests.mirror_check import assert_mirror_matches, mirror_diff
+from tests.mirror_check import assert_mirror_matches, emulator_client, mirror_diff, square_call
 from worker import runs
 from worker.backfill import backfill
 from worker.sync import SyncContext
@@ -27,8 +27,8 @@ async def emu() -> AsyncIterator[EmulatorHandle]:
 
 
 def make_client(emu: EmulatorHandle, *, attempts: int = 4, deadline: float = 20.0) -> SquareClient:
-    return SquareClient(base_url=emu.base_url, version="2025-08-20", tokens=TokenSource(single=Secret(emu.token)),
-                        retry=RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=0.2, deadline=deadline))
+    client: SquareClient = emulator_client(emu, attempts=attempts, deadline=deadline)
+    return client
 
 
 @pytest.fixture
@@ -36,15 +36,6 @@ async def ctx(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> AsyncIterator[SyncC
     client = make_client(emu)
     yield SyncContext(db_pool, client)
     await client.close()
-
-
-async def square_call(emu: EmulatorHandle, method: str, path: str, body: Any = None) -> Any:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.request(
-        method, emu.base_url + path, json=body, headers={"Authorization": f"Bearer {emu.token}"}
-    ) as resp:
-        return await resp.json(content_type=None)
 
 
 async def test_full_backfill_equals_truth(emu: EmulatorHandle, ctx: SyncContext, db_pool: asyncpg.Pool) -> None:

@@ -177,8 +177,8 @@ class Listing:
             self.progress.advance(len(customers), pages=self.run.counts["pages"])
             cursor = page.get("cursor") or None
             if not cursor:
-                part.done = True
-                await self.run.flush(checkpoint=self._checkpoint(), force=False)
+                part.done = True  # a finished partition is checkpointed at once: a resumed run never redoes it
+                await self.run.flush(checkpoint=self._checkpoint())
                 return
             await self.run.flush(checkpoint=self._checkpoint(), force=False)
 

@@ -36,7 +36,7 @@ class Runtime:
     pool: asyncpg.Pool
     client: SquareClient
     sync: SyncContext
-    redis: Redis[bytes] | None
+    redis: Any  # redis.asyncio.Redis or None
 
     def as_ctx(self) -> dict[str, Any]:
         """The arq-style ctx the lane functions take."""
@@ -49,7 +49,7 @@ async def open_runtime(settings: Settings, *, concurrency: int | None = None,
                        use_redis: bool = True) -> AsyncIterator[Runtime]:
     conc = concurrency or settings.backfill_concurrency
     pool = await create_pool(settings.require_database_url(), min_size=1, max_size=max(10, conc * 2 + 4))
-    redis: Redis[bytes] | None = None
+    redis: Any = None
     if use_redis and settings.redis_url is not None:
         redis = Redis.from_url(settings.redis_url.reveal())
     limiter = RateLimiter(redis, rate=settings.square_max_requests_per_second, burst=settings.square_request_burst)
@@ -66,7 +66,7 @@ async def open_runtime(settings: Settings, *, concurrency: int | None = None,
     finally:
         await client.close()
         if redis is not None:
-            await redis.aclose()  # type: ignore[attr-defined]
+            await redis.aclose()
         await pool.close()
 
 

@@ -26,7 +26,7 @@ from square_mirror.square_api import CUSTOMERS_PAGE_LIMIT
 # Partitions small enough that a split would cost more (a restarted query) than it saves.
 MIN_SPLIT_CUSTOMERS: Final = 3 * CUSTOMERS_PAGE_LIMIT
 TARGET_PARTITION_CUSTOMERS: Final = 500
-PARTITIONS_PER_WORKER: Final = 4
+PARTITIONS_PER_WORKER: Final = 1
 
 
 def created_ms(customer: dict[str, Any]) -> int:

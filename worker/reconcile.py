@@ -113,16 +113,29 @@ async def search_all(sync: SyncContext, merchant_id: str, body: Mapping[str, Any
 # -- incremental --------------------------------------------------------------------------------------------
 
 async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    """One window of changes. A window cut short (time slice, crash, rate limit) is resumed by the next run from
+    its last committed page (the same ``updated_at`` window narrowed by ``created_at``), so the watermark only
+    moves once a whole window is in the mirror."""
     sync = _sync(ctx)
-    watermark = await runs.get_watermark(sync.pool, merchant_id, "incremental")
-    if watermark is None:
-        watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
-    window_began = utcnow()
+    previous = await runs.resumable_checkpoint(sync.pool, merchant_id, run.kind)
+    if previous is not None and previous[1].get("phase") == "window":
+        state = dict(previous[1])
+        state["resumed_from"] = previous[0]
+    else:
+        watermark = await runs.get_watermark(sync.pool, merchant_id, "incremental")
+        if watermark is None:
+            watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
+        state = {"phase": "window", "window_began": rfc3339(utcnow()),
+                 "window_start": rfc3339(watermark - _overlap(ctx)) if watermark is not None else None}
     query: dict[str, Any] = {"sort": {"field": "CREATED_AT", "order": "ASC"}}
-    if watermark is not None:
-        query["filter"] = {"updated_at": {"start_at": rfc3339(watermark - _overlap(ctx))}}
-    run.checkpoint.update(window_start=rfc3339(watermark - _overlap(ctx)) if watermark else None,
-                          window_began=rfc3339(window_began))
+    flt: dict[str, Any] = {}
+    if state.get("window_start"):
+        flt["updated_at"] = {"start_at": state["window_start"]}
+    if state.get("after_ms") is not None:
+        flt["created_at"] = {"start_at": rfc3339_ms(int(state["after_ms"]) - 1)}
+    if flt:
+        query["filter"] = flt
+    await run.flush(checkpoint=state)
 
     async def write(customers: list[dict[str, Any]], observed_at: datetime) -> None:
         if not customers:
@@ -132,33 +145,52 @@ async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -
         run.add(listed=len(customers), upserted=len(written),
                 stale_skipped=len({c["id"] for c in customers}) - len(written))
         await sync_missing_definitions(sync, merchant_id, customers)
-        await run.flush(force=False)
+        state["after_ms"] = created_ms(customers[-1])
+        await run.flush(checkpoint=state, force=False)
 
     await search_all(sync, merchant_id, {"limit": CUSTOMERS_PAGE_LIMIT, "query": query}, run, write)
-    await runs.set_watermark(sync.pool, merchant_id, "incremental", window_began)
-    run.checkpoint["watermark"] = rfc3339(window_began)
+    await runs.set_watermark(sync.pool, merchant_id, "incremental", parse_time(state["window_began"]))
+    state["phase"] = "done"
+    state["watermark"] = state["window_began"]
+    run.checkpoint = state
 
 
-# -- segments -----------------------------------------------------------------------------------------------
+# -- segments and groups -------------------------------------------------------------------------------
+
+async def _resume_done(sync: SyncContext, merchant_id: str, run: runs.Run, phase: str) -> set[str]:
+    """Definitions already reconciled by an unfinished previous run of this lane (they are skipped)."""
+    previous = await runs.resumable_checkpoint(sync.pool, merchant_id, run.kind)
+    done: set[str] = set()
+    if previous is not None and previous[1].get("phase") == phase:
+        done = set(previous[1].get("done") or [])
+        run.checkpoint["resumed_from"] = previous[0]
+    run.checkpoint.update(phase=phase, done=sorted(done))
+    return done
+
+
+async def _members(sync: SyncContext, merchant_id: str, run: runs.Run, field: str, definition_id: str) -> set[str]:
+    members: set[str] = set()
+
+    async def collect(customers: list[dict[str, Any]], _observed: datetime) -> None:
+        members.update(c["id"] for c in customers)
+
+    body = {"limit": CUSTOMERS_PAGE_LIMIT,
+            "query": {"filter": {field: {"any": [definition_id]}}, "sort": {"field": "CREATED_AT", "order": "ASC"}}}
+    await search_all(sync, merchant_id, body, run, collect)
+    return members
+
 
 async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
     sync = _sync(ctx)
+    done = await _resume_done(sync, merchant_id, run, "segments")
     listed = await sync_definitions(sync, merchant_id, run)
     semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
 
     async def one(segment_id: str) -> None:
         async with semaphore:
-            members: set[str] = set()
             began = utcnow()
-
-            async def collect(customers: list[dict[str, Any]], _observed: datetime) -> None:
-                members.update(c["id"] for c in customers)
-
-            body = {"limit": CUSTOMERS_PAGE_LIMIT,
-                    "query": {"filter": {"segment_ids": {"any": [segment_id]}},
-                              "sort": {"field": "CREATED_AT", "order": "ASC"}}}
             try:
-                await search_all(sync, merchant_id, body, run, collect)
+                members = await _members(sync, merchant_id, run, "segment_ids", segment_id)
             except SquareInvalidRequest as exc:
                 if "BAD_REQUEST" in exc.codes:  # the segment disappeared since it was listed
                     run.add(segments_vanished=1)
@@ -166,52 +198,57 @@ async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> N
                 raise
             async with sync.pool.acquire() as conn, conn.transaction():
                 diff = await store.replace_segment_members(conn, merchant_id, segment_id, sorted(members), began)
+                # The diff skips customers written since `began` (fresher state wins), which includes customers
+                # whose membership of another segment this lane changed a moment ago. Whatever still differs is
+                # re-fetched by ID below, so Square's answer decides instead of waiting for the next run.
+                rows = await conn.fetch(
+                    "SELECT m.customer_id FROM square.customer_segment_members m JOIN square.customers c"
+                    " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
+                    " WHERE m.merchant_id = $1 AND m.segment_id = $2", merchant_id, segment_id)
             run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
-            if diff.unknown:
-                result = await sync_customers(sync, merchant_id, diff.unknown)
-                run.add(fetched_unknown=len(diff.unknown),
-                        upserted=sum(1 for o in result.outcomes.values() if o == Outcome.APPLIED))
+            stale = members ^ {r["customer_id"] for r in rows}
+            refetch = sorted(stale | set(diff.unknown))
+            for start in range(0, len(refetch), 100):
+                result = await sync_customers(sync, merchant_id, refetch[start:start + 100])
+                outcomes = list(result.outcomes.values())
+                run.add(refetched=len(refetch[start:start + 100]), upserted=outcomes.count(Outcome.APPLIED),
+                        tombstoned=outcomes.count(Outcome.DELETED), merges=outcomes.count(Outcome.MERGED))
+            done.add(segment_id)
+            run.checkpoint["done"] = sorted(done)
+            await run.flush(force=False)
 
-    await asyncio.gather(*(one(sid) for sid in listed["segments"]))
+    await asyncio.gather(*(one(sid) for sid in listed["segments"] if sid not in done))
+    run.checkpoint["phase"] = "done"
 
-
-# -- groups -------------------------------------------------------------------------------------------------
 
 async def groups(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
     sync = _sync(ctx)
+    done = await _resume_done(sync, merchant_id, run, "groups")
     listed = await sync_definitions(sync, merchant_id, run)
     semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
-    to_fetch: set[str] = set()
 
     async def one(group_id: str) -> None:
         async with semaphore:
-            members: set[str] = set()
-
-            async def collect(customers: list[dict[str, Any]], _observed: datetime) -> None:
-                members.update(c["id"] for c in customers)
-
-            body = {"limit": CUSTOMERS_PAGE_LIMIT,
-                    "query": {"filter": {"group_ids": {"any": [group_id]}},
-                              "sort": {"field": "CREATED_AT", "order": "ASC"}}}
-            await search_all(sync, merchant_id, body, run, collect)
+            members = await _members(sync, merchant_id, run, "group_ids", group_id)
             rows = await sync.pool.fetch(
                 "SELECT m.customer_id FROM square.customer_group_members m JOIN square.customers c"
                 " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
                 " WHERE m.merchant_id = $1 AND m.group_id = $2",
                 merchant_id, group_id,
             )
-            mirrored = {r["customer_id"] for r in rows}
-            differ = members ^ mirrored
+            differ = sorted(members ^ {r["customer_id"] for r in rows})
             run.add(group_membership_differences=len(differ))
-            to_fetch.update(differ)
+            for start in range(0, len(differ), 100):  # re-fetched by ID: Square's answer decides
+                result = await sync_customers(sync, merchant_id, differ[start:start + 100])
+                outcomes = list(result.outcomes.values())
+                run.add(upserted=outcomes.count(Outcome.APPLIED), tombstoned=outcomes.count(Outcome.DELETED),
+                        merges=outcomes.count(Outcome.MERGED))
+            done.add(group_id)
+            run.checkpoint["done"] = sorted(done)
+            await run.flush(force=False)
 
-    await asyncio.gather(*(one(gid) for gid in listed["groups"]))
-    ids = sorted(to_fetch)
-    for start in range(0, len(ids), 100):
-        result = await sync_customers(sync, merchant_id, ids[start:start + 100])
-        outcomes = list(result.outcomes.values())
-        run.add(upserted=outcomes.count(Outcome.APPLIED), tombstoned=outcomes.count(Outcome.DELETED),
-                merges=outcomes.count(Outcome.MERGED))
+    await asyncio.gather(*(one(gid) for gid in listed["groups"] if gid not in done))
+    run.checkpoint["phase"] = "done"
 
 
 # -- events replay ------------------------------------------------------------------------------------------
@@ -302,6 +339,8 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
             if payload.get("created_at"):
                 created = parse_time(payload["created_at"])
                 newest = created if newest is None or created > newest else newest
+        if newest is not None:  # events come oldest first: everything up to here was handed over
+            await runs.set_watermark(sync.pool, merchant_id, "events", newest)
         await run.flush(force=False)
         cursor = page.get("cursor") or None
         if not cursor:

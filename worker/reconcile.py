@@ -18,7 +18,6 @@ per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -257,7 +256,8 @@ EventHandler = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
 async def _event_handler(ctx: Mapping[str, Any], merchant_id: str) -> tuple[EventHandler, str]:
-    """How replayed events reach the event worker: arq (as the receiver does), its job function, or by ID."""
+    """How replayed events reach the event worker: through arq exactly as the receiver queues them (inside the
+    worker, or from the CLI when REDIS_URL is set), else applied here by ID (no worker, no Redis)."""
     arq_redis = ctx.get("arq_redis") or ctx.get("redis")
     if arq_redis is not None and hasattr(arq_redis, "enqueue_job"):
         async def enqueue(payload: dict[str, Any]) -> bool:
@@ -266,17 +266,6 @@ async def _event_handler(ctx: Mapping[str, Any], merchant_id: str) -> tuple[Even
             return job is not None
 
         return enqueue, "arq"
-    try:
-        jobs_module = importlib.import_module("worker.jobs")
-    except ImportError:
-        jobs_module = None
-    process = getattr(jobs_module, PROCESS_EVENT_JOB, None) if jobs_module is not None else None
-    if process is not None:
-        async def in_process(payload: dict[str, Any]) -> bool:
-            await process(dict(ctx), payload)
-            return True
-
-        return in_process, "in_process"
     sync = _sync(ctx)
 
     async def by_id(payload: dict[str, Any]) -> bool:

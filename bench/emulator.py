@@ -19,12 +19,35 @@ import time
 import aiohttp
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size (or its peak with field="VmHWM") of the emulator process, in MB."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+async def drive_search(base: str, token: str, seconds: float, concurrency: int, body: dict[str, object]) -> int:
+    """SearchCustomers requests/s for one query, each worker following cursors to the end and restarting."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers={"Authorization": f"Bearer {token}"}) as s:
+
+        async def worker() -> None:
+            nonlocal done
+            cursor = None
+            while time.perf_counter() < deadline:
+                payload = {**body, "cursor": cursor} if cursor else body
+                async with s.post(base + "/v2/customers/search", json=payload) as r:
+                    page = await r.json()
+                    assert r.status == 200, page
+                cursor = page.get("cursor")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
 
 
 async def drive(url_fn: object, base: str, token: str, seconds: float, concurrency: int) -> int:
@@ -103,7 +126,13 @@ async def main_async(args: argparse.Namespace, proc: subprocess.Popen[str]) -> N
         print(f"RetrieveCustomer: {n / args.seconds:.0f} requests/s (concurrency {args.concurrency})")
         pages = await drive_list(base, token, args.seconds, args.concurrency)
         print(f"ListCustomers (100/page, following cursors): {pages / args.seconds:.0f} pages/s")
-        print(f"final RSS {rss_mb(proc.pid):.0f} MB")
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+        for label, query in (("fuzzy email 'james gmail'", {"filter": {"email_address": {"fuzzy": "james gmail"}}}),
+                             ("updated_at last 24 h, CREATED_AT sort", {"filter": {"updated_at": {"start_at": since}},
+                                                                        "sort": {"field": "CREATED_AT"}})):
+            n = await drive_search(base, token, args.seconds, 8, {"limit": 100, "query": query})
+            print(f"SearchCustomers {label}: {n / args.seconds:.0f} requests/s")
+        print(f"final RSS {rss_mb(proc.pid):.0f} MB, peak {rss_mb(proc.pid, 'VmHWM'):.0f} MB")
     finally:
         proc.terminate()
 

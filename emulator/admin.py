@@ -11,11 +11,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import validation
 from .app import EMULATOR, Emulator, json_response
 from .errors import SquareError, bad_request
 from .seeding import seed_merchant
 from .state import MerchantState
-from .validation import parse_json
+from .validation import UPDATE_FIELDS, parse_json, reject_unknown
 
 
 def save_snapshot(emulator: Emulator, path: str) -> None:
@@ -102,6 +103,34 @@ async def segment_member(request: web.Request) -> web.Response:
     member = request.method == "PUT"
     rec = _merchant(request).set_segment(request.match_info["customer_id"], request.match_info["segment_id"], member)
     return json_response({"customer": rec.doc})
+
+
+async def dashboard_update(request: web.Request) -> web.Response:
+    """A change made in the Dashboard/POS: same rules as UpdateCustomer, plus ``preferences``; fires
+    ``customer.updated`` and bumps ``version`` like any committed change."""
+    body = await _json(request)
+    state = _merchant(request, body)
+    raw = orjson.dumps(body)
+    prefs = body.pop("preferences", None)
+    body.pop("merchant_id", None)
+    reject_unknown(body, UPDATE_FIELDS, raw)
+    fields = validation.validate_customer_fields({k: v for k, v in body.items() if k != "version"}, raw)
+    if not fields and prefs is None:
+        raise bad_request("Nothing to update.")
+    rec = state.update_customer(request.match_info["customer_id"], fields, body.get("version"), clear_null=True,
+                                preferences=prefs if isinstance(prefs, dict) else None)
+    return json_response({"customer": rec.doc})
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    hooks = _emu(request).webhooks
+    sid = request.match_info["subscription_id"]
+    before = len(hooks.subscriptions)
+    hooks.subscriptions = [s for s in hooks.subscriptions if s.id != sid]
+    if len(hooks.subscriptions) == before:
+        raise SquareError(404, [{"code": "NOT_FOUND", "detail": f"No subscription `{sid}`.",
+                                 "category": "INVALID_REQUEST_ERROR"}])
+    return json_response({})
 
 
 async def get_faults(request: web.Request) -> web.Response:
@@ -202,6 +231,8 @@ def register(app: web.Application) -> None:
     r.add_put(f"{p}/faults", put_faults)
     r.add_post(f"{p}/subscriptions", add_subscription)
     r.add_get(f"{p}/subscriptions", list_subscriptions)
+    r.add_delete(f"{p}/subscriptions/{{subscription_id}}", delete_subscription)
+    r.add_patch(f"{p}/customers/{{customer_id}}", dashboard_update)
     r.add_get(f"{p}/deliveries", deliveries)
     r.add_post(f"{p}/deliveries/drain", drain)
     r.add_get(f"{p}/sellers", sellers)

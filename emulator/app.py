@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from . import errors
 from .config import EmulatorConfig, Knobs
-from .errors import SquareError, token_revoked, unauthorized_invalid, unauthorized_missing
+from .errors import SquareError
 from .faults import FaultInjector
 from .seeding import seed_merchant
 from .state import MerchantState
 from .webhooks import WebhookDispatcher
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 JSON_HEADERS = {"Content-Type": "application/json", "Square-Version": "2025-08-20"}
 
 
@@ -32,6 +35,7 @@ class Emulator:
         self.config = config
         self.seed = config.seed
         self.knobs: Knobs = config.knobs
+        self._initial_knobs = config.knobs.to_json()
         self.webhooks = WebhookDispatcher(config.seed, self.knobs)
         self.faults = FaultInjector(config.seed, self.knobs)
         self.merchants: dict[str, MerchantState] = {}
@@ -75,6 +79,7 @@ class Emulator:
         """Back to the start-up state (configured sellers, subscriptions and seeded customers)."""
         self.webhooks.subscriptions.clear()
         self.webhooks.log.clear()
+        self.knobs.merge(self._initial_knobs)
         self.faults.reset(self.seed)
         self._build()
 
@@ -90,16 +95,16 @@ class Emulator:
     def authenticate(self, request: web.Request) -> MerchantState:
         header = request.headers.get("Authorization")
         if not header:
-            raise unauthorized_missing()
+            raise errors.unauthorized_missing()
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized_invalid()
+            raise errors.unauthorized_invalid()
         merchant_id = self.tokens.get(token.strip())
         if merchant_id is None:
-            raise unauthorized_invalid()
+            raise errors.unauthorized_invalid()
         state = self.merchants[merchant_id]
         if state.revoked:
-            raise token_revoked()
+            raise errors.token_revoked()
         return state
 
     def snapshot(self) -> dict[str, Any]:
@@ -139,15 +144,28 @@ async def square_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Auth + faults for /v2, and Square's error envelope for every SquareError."""
     emulator = request.app[EMULATOR]
     try:
+        version = request.headers.get("Square-Version")
         if request.path.startswith("/v2/"):
+            if version is not None and not _VERSION.match(version):
+                raise SquareError(400, [{"code": "INVALID_SQUARE_VERSION_FORMAT", "detail": "Invalid Square-Version "
+                                         f"format `{version}`, expected YYYY-MM-DD.", "field": "Square-Version",
+                                         "category": "INVALID_REQUEST_ERROR"}])
             state = emulator.authenticate(request)
             request[MERCHANT_KEY] = state
             route = request.match_info.route
             operation = route.name or request.path if route is not None else request.path
             await emulator.faults.before(state.merchant_id, operation)
-        return await handler(request)
+        response = await handler(request)
+        if version is not None and request.path.startswith("/v2/"):
+            response.headers["Square-Version"] = version  # Square echoes the version it used
+        return response
     except SquareError as exc:
         return json_response(exc.body(), exc.status, exc.headers)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # Square answers unknown endpoints with its JSON envelope, not an HTML page.
+        detail = f"API endpoint for URL path `{request.path}` and HTTP method `{request.method}` is not found."
+        return json_response({"errors": [{"code": "NOT_FOUND", "detail": detail,
+                                          "category": "INVALID_REQUEST_ERROR"}]}, exc.status)
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -162,6 +180,7 @@ async def _on_cleanup(app: web.Application) -> None:
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
     """Build the emulator application (used by the CLI, ``testing.run_emulator`` and tests)."""
     from . import admin, routes_customers, routes_events, routes_groups
+    from . import custom_attributes as attrs
 
     config = config or EmulatorConfig()
     emulator = Emulator(config)
@@ -171,7 +190,9 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app[EMULATOR] = emulator
     routes_customers.register(app)
     routes_groups.register(app)
+    attrs.register_literal(app)
     routes_customers.register_item_routes(app)
+    attrs.register_item(app)
     routes_events.register(app)
     admin.register(app)
     app.on_cleanup.append(_on_cleanup)

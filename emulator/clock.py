@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 import uuid
 from datetime import UTC, datetime
 
 _ALNUM = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford-style alphabet, as in Square's customer IDs
+_B32_TO_ID = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALNUM.encode())
 
 
 def now() -> float:
@@ -37,7 +39,9 @@ def parse_rfc3339(value: str) -> float:
 
 
 def new_id(rng: random.Random, length: int = 26) -> str:
-    return "".join(rng.choice(_ALNUM) for _ in range(length))
+    """``length`` (<= 26) characters of the ID alphabet from one RNG draw (fast enough for 200k seeds)."""
+    raw = rng.getrandbits(136).to_bytes(17, "big")
+    return base64.b32encode(raw)[:length].translate(_B32_TO_ID).decode()
 
 
 def new_uuid(rng: random.Random) -> str:

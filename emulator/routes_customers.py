@@ -85,7 +85,8 @@ async def search_customers(request: web.Request) -> web.Response:
     order = _enum(sort.get("order"), SORT_ORDERS, "query.sort.order", "ASC")
     count = bool(body.get("count", False))
     try:
-        predicates = compile_filter(query.get("filter"), state.groups, state.segments, raw)
+        predicates = compile_filter(query.get("filter"), state.groups, state.segments, raw,
+                                    custom=(state.ca_definitions, state.ca_values))
     except EmptyResult:
         return json_response(b'{"count":0}' if count else EMPTY)
     fingerprint = "search:" + hashlib.sha1(orjson.dumps(query, option=orjson.OPT_SORT_KEYS),

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from . import clock
 from .app import json_response, merchant_of
+from .config import CUSTOMER_EVENT_TYPES
 from .errors import SquareError, error
 from .events import search_events
 from .validation import parse_json
@@ -17,7 +18,27 @@ async def search(request: web.Request) -> web.Response:
     body = parse_json(raw)
     now = clock.now()
     state.events.prune(now)
-    return json_response(search_events(state.events, state.merchant_id, body, raw, now))
+    result = search_events(state.events, state.merchant_id, body, raw, now)
+    if not state.events_enabled:
+        return json_response({})  # UNCONFIRMED: a disabled seller's events are not searchable
+    return json_response(result)
+
+
+async def list_event_types(request: web.Request) -> web.Response:
+    merchant_of(request)
+    return json_response({"event_types": list(CUSTOMER_EVENT_TYPES), "metadata": [
+        {"event_type": t, "api_version_introduced": "2021-02-26", "release_status": "PUBLIC"}
+        for t in CUSTOMER_EVENT_TYPES]})
+
+
+async def enable_events(request: web.Request) -> web.Response:
+    merchant_of(request).events_enabled = True
+    return json_response({})
+
+
+async def disable_events(request: web.Request) -> web.Response:
+    merchant_of(request).events_enabled = False
+    return json_response({})
 
 
 async def retrieve_merchant(request: web.Request) -> web.Response:
@@ -33,4 +54,7 @@ async def retrieve_merchant(request: web.Request) -> web.Response:
 
 def register(app: web.Application) -> None:
     app.router.add_post("/v2/events", search, name="SearchEvents")
+    app.router.add_get("/v2/events/types", list_event_types, name="ListEventTypes")
+    app.router.add_put("/v2/events/enable", enable_events, name="EnableEvents")
+    app.router.add_put("/v2/events/disable", disable_events, name="DisableEvents")
     app.router.add_get("/v2/merchants/{merchant_id}", retrieve_merchant, name="RetrieveMerchant")

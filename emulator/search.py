@@ -27,6 +27,10 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 FILTER_FIELDS = frozenset(("creation_source", "created_at", "updated_at", "email_address", "phone_number",
                            "reference_id", "group_ids", "segment_ids", "custom_attribute"))
 Predicate = Callable[[Any], bool]
+CREATION_SOURCES = frozenset((
+    "OTHER", "APPOINTMENTS", "COUPON", "DELETION_RECOVERY", "DIRECTORY", "EGIFTING", "EMAIL_COLLECTION", "FEEDBACK",
+    "IMPORT", "INVOICES", "LOYALTY", "MARKETING", "MERGE", "ONLINE_STORE", "INSTANT_PROFILE", "TERMINAL",
+    "THIRD_PARTY", "THIRD_PARTY_IMPORT", "UNMERGE_RECOVERY"))
 
 
 class EmptyResult(Exception):
@@ -44,6 +48,32 @@ def query_tokens(text: str, strip: bool = True) -> list[str]:
         if tok:
             tokens.append(tok)
     return tokens
+
+
+def _cached(r: Any, kind: str) -> str:
+    """Normalised email blob / phone digits of a record, computed once per record version."""
+    cache = r.search_cache
+    if cache is None:
+        cache = r.search_cache = {}
+    value: str | None = cache.get(kind)
+    if value is None:
+        if kind == "email":
+            value = email_blob(r.doc.get("email_address") or "")
+        else:
+            value = "".join(c for c in r.doc.get("phone_number") or "" if c.isdigit())
+        cache[kind] = value
+    return value
+
+
+def _email_tokens_pred(query: str) -> Predicate:
+    tokens = query_tokens(query)
+    return lambda r: bool(r.doc.get("email_address")) and all(t in _cached(r, "email") for t in tokens)
+
+
+def _phone_tokens_pred(query: str) -> Predicate:
+    tokens = [t for t in ("".join(c for c in tok if c.isdigit()) for tok in query.split()) if t]
+    return lambda r: bool(tokens) and bool(r.doc.get("phone_number")) and all(t in _cached(r, "phone")
+                                                                               for t in tokens)
 
 
 def email_fuzzy(stored: str, query: str) -> bool:
@@ -110,7 +140,8 @@ def _ids(spec: Any, name: str) -> tuple[set[str], set[str], set[str]]:
 
 
 def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segments: set[str] | dict[str, Any],
-                   raw: bytes) -> list[Predicate]:
+                   raw: bytes, custom: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None,
+                   ) -> list[Predicate]:
     """Turn a CustomerFilter into predicates over customer records; raise EmptyResult for ``{}``."""
     from .validation import reject_unknown
 
@@ -120,7 +151,16 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
     preds: list[Predicate] = []
     cs = flt.get("creation_source")
     if cs is not None:
+        reject_unknown(cs, frozenset(("values", "rule")), raw)
         values = set(cs.get("values") or [])
+        for value in sorted(values - CREATION_SOURCES):
+            raise SquareError(400, [error("INVALID_ENUM_VALUE", f"`{value}` is not a valid enum value for "
+                                          "`query.filter.creation_source.values`.",
+                                          field="query.filter.creation_source.values")])
+        if (cs.get("rule") or "INCLUDE") not in ("INCLUDE", "EXCLUDE"):
+            raise SquareError(400, [error("INVALID_ENUM_VALUE", f"`{cs.get('rule')}` is not a valid enum value "
+                                          "for `query.filter.creation_source.rule`.",
+                                          field="query.filter.creation_source.rule")])
         include = (cs.get("rule") or "INCLUDE") == "INCLUDE"
         preds.append(lambda r: (r.doc.get("creation_source") in values) == include)
     for name, attr in (("created_at", "created_ts"), ("updated_at", "updated_ts")):
@@ -134,8 +174,7 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
             want = exact.strip().lower()
             preds.append(lambda r: (r.doc.get("email_address") or "").lower() == want)
         else:
-            q = str(fuzzy)
-            preds.append(lambda r: bool(r.doc.get("email_address")) and email_fuzzy(r.doc["email_address"], q))
+            preds.append(_email_tokens_pred(str(fuzzy)))
     if flt.get("phone_number") is not None:
         exact, fuzzy = _text_filter("phone_number", flt["phone_number"])
         if exact is not None:
@@ -144,8 +183,7 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
                 raise EmptyResult  # UNCONFIRMED: a non-E.164 exact query matches nothing
             preds.append(lambda r: bool(r.doc.get("phone_number")) and e164(r.doc["phone_number"]) == want_e164)
         else:
-            q = str(fuzzy)
-            preds.append(lambda r: bool(r.doc.get("phone_number")) and phone_fuzzy(r.doc["phone_number"], q))
+            preds.append(_phone_tokens_pred(str(fuzzy)))
     if flt.get("reference_id") is not None:
         exact, fuzzy = _text_filter("reference_id", flt["reference_id"])
         if exact is not None:
@@ -170,9 +208,105 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
                                               field="query.filter.segment_ids")])
         preds.append(_membership("segment_ids", s_all, s_any, s_none))
     if flt.get("custom_attribute") is not None:
-        # The emulator models no custom attributes, so no profile can match a custom attribute filter.
-        raise EmptyResult
+        defs: dict[str, Any] = custom[0] if custom is not None else {}
+        attr_values: dict[str, dict[str, Any]] = custom[1] if custom is not None else {}
+        preds.extend(_custom_attribute_preds(flt["custom_attribute"], defs, attr_values, raw))
     return preds
+
+
+def _custom_attribute_preds(spec: Any, defs: dict[str, Any], values: dict[str, dict[str, Any]],
+                            raw: bytes) -> list[Predicate]:
+    """CustomerCustomAttributeFilters: up to 10 filters, ANDed; each on one defined key."""
+    from .validation import reject_unknown
+
+    reject_unknown(spec, frozenset(("filters",)), raw)
+    filters = spec.get("filters") or []
+    if not isinstance(filters, list) or len(filters) > 10:
+        raise bad_request("`custom_attribute.filters` must be a list of at most 10 filters.",
+                          field="query.filter.custom_attribute.filters")
+    keys = [f.get("key") for f in filters if isinstance(f, dict)]
+    if len(keys) != len(set(keys)):
+        raise bad_request("Custom attribute filter keys must be unique.", field="query.filter.custom_attribute")
+    preds: list[Predicate] = []
+    for item in filters:
+        reject_unknown(item, frozenset(("key", "filter", "updated_at")), raw)
+        key = item.get("key")
+        if key not in defs:
+            raise bad_request(f"Custom attribute definition with key `{key}` not found.",
+                              field="query.filter.custom_attribute")
+        if item.get("filter") is None and item.get("updated_at") is None:
+            raise bad_request("Each custom attribute filter needs `filter` or `updated_at`.",
+                              field="query.filter.custom_attribute")
+        checks: list[Callable[[dict[str, Any]], bool]] = []
+        if item.get("updated_at") is not None:
+            checks.append(_updated_check(*_time_range("custom_attribute.updated_at", item["updated_at"])))
+        if item.get("filter") is not None:
+            checks.append(_value_check(item["filter"]))
+        preds.append(_attr_pred(values, str(key), checks))
+    return preds
+
+
+def _updated_check(start: float | None, end: float | None) -> Callable[[dict[str, Any]], bool]:
+    def check(attr: dict[str, Any]) -> bool:
+        ts = parse_rfc3339(attr["updated_at"])
+        return (start is None or ts >= start) and (end is None or ts <= end)
+
+    return check
+
+
+def _attr_pred(values: dict[str, dict[str, Any]], key: str,
+               checks: list[Callable[[dict[str, Any]], bool]]) -> Predicate:
+    def pred(r: Any) -> bool:
+        attr = values.get(r.doc["id"], {}).get(key)
+        return attr is not None and all(c(attr) for c in checks)
+
+    return pred
+
+
+def _value_check(spec: Any) -> Callable[[dict[str, Any]], bool]:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise bad_request("A custom attribute value filter sets exactly one field.",
+                          field="query.filter.custom_attribute.filter")
+    kind, value = next(iter(spec.items()))
+    if kind in ("text", "email", "phone"):
+        exact, fuzzy = _text_filter(kind, value)
+        if exact is not None:
+            want = str(exact).lower()
+            return lambda a: isinstance(a["value"], str) and a["value"].lower() == want
+        q = str(fuzzy)
+        match = phone_fuzzy if kind == "phone" else email_fuzzy if kind == "email" else reference_fuzzy
+        return lambda a: isinstance(a["value"], str) and match(a["value"], q)
+    if kind == "boolean":
+        return lambda a: a["value"] is bool(value)
+    if kind == "number":
+        lo = float(value["start_at"]) if value.get("start_at") is not None else None
+        hi = float(value["end_at"]) if value.get("end_at") is not None else None
+        def in_range(a: dict[str, Any]) -> bool:
+            n = _num(a["value"])
+            return n is not None and (lo is None or n >= lo) and (hi is None or n <= hi)
+
+        return in_range
+    if kind == "date":
+        lo_d, hi_d = (value or {}).get("start_at"), (value or {}).get("end_at")
+        return lambda a: isinstance(a["value"], str) and (lo_d is None or a["value"] >= lo_d[:10]) \
+            and (hi_d is None or a["value"] <= hi_d[:10])
+    if kind == "selection":
+        any_, all_ = set(value.get("any") or []), set(value.get("all") or [])
+        return lambda a: isinstance(a["value"], list) and (not any_ or bool(any_ & set(a["value"]))) \
+            and all_ <= set(a["value"])
+    if kind == "address":
+        postal = ((value or {}).get("postal_code") or {}).get("exact")
+        country = (value or {}).get("country")
+        return lambda a: isinstance(a["value"], dict) and (postal is None or a["value"].get("postal_code") == postal) \
+            and (country is None or a["value"].get("country") == country)
+    raise bad_request(f"Unknown custom attribute filter `{kind}`.", field="query.filter.custom_attribute.filter")
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _in_range(attr: str, start: float | None, end: float | None) -> Predicate:
@@ -180,6 +314,9 @@ def _in_range(attr: str, start: float | None, end: float | None) -> Predicate:
         value: float = getattr(r, attr)
         return (start is None or value >= start) and (end is None or value < end)
 
+    pred.range_attr = attr  # type: ignore[attr-defined]  # lets the index narrow updated_at ranges
+    pred.range_start = start  # type: ignore[attr-defined]
+    pred.range_end = end  # type: ignore[attr-defined]
     return pred
 
 

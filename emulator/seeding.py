@@ -6,7 +6,8 @@ directly and the index is rebuilt once, and seeding fires no webhooks (it is his
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from . import clock
 from .state import CustomerRec, MerchantState
@@ -29,6 +30,7 @@ AREA_CODES = ("415", "212", "512", "206", "312", "510", "646", "551")
 SOURCES = ("THIRD_PARTY", "DIRECTORY", "IMPORT", "ONLINE_STORE", "APPOINTMENTS", "LOYALTY", "INSTANT_PROFILE")
 SEGMENT_NAMES = ("REACHABLE", "LOYAL", "CHURN_RISK", "CARDS_ON_FILE", "LUNCH_REGULARS")
 YEAR = 365 * 24 * 3600
+T = TypeVar("T")
 # Shared immutable values: records are never mutated in place, so sharing saves memory at 200k profiles.
 PREFS_SUBSCRIBED = {"email_unsubscribed": False}
 PREFS_UNSUBSCRIBED = {"email_unsubscribed": True}
@@ -54,7 +56,14 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
         now = clock.now()
         ids: set[str] = set(state.customers) | set(state.tombstones)
         new_recs: list[CustomerRec] = []
-        choice, random_ = rng.choice, rng.random
+        random_ = rng.random
+
+        def choice(seq: Sequence[T]) -> T:
+            return seq[int(random_() * len(seq))]
+
+        def randrange(lo: int, hi: int) -> int:
+            return lo + int(random_() * (hi - lo))
+
         for n in range(customers + instant_profiles):
             cid = clock.new_id(rng)
             while cid in ids:
@@ -81,14 +90,14 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
             want_phone = random_() < 0.8 or len(doc) == 3  # every seeded profile has public info
             if random_() < 0.6:  # keys are inserted in Square's field order (FIELD_ORDER)
                 city, region, zip3 = choice(CITIES)
-                doc["address"] = {"address_line_1": f"{rng.randrange(1, 9999)} {choice(STREETS)}",
+                doc["address"] = {"address_line_1": f"{randrange(1, 9999)} {choice(STREETS)}",
                                   "locality": city, "administrative_district_level_1": region,
-                                  "postal_code": f"{zip3}{rng.randrange(10, 99)}", "country": "US"}
+                                  "postal_code": f"{zip3}{randrange(10, 99)}", "country": "US"}
             if want_phone:
-                doc["phone_number"] = f"+1{choice(AREA_CODES)}{rng.randrange(2000000, 9999999)}"
+                doc["phone_number"] = f"+1{choice(AREA_CODES)}{randrange(2000000, 9999999)}"
             if random_() < 0.2:
-                doc["birthday"] = f"{choice(('0000', str(rng.randrange(1950, 2005))))}-" \
-                                  f"{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+                doc["birthday"] = f"{choice(('0000', str(randrange(1950, 2005))))}-" \
+                                  f"{randrange(1, 13):02d}-{randrange(1, 29):02d}"
             if random_() < 0.3:
                 doc["reference_id"] = f"{choice(('NYC', 'SF', 'ATX'))}_{n}_{family.upper()}"
             doc["preferences"] = PREFS_UNSUBSCRIBED if random_() < 0.05 else PREFS_SUBSCRIBED

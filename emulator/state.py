@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import bisect
 import random
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -28,19 +29,21 @@ from .errors import (
     segment_not_found_error,
 )
 from .events import EventLog, customer_event
-from .search import EmptyResult, Predicate
+from .search import Predicate
 from .validation import PUBLIC_FIELDS, has_identity
 
 FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "nickname", "company_name",
                "email_address", "address", "phone_number", "birthday", "reference_id", "note", "preferences",
                "creation_source", "group_ids", "segment_ids", "version", "tax_ids")
+_NOTE_LABELS = {"given_name": "First Name", "family_name": "Last Name", "company_name": "Company",
+                "email_address": "Email", "phone_number": "Phone"}
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
 class CustomerRec:
     """One committed version of a customer profile."""
 
-    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "updated_ts")
+    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "search_cache", "updated_ts")
 
     def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float, *, ordered: bool = False) -> None:
         if not ordered:
@@ -48,6 +51,7 @@ class CustomerRec:
         self.doc = doc
         self.created_ts = created_ts
         self.updated_ts = updated_ts
+        self.search_cache: dict[str, str] | None = None  # normalised email/phone, filled by the first search
         self.public = any(doc.get(f) for f in PUBLIC_FIELDS)
         self.dkey = (default_sort_text(doc), doc["id"])
         self.ckey = (doc["created_at"], doc["id"])
@@ -82,6 +86,7 @@ class CustomerIndex:
         self.visible: dict[str, CustomerRec] = {}
         self.by_default: list[tuple[str, str]] = []
         self.by_created: list[tuple[str, str]] = []
+        self.by_updated: list[tuple[float, str]] = []  # narrows updated_at range searches (incremental sync)
         self.pending: deque[tuple[float, str, CustomerRec | None]] = deque()
         self.generation = 0
 
@@ -105,19 +110,37 @@ class CustomerIndex:
                     self.visible.pop(cid, None)
             self.by_default = sorted(r.dkey for r in self.visible.values())
             self.by_created = sorted(r.ckey for r in self.visible.values())
+            self.by_updated = sorted((r.updated_ts, r.id) for r in self.visible.values())
             return
         for cid, rec in due:
             old = self.visible.pop(cid, None)
             if old is not None:
                 _remove(self.by_default, old.dkey)
                 _remove(self.by_created, old.ckey)
+                _remove_u(self.by_updated, (old.updated_ts, cid))
             if rec is not None and rec.public:
                 self.visible[cid] = rec
                 bisect.insort(self.by_default, rec.dkey)
                 bisect.insort(self.by_created, rec.ckey)
+                bisect.insort(self.by_updated, (rec.updated_ts, cid))
+
+    def updated_between(self, start: float | None, end: float | None) -> set[str] | None:
+        """IDs whose updated_at is in [start, end), or None when the range is too wide to be worth it."""
+        keys = self.by_updated
+        lo = bisect.bisect_left(keys, (start, "")) if start is not None else 0
+        hi = bisect.bisect_left(keys, (end, "")) if end is not None else len(keys)
+        if hi - lo > len(keys) // 2:
+            return None
+        return {k[1] for k in keys[lo:hi]}
 
 
 def _remove(keys: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
+
+
+def _remove_u(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
     i = bisect.bisect_left(keys, key)
     if i < len(keys) and keys[i] == key:
         del keys[i]
@@ -132,9 +155,9 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         out = orjson.loads(base64.urlsafe_b64decode(padded))
         if not isinstance(out, dict):
-            raise ValueError
+            raise TypeError
         return out
-    except (ValueError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, orjson.JSONDecodeError):
         raise invalid_cursor() from None
 
 
@@ -145,6 +168,7 @@ class MerchantState:
         self.merchant_id = merchant_id
         self.token = token
         self.revoked = False
+        self.events_enabled = knobs.events_enabled_by_default
         self.business_name = f"Emulated Seller {merchant_id}"
         self.rng = rng
         self.knobs = knobs
@@ -161,7 +185,10 @@ class MerchantState:
         self.idempotency: dict[str, bytes] = {}
         self.group_idempotency: dict[str, str] = {}
         self.index = CustomerIndex()
-        self.events = EventLog()
+        self.ca_definitions: dict[str, dict[str, Any]] = {}
+        self.ca_values: dict[str, dict[str, dict[str, Any]]] = {}  # customer id -> key -> CustomAttribute
+        self.ca_idempotency: dict[str, str] = {}
+        self.events = EventLog(knobs.event_log_max)
         self.quiet = False  # seeding: no events
         self._last_created = 0.0
 
@@ -260,12 +287,16 @@ class MerchantState:
                 f"The customer version ({version}) does not match the current version ({rec.version}).",
                 field="version")])
 
-    def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool) -> CustomerRec:
+    def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool,
+                        preferences: dict[str, Any] | None = None) -> CustomerRec:
+        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it."""
         rec = self.customers.get(cid)
         if rec is None:
             raise customer_not_found_error(cid)  # merged profiles must be updated by their new ID
         self.check_version(rec, version)
         doc = dict(rec.doc)
+        if preferences is not None:
+            doc["preferences"] = {"email_unsubscribed": bool(preferences.get("email_unsubscribed", False))}
         changed = False
         for key, value in fields.items():
             if key == "address":
@@ -324,6 +355,7 @@ class MerchantState:
             self.segment_members.get(sid, set()).discard(cid)
         self.tombstones[cid] = {"deleted_at": clock.rfc3339_ms(ts), "merged_into": merged_into,
                                 "version": rec.version}
+        self.ca_values.pop(cid, None)
         self.emit("customer.deleted", rec.doc, ts, merge)
 
     def set_group(self, cid: str, gid: str, member: bool) -> None:
@@ -380,12 +412,20 @@ class MerchantState:
         live = [r for r in recs if r is not None]
         ordered = sorted(live, key=lambda r: (r.updated_ts, r.version), reverse=True)
         fields: dict[str, Any] = {}
+        lost: list[str] = []
         for rec in ordered:  # newest profile wins; older ones fill the gaps
             for key, value in rec.doc.items():
                 if key in ("id", "created_at", "updated_at", "version", "creation_source", "group_ids",
                            "segment_ids", "preferences"):
                     continue
+                if key in fields and fields[key] != value and key in _NOTE_LABELS:
+                    lost.append(f"{_NOTE_LABELS[key]}: {value}")
                 fields.setdefault(key, value)
+        if self.knobs.merge_writes_note and lost:
+            # Observed on real merged profiles (FACTS §2): Square records what it dropped in `note`.
+            stamp = time.strftime("%m/%d/%Y", time.gmtime(clock.now()))
+            fields["note"] = f" Merged on {stamp}. Following fields were not transferred to the current " \
+                             f"customer:{' '.join(lost)}"
         groups = sorted({g for r in live for g in r.doc.get("group_ids") or ()})
         segments = sorted({s for r in live for s in r.doc.get("segment_ids") or ()})
         ts = self.tick()
@@ -400,6 +440,12 @@ class MerchantState:
         for sid in segments:
             self.segment_members.setdefault(sid, set()).add(new_id)
         self.emit("customer.created", new.doc, ts, merge_ctx)
+        attrs: dict[str, dict[str, Any]] = {}
+        for rec in ordered:  # custom attribute values follow the merge, newest profile first
+            for key, attr in self.ca_values.get(rec.id, {}).items():
+                attrs.setdefault(key, attr)
+        if attrs:
+            self.ca_values[new_id] = attrs
         for cid in ids:
             self.delete_customer(cid, None, merged_into=new_id, merge=merge_ctx)
             self.merges.append({"from_customer_id": cid, "to_customer_id": new_id,
@@ -413,7 +459,15 @@ class MerchantState:
         now = clock.now()
         index = self.index
         index.catch_up(now)
-        keys = index.by_created if sort_field == "CREATED_AT" else index.by_default
+        keys: list[tuple[str, str]] = index.by_created if sort_field == "CREATED_AT" else index.by_default
+        visible = index.visible
+        for pred in predicates or ():
+            if getattr(pred, "range_attr", None) == "updated_ts":
+                # A narrow updated_at range (incremental sync) walks only its candidates, in sort order.
+                ids = index.updated_between(pred.range_start, pred.range_end)  # type: ignore[attr-defined]
+                if ids is not None:
+                    by_created = sort_field == "CREATED_AT"
+                    keys = sorted(visible[i].ckey if by_created else visible[i].dkey for i in ids)
         desc = order == "DESC"
         start: int
         if cursor:
@@ -429,7 +483,6 @@ class MerchantState:
         else:
             start = len(keys) - 1 if desc else 0
             issued = now
-        visible = index.visible
         out: list[CustomerRec] = []
         i = start
         step = -1 if desc else 1
@@ -455,8 +508,8 @@ class MerchantState:
             if more and last_key else None
         total = None
         if count:
-            total = len(visible) if predicates is None else sum(
-                1 for r in visible.values() if all(p(r) for p in predicates))
+            total = len(keys) if predicates is None else sum(
+                1 for k in keys if all(p(visible[k[1]]) for p in predicates))
         return out, next_cursor, total
 
     # ---- groups ---------------------------------------------------------------------------------
@@ -545,6 +598,8 @@ class MerchantState:
         out["events"] = [[ts, e] for ts, e in self.events.entries]
         out["idempotency"] = {k: v.decode() for k, v in self.idempotency.items()}
         out["group_idempotency"] = dict(self.group_idempotency)
+        out["custom_attribute_definitions"] = dict(self.ca_definitions)
+        out["custom_attributes"] = {cid: dict(v) for cid, v in self.ca_values.items()}
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -563,11 +618,13 @@ class MerchantState:
         self.group_members = {g: set(m) for g, m in snap.get("group_members", {}).items()}
         self.segment_members = {s: set(m) for s, m in snap.get("segment_members", {}).items()}
         self.revoked = bool(snap.get("revoked", False))
-        self.events = EventLog()
+        self.events = EventLog(self.knobs.event_log_max)
         for ts, event in snap.get("events", []):
             self.events.append(float(ts), event)
         self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}
         self.group_idempotency = dict(snap.get("group_idempotency", {}))
+        self.ca_definitions = dict(snap.get("custom_attribute_definitions", {}))
+        self.ca_values = {cid: dict(v) for cid, v in snap.get("custom_attributes", {}).items()}
         self.reindex()
 
     def reindex(self, records: Iterable[CustomerRec] | None = None) -> None:
@@ -576,10 +633,4 @@ class MerchantState:
         self.index.visible = {r.id: r for r in (records or self.customers.values()) if r.public}
         self.index.by_default = sorted(r.dkey for r in self.index.visible.values())
         self.index.by_created = sorted(r.ckey for r in self.index.visible.values())
-
-    def iter_customers(self) -> Iterator[CustomerRec]:
-        return iter(self.customers.values())
-
-
-def empty_result() -> EmptyResult:
-    return EmptyResult()
+        self.index.by_updated = sorted((r.updated_ts, r.id) for r in self.index.visible.values())

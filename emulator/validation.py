@@ -35,6 +35,7 @@ IGNORED_ADDRESS_FIELDS = frozenset(("first_name", "last_name"))
 
 _EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                     r"\.[A-Za-z]{2,}$")
+EMAIL_PATTERN = _EMAIL
 _PHONE_CHARS = re.compile(r"^\+?[0-9 ()\-.]+$")
 _BIRTHDAY = re.compile(r"^(?:(\d{4})-)?(\d{2})-(\d{2})$")
 _DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)

@@ -57,7 +57,7 @@ class DeliveryRecord:
     subscription_id: str
     copy: int
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "pending"  # pending | delivered | failed | lost
+    status: str = "pending"  # pending | delivered | failed | lost | superseded
 
     def to_json(self) -> dict[str, Any]:
         last = self.attempts[-1] if self.attempts else {}
@@ -73,6 +73,7 @@ class WebhookDispatcher:
         self.knobs = knobs
         self.subscriptions: list[Subscription] = []
         self.log: list[DeliveryRecord] = []
+        self.latest: dict[str, dict[tuple[str, str], int]] = {}  # subscription -> (type, customer) -> version
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
@@ -94,19 +95,26 @@ class WebhookDispatcher:
         if not subs:
             return
         body = orjson.dumps(event)
+        customer = (event.get("data") or {}).get("object", {}).get("customer") or {}
+        key = (event["type"], customer.get("id", ""))
+        version = int(customer.get("version", 0))
         for sub in subs:
+            latest = self.latest.setdefault(sub.id, {})
+            latest[key] = max(version, latest.get(key, -1))
             rng = rng_for(self.seed, event["event_id"], sub.id)
             copies = 2 if rng.random() < self.knobs.webhook_duplicate_rate else 1
             for copy in range(copies):
                 rec = DeliveryRecord(event["event_id"], event["type"], merchant_id, sub.id, copy)
                 self.log.append(rec)
+                if len(self.log) > self.knobs.delivery_log_max:
+                    del self.log[: max(1, self.knobs.delivery_log_max // 10)]
                 if rng.random() < self.knobs.webhook_loss_rate:
                     rec.status = "lost"
                     continue
                 delay = 0.0
                 if rng.random() < self.knobs.webhook_reorder_rate:
                     delay = rng.uniform(0, self.knobs.webhook_reorder_max_delay_seconds)
-                self._spawn(self._deliver(sub, body, rec, delay))
+                self._spawn(self._deliver(sub, body, rec, delay, key, version))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -119,7 +127,12 @@ class WebhookDispatcher:
         if not self.tasks:
             self._idle.set()
 
-    async def _deliver(self, sub: Subscription, body: bytes, rec: DeliveryRecord, delay: float) -> None:
+    def _superseded(self, sub: Subscription, key: tuple[str, str], version: int) -> bool:
+        """Square sends only the latest version when updates to one profile race (knob-controlled)."""
+        return self.knobs.webhook_latest_version_only and self.latest.get(sub.id, {}).get(key, -1) > version
+
+    async def _deliver(self, sub: Subscription, body: bytes, rec: DeliveryRecord, delay: float,
+                       key: tuple[str, str], version: int) -> None:
         if delay:
             await asyncio.sleep(delay)
         if self.session is None or self.session.closed:
@@ -127,6 +140,9 @@ class WebhookDispatcher:
         initial = clock.rfc3339_ms(clock.now())
         reason: str | None = None
         for attempt in range(self.knobs.webhook_max_retries + 1):
+            if self._superseded(sub, key, version):
+                rec.status = "superseded"
+                return
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "Square Connect v2",

@@ -21,6 +21,9 @@ from square_mirror.settings import SettingsError
 # command -> (module, one-line help). Modules own their flags.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
+    "worker": ("worker.cli", "run the sync worker (arq): webhook events to committed rows"),
+    "redrive": ("worker.redrive", "re-enqueue webhook events recorded as failed"),
+    "webhooks": ("webhooks.cli", "run the Square webhook receiver (HTTP, queues events to Redis)"),
     "backfill": ("worker.cli_backfill", "copy every group, segment and customer; infer deletes and merges"),
     "reconcile": ("worker.cli_reconcile", "run reconcile lanes once (incremental, segments, groups, events, sweep)"),
 }

@@ -44,7 +44,7 @@ return wait
 class RateLimiter:
     """Token bucket per merchant: ``rate`` requests per second with bursts of ``burst``. rate <= 0 disables it."""
 
-    def __init__(self, redis: Redis[bytes] | None, *, rate: float, burst: int | None = None) -> None:
+    def __init__(self, redis: Redis | None, *, rate: float, burst: int | None = None) -> None:
         self.redis = redis
         self.rate = rate
         self.burst = burst if burst is not None else max(1, int(rate))

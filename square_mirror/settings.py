@@ -70,6 +70,13 @@ class Settings:
     worker_max_jobs: int = 200
     worker_poll_delay: float = 0.05
     worker_metrics_port: int = 9101
+    worker_job_timeout_seconds: float = 30.0
+    worker_max_tries: int = 40
+    worker_retry_max_delay_seconds: float = 1800.0
+    worker_unauthorized_retry_seconds: float = 900.0
+    worker_shutdown_grace_seconds: int = 20
+    worker_fetch_window_ms: float = 5.0
+    worker_db_pool_size: int = 20
     backfill_concurrency: int = 8
     reconcile_overlap_seconds: float = 120.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -123,6 +130,13 @@ class Settings:
             worker_max_jobs=_positive_int(env, "WORKER_MAX_JOBS", 200),
             worker_poll_delay=_number(env, "WORKER_POLL_DELAY", 0.05, minimum=0.001),
             worker_metrics_port=_port(env, "WORKER_METRICS_PORT", 9101),
+            worker_job_timeout_seconds=_number(env, "WORKER_JOB_TIMEOUT_SECONDS", 30.0, minimum=5.0),
+            worker_max_tries=_positive_int(env, "WORKER_MAX_TRIES", 40),
+            worker_retry_max_delay_seconds=_number(env, "WORKER_RETRY_MAX_DELAY_SECONDS", 1800.0, minimum=1.0),
+            worker_unauthorized_retry_seconds=_number(env, "WORKER_UNAUTHORIZED_RETRY_SECONDS", 900.0, minimum=1.0),
+            worker_shutdown_grace_seconds=_positive_int(env, "WORKER_SHUTDOWN_GRACE_SECONDS", 20),
+            worker_fetch_window_ms=_number(env, "WORKER_FETCH_WINDOW_MS", 5.0, minimum=0.0),
+            worker_db_pool_size=_positive_int(env, "WORKER_DB_POOL_SIZE", 20),
             backfill_concurrency=_positive_int(env, "BACKFILL_CONCURRENCY", 8),
             reconcile_overlap_seconds=_number(env, "RECONCILE_OVERLAP_SECONDS", 120.0, minimum=0.0),
         )

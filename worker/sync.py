@@ -37,6 +37,7 @@ class Outcome(StrEnum):
 class SyncResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)  # requested ID -> version of the profile Square returned
     definitions_fetched: int = 0
     api_calls: int = 0
 
@@ -88,6 +89,7 @@ async def apply_profiles(
             deleted.append(requested)
             continue
         live.append(profile)
+        result.versions[requested] = int(profile.get("version") or 0)
         if profile["id"] != requested:
             result.merged_into[requested] = profile["id"]
     for source, target in sorted(result.merged_into.items()):

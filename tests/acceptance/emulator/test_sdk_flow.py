@@ -143,3 +143,136 @@ async def test_sdk_full_flow_and_every_response_matches_openapi() -> None:
             "UpdateCustomerGroupResponse", "DeleteCustomerGroupResponse", "AddGroupToCustomerResponse",
             "RemoveGroupFromCustomerResponse", "ListCustomerSegmentsResponse", "RetrieveCustomerSegmentResponse",
             "SearchEventsResponse"} <= set(checker.checked)
+
+
+async def test_error_and_edge_responses_match_openapi_too() -> None:
+    """Error envelopes, empty results and bulk per-item errors are valid response bodies as well."""
+    import aiohttp
+
+    checker = SchemaChecker(_load_spec())
+    async with run_emulator(EmulatorConfig(seed=8)) as emu, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {emu.token}"}) as s:
+        calls: list[tuple[str, str, Any]] = [
+            ("GET", "/v2/customers", None),
+            ("GET", "/v2/customers?limit=0", None),
+            ("POST", "/v2/customers", {"nickname": "x"}),
+            ("POST", "/v2/customers", {"given_name": "A", "bogus": 1}),
+            ("POST", "/v2/customers", {"phone_number": "1", "email_address": "x"}),
+            ("GET", "/v2/customers/NOPE", None),
+            ("PUT", "/v2/customers/NOPE", {"given_name": "x"}),
+            ("DELETE", "/v2/customers/NOPE", None),
+            ("POST", "/v2/customers/search", {"query": {"filter": {"group_ids": {"any": ["NOPE"]}}}}),
+            ("POST", "/v2/customers/search", {"query": {"filter": {"segment_ids": {"any": ["NOPE"]}}}}),
+            ("POST", "/v2/customers/bulk-retrieve", {"customer_ids": ["NOPE"]}),
+            ("POST", "/v2/customers/bulk-delete", {"customer_ids": ["NOPE"]}),
+            ("POST", "/v2/customers/bulk-update", {"customers": {"NOPE": {"given_name": "x"}}}),
+            ("POST", "/v2/customers/bulk-create", {"customers": {"k": {"email_address": "bad"}}}),
+            ("GET", "/v2/customers/groups", None),
+            ("GET", "/v2/customers/groups/NOPE", None),
+            ("POST", "/v2/customers/groups", {"group": {}}),
+            ("GET", "/v2/customers/segments", None),
+            ("GET", "/v2/customers/segments/NOPE", None),
+            ("PUT", "/v2/customers/NOPE/groups/NOPE", None),
+            ("POST", "/v2/events", {"limit": 500}),
+            ("POST", "/v2/events", {}),
+            ("GET", "/v2/events/types", None),
+            ("PUT", "/v2/events/disable", None),
+            ("POST", "/v2/events", {}),
+            ("PUT", "/v2/events/enable", None),
+        ]
+        statuses = []
+        for method, path, body in calls:
+            async with s.request(method, emu.base_url + path, json=body) as r:
+                statuses.append(r.status)
+                checker.validate(method, path.split("?")[0], await r.json())
+        assert 200 in statuses and 400 in statuses and 404 in statuses
+
+
+async def test_webhook_payloads_match_the_event_schemas() -> None:
+    spec = _load_spec()
+    comps = spec["components"]
+    names = {"customer.created": "CustomerCreatedEvent", "customer.updated": "CustomerUpdatedEvent",
+             "customer.deleted": "CustomerDeletedEvent"}
+    async with run_emulator(EmulatorConfig(seed=12)) as emu:
+        await emu.seed(customers=3, groups=1)
+        truth = await emu.truth()
+        ids = list(truth["customers"])
+        gid = next(iter(truth["groups"]))
+        import aiohttp
+
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.token}"}) as s:
+            await s.put(f"{emu.base_url}/v2/customers/{ids[0]}/groups/{gid}")
+            await s.put(f"{emu.base_url}/v2/customers/{ids[1]}", json={"note": "n"})
+        await emu.merge(ids[:2])
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.token}"}) as s, s.post(
+                emu.base_url + "/v2/events", json={}) as r:
+            events = (await r.json())["events"]
+    assert {e["type"] for e in events} == set(names)
+    for event in events:
+        jsonschema.validate(event, {"$ref": f"#/components/schemas/{names[event['type']]}", "components": comps},
+                            cls=jsonschema.Draft4Validator)
+
+
+async def test_custom_attribute_flow_matches_openapi_and_feeds_search() -> None:
+    import aiohttp
+
+    checker = SchemaChecker(_load_spec())
+    string_schema = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
+    number_schema = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.Number"}
+    async with run_emulator(EmulatorConfig(seed=21)) as emu, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {emu.token}"}) as s:
+
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with s.request(method, emu.base_url + path, json=body) as r:
+                data = await r.json()
+                checker.validate(method, path.split("?")[0], data)
+                return r.status, data
+
+        _, a = await call("POST", "/v2/customers", {"given_name": "Attr", "family_name": "One"})
+        _, b = await call("POST", "/v2/customers", {"given_name": "Attr", "family_name": "Two"})
+        a_id, b_id = a["customer"]["id"], b["customer"]["id"]
+        status, d = await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "drink", "schema": string_schema, "name": "Drink",
+                                            "visibility": "VISIBILITY_READ_WRITE_VALUES"}, "idempotency_key": "d1"})
+        assert status == 200 and d["custom_attribute_definition"]["version"] == 1
+        await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "visits", "schema": number_schema, "name": "Visits"}})
+        status, _ = await call("POST", "/v2/customers/custom-attribute-definitions", {
+            "custom_attribute_definition": {"key": "drink", "schema": string_schema}})
+        assert status == 409
+        status, up = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                                {"custom_attribute": {"value": "Double-shot breve"}})
+        assert status == 200 and up["custom_attribute"]["version"] == 1
+        status, up = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                                {"custom_attribute": {"value": "Flat white", "version": 1}})
+        assert up["custom_attribute"]["version"] == 2
+        status, _ = await call("POST", f"/v2/customers/{a_id}/custom-attributes/drink",
+                               {"custom_attribute": {"value": "x", "version": 1}})
+        assert status == 400
+        status, bulk = await call("POST", "/v2/customers/custom-attributes/bulk-upsert", {"values": {
+            "r1": {"customer_id": b_id, "custom_attribute": {"key": "visits", "value": "7"}},
+            "r2": {"customer_id": b_id, "custom_attribute": {"key": "visits", "value": "many"}}}})
+        assert bulk["values"]["r1"]["custom_attribute"]["value"] == "7" and bulk["values"]["r2"]["errors"]
+        _, got = await call("GET", f"/v2/customers/{a_id}/custom-attributes/drink?with_definition=true")
+        assert got["custom_attribute"]["definition"]["key"] == "drink"
+        _, listed = await call("GET", f"/v2/customers/{a_id}/custom-attributes")
+        assert [c["key"] for c in listed["custom_attributes"]] == ["drink"]
+        _, defs = await call("GET", "/v2/customers/custom-attribute-definitions?limit=1")
+        assert len(defs["custom_attribute_definitions"]) == 1 and defs["cursor"]
+        _, found = await call("POST", "/v2/customers/search", {"query": {"filter": {"custom_attribute": {
+            "filters": [{"key": "drink", "filter": {"text": {"fuzzy": "flat"}}}]}}}})
+        assert [c["id"] for c in found["customers"]] == [a_id]
+        _, found = await call("POST", "/v2/customers/search", {"query": {"filter": {"custom_attribute": {
+            "filters": [{"key": "visits", "filter": {"number": {"start_at": "5", "end_at": "10"}}}]}}}})
+        assert [c["id"] for c in found["customers"]] == [b_id]
+        _, c = await call("GET", f"/v2/customers/{a_id}")
+        assert c["customer"]["version"] == 0  # custom attributes never bump the profile version
+        status, _ = await call("DELETE", f"/v2/customers/{a_id}/custom-attributes/drink")
+        assert status == 200
+        _, upd = await call("PUT", "/v2/customers/custom-attribute-definitions/drink",
+                            {"custom_attribute_definition": {"name": "Favourite drink", "version": 1}})
+        assert upd["custom_attribute_definition"]["version"] == 2
+        status, _ = await call("DELETE", "/v2/customers/custom-attribute-definitions/drink")
+        assert status == 200
+        status, _ = await call("GET", "/v2/customers/custom-attribute-definitions/drink")
+        assert status == 404

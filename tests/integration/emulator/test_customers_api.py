@@ -248,3 +248,21 @@ async def test_sellers_are_isolated_and_merchant_me(emu: EmulatorHandle, api: Cl
     await emu.admin("POST", "sellers/MLOTHER/revoke")
     status, body = await other.call("GET", "/v2/customers")
     assert status == 401
+
+
+async def test_square_version_header_is_echoed_and_validated(api: Client) -> None:
+    async with api.session.get(api.base + "/v2/customers", headers={"Authorization": f"Bearer {api.token}",
+                                                                   "Square-Version": "2025-08-20"}) as r:
+        assert r.status == 200 and r.headers["Square-Version"] == "2025-08-20"
+    status, body = await api.call("GET", "/v2/customers", headers={"Square-Version": "latest"})
+    assert status == 400 and body["errors"][0]["code"] == "INVALID_SQUARE_VERSION_FORMAT"
+
+
+async def test_dashboard_edit_changes_preferences_and_bumps_version(emu: EmulatorHandle, api: Client) -> None:
+    _, c = await api.call("POST", "/v2/customers", {"given_name": "Pref", "note": "x"})
+    cid = c["customer"]["id"]
+    out = await emu.admin("PATCH", f"customers/{cid}", {"preferences": {"email_unsubscribed": True}, "note": None})
+    assert out["customer"]["preferences"] == {"email_unsubscribed": True}
+    assert out["customer"]["version"] == 1 and "note" not in out["customer"]
+    status, body = await api.call("PUT", f"/v2/customers/{cid}", {"preferences": {"email_unsubscribed": False}})
+    assert status == 400 and body["errors"][0]["field"] == "preferences"

@@ -142,3 +142,10 @@ async def test_index_lag_hides_new_profiles_until_it_passes(setup: Any) -> None:
     await asyncio.sleep(0.35)
     _, body = await search(setup, {})
     assert cid in {c["id"] for c in body["customers"]}
+
+
+async def test_creation_source_filter_rejects_unknown_enum_values(setup: Any) -> None:
+    status, body = await search(setup, {"query": {"filter": {"creation_source": {"values": ["NOPE"]}}}})
+    assert status == 400 and body["errors"][0]["code"] == "INVALID_ENUM_VALUE"
+    _, body = await search(setup, {"query": {"filter": {"creation_source": {"values": ["THIRD_PARTY"]}}}})
+    assert len(body["customers"]) == 4

@@ -1,0 +1,58 @@
+"""The emulator as a whole process (``python -m emulator``, what ``square-mirror emulator`` runs): CLI
+webhook flags deliver signed notifications that the SDK helper verifies, for every seller."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from square.utils.webhooks_helper import verify_signature
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+async def test_cli_webhook_flags_deliver_signed_events_for_every_seller() -> None:
+    received: list[tuple[str, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.text(), request.headers["x-square-hmacsha256-signature"]))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/hook"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emulator", "--port", "0", "--webhook-url", url, "--signature-key", "cli-key",
+        "--seller", "MLONE:tok-1", "--seller", "MLTWO:tok-2", stdout=subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await proc.stdout.readline())
+        assert [s["merchant_id"] for s in info["sellers"]] == ["MLONE", "MLTWO"]
+        async with aiohttp.ClientSession() as s:
+            for seller in info["sellers"]:
+                async with s.post(info["emulator"] + "/v2/customers", json={"given_name": "Cli"},
+                                  headers={"Authorization": f"Bearer {seller['token']}"}) as r:
+                    assert r.status == 200
+            async with s.post(info["emulator"] + "/_emulator/deliveries/drain") as r:
+                assert (await r.json())["settled"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        await runner.cleanup()
+    assert sorted(json.loads(body)["merchant_id"] for body, _ in received) == ["MLONE", "MLTWO"]
+    for body, sig in received:
+        assert verify_signature(request_body=body, signature_header=sig, signature_key="cli-key",
+                                notification_url=url)

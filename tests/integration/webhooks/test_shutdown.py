@@ -1,0 +1,57 @@
+"""Graceful shutdown: stop accepting, finish the requests in flight (their events are queued and answered
+200), then close Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from square_mirror.embedded import free_port
+from tests.integration.webhooks.support import (
+    PrivateRedis,
+    customer_event,
+    queued_jobs,
+    settings_for,
+    signed_headers,
+)
+from webhooks.app import METRICS_KEY, create_app
+
+
+async def test_in_flight_requests_finish_and_new_connections_are_refused() -> None:
+    server = PrivateRedis()
+    server.start()
+    try:
+        app = create_app(settings_for(server.url), redis_timeout=2.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}/square/webhooks"
+        admin = aioredis.Redis.from_url(server.url)
+        async with aiohttp.ClientSession() as http:
+            body = customer_event(1)
+            # Hold the enqueue in Redis for a moment so the request is in flight when shutdown starts.
+            await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
+            request = asyncio.ensure_future(http.post(url, data=body, headers=signed_headers(body)))
+            in_flight = app[METRICS_KEY].in_flight
+            for _ in range(200):
+                if in_flight._value.get() >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert in_flight._value.get() == 1
+            shutdown = asyncio.ensure_future(runner.cleanup())
+            response = await request
+            assert response.status == 200
+            assert await response.text() == '{"status":"queued"}'
+            response.release()
+            await shutdown
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await http.post(url, data=body, headers=signed_headers(body))
+        await admin.aclose()
+        assert [j.job_id for j in await queued_jobs(server.url)] == ["evt-00000001"]
+    finally:
+        server.close()

@@ -1,0 +1,217 @@
+"""Convergence: whatever Square does and however its events arrive, the mirror ends up equal to Square.
+
+Hypothesis draws a history of creates, updates, group changes, segment changes (no webhook, no version bump),
+deletes and merges across a few customers, run against the emulator. Interleaved with it, the events are
+delivered to the real ``process_event`` (real Postgres, real coalescer, real Square client over HTTP) with
+duplicates, in random order, some run twice concurrently and some killed mid-job (cancelled at a random
+point, then run again later, as arq does after a crash). After the queue drains and one segment refresh
+(a re-sync of every live customer, which observes segment membership), the mirror must equal the emulator's
+truth dump: live customers with their versions and full profiles, tombstones, merges, group and segment
+membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from arq.worker import Retry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emulator.errors import SquareError
+from emulator.testing import run_emulator
+from square_mirror.db import create_pool
+from square_mirror.jobs import build_event_job
+from tests.integration.worker.support import worker_ctx, worker_settings
+from tests.services import Services, with_database, with_redis_db
+from worker.process import process_event
+from worker.sync import sync_customers
+
+OPS = ("create", "update", "update", "group", "segment", "delete", "merge", "deliver", "deliver", "deliver", "pause")
+TABLES = ("customers", "customer_groups", "customer_segments", "customer_group_members",
+          "customer_segment_members", "customer_merges", "webhook_events", "merchants")
+
+
+@pytest.fixture(scope="module")
+def convergence_db(services: Services, template_database: str) -> Any:
+    name = f"sqm_prop_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(services.postgres_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    yield with_database(services.postgres_dsn, name), with_redis_db(services.redis_url, 15)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_mirror_converges_to_square(convergence_db: tuple[str, str], data: st.DataObject) -> None:
+    dsn, redis_url = convergence_db
+    asyncio.run(_example(dsn, redis_url, data))
+
+
+async def _example(dsn: str, redis_url: str, data: st.DataObject) -> None:
+    pool = await create_pool(dsn, min_size=1, max_size=6)
+    try:
+        await pool.execute("TRUNCATE " + ", ".join(f"square.{t}" for t in TABLES))
+        async with run_emulator() as emu:
+            await emu.set_faults(latency_ms=2.0)  # fetches stay in flight while the history moves on
+            settings_ = worker_settings(emu.base_url, emu.token, redis_url, worker_fetch_window_ms=1.0)
+            async with worker_ctx(pool, redis_url, settings_) as ctx:
+                await _play(emu, ctx, pool, data)
+                await _compare(emu, ctx, pool)
+    finally:
+        await pool.close()
+
+
+async def _play(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool, data: st.DataObject) -> None:
+    running: set[asyncio.Task[Any]] = set()
+    try:
+        await _play_history(emu, ctx, data, running)
+    finally:  # hypothesis may abandon an example mid-draw: stop its jobs before the pool closes
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*list(running), return_exceptions=True)
+
+
+async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, running: set[asyncio.Task[Any]]) -> None:
+    state = emu.emulator.merchants[emu.merchant_id]
+    groups = [state.create_group(f"G{n}", None)["id"] for n in range(2)]
+    segments = [state.create_segment(f"S{n}")["id"] for n in range(2)]
+    ids: list[str] = []
+    for n in range(data.draw(st.integers(1, 3), label="initial customers")):
+        ids.append(state.create_customer({"given_name": f"C{n}"})[0].id)
+    seen = len(state.events.entries)
+    pending: list[dict[str, Any]] = [build_event_job(e) for _ts, e in state.events.entries]
+    retries: list[str] = []
+
+    def pick() -> str:
+        return ids[data.draw(st.integers(0, len(ids) - 1), label="customer")]
+
+    async def deliver(payload: dict[str, Any], mode: str) -> None:
+        try:
+            await _deliver(payload, mode)
+        except Retry:
+            retries.append(payload["event_id"])
+            pending.append(payload)  # arq runs it again after the deferral
+
+    async def _deliver(payload: dict[str, Any], mode: str) -> None:
+        job_ctx = {**ctx, "job_try": 1}
+        if mode == "twin":
+            results = await asyncio.gather(process_event(job_ctx, payload), process_event(job_ctx, payload),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        elif mode == "killed":
+            task = asyncio.ensure_future(process_event(job_ctx, payload))
+            await asyncio.sleep(data.draw(st.sampled_from([0, 0.0005, 0.002, 0.005]), label="kill after"))
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            pending.append(payload)  # arq runs a crashed job again
+        else:
+            await process_event(job_ctx, payload)
+
+    steps = data.draw(st.lists(st.sampled_from(OPS), min_size=3, max_size=25), label="steps")
+    for step in steps:
+        try:
+            if step == "create":
+                ids.append(state.create_customer({"given_name": f"C{len(ids)}"})[0].id)
+            elif step == "update":
+                state.update_customer(pick(), {"family_name": f"F{len(state.events.entries)}"}, None,
+                                      clear_null=True)
+            elif step == "group":
+                state.set_group(pick(), data.draw(st.sampled_from(groups)), data.draw(st.booleans()))
+            elif step == "segment":
+                state.set_segment(pick(), data.draw(st.sampled_from(segments)), data.draw(st.booleans()))
+            elif step == "delete":
+                state.delete_customer(pick(), None)
+            elif step == "pause":  # let jobs started concurrently get their fetches in flight
+                await asyncio.sleep(data.draw(st.sampled_from([0, 0.001, 0.003]), label="pause"))
+            elif step == "merge":
+                a, b = pick(), pick()
+                if a != b:
+                    ids.append(state.merge([a, b]).id)
+        except SquareError:
+            pass  # an operation on a customer already gone: Square refuses it too
+        entries = state.events.entries
+        pending.extend(build_event_job(e) for _ts, e in entries[seen:])
+        seen = len(entries)
+        if step == "deliver" and pending:
+            count = data.draw(st.integers(1, max(1, len(pending))), label="deliveries")
+            for _ in range(count):
+                if not pending:
+                    break
+                payload = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="which event"))
+                if data.draw(st.booleans(), label="duplicate"):
+                    pending.append(payload)
+                mode = data.draw(st.sampled_from(["normal", "normal", "twin", "killed"]), label="mode")
+                if data.draw(st.booleans(), label="concurrently"):
+                    task = asyncio.ensure_future(deliver(payload, mode))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                else:
+                    await deliver(payload, mode)
+    await asyncio.gather(*list(running))
+    order = data.draw(st.permutations(range(len(pending))), label="final order")
+    final = [pending[i] for i in order]
+    pending.clear()
+    for payload in final:
+        await deliver(payload, "normal")
+    for _ in range(5):
+        while pending:  # killed or retried jobs run again
+            await deliver(pending.pop(), "normal")
+        await asyncio.gather(*list(running))
+    assert not pending
+    await ctx["coalescer"].close()
+
+
+async def _compare(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool) -> None:
+    merchant = emu.merchant_id
+    truth = await emu.truth()
+    await _assert_equal(pool, merchant, truth, segments=False)  # events alone get everything but segments
+    live = [r["id"] for r in await pool.fetch("SELECT id FROM square.customers_current WHERE merchant_id = $1",
+                                              merchant)]
+    for start in range(0, len(live), 100):  # the segment refresh: a full refetch observes segment membership
+        await sync_customers(ctx["sync"], merchant, live[start:start + 100])
+    await _assert_equal(pool, merchant, truth, segments=True)
+
+
+def _without_segments(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "segment_ids"}
+
+
+async def _assert_equal(pool: asyncpg.Pool, merchant: str, truth: dict[str, Any], *, segments: bool) -> None:
+    rows = await pool.fetch("SELECT * FROM square.customers WHERE merchant_id = $1", merchant)
+    mirror_live = {r["id"]: r for r in rows if r["deleted_at"] is None}
+    assert {cid: r["version"] for cid, r in mirror_live.items()} == {
+        cid: doc["version"] for cid, doc in truth["customers"].items()}
+    for cid, doc in truth["customers"].items():
+        if segments:
+            assert mirror_live[cid]["raw"] == doc
+        else:
+            assert _without_segments(mirror_live[cid]["raw"]) == _without_segments(doc)
+    mirror_tombs = {r["id"]: r["merged_into"] for r in rows if r["deleted_at"] is not None}
+    assert mirror_tombs == {cid: t.get("merged_into") for cid, t in truth["tombstones"].items()}
+    merges = await pool.fetch("SELECT from_customer_id, to_customer_id FROM square.customer_merges")
+    assert {(m["from_customer_id"], m["to_customer_id"]) for m in merges} == {
+        (m["from_customer_id"], m["to_customer_id"]) for m in truth["merges"]}
+    group_members = await pool.fetch("SELECT group_id, customer_id FROM square.customer_group_members")
+    assert {(m["group_id"], m["customer_id"]) for m in group_members} == {
+        (g, c) for g, members in truth["group_members"].items() for c in members}
+    known_groups = {r["id"] for r in await pool.fetch("SELECT id FROM square.customer_groups")}
+    assert {m["group_id"] for m in group_members} <= known_groups
+    if segments:
+        segment_members = await pool.fetch("SELECT segment_id, customer_id FROM square.customer_segment_members")
+        assert {(m["segment_id"], m["customer_id"]) for m in segment_members} == {
+            (s, c) for s, members in truth["segment_members"].items() for c in members}

@@ -1,0 +1,24 @@
+"""The bytes the receiver writes are the ones arq's Worker reads for ``process_event(payload)``."""
+
+from __future__ import annotations
+
+from arq.jobs import deserialize_job, deserialize_job_raw
+
+from square_mirror.constants import PROCESS_EVENT_JOB
+from square_mirror.jobs import build_event_job, read_event_job
+from square_mirror.queue import deserialize_job as our_deserializer
+from webhooks.enqueue import encode_job
+
+
+def test_encoded_jobs_are_json_and_decode_to_the_payload() -> None:
+    payload = build_event_job(
+        {"merchant_id": "M1", "type": "customer.deleted", "event_id": "e1", "data": {"id": "C1", "deleted": True}},
+        received_at="2024-01-01T00:00:00.000Z",
+    )
+    data = encode_job(payload, 1_700_000_000_123)
+    assert data.startswith(b"{")  # JSON, never pickle
+    function, args, kwargs, job_try, enqueue_time_ms = deserialize_job_raw(data, deserializer=our_deserializer)
+    assert (function, kwargs, job_try, enqueue_time_ms) == (PROCESS_EVENT_JOB, {}, None, 1_700_000_000_123)
+    assert list(args) == [payload]
+    assert read_event_job(args[0]).deleted is True
+    assert deserialize_job(data, deserializer=our_deserializer).function == PROCESS_EVENT_JOB

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from square_mirror.jobs import EventJob
+from worker.rules import event_is_stale, target_is_synced
+from worker.store import StoredCustomer
+
+
+def _job(event_type: str, version: int | None) -> EventJob:
+    return EventJob(merchant_id="M", type=event_type, event_id="e", created_at=None, customer_id="C",
+                    version=version, deleted=event_type == "customer.deleted", event_context=None)
+
+
+LIVE_5 = StoredCustomer(version=5, deleted=False, merged_into=None)
+TOMB = StoredCustomer(version=2, deleted=True, merged_into=None)
+
+
+@pytest.mark.parametrize(
+    ("stored", "event_type", "version", "stale"),
+    [
+        (None, "customer.updated", 3, False),  # never seen: fetch
+        (LIVE_5, "customer.updated", 4, True),  # older event
+        (LIVE_5, "customer.updated", 5, True),  # same version: the stored row was fetched after it
+        (LIVE_5, "customer.updated", 6, False),  # newer: fetch
+        (LIVE_5, "customer.updated", None, False),  # no version: cannot tell
+        (TOMB, "customer.created", 0, True),  # tombstones are final
+        (TOMB, "customer.updated", 9, True),
+        (LIVE_5, "customer.deleted", 3, False),  # a delete is never stale on a live row
+        (TOMB, "customer.deleted", 3, True),  # ... unless it already is a tombstone
+        (None, "customer.deleted", 3, False),
+    ],
+)
+def test_event_gate(stored: StoredCustomer | None, event_type: str, version: int | None, stale: bool) -> None:
+    assert event_is_stale(stored, _job(event_type, version)) is stale
+
+
+def test_merge_target_gate() -> None:
+    assert not target_is_synced(None, None)
+    assert target_is_synced(LIVE_5, None)
+    assert target_is_synced(TOMB, 7)
+    assert not target_is_synced(LIVE_5, 6)

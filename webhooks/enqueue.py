@@ -1,0 +1,225 @@
+"""The enqueue path: arq jobs written in batches, one Redis round trip for many concurrent requests.
+
+One ``ArqRedis.enqueue_job`` per request costs a WATCH/EXISTS/MULTI/EXEC conversation (several round trips)
+and caps the receiver at about 1.8k events/s. Here each request adds its job to a pending list and awaits a
+future; a flush takes everything pending and runs one Lua script that does, for every job and atomically,
+exactly what arq's ``enqueue_job`` does: skip it when ``arq:job:<id>`` or ``arq:result:<id>`` exists
+(queued, running or result kept), else ``PSETEX`` the serialized job and ``ZADD`` it to the queue. A future
+resolves only from Redis's reply, so a request can answer 200 only after Redis acknowledged its job.
+
+A flush starts as soon as a job is pending and fewer than ``max_in_flight`` flushes are running, so a lone
+request never waits for a timer; under load, requests that arrive during a round trip share the next one.
+Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
+(both flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
+never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
+is then a duplicate. What never happens is a 200 without Redis's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job as arq_serialize_job
+from redis import exceptions as redis_exceptions
+from redis.asyncio import Redis
+
+from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.logs import get_logger
+from square_mirror.queue import serialize_job
+from webhooks.metrics import WebhookMetrics
+
+_log = get_logger(__name__)
+
+# KEYS: [queue, job_key_1, result_key_1, job_key_2, result_key_2, ...]
+# ARGV: [expires_ms, job_id_1, job_1, score_1, job_id_2, job_2, score_2, ...]
+# Returns one integer per job: 1 = queued now, 0 = already queued, running or kept (arq's enqueue_job -> None).
+ENQUEUE_BATCH_LUA: Final = """
+local queue = KEYS[1]
+local expires_ms = ARGV[1]
+local replies = {}
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local job_key = KEYS[2 * i]
+  local result_key = KEYS[2 * i + 1]
+  local a = 1 + 3 * (i - 1)
+  if redis.call('EXISTS', job_key, result_key) == 0 then
+    redis.call('PSETEX', job_key, expires_ms, ARGV[a + 2])
+    redis.call('ZADD', queue, ARGV[a + 3], ARGV[a + 1])
+    replies[i] = 1
+  else
+    replies[i] = 0
+  end
+end
+return replies
+"""
+
+
+class QueueUnavailable(Exception):
+    """Redis did not acknowledge the enqueue (stopped, unreachable, slow or closing); answer 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Pending:
+    job_id: str
+    data: bytes
+    score: int
+    queued_at: float  # time.monotonic() when the request handed it over
+    future: asyncio.Future[bool]
+
+
+def encode_job(payload: Mapping[str, Any], enqueue_time_ms: int) -> bytes:
+    """The bytes arq's Worker reads for ``process_event(payload)``, exactly as ``enqueue_job`` writes them."""
+    job: bytes = arq_serialize_job(
+        PROCESS_EVENT_JOB, (dict(payload),), {}, None, enqueue_time_ms, serializer=serialize_job
+    )
+    return job
+
+
+class BatchEnqueuer:
+    """Queues ``process_event`` jobs, pipelining the enqueues of concurrent requests into one round trip."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str = QUEUE_NAME,
+        timeout: float = 2.0,
+        max_batch: int = 256,
+        max_in_flight: int = 2,
+        expires_ms: int = expires_extra_ms,
+        metrics: WebhookMetrics | None = None,
+    ) -> None:
+        self._redis = redis
+        self._queue_name = queue_name
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._expires_ms = expires_ms
+        self._metrics = metrics
+        self._script = redis.register_script(ENQUEUE_BATCH_LUA)
+        self._pending: deque[_Pending] = deque()  # not sent yet
+        self._unanswered: deque[_Pending] = deque()  # every job in arrival order until the watchdog drops it
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def enqueue(self, job_id: str, payload: Mapping[str, Any]) -> bool:
+        """Queue one job; True if it is new, False if a job with this ID is already queued, running or kept.
+
+        Raises :class:`QueueUnavailable` unless Redis acknowledged in time.
+        """
+        if self._closed:
+            raise QueueUnavailable("closing")
+        now_ms = int(time.time() * 1000)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        item = _Pending(job_id, encode_job(payload, now_ms), now_ms, time.monotonic(), future)
+        self._pending.append(item)
+        self._unanswered.append(item)
+        self._start_flushes()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._expire_pending())
+        return await future
+
+    async def close(self) -> None:
+        """Refuse new jobs and wait for the flushes in flight, so every answered request got its reply."""
+        self._closed = True
+        while self._flushes or self._pending:
+            if self._flushes:
+                await asyncio.gather(*self._flushes, return_exceptions=True)
+            else:
+                self._start_flushes()
+                await asyncio.sleep(0)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    async def _expire_pending(self) -> None:
+        """Fail every job still unanswered ``timeout`` after its request handed it over, sent or not.
+
+        One timer for all requests instead of one per request (an asyncio.timeout per request costs more than
+        the HMAC check). Jobs are checked in arrival order, so each tick looks only at the expired ones and the
+        answered ones in front of them. A job failed here while its flush is still running may yet be stored;
+        that flush's reply is then ignored.
+        """
+        tick = min(0.25, self._timeout / 4)
+        unanswered = self._unanswered
+        while True:
+            await asyncio.sleep(tick)
+            deadline = time.monotonic() - self._timeout
+            while unanswered and (unanswered[0].future.done() or unanswered[0].queued_at <= deadline):
+                item = unanswered.popleft()
+                if not item.future.done():
+                    item.future.set_exception(QueueUnavailable("timeout"))
+
+    def _start_flushes(self) -> None:
+        while self._pending and len(self._flushes) < self._max_in_flight:
+            batch: list[_Pending] = []
+            while self._pending and len(batch) < self._max_batch:
+                item = self._pending.popleft()
+                if not item.future.done():  # its request already gave up: do not send it
+                    batch.append(item)
+            if not batch:
+                return
+            task = asyncio.create_task(self._flush(batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._start_flushes()
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        keys: list[str] = [self._queue_name]
+        args: list[str | bytes | int] = [self._expires_ms]
+        for item in batch:
+            keys.append(job_key_prefix + item.job_id)
+            keys.append(result_key_prefix + item.job_id)
+            args.extend((item.job_id, item.data, item.score))
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                replies = await self._script(keys=keys, args=args)
+            if not isinstance(replies, list) or len(replies) != len(batch):
+                raise QueueUnavailable("redis_error")  # not the reply the script returns
+        except Exception as exc:  # every failure fails the batch: none of these requests may answer 200
+            reason = _failure_reason(exc)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(QueueUnavailable(reason))
+            self._observe(len(batch), started)
+            if reason == "error":
+                _log.error("enqueue_failed_unexpectedly", batch=len(batch), error=type(exc).__name__)
+            return
+        for item, reply in zip(batch, replies, strict=True):
+            if not item.future.done():
+                item.future.set_result(int(reply) == 1)
+        self._observe(len(batch), started)
+
+    def _observe(self, size: int, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.enqueue_batch_size.observe(size)
+            self._metrics.enqueue_seconds.observe(time.perf_counter() - started)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """A short, bounded label for the enqueue-failure metric and the log (never the message: it may hold a URL)."""
+    if isinstance(exc, QueueUnavailable):
+        return exc.reason
+    if isinstance(exc, TimeoutError | redis_exceptions.TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis_exceptions.ConnectionError | OSError):
+        return "connection"
+    return "redis_error" if isinstance(exc, redis_exceptions.RedisError) else "error"

@@ -1,0 +1,97 @@
+"""Prometheus metrics of the receiver, in a registry per app so tests and several apps never collide.
+
+Every name starts with ``square_mirror_webhook_``; the Grafana dashboard is built on exactly these names, so
+renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Outcomes of a webhook request (the `outcome` label), with the HTTP status each one answers.
+ENQUEUED: Final = "enqueued"  # 200, a new job is in the queue
+DUPLICATE: Final = "duplicate"  # 200, a job with this event ID is already queued, running or kept
+IGNORED: Final = "ignored"  # 200, an event type the mirror does not process
+UNAUTHORIZED: Final = "unauthorized"  # 401, missing or wrong signature
+BAD_REQUEST: Final = "bad_request"  # 400, invalid JSON or a missing event_id / type / merchant_id
+TOO_LARGE: Final = "too_large"  # 413, body above WEBHOOK_MAX_BODY_BYTES
+UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"  # 415, not application/json
+UNAVAILABLE: Final = "unavailable"  # 503, Redis did not acknowledge the enqueue in time
+ERROR: Final = "error"  # 500, a bug
+
+# `event_type` label when no trustworthy type is known (the request was refused before parsing).
+UNKNOWN_TYPE: Final = "unknown"
+INVALID_TYPE: Final = "invalid"
+_TYPE_RE: Final = re.compile(r"^[a-z0-9_.]{1,80}$")
+
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def event_type_label(value: object) -> str:
+    """A bounded label value: Square's event types are short dotted names; anything else is one bucket."""
+    if isinstance(value, str) and _TYPE_RE.match(value):
+        return value
+    return INVALID_TYPE
+
+
+class WebhookMetrics:
+    """The receiver's metrics; ``render()`` is what ``GET /metrics`` serves."""
+
+    content_type: Final = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "square_mirror_webhook_requests",
+            "Webhook requests by outcome and event type.",
+            ["outcome", "event_type"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "square_mirror_webhook_request_seconds",
+            "Time from the start of the handler to the response, by outcome and event type.",
+            ["outcome", "event_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.enqueue_failures = Counter(
+            "square_mirror_webhook_enqueue_failures",
+            "Events answered 503 because Redis did not acknowledge the enqueue, by event type and reason.",
+            ["event_type", "reason"],
+            registry=self.registry,
+        )
+        self.enqueue_batch_size = Histogram(
+            "square_mirror_webhook_enqueue_batch_size",
+            "Events written to Redis in one round trip (concurrent requests share a batch).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.enqueue_seconds = Histogram(
+            "square_mirror_webhook_enqueue_seconds",
+            "Redis round trip of one enqueue batch, failures included.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "square_mirror_webhook_requests_in_flight",
+            "Webhook requests being handled right now.",
+            registry=self.registry,
+        )
+
+        # Label children looked up once per (outcome, event_type): `.labels()` costs more than the update itself.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, outcome: str, event_type: str, seconds: float) -> None:
+        children = self._children.get((outcome, event_type))
+        if children is None:
+            children = (self.requests.labels(outcome, event_type), self.request_seconds.labels(outcome, event_type))
+            self._children[(outcome, event_type)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

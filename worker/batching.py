@@ -1,0 +1,107 @@
+"""A micro-batcher: many concurrent jobs' small statements become one statement per few milliseconds.
+
+Each job ``submit``s a keyed item and awaits its own result; a batch is run after ``window`` seconds (or at
+``max_batch`` items), with at most ``max_in_flight`` batches running at once, so under load batches grow with
+the load instead of the number of round trips. Used for the inbox (record + gate, finish): at hundreds of
+events per second, one statement per job would make Postgres round trips the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[K, V, R]):
+    def __init__(
+        self,
+        run: Callable[[dict[K, V]], Awaitable[dict[K, R]]],
+        *,
+        window: float = 0.005,
+        max_batch: int = 500,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._run_batch = run
+        self.window = max(0.0, window)
+        self.max_batch = max(1, max_batch)
+        self.max_in_flight = max(1, max_in_flight)
+        self._items: dict[K, V] = {}
+        self._futures: dict[K, asyncio.Future[R]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = False
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, key: K, item: V) -> R:
+        """Run ``item`` in the next batch; a key already pending shares that item's result."""
+        future = self._futures.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._futures[key] = loop.create_future()
+            future.add_done_callback(_consume)
+            self._items[key] = item
+            if self._timer is None and not self._due:
+                self._timer = loop.call_later(self.window, self._window_passed)
+            if len(self._items) >= self.max_batch:
+                self._flush()
+        return await asyncio.shield(future)
+
+    def _window_passed(self) -> None:
+        self._timer = None
+        if self._running >= self.max_in_flight:
+            self._due = True
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._due = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._items:
+            return
+        items, futures = self._items, self._futures
+        self._items, self._futures = {}, {}
+        self._running += 1
+        task = asyncio.get_running_loop().create_task(self._run(items, futures))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        if self._due:
+            self._flush()
+
+    async def _run(self, items: dict[K, V], futures: dict[K, asyncio.Future[R]]) -> None:
+        try:
+            results = await self._run_batch(items)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("batch cancelled")
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for key, future in futures.items():
+            if not future.done():
+                if key in results:
+                    future.set_result(results[key])
+                else:
+                    future.set_exception(KeyError(f"batch returned no result for {key!r}"))
+
+    async def close(self) -> None:
+        self._flush()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

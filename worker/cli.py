@@ -1,0 +1,36 @@
+"""`square-mirror worker`: run the arq sync worker (webhook events, plus backfill and reconcile jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from square_mirror.logs import configure_logging
+from square_mirror.settings import Settings
+from worker.arq_settings import build_worker
+
+HELP = (
+    "Run the sync worker: consume the event jobs the webhook receiver enqueues (and backfill / reconcile jobs), "
+    "fetch profiles from Square in coalesced batches and write them to DATABASE_URL. Stops gracefully on "
+    "SIGTERM (running jobs get WORKER_SHUTDOWN_GRACE_SECONDS to finish). Metrics on WORKER_METRICS_PORT."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    settings.require_database_url()
+    settings.require_redis_url()
+    configure_logging(settings.log_level, secrets=settings.secrets())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = build_worker(settings, burst=args.burst)
+        worker.run()
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    return 1 if args.burst and worker.jobs_failed else 0

@@ -1,0 +1,100 @@
+"""Prometheus metrics of the sync worker, and the tiny ``/metrics`` server inside the worker process.
+
+Names start with ``square_mirror_worker_``; the Square client's own ``square_mirror_square_*`` metrics live in
+square_mirror/metrics.py and are served by the same endpoint (one process-wide registry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from square_mirror.logs import get_logger
+
+log = get_logger(__name__)
+
+EVENTS: Final = Counter(
+    "square_mirror_worker_events_total",
+    "Events processed, by event type and outcome (applied, stale, duplicate, deleted, merged, ignored, failed, "
+    "unauthorized)",
+    ["type", "outcome"],
+)
+JOB_SECONDS: Final = Histogram(
+    "square_mirror_worker_job_seconds",
+    "Run time of one process_event job (each try counts)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_LAG_SECONDS: Final = Histogram(
+    "square_mirror_worker_event_lag_seconds",
+    "From the event's receipt (or enqueue) to its rows committed in the mirror",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+FETCH_BATCH_SIZE: Final = Histogram(
+    "square_mirror_worker_fetch_batch_size",
+    "Customer IDs per coalesced fetch (one BulkRetrieveCustomers, or one RetrieveCustomer for a single ID)",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
+FETCHES: Final = Counter(
+    "square_mirror_worker_fetches_total",
+    "Coalesced fetches by result (ok, error)",
+    ["result"],
+)
+RETRIES: Final = Counter(
+    "square_mirror_worker_retries_total",
+    "process_event tries deferred with arq Retry, by reason (unavailable, rate_limited, bad_response, database, "
+    "timeout, unauthorized)",
+    ["reason"],
+)
+QUEUE_DEPTH: Final = Gauge(
+    "square_mirror_worker_queue_depth", "Jobs in the arq queue (due and deferred), sampled at each scrape"
+)
+JOBS_RUNNING: Final = Gauge("square_mirror_worker_jobs_running", "process_event jobs running in this process")
+MERCHANT_UNAUTHORIZED: Final = Gauge(
+    "square_mirror_worker_merchant_unauthorized",
+    "1 while Square rejects the merchant's token (401/403 or no token), else 0",
+    ["merchant_id"],
+)
+
+ALL_METRIC_NAMES: Final = (
+    "square_mirror_worker_events_total",
+    "square_mirror_worker_job_seconds",
+    "square_mirror_worker_event_lag_seconds",
+    "square_mirror_worker_fetch_batch_size",
+    "square_mirror_worker_fetches_total",
+    "square_mirror_worker_retries_total",
+    "square_mirror_worker_queue_depth",
+    "square_mirror_worker_jobs_running",
+    "square_mirror_worker_merchant_unauthorized",
+)
+
+
+async def start_metrics_server(
+    port: int, *, host: str = "0.0.0.0", before_scrape: Callable[[], Awaitable[None]] | None = None
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` on ``port`` (0 disables); ``before_scrape`` refreshes sampled gauges."""
+    if port == 0:
+        return None
+
+    async def metrics(_request: web.Request) -> web.Response:
+        if before_scrape is not None:
+            try:
+                await before_scrape()
+            except Exception as exc:  # a scrape must not fail because Redis hiccuped
+                log.warning("metrics_refresh_failed", error=type(exc).__name__)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("worker_metrics_listening", port=port)
+    return runner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from datetime import UTC, datetime
 
 from worker.partition import Partition, Planner, created_ms, plan_partitions, rfc3339_ms
@@ -14,7 +15,7 @@ def test_plan_covers_everything_with_open_outer_ranges() -> None:
     parts = plan_partitions(1_000, 101_000, 50_000, concurrency=4)
     assert len(parts) == 4
     assert parts[0].start is None and parts[-1].end is None
-    for left, right in zip(parts, parts[1:], strict=False):
+    for left, right in itertools.pairwise(parts):
         assert left.end == right.start  # contiguous, no gap
     assert plan_partitions(None, None, 0, 8) == [Partition(None, None)]
     assert len(plan_partitions(5, 5, 1, 8)) == 1  # a single instant cannot be split

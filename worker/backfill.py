@@ -176,7 +176,7 @@ class Listing:
         self._checkpoint = checkpoint
 
     async def execute(self) -> None:
-        self.writer = PageWriter(self.ctx, self.merchant_id, writers=max(1, min(4, self.concurrency // 3)))
+        self.writer = PageWriter(self.ctx, self.merchant_id, writers=max(2, min(4, self.concurrency // 2)))
         tasks = [asyncio.create_task(self._worker(), name=f"backfill-partition-{i}") for i in range(self.concurrency)]
         try:
             await asyncio.gather(*tasks)

@@ -347,12 +347,14 @@ async def backfill(
             if isinstance(exc, SquareUnauthorized):
                 await store.set_merchant_auth(ctx.pool, merchant_id, ok=False, error=str(exc))
             run.add(errors=1)
+            run.counts["square_requests"] = ctx.client.requests_made - requests_before
             status = runs.status_for(exc, run.counts)
             log.error("run_failed", merchant_id=merchant_id, kind=kind, run_id=run.run_id, status=status,
                       error=str(exc), error_type=type(exc).__name__)
             await run.finish(status, error=f"{type(exc).__name__}: {exc}"[:2000])
             return run
         except BaseException as exc:
+            run.counts["square_requests"] = ctx.client.requests_made - requests_before
             await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
             raise
         finally:

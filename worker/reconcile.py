@@ -291,6 +291,8 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
     now = utcnow()
     oldest = now - EVENTS_RETENTION + EVENTS_RETENTION_MARGIN
     watermark = await runs.get_watermark(sync.pool, merchant_id, "events")
+    if watermark is None:  # events older than a completed listing are already reflected in the mirror
+        watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
     start = max(oldest, watermark - _overlap(ctx)) if watermark is not None else oldest
     handle, how = await _event_handler(ctx, merchant_id)
     run.checkpoint.update(window_start=rfc3339(start), delivery=how)

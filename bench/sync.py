@@ -151,7 +151,11 @@ async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
     proc = await start_process([os.path.join(ROOT, "bench", "sync.py"), "--noop-worker"], env)
     try:
         await asyncio.sleep(1.5)  # start-up
-        payloads = [{"v": 1, "event_id": uuid.uuid4().hex} for _ in range(count)]
+        payloads = [build_event_job({  # the same payload shape and size as the real events
+            "merchant_id": "MLEMULATOR001", "type": "customer.updated", "event_id": str(uuid.uuid4()),
+            "created_at": now_iso(), "data": {"type": "customer", "id": uuid.uuid4().hex[:26].upper(),
+                                              "object": {"customer": {"version": 7}}}}, received_at=now_iso())
+            for _ in range(count)]
         started = time.perf_counter()
         await enqueue(redis, payloads)
         while await redis.zcard(QUEUE_NAME):  # noqa: ASYNC110 - polling another process
@@ -180,7 +184,9 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
             metrics_port = free_port()
             env = {**base_env, "DATABASE_URL": dsn, "SQUARE_BASE_URL": emu.base_url,
                    "SQUARE_ACCESS_TOKEN": emu.token, "WORKER_METRICS_PORT": str(metrics_port)}
-            proc = await start_process(["-m", "square_mirror", "worker"], env)
+            profile = os.environ.get("BENCH_PROFILE")  # write a cProfile of the worker process there
+            proc = await start_process((["-m", "cProfile", "-o", profile] if profile else [])
+                                       + ["-m", "square_mirror", "worker"], env)
             try:
                 await wait_for_metrics(session, metrics_port, proc)
                 calls_before = await scrape_api_calls(session, metrics_port)

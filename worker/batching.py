@@ -2,7 +2,8 @@
 
 Each job ``submit``s a keyed item and awaits its own result; a batch is run after ``window`` seconds (or at
 ``max_batch`` items), with at most ``max_in_flight`` batches running at once, so under load batches grow with
-the load instead of the number of round trips. Used for the inbox (record + gate, finish): at hundreds of
+the load instead of the number of round trips. ``run`` may answer an exception for one key: only that
+item's waiters see it. Used for the inbox (record + gate, finish): at hundreds of
 events per second, one statement per job would make Postgres round trips the bottleneck.
 """
 
@@ -20,7 +21,7 @@ R = TypeVar("R")
 class MicroBatcher(Generic[K, V, R]):
     def __init__(
         self,
-        run: Callable[[dict[K, V]], Awaitable[dict[K, R]]],
+        run: Callable[[dict[K, V]], Awaitable[dict[K, R | BaseException]]],
         *,
         window: float = 0.005,
         max_batch: int = 500,
@@ -36,6 +37,8 @@ class MicroBatcher(Generic[K, V, R]):
         self._due = False
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.items = 0
 
     async def submit(self, key: K, item: V) -> R:
         """Run ``item`` in the next batch; a key already pending shares that item's result."""
@@ -67,6 +70,8 @@ class MicroBatcher(Generic[K, V, R]):
             return
         items, futures = self._items, self._futures
         self._items, self._futures = {}, {}
+        self.batches += 1
+        self.items += len(items)
         self._running += 1
         task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._tasks.add(task)
@@ -91,10 +96,14 @@ class MicroBatcher(Generic[K, V, R]):
             return
         for key, future in futures.items():
             if not future.done():
-                if key in results:
-                    future.set_result(results[key])
-                else:
+                if key not in results:
                     future.set_exception(KeyError(f"batch returned no result for {key!r}"))
+                    continue
+                result = results[key]
+                if isinstance(result, BaseException):  # this item alone failed
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def close(self) -> None:
         self._flush()

@@ -18,14 +18,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+import asyncpg
+
 from square_mirror.logs import get_logger
-from square_mirror.square_api import BULK_RETRIEVE_LIMIT
+from square_mirror.square_api import BULK_RETRIEVE_LIMIT, SquareRateLimited, SquareUnauthorized, SquareUnavailable
 from worker.metrics import FETCH_BATCH_SIZE, FETCHES
 from worker.sync import Outcome, SyncContext, SyncResult, sync_customers
 
 log = get_logger(__name__)
 
 MAX_ROUNDS: Final = 3
+# Failures that concern the whole batch alike (Square or Postgres unavailable, token rejected): no splitting.
+_SHARED_FAILURES: Final = (SquareUnavailable, SquareRateLimited, SquareUnauthorized, TimeoutError, OSError,
+                           asyncpg.exceptions.InterfaceError, asyncpg.exceptions.DeadlockDetectedError,
+                           asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.CannotConnectNowError)
 
 SyncFunction = Callable[[SyncContext, str, list[str]], Awaitable[SyncResult]]
 MerchantHook = Callable[[str], Awaitable[None]]
@@ -141,7 +147,18 @@ class FetchCoalescer:
         self.batches += 1
         self.ids_fetched += len(ids)
         try:
-            result = await self._sync_function(self.sync, merchant_id, ids)
+            try:
+                result = await self._sync_function(self.sync, merchant_id, ids)
+            except _SHARED_FAILURES:
+                raise
+            except Exception as exc:
+                if len(ids) == 1:
+                    raise
+                # Something about one ID (an item error, a value Postgres refuses) must not fail its neighbours:
+                # each ID alone, so only the culprit's jobs see the error.
+                log.warning("fetch_batch_split", merchant_id=merchant_id, ids=len(ids), error=type(exc).__name__)
+                await asyncio.gather(*(self._run_alone(merchant_id, cid, batch[cid]) for cid in ids))
+                return
         except BaseException as exc:
             FETCHES.labels("error").inc()
             for future in batch.values():
@@ -161,12 +178,18 @@ class FetchCoalescer:
             except Exception as exc:
                 log.warning("merchant_ok_hook_failed", merchant_id=merchant_id, error=type(exc).__name__)
         for customer_id, future in batch.items():
+            _resolve(future, customer_id, result)
+
+    async def _run_alone(self, merchant_id: str, customer_id: str, future: asyncio.Future[Fetched]) -> None:
+        try:
+            result = await self._sync_function(self.sync, merchant_id, [customer_id])
+        except Exception as exc:
+            FETCHES.labels("error").inc()
             if not future.done():
-                future.set_result(Fetched(
-                    outcome=result.outcomes.get(customer_id, Outcome.STALE),
-                    version=result.versions.get(customer_id),
-                    merged_into=result.merged_into.get(customer_id),
-                ))
+                future.set_exception(exc)
+            return
+        FETCHES.labels("ok").inc()
+        _resolve(future, customer_id, result)
 
     async def close(self) -> None:
         """Send what is pending and wait for every batch in flight."""
@@ -175,6 +198,15 @@ class FetchCoalescer:
         self._closed = True
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _resolve(future: asyncio.Future[Fetched], customer_id: str, result: SyncResult) -> None:
+    if not future.done():
+        future.set_result(Fetched(
+            outcome=result.outcomes.get(customer_id, Outcome.STALE),
+            version=result.versions.get(customer_id),
+            merged_into=result.merged_into.get(customer_id),
+        ))
 
 
 def _consume_exception(future: asyncio.Future[Fetched]) -> None:

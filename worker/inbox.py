@@ -9,10 +9,10 @@ event can be rebuilt and re-enqueued by ``square-mirror redrive``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import orjson
@@ -22,6 +22,8 @@ from worker.batching import MicroBatcher
 from worker.store import Conn, StoredCustomer
 
 ERROR_MAX_CHARS: Final = 300
+V = TypeVar("V")
+R = TypeVar("R")
 _FRACTION_RE: Final = re.compile(r"(\.\d{6})\d+")
 
 
@@ -158,17 +160,39 @@ async def finish_many(conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[
     return dict.fromkeys(keys, True)
 
 
+async def _isolating(
+    run: Callable[[asyncpg.Pool, dict[EventKey, V]], Awaitable[dict[EventKey, R]]],
+    pool: asyncpg.Pool,
+    items: dict[EventKey, V],
+) -> dict[EventKey, R | BaseException]:
+    """Run a batch; if Postgres rejects it for its data, run each item alone so one bad event fails alone."""
+    try:
+        return dict(await run(pool, items))
+    except asyncpg.DataError:
+        if len(items) == 1:
+            raise
+    out: dict[EventKey, R | BaseException] = {}
+    for key, item in items.items():
+        try:
+            out.update(await run(pool, {key: item}))
+        except asyncpg.DataError as exc:
+            out[key] = exc
+    return out
+
+
 class Inbox:
     """The inbox writes of concurrent jobs, batched: one statement per few milliseconds instead of per job."""
 
     def __init__(self, pool: asyncpg.Pool, *, window: float = 0.005) -> None:
         self.pool = pool
 
-        async def record_batch(items: dict[EventKey, tuple[EventJob, dict[str, Any]]]) -> dict[EventKey, Sighting]:
-            return await record_many(pool, items)
+        async def record_batch(
+            items: dict[EventKey, tuple[EventJob, dict[str, Any]]]
+        ) -> dict[EventKey, Sighting | BaseException]:
+            return await _isolating(record_many, pool, items)
 
-        async def finish_batch(items: dict[EventKey, tuple[str, str | None]]) -> dict[EventKey, bool]:
-            return await finish_many(pool, items)
+        async def finish_batch(items: dict[EventKey, tuple[str, str | None]]) -> dict[EventKey, bool | BaseException]:
+            return await _isolating(finish_many, pool, items)
 
         self._record: MicroBatcher[EventKey, tuple[EventJob, dict[str, Any]], Sighting] = MicroBatcher(
             record_batch, window=window)

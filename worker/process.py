@@ -187,10 +187,10 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
     if job.type not in CUSTOMER_EVENT_TYPES or not job.customer_id:
         return await _finish(ctx, job, Outcome.IGNORED)
     customer_id = job.customer_id
-    event_time = _event_time(job)
     merge = job.merge if job.type in ("customer.created", "customer.deleted") else None
 
     if merge is not None:
+        event_time = _event_time(job)
         from_ids, to_id = merge
         extra = [customer_id] if job.deleted or job.type == "customer.deleted" else []
         extra = [c for c in extra if c not in from_ids and c != to_id]
@@ -210,7 +210,7 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
 
     if job.type == "customer.deleted":
         async with pool.acquire() as conn, conn.transaction():
-            new = await store.tombstone_customers(conn, job.merchant_id, [customer_id], event_time,
+            new = await store.tombstone_customers(conn, job.merchant_id, [customer_id], _event_time(job),
                                                   version=job.version)
             outcome = Outcome.DELETED if new else Outcome.STALE
             await inbox.finish(conn, job.merchant_id, job.event_id, outcome)

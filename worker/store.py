@@ -98,8 +98,10 @@ async def apply_merge(
 ) -> MergeResult:
     """The merge rule: record from -> to lineage and tombstone every merged-away ID with merged_into.
 
-    Lineage is written once (the first statement wins) and tombstones are final, so replaying any merge
-    event, or learning the same merge from a RetrieveCustomer redirect, changes nothing. The target is
+    Lineage is written once and tombstones are final, so replaying any merge event, or learning the same
+    merge from a RetrieveCustomer redirect, changes nothing. One exception: a redirect names the end of a
+    merge chain (A -> C -> E answers E for A), so lineage stated by a webhook (``source='webhook'``)
+    replaces lineage inferred from a redirect (``'retrieve'``), tombstone link included. The target is
     never tombstoned here; syncing its profile is the caller's next step.
     """
     sources = sorted({f for f in from_customer_ids if f and f != to_customer_id})
@@ -108,8 +110,17 @@ async def apply_merge(
     rows = await conn.fetch(
         sql("record_merges"), merchant_id, sources, to_customer_id, merged_at, source, event_id
     )
+    recorded = {r["from_customer_id"] for r in rows}
     tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
-    return MergeResult({r["from_customer_id"] for r in rows}, tombstoned)
+    if source == "webhook" and recorded:
+        relinked = await conn.fetch(
+            "UPDATE square.customers SET merged_into = $3, synced_at = now()"
+            " WHERE merchant_id = $1 AND id = ANY ($2::text[]) AND deleted_at IS NOT NULL"
+            " AND merged_into IS DISTINCT FROM $3 RETURNING id",
+            merchant_id, sorted(recorded), to_customer_id,
+        )
+        tombstoned |= {r["id"] for r in relinked}
+    return MergeResult(recorded, tombstoned)
 
 
 async def upsert_definitions(

@@ -89,3 +89,33 @@ async def test_redrive_requires_a_selection(db_dsn: str, redis_url: str) -> None
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert b"re-enqueued 0 event(s)" in out
+
+
+async def test_sigterm_lets_the_running_job_finish(db_dsn: str, redis_url: str) -> None:
+    async with run_emulator() as emu:
+        await emu.set_faults(latency_ms=1500)  # the job is mid-fetch when SIGTERM arrives
+        state = emu.emulator.merchants[emu.merchant_id]
+        state.create_customer({"given_name": "Slow"})
+        [(_ts, event)] = state.events.entries
+        redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                                  job_deserializer=deserialize_job, default_queue_name=QUEUE_NAME)
+        try:
+            await redis.enqueue_job(PROCESS_EVENT_JOB, build_event_job(event), _job_id=event["event_id"])
+            proc = await _square_mirror("worker", env=_env(db_dsn, redis_url, emu.base_url, emu.token,
+                                                           WORKER_SHUTDOWN_GRACE_SECONDS="10"))
+            for _ in range(200):
+                if await redis.exists(f"arq:in-progress:{event['event_id']}"):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            _out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err.decode()[-2000:]
+        finally:
+            await redis.aclose()
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        outcome = await conn.fetchval("SELECT outcome FROM square.webhook_events")
+        assert outcome == "applied"  # drained, not cancelled
+    finally:
+        await conn.close()

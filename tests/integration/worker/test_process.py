@@ -247,3 +247,40 @@ async def test_redrive_finds_events_whose_job_was_lost(db_pool: asyncpg.Pool, re
         finally:
             await arq_redis.aclose()
         assert await h.run(payload) == "applied"
+
+
+async def test_a_poison_event_fails_alone_not_its_whole_inbox_batch(db_pool: asyncpg.Pool, redis_url: str) -> None:
+    async with harness(db_pool, redis_url) as h:
+        h.state.create_customer({"given_name": "A"})
+        [good] = h.payloads()
+        poison = build_event_job({"merchant_id": h.merchant_id, "type": "customer.updated", "event_id": "evt-nul",
+                                  "data": {"id": "BAD\x00ID", "object": {"customer": {"version": 1}}}})
+        outcomes = await asyncio.gather(h.run(good), h.run(poison))
+        assert outcomes == ["applied", "failed"]
+
+
+async def test_a_redirect_through_a_merge_chain_is_corrected_by_the_webhook_lineage(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        a, _ = h.state.create_customer({"given_name": "A"})
+        b, _ = h.state.create_customer({"given_name": "B"})
+        d, _ = h.state.create_customer({"given_name": "D"})
+        c = h.state.merge([a.id, b.id])  # A, B -> C
+        e = h.state.merge([c.id, d.id])  # C, D -> E
+        payloads = h.payloads()
+        # A's create, processed before any merge event: RetrieveCustomer(A) answers with E (the chain's end).
+        assert await h.run(payloads[0]) == "merged"
+        assert await db_pool.fetchval(
+            "SELECT to_customer_id FROM square.customer_merges WHERE from_customer_id = $1", a.id) == e.id
+        for payload in payloads[1:]:
+            await h.run(payload)
+        truth = await h.emu.truth()
+        merges = {(r["from_customer_id"], r["to_customer_id"]) for r in await db_pool.fetch(
+            "SELECT from_customer_id, to_customer_id FROM square.customer_merges")}
+        assert merges == {(m["from_customer_id"], m["to_customer_id"]) for m in truth["merges"]}
+        tombs = {r["id"]: r["merged_into"] for r in await db_pool.fetch(
+            "SELECT id, merged_into FROM square.customers WHERE deleted_at IS NOT NULL")}
+        assert tombs == {cid: t["merged_into"] for cid, t in truth["tombstones"].items()}
+        assert await db_pool.fetchval(
+            "SELECT current_customer_id FROM square.customer_id_resolution WHERE customer_id = $1", a.id) == e.id

@@ -125,6 +125,24 @@ async def test_merge_records_lineage_once_and_links_tombstones(db_pool: asyncpg.
     assert await _row(db_pool, "C") is None
 
 
+async def test_stated_lineage_replaces_a_redirect_that_skipped_a_merge_chain_link(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        # RetrieveCustomer(A) answered E (A -> C -> E): all the redirect can tell is A -> E ...
+        first = await apply_merge(conn, M, ["A"], "E", at(1), source="retrieve")
+        assert first.recorded == {"A"}
+        # ... until the webhook states A -> C, which wins, tombstone link included ...
+        stated = await apply_merge(conn, M, ["A", "B"], "C", at(2), source="webhook", event_id="E1")
+        assert stated.recorded == {"A", "B"}
+        # ... and no later redirect or replay moves it again.
+        assert (await apply_merge(conn, M, ["A"], "E", at(3), source="retrieve")).recorded == set()
+        assert (await apply_merge(conn, M, ["A", "B"], "C", at(4), source="webhook")).recorded == set()
+    a = await _row(db_pool, "A")
+    assert a is not None and a["merged_into"] == "C"
+    merges = await db_pool.fetch("SELECT from_customer_id, to_customer_id, source FROM square.customer_merges")
+    assert {(m["from_customer_id"], m["to_customer_id"], m["source"]) for m in merges} == {
+        ("A", "C", "webhook"), ("B", "C", "webhook")}
+
+
 async def test_group_definitions_upsert_and_tombstone_clear_memberships(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         assert await upsert_definitions(conn, M, "groups", [group("G1", "VIP"), group("G2")]) == {"G1", "G2"}

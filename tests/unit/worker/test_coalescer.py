@@ -95,3 +95,32 @@ async def test_cancelled_waiter_does_not_cancel_the_batch() -> None:
         await waiter
     assert (await other).version == 0
     await co.close()
+
+
+async def test_a_poison_id_fails_alone_and_shared_failures_fail_all() -> None:
+    from square_mirror.square_api import SquareUnavailable
+
+    class Poisoned(FakeSquare):
+        async def __call__(self, ctx: SyncContext, merchant: str, ids: list[str]) -> SyncResult:
+            if "BAD" in ids:
+                self.calls.append(list(ids))
+                raise ValueError("bad item")
+            return await super().__call__(ctx, merchant, ids)
+
+    fake = Poisoned({"A": 3, "B": 4})
+    co = _coalescer(fake)
+    results = await asyncio.gather(co.fetch("M", "A"), co.fetch("M", "BAD"), co.fetch("M", "B"),
+                                   return_exceptions=True)
+    assert [getattr(r, "version", None) for r in results] == [3, None, 4]
+    assert isinstance(results[1], ValueError)
+
+    class Down(FakeSquare):
+        async def __call__(self, ctx: SyncContext, merchant: str, ids: list[str]) -> SyncResult:
+            self.calls.append(list(ids))
+            raise SquareUnavailable("down")
+
+    down = Down({})
+    co = _coalescer(down)
+    results = await asyncio.gather(co.fetch("M", "A"), co.fetch("M", "B"), return_exceptions=True)
+    assert all(isinstance(r, SquareUnavailable) for r in results)
+    assert len(down.calls) == 1  # not split: one call for the whole batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import asyncpg
@@ -21,6 +22,25 @@ from worker.backfill import backfill
 from worker.sync import SyncContext
 
 KEY = "backfill-race-signature-key"
+
+
+async def _queue_settled(redis_url: str, timeout: float = 30.0) -> None:
+    """Wait until the worker has taken and finished every queued job (nothing queued, nothing in progress)."""
+    import redis.asyncio as aioredis
+
+    from square_mirror.constants import QUEUE_NAME
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet = 0
+        while loop.time() < deadline and quiet < 3:
+            busy = await client.zcard(QUEUE_NAME) or await client.keys("arq:in-progress:*")
+            quiet = 0 if busy else quiet + 1
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
 
 
 async def test_backfill_concurrent_with_webhooks_converges(db_pool: asyncpg.Pool, redis_url: str) -> None:
@@ -68,9 +88,11 @@ async def test_backfill_concurrent_with_webhooks_converges(db_pool: asyncpg.Pool
                 await client.close()
             assert run.status == runs.SUCCEEDED, run.error
             assert await emu.drain_webhooks(timeout=20)
+            await _queue_settled(redis_url)
             worker_task.cancel()
             await asyncio.gather(worker_task, return_exceptions=True)
-            await worker.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.close()
             finisher = build_worker(settings, burst=True, handle_signals=False, ctx={"pool": db_pool})
             await finisher.main()
             await finisher.close()

@@ -95,8 +95,8 @@ class _PlainBar:
         if total:
             frac = min(1.0, done / total)
             bar = "#" * int(frac * 30)
-            eta = (total - done) / rate if rate > 0 else 0.0
-            text = f"{self.label} [{bar:<30}] {done}/{total} {rate:,.0f}/s ETA {eta:,.0f}s"
+            eta = f"{(total - done) / rate:,.0f}s" if rate > 0 else "?"
+            text = f"{self.label} [{bar:<30}] {done}/{total} {rate:,.0f}/s ETA {eta}"
         else:
             text = f"{self.label} {done} {rate:,.0f}/s"
         extra = " ".join(f"{k}={v}" for k, v in fields.items())

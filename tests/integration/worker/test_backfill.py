@@ -165,6 +165,16 @@ async def test_rate_limited_run_is_not_a_success(emu: EmulatorHandle, db_pool: a
     assert row is not None and row["status"] == run.status and "RateLimited" in row["error"]
     assert row["counts"]["errors"] >= 1
 
+    # Once the limit is lifted the next backfill resumes from the checkpoint and completes.
+    await emu.set_faults(rate_limit_rps=0)
+    client = make_client(emu)
+    try:
+        resumed = await backfill(SyncContext(db_pool, client), emu.merchant_id, concurrency=4)
+    finally:
+        await client.close()
+    assert resumed.status == runs.SUCCEEDED and resumed.checkpoint["resumed_from"] == row["run_id"]
+    await assert_mirror_matches(db_pool, emu)
+
 
 async def test_unauthorized_merchant_fails_and_is_marked(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> None:
     client = SquareClient(base_url=emu.base_url, version="2025-08-20", tokens=TokenSource(single=Secret("wrong")),

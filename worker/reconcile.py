@@ -28,6 +28,7 @@ from square_mirror.logs import get_logger
 from square_mirror.square_api import (
     CUSTOMERS_PAGE_LIMIT,
     EVENTS_PAGE_LIMIT,
+    SquareClient,
     SquareInvalidRequest,
     SquareUnauthorized,
 )
@@ -296,6 +297,11 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
     start = max(oldest, watermark - _overlap(ctx)) if watermark is not None else oldest
     handle, how = await _event_handler(ctx, merchant_id)
     run.checkpoint.update(window_start=rfc3339(start), delivery=how)
+    # The Events API takes personal access tokens only: a refusal here says nothing about the token's use for
+    # the Customers API, so this lane's client does not report it (the merchant is not marked unauthorized).
+    events_client = SquareClient(base_url=sync.client.base_url, version=sync.client.version,
+                                 tokens=sync.client.tokens, rate_limiter=sync.client.rate_limiter,
+                                 retry=sync.client.retry, session=sync.client._http())
     query = {"filter": {"event_types": sorted(CUSTOMER_EVENT_TYPES), "merchant_ids": [merchant_id],
                         "created_at": {"start_at": rfc3339(start)}},
              "sort": {"field": "DEFAULT", "order": "ASC"}}
@@ -307,7 +313,11 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
         if cursor:
             body["cursor"] = cursor
         try:
-            page = await sync.client.search_events(merchant_id, body)
+            page = await events_client.search_events(merchant_id, body)
+        except SquareUnauthorized as exc:
+            raise SquareUnauthorized(f"{exc} (SearchEvents needs a personal access token, not an OAuth token)",
+                                     merchant_id=merchant_id, status=exc.status, errors=exc.errors,
+                                     endpoint=exc.endpoint) from None
         except SquareInvalidRequest as exc:
             if cursor and "INVALID_CURSOR" in exc.codes and restarts < MAX_WINDOW_RESTARTS:
                 restarts += 1
@@ -366,7 +376,7 @@ async def run_lane(ctx: Mapping[str, Any], merchant_id: str, lane: str) -> runs.
         try:
             await function(ctx, merchant_id, run)
         except Exception as exc:
-            if isinstance(exc, SquareUnauthorized):
+            if isinstance(exc, SquareUnauthorized) and lane != "events":
                 await store.set_merchant_auth(sync.pool, merchant_id, ok=False, error=str(exc))
             run.add(errors=1)
             log.error("lane_failed", merchant_id=merchant_id, lane=lane, error=str(exc), error_type=type(exc).__name__)

@@ -206,3 +206,23 @@ def test_arq_wiring_is_unique_with_tries() -> None:
                      "reconcile_sweep"}
     assert all(job.unique and (job.max_tries or 0) >= 2 and job.timeout_s is None for job in ARQ_CRON_JOBS)
     assert {f.__name__ for f in ARQ_FUNCTIONS} == {"backfill_job", "reconcile_lane_job"}
+
+
+async def test_events_lane_refused_token_fails_without_marking_the_merchant(emu: EmulatorHandle,
+                                                                           db_pool: asyncpg.Pool) -> None:
+    marked: list[str] = []
+
+    async def on_unauthorized(merchant_id: str, message: str) -> None:
+        marked.append(merchant_id)
+
+    client: SquareClient = emulator_client(emu, token="not-a-personal-access-token")
+    client.on_unauthorized = on_unauthorized
+    try:
+        ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+        run = await run_lane(ctx, emu.merchant_id, "events")
+    finally:
+        await client.close()
+    assert run.status == runs.FAILED and "personal access token" in (run.error or "")
+    assert marked == []
+    assert await db_pool.fetchval("SELECT auth_status FROM square.merchants WHERE merchant_id = $1",
+                                  emu.merchant_id) == "ok"

@@ -146,7 +146,14 @@ async def test_index_lag_and_cursor_expiry(emu: EmulatorHandle, ctx: SyncContext
     from worker.sync import sync_customers
 
     await sync_customers(ctx, emu.merchant_id, [created["customer"]["id"]])  # as a webhook would
+    # A delete the lagging index does not show yet: the listing still returns the profile, which must not
+    # resurrect the tombstone the (webhook) delete wrote.
+    gone = sorted((await emu.truth())["customers"])[7]
+    await square_call(emu, "DELETE", f"/v2/customers/{gone}")
+    await sync_customers(ctx, emu.merchant_id, [gone])
     run = await backfill(ctx, emu.merchant_id, concurrency=2, full=True)
+    assert await db_pool.fetchval("SELECT deleted_at IS NOT NULL FROM square.customers WHERE id = $1", gone)
+    assert run.counts["stale_skipped"] >= 1  # the lagging index did return it
     assert run.status == runs.SUCCEEDED
     assert run.counts["kept"] >= 1  # not listed yet, still retrievable: kept
     await assert_mirror_matches(db_pool, emu)

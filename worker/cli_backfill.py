@@ -9,6 +9,7 @@ import sys
 import orjson
 
 from square_mirror.settings import Settings
+from square_mirror.square_api import SquareError
 from worker import runs
 from worker.backfill import BACKFILL, backfill, summarize
 from worker.backfill_runtime import cancellable, open_runtime, resolve_merchants, setup_logging
@@ -45,7 +46,12 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     reporter = None if args.no_progress else (lambda label, _mid: terminal_reporter(label))
     failures = 0
     async with open_runtime(settings, concurrency=concurrency) as rt:
-        for merchant_id in await resolve_merchants(rt, args.merchant):
+        try:
+            merchants = await resolve_merchants(rt, args.merchant)
+        except SquareError as exc:
+            print(f"square-mirror: error: cannot find the merchant of SQUARE_ACCESS_TOKEN: {exc}", file=sys.stderr)
+            return 2
+        for merchant_id in merchants:
             try:
                 result = await backfill(rt.sync, merchant_id, full=args.full, concurrency=concurrency,
                                         kind=BACKFILL, reporter=reporter)

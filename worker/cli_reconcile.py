@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from contextlib import suppress
 from typing import Any
 
 import orjson
 
 from square_mirror.settings import Settings
+from square_mirror.square_api import SquareError
 from worker import runs
 from worker.backfill import summarize
 from worker.backfill_runtime import Runtime, cancellable, open_runtime, resolve_merchants, setup_logging
@@ -68,7 +70,12 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _lanes(rt: Runtime, ctx: dict[str, Any], merchant: str | None, lanes: list[str]) -> int:
     failures = 0
-    for merchant_id in await resolve_merchants(rt, merchant):
+    try:
+        merchants = await resolve_merchants(rt, merchant)
+    except SquareError as exc:
+        print(f"square-mirror: error: cannot find the merchant of SQUARE_ACCESS_TOKEN: {exc}", file=sys.stderr)
+        return 1
+    for merchant_id in merchants:
         for lane in lanes:
             try:
                 summary = dict(summarize(await run_lane(ctx, merchant_id, lane)))

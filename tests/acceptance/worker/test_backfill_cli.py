@@ -135,3 +135,13 @@ async def test_sigterm_records_an_interrupted_run(emu: EmulatorHandle, db_dsn: s
     assert code != 0
     row = await db_pool.fetchrow("SELECT status, finished_at FROM square.sync_runs ORDER BY run_id DESC LIMIT 1")
     assert row["status"] == "interrupted" and row["finished_at"] is not None
+
+
+async def test_a_token_square_refuses_is_a_clear_error(emu: EmulatorHandle, db_dsn: str) -> None:
+    env = {"DATABASE_URL": db_dsn, "SQUARE_BASE_URL": emu.base_url, "SQUARE_ACCESS_TOKEN": "revoked-token",
+           "SQUARE_MAX_REQUESTS_PER_SECOND": "0"}
+    proc = await _start("backfill", env=env)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "cannot find the merchant of SQUARE_ACCESS_TOKEN" in err.decode()
+    assert "revoked-token" not in err.decode()

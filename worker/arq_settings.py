@@ -23,13 +23,15 @@ from arq.worker import Function, Worker, func
 from square_mirror.constants import HEALTH_KEY, PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Settings
+from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.process import process_event
 from worker.runtime import shutdown, startup
 
 FUNCTIONS: list[Function | Any] = [
     func(process_event, name=PROCESS_EVENT_JOB, keep_result=0),
+    *ARQ_FUNCTIONS,
 ]
-CRON_JOBS: list[Any] = []
+CRON_JOBS: list[Any] = [*ARQ_CRON_JOBS]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

@@ -98,3 +98,8 @@ async def start_metrics_server(
     await site.start()
     log.info("worker_metrics_listening", port=port)
     return runner
+SYNC_RUNS: Final = Counter(
+    "square_mirror_sync_runs_total",
+    "Backfill and reconcile runs finished, by kind and final status (succeeded, partial, failed, interrupted)",
+    ["kind", "status"],
+)

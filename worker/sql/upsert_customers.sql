@@ -46,10 +46,15 @@ WITH input AS (
         synced_at = EXCLUDED.synced_at
     WHERE square.customer_snapshot_wins(t.deleted_at, t.version, t.observed_at, EXCLUDED.version, EXCLUDED.observed_at)
     RETURNING t.id, t.group_ids, t.segment_ids
+), written AS (
+    -- The written IDs as one array: an index condition on (merchant_id, customer_id) for the deletes below,
+    -- so they touch this batch's memberships only, never every membership of the merchant.
+    SELECT ARRAY(SELECT id FROM up) AS ids
 ), drop_groups AS (
     DELETE FROM square.customer_group_members m
     USING up
-    WHERE m.merchant_id = $1 AND m.customer_id = up.id AND NOT (m.group_id = ANY (up.group_ids))
+    WHERE m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM written)::text[])
+      AND m.customer_id = up.id AND NOT (m.group_id = ANY (up.group_ids))
 ), add_groups AS (
     INSERT INTO square.customer_group_members (merchant_id, group_id, customer_id, since)
     SELECT $1, g, up.id, $3 FROM up, unnest(up.group_ids) AS g
@@ -57,7 +62,8 @@ WITH input AS (
 ), drop_segments AS (
     DELETE FROM square.customer_segment_members m
     USING up
-    WHERE m.merchant_id = $1 AND m.customer_id = up.id AND NOT (m.segment_id = ANY (up.segment_ids))
+    WHERE m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM written)::text[])
+      AND m.customer_id = up.id AND NOT (m.segment_id = ANY (up.segment_ids))
 ), add_segments AS (
     INSERT INTO square.customer_segment_members (merchant_id, segment_id, customer_id, since)
     SELECT $1, s, up.id, $3 FROM up, unnest(up.segment_ids) AS s

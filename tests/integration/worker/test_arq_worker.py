@@ -24,8 +24,10 @@ def test_worker_options_follow_the_issue() -> None:
     assert options["job_completion_wait"] > 0
     assert options["max_tries"] >= 20  # enough tries for long outages
     assert options["job_timeout"] <= 60  # short and uniform: a killed job is re-run after timeout + 10 s
-    assert [f.name for f in FUNCTIONS] == [PROCESS_EVENT_JOB]
+    names = [getattr(f, "name", getattr(f, "__name__", None)) for f in FUNCTIONS]
+    assert names == [PROCESS_EVENT_JOB, "backfill_job", "reconcile_lane_job"]
     assert FUNCTIONS[0].keep_result_s == 0
+    assert all(not hasattr(f, "timeout_s") or f.timeout_s is None for f in FUNCTIONS)  # one uniform timeout
 
 
 async def test_enqueued_events_become_rows_and_finished_ids_can_be_enqueued_again(

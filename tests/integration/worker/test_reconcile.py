@@ -1,0 +1,228 @@
+"""Reconcile lanes against the emulator and real Postgres/Redis: each heals what webhooks never told."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from emulator import EmulatorConfig
+from emulator.testing import EmulatorHandle, run_emulator
+from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from square_mirror.square_api import SquareClient
+from tests.mirror_check import assert_mirror_matches, emulator_client, square_call
+from worker import runs
+from worker.backfill import backfill
+from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
+from worker.reconcile import run_lane
+from worker.sync import SyncContext
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[EmulatorHandle]:
+    async with run_emulator(EmulatorConfig(seed=5)) as handle:
+        yield handle
+
+
+@pytest.fixture
+async def ctx(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> AsyncIterator[dict[str, Any]]:
+    client: SquareClient = emulator_client(emu)
+    yield {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    await client.close()
+
+
+async def _mirrored(emu: EmulatorHandle, ctx: dict[str, Any], customers: int = 300) -> dict[str, Any]:
+    await emu.seed(customers=customers, groups=3, segments=3)
+    run = await backfill(ctx["sync"], emu.merchant_id, concurrency=2)
+    assert run.status == runs.SUCCEEDED, run.error
+    truth: dict[str, Any] = await emu.truth()
+    return truth
+
+
+async def test_segments_lane_heals_membership_changes(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                      db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    segment_id = sorted(truth["segments"])[0]
+    members = set(truth["segment_members"][segment_id])
+    outsider = next(c for c in sorted(truth["customers"]) if c not in members)
+    insider = sorted(members)[0]
+    await emu.admin("PUT", f"segments/{segment_id}/members/{outsider}?merchant_id={emu.merchant_id}")
+    await emu.admin("DELETE", f"segments/{segment_id}/members/{insider}?merchant_id={emu.merchant_id}")
+    new_segment = (await emu.admin("POST", "segments", {"name": "Lunch regulars"}))["segment"]
+    await emu.admin("PUT", f"segments/{new_segment['id']}/members/{insider}?merchant_id={emu.merchant_id}")
+
+    run = await run_lane(ctx, emu.merchant_id, "segments")
+    assert run.status == runs.SUCCEEDED, run.error
+    # Applied by the diff, or (when another segment's diff touched the customer first) re-fetched by ID.
+    assert run.counts["segment_members_added"] + run.counts["segment_members_removed"] + run.counts.get(
+        "refetched", 0) >= 3
+    await assert_mirror_matches(db_pool, emu)
+    row = await runs.last_run(db_pool, emu.merchant_id, "reconcile:segments")
+    assert row is not None and row["status"] == "succeeded"
+
+
+async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                               db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    gids = sorted(truth["groups"])
+    outsider = next(c for c in sorted(truth["customers"]) if c not in truth["group_members"][gids[0]])
+    await square_call(emu, "PUT", f"/v2/customers/{outsider}/groups/{gids[0]}")  # webhook never delivered
+    await square_call(emu, "DELETE", f"/v2/customers/groups/{gids[1]}")  # silent for its members
+    run = await run_lane(ctx, emu.merchant_id, "groups")
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["groups_tombstoned"] == 1
+    await assert_mirror_matches(db_pool, emu)
+
+
+async def test_incremental_lane_with_expiring_cursors(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                      db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx, customers=600)
+    ids = sorted(truth["customers"])[:250]
+    for cid in ids:
+        await square_call(emu, "PUT", f"/v2/customers/{cid}", {"note": "changed while webhooks were down"})
+    await square_call(emu, "POST", "/v2/customers", {"given_name": "Brand", "family_name": "New",
+                                                     "idempotency_key": "new-1"})
+    await emu.set_faults(cursor_ttl_seconds=0.02, endpoint_latency_ms={"SearchCustomers": 25})
+    run = await run_lane(ctx, emu.merchant_id, "incremental")
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["cursor_restarts"] >= 1
+    assert run.counts["upserted"] >= 251
+    await emu.set_faults(cursor_ttl_seconds=0, endpoint_latency_ms={})
+    await assert_mirror_matches(db_pool, emu)
+    first_watermark = await runs.get_watermark(db_pool, emu.merchant_id, "incremental")
+    assert first_watermark is not None
+    again = await run_lane(ctx, emu.merchant_id, "incremental")
+    assert again.status == runs.SUCCEEDED
+    assert again.counts.get("listed", 0) < 300  # only the overlap window is re-read
+    assert await runs.get_watermark(db_pool, emu.merchant_id, "incremental") > first_watermark  # type: ignore[operator]
+
+
+async def test_incremental_lane_does_not_advance_after_a_failed_window(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                                       db_pool: asyncpg.Pool) -> None:
+    await _mirrored(emu, ctx)
+    await emu.set_faults(error_503_rate=1.0)
+    client: SquareClient = emulator_client(emu, attempts=2, deadline=1.0)
+    try:
+        failing = {**ctx, "client": client, "sync": SyncContext(db_pool, client)}
+        run = await run_lane(failing, emu.merchant_id, "incremental")
+    finally:
+        await client.close()
+    assert run.status == runs.FAILED
+    assert await runs.get_watermark(db_pool, emu.merchant_id, "incremental") is None
+
+
+async def test_events_lane_replays_missed_deletes_and_merges(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                             db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    ids = sorted(truth["customers"])
+    await square_call(emu, "DELETE", f"/v2/customers/{ids[0]}")
+    await emu.merge([ids[1], ids[2]])
+    await square_call(emu, "PUT", f"/v2/customers/{ids[3]}", {"nickname": "Replayed"})
+    run = await run_lane(ctx, emu.merchant_id, "events")  # no Redis in ctx: applied by ID in-process
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["events"] >= 5
+    await assert_mirror_matches(db_pool, emu)
+    merged = await db_pool.fetchval("SELECT count(*) FROM square.customer_merges WHERE merchant_id = $1",
+                                    emu.merchant_id)
+    assert merged == 2
+    assert await runs.get_watermark(db_pool, emu.merchant_id, "events") is not None
+
+
+async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                         redis_url: str) -> None:
+    from arq import create_pool
+
+    truth = await _mirrored(emu, ctx, customers=50)
+    for cid in sorted(truth["customers"])[:3]:
+        await square_call(emu, "PUT", f"/v2/customers/{cid}", {"nickname": "x"})
+    arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                                  job_deserializer=deserialize_job)
+    try:
+        ctx = {**ctx, "redis": arq_redis}
+        run = await run_lane(ctx, emu.merchant_id, "events")
+        assert run.status == runs.SUCCEEDED and run.counts["events_queued"] == 3
+        jobs = await arq_redis.queued_jobs(queue_name="square-mirror:queue")
+        assert sorted(j.job_id for j in jobs) == sorted(j.args[0]["event_id"] for j in jobs)
+        assert {j.function for j in jobs} == {"process_event"} and len(jobs) == 3
+        assert all(j.args[0]["source"] == "events_api" for j in jobs)
+        again = await run_lane(ctx, emu.merchant_id, "events")  # the overlap re-reads them: not queued twice
+        assert again.counts.get("events_queued", 0) == 0
+        assert len(await arq_redis.queued_jobs(queue_name="square-mirror:queue")) == 3
+    finally:
+        await arq_redis.aclose()
+
+
+async def test_sweep_lane_infers_deletes(emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    await square_call(emu, "DELETE", f"/v2/customers/{sorted(truth['customers'])[5]}")
+    run = await run_lane(ctx, emu.merchant_id, "sweep")
+    assert run.status == runs.SUCCEEDED and run.kind == "sweep" and run.counts["tombstoned"] == 1
+    await assert_mirror_matches(db_pool, emu)
+
+
+async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                            db_pool: asyncpg.Pool, redis_url: str) -> None:
+    from types import SimpleNamespace
+
+    from arq import create_pool
+
+    from worker.lanes import backfill_job, reconcile_incremental, reconcile_lane_job
+
+    await emu.seed(customers=2000, groups=2, segments=2)
+    await emu.set_faults(endpoint_latency_ms={"SearchCustomers": 400})
+    arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                                  job_deserializer=deserialize_job)
+    settings = SimpleNamespace(worker_job_timeout_seconds=8.0, backfill_concurrency=2, reconcile_overlap_seconds=120,
+                               square_access_token=None)
+    job_ctx = {**ctx, "redis": arq_redis, "settings": settings, "job_try": 1, "job_id": "first"}
+    try:
+        first = await backfill_job(job_ctx, emu.merchant_id)  # 2000 customers at 400 ms a page: > a 3 s slice
+        assert first["status"] == "interrupted" and first["continued"] is True
+        queued = await arq_redis.queued_jobs(queue_name="square-mirror:queue")
+        assert [(j.function, list(j.args)) for j in queued] == [("backfill_job", [emu.merchant_id, False])]
+        await emu.set_faults(endpoint_latency_ms={})
+        second = await backfill_job({**job_ctx, "job_id": "second"}, emu.merchant_id)
+        assert second["status"] == "succeeded", second
+        rows = await db_pool.fetch("SELECT run_id, status, checkpoint FROM square.sync_runs ORDER BY run_id")
+        assert [r["status"] for r in rows] == ["interrupted", "succeeded"]
+        assert rows[1]["checkpoint"]["resumed_from"] == rows[0]["run_id"]
+        await assert_mirror_matches(db_pool, emu)
+
+        fanned = await reconcile_incremental(job_ctx)
+        assert fanned["queued"] == {emu.merchant_id: True}
+        again = await reconcile_incremental(job_ctx)  # the first is still queued: not twice
+        assert again["queued"] == {emu.merchant_id: False}
+        lane = await reconcile_lane_job(job_ctx, "incremental", emu.merchant_id)
+        assert lane["status"] == "succeeded"
+    finally:
+        await arq_redis.aclose()
+
+
+def test_arq_wiring_is_unique_with_tries() -> None:
+    names = {job.name for job in ARQ_CRON_JOBS}
+    assert names == {"reconcile_incremental", "reconcile_segments", "reconcile_groups", "reconcile_events",
+                     "reconcile_sweep"}
+    assert all(job.unique and (job.max_tries or 0) >= 2 and job.timeout_s is None for job in ARQ_CRON_JOBS)
+    assert {f.__name__ for f in ARQ_FUNCTIONS} == {"backfill_job", "reconcile_lane_job"}
+
+
+async def test_events_lane_refused_token_fails_without_marking_the_merchant(emu: EmulatorHandle,
+                                                                           db_pool: asyncpg.Pool) -> None:
+    marked: list[str] = []
+
+    async def on_unauthorized(merchant_id: str, message: str) -> None:
+        marked.append(merchant_id)
+
+    client: SquareClient = emulator_client(emu, token="not-a-personal-access-token")
+    client.on_unauthorized = on_unauthorized
+    try:
+        ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+        run = await run_lane(ctx, emu.merchant_id, "events")
+    finally:
+        await client.close()
+    assert run.status == runs.FAILED and "personal access token" in (run.error or "")
+    assert marked == []
+    assert await db_pool.fetchval("SELECT auth_status FROM square.merchants WHERE merchant_id = $1",
+                                  emu.merchant_id) == "ok"

@@ -1,0 +1,422 @@
+"""Backfill: a complete, fast, resumable copy of one seller's directory, with deletes and merges inferred.
+
+Phases, each recorded in the run's checkpoint (``square.sync_runs.checkpoint``):
+
+1. ``definitions``: ListCustomerGroups and ListCustomerSegments, every page; definitions are upserted and, once
+   the listing is complete, the ones Square no longer lists are tombstoned.
+2. ``customers``: the customer space is split into ``created_at`` ranges (:mod:`worker.partition`) fetched
+   concurrently with SearchCustomers (sort ``CREATED_AT ASC``, 100 per page). Every page is written at once
+   through :func:`worker.store.upsert_customers` (version guard, tombstones final) with ``observed_at`` = when
+   its request was sent. A partition's checkpoint is the ``created_at`` of the last customer of its last
+   committed page, never a cursor (cursors expire): a resumed run restarts each unfinished partition from
+   there and skips finished ones. An ``INVALID_CURSOR`` restarts the partition from the same place.
+3. ``inference``: mirror rows still live but not observed since the listing began (the listing did not return
+   them) are checked by ID with :func:`worker.sync.sync_customers`: NOT_FOUND -> tombstone, another ID -> merge
+   recorded, still there (instant profiles, index lag) -> kept. Listing alone never tombstones a customer.
+
+A run that ends any other way than completing phase 3 is not ``succeeded`` (see :func:`worker.runs.status_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from square_mirror.logs import get_logger
+from square_mirror.square_api import (
+    BULK_RETRIEVE_LIMIT,
+    CUSTOMERS_PAGE_LIMIT,
+    SquareError,
+    SquareInvalidRequest,
+    SquareUnauthorized,
+)
+from worker import runs, store
+from worker.partition import Partition, Planner, created_ms, plan_partitions
+from worker.progress import Progress, Reporter
+from worker.sync import Outcome, SyncContext, sync_customers, utcnow
+
+log = get_logger(__name__)
+
+BACKFILL: Final = "backfill"
+SWEEP: Final = "sweep"
+CHECKPOINT_VERSION: Final = 1
+INFERENCE_BATCH: Final = 1000
+ProgressFactory = Callable[[str, str], Reporter | None]
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+# -- definitions ------------------------------------------------------------------------------------------
+
+async def list_all(fetch: Callable[..., Awaitable[dict[str, Any]]], merchant_id: str, key: str,
+                   run: runs.Run | None = None) -> list[dict[str, Any]]:
+    """Every item of a cursor-paged list; an expired cursor restarts the listing (the lists are small)."""
+    items: dict[str, dict[str, Any]] = {}
+    cursor: str | None = None
+    restarts = 0
+    while True:
+        try:
+            page = await fetch(merchant_id, cursor=cursor)
+        except SquareInvalidRequest as exc:
+            if cursor and "INVALID_CURSOR" in exc.codes and restarts < 5:
+                restarts += 1
+                cursor = None
+                continue
+            raise
+        if run is not None:
+            run.add(pages=1)
+        for item in page.get(key) or []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                items[item["id"]] = item
+        cursor = page.get("cursor") or None
+        if not cursor:
+            return list(items.values())
+
+
+async def sync_definitions(ctx: SyncContext, merchant_id: str, run: runs.Run | None = None) -> dict[str, list[str]]:
+    """List groups and segments completely, upsert them, tombstone the ones no longer listed."""
+    groups = await list_all(ctx.client.list_groups, merchant_id, "groups", run)
+    segments = await list_all(ctx.client.list_segments, merchant_id, "segments", run)
+    now = utcnow()
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        gone: dict[str, set[str]] = {}
+        for kind, listed in (("groups", groups), ("segments", segments)):
+            known = await store.known_definition_ids(conn, merchant_id, kind)  # type: ignore[arg-type]
+            await store.upsert_definitions(conn, merchant_id, kind, listed)  # type: ignore[arg-type]
+            missing = sorted(known - {d["id"] for d in listed})
+            gone[kind] = await store.tombstone_definitions(conn, merchant_id, kind, missing, now)  # type: ignore[arg-type]
+    if run is not None:
+        run.add(groups=len(groups), segments=len(segments), groups_tombstoned=len(gone["groups"]),
+                segments_tombstoned=len(gone["segments"]))
+    return {"groups": sorted(d["id"] for d in groups), "segments": sorted(d["id"] for d in segments)}
+
+
+# -- customers ------------------------------------------------------------------------------------------------
+
+def search_body(part: Partition) -> dict[str, Any]:
+    query: dict[str, Any] = {"sort": {"field": "CREATED_AT", "order": "ASC"}}
+    time_range = part.time_range()
+    if time_range:
+        query["filter"] = {"created_at": time_range}
+    return {"limit": CUSTOMERS_PAGE_LIMIT, "query": query}
+
+
+class PageWriter:
+    """Writes pages handed in by concurrent fetchers, several pages per statement when they queue up.
+
+    Each :meth:`write` returns only once its page is committed (so a partition's checkpoint never runs ahead of
+    the database). Pages waiting together are written in one upsert with the earliest of their observation
+    times (conservative: the state is at least that fresh), up to ``max_rows`` customers per statement.
+    """
+
+    def __init__(self, ctx: SyncContext, merchant_id: str, *, writers: int = 2, max_rows: int = 500) -> None:
+        self.ctx = ctx
+        self.merchant_id = merchant_id
+        self.max_rows = max_rows
+        self._queue: asyncio.Queue[tuple[list[dict[str, Any]], datetime, asyncio.Future[set[str]]]] = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._loop(), name=f"backfill-writer-{i}") for i in range(writers)]
+        self.statements = 0
+
+    async def write(self, customers: list[dict[str, Any]], observed_at: datetime) -> set[str]:
+        future: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((customers, observed_at, future))
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            rows = len(batch[0][0])
+            while rows < self.max_rows and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                rows += len(item[0])
+            try:
+                customers = [c for page, _, _ in batch for c in page]
+                observed_at = min(o for _, o, _ in batch)
+                async with self.ctx.pool.acquire() as conn, conn.transaction():
+                    # A cached generic plan is built on the statistics of the (empty) tables a backfill starts
+                    # with and would scan whole membership tables per page as they fill: plan each batch afresh.
+                    # Asynchronous commit: no WAL flush per page. Safe for the checkpoint: the run's checkpoint update
+                    # is a synchronous commit, which flushes the WAL up to and including these pages first.
+                    await conn.execute(
+                        "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL synchronous_commit = off")
+                    written = await store.upsert_customers(conn, self.merchant_id, customers, observed_at)
+                self.statements += 1
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for page, _, future in batch:
+                if not future.done():
+                    future.set_result({c["id"] for c in page} & written)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Listing:
+    """Fetch every partition, ``concurrency`` at a time, writing each page as it arrives."""
+
+    def __init__(self, ctx: SyncContext, merchant_id: str, run: runs.Run, planner: Planner, *, concurrency: int,
+                 progress: Progress, checkpoint: Callable[[], dict[str, Any]]) -> None:
+        self.ctx = ctx
+        self.merchant_id = merchant_id
+        self.run = run
+        self.planner = planner
+        self.concurrency = max(1, concurrency)
+        self.progress = progress
+        self._checkpoint = checkpoint
+
+    async def execute(self) -> None:
+        self.writer = PageWriter(self.ctx, self.merchant_id, writers=max(2, min(4, self.concurrency // 2)))
+        tasks = [asyncio.create_task(self._worker(), name=f"backfill-partition-{i}") for i in range(self.concurrency)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            await self.writer.close()
+            self.run.counts["write_statements"] = self.run.counts.get("write_statements", 0) + self.writer.statements
+            await self.run.flush(checkpoint=self._checkpoint())
+
+    async def _worker(self) -> None:
+        while True:
+            part = self.planner.take()
+            if part is None:
+                return
+            try:
+                await self._fetch(part)
+            finally:
+                part.active = False
+
+    async def _fetch(self, part: Partition) -> None:
+        """Page through one partition. The write of a page overlaps the request for the next one; the partition's
+        position (its checkpoint) moves only once that write committed."""
+        client, mid = self.ctx.client, self.merchant_id
+        pending: tuple[asyncio.Task[set[str]], list[dict[str, Any]], float] | None = None
+
+        async def settle() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            task, customers, queued = pending
+            pending = None
+            written = await task
+            unique = len({c["id"] for c in customers})
+            self.run.add(pages=1, listed=len(customers), upserted=len(written), stale_skipped=unique - len(written),
+                         write_ms=round((time.perf_counter() - queued) * 1000))
+            part.advance(created_ms(customers[-1]), len(customers))
+            self.progress.advance(len(customers), pages=self.run.counts["pages"])
+
+        cursor: str | None = None
+        body = search_body(part)
+        try:
+            while True:
+                if part.restart:  # the planner split this partition: continue from pos with the narrower range
+                    await settle()
+                    part.restart = False
+                    cursor, body = None, search_body(part)
+                if not cursor and part.pos is not None and part.end is not None and part.pos >= part.end:
+                    await settle()
+                    part.done = True  # already read past the (narrowed) end
+                    return
+                request = dict(body)
+                if cursor:
+                    request["cursor"] = cursor
+                observed_at = utcnow()  # taken before the request: the page is at least this fresh
+                began = time.perf_counter()
+                try:
+                    page = await client.search_customers(mid, request)
+                except SquareInvalidRequest as exc:
+                    if cursor and "INVALID_CURSOR" in exc.codes:
+                        self.run.add(cursor_restarts=1)
+                        log.info("backfill_cursor_expired", merchant_id=mid, partition=part.describe())
+                        await settle()
+                        cursor, body = None, search_body(part)
+                        continue
+                    raise
+                self.run.add(fetch_ms=round((time.perf_counter() - began) * 1000))
+                await settle()  # the previous page is committed before this one is queued
+                customers = [c for c in page.get("customers") or []
+                             if isinstance(c, dict) and isinstance(c.get("id"), str)]
+                if customers:
+                    task = asyncio.create_task(self.writer.write(customers, observed_at))
+                    pending = (task, customers, time.perf_counter())
+                else:
+                    self.run.add(pages=1)
+                cursor = page.get("cursor") or None
+                if not cursor:
+                    await settle()
+                    part.done = True  # a finished partition is checkpointed at once: a resumed run never redoes it
+                    await self.run.flush(checkpoint=self._checkpoint())
+                    return
+                await self.run.flush(checkpoint=self._checkpoint(), force=False)
+        finally:
+            if pending is not None and not pending[0].done():
+                pending[0].cancel()
+
+
+async def probe(ctx: SyncContext, merchant_id: str, run: runs.Run) -> tuple[int | None, int | None, int | None]:
+    """(first created_at ms, last created_at ms, count) of the listable customers, in two requests."""
+    sort = {"field": "CREATED_AT", "order": "ASC"}
+    first = await ctx.client.search_customers(merchant_id, {"limit": 1, "count": True, "query": {"sort": sort}})
+    last = await ctx.client.search_customers(
+        merchant_id, {"limit": 1, "query": {"sort": {"field": "CREATED_AT", "order": "DESC"}}})
+    run.add(pages=2)
+    total = first.get("count")
+    firsts, lasts = first.get("customers") or [], last.get("customers") or []
+    if not firsts or not lasts:
+        return None, None, int(total) if isinstance(total, int) else 0
+    return created_ms(firsts[0]), created_ms(lasts[0]), int(total) if isinstance(total, int) else None
+
+
+# -- inference ------------------------------------------------------------------------------------------------
+
+async def infer_deletions(ctx: SyncContext, merchant_id: str, run: runs.Run, listing_started_at: datetime, *,
+                          concurrency: int, after: str = "",
+                          on_batch: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """Check by ID every live mirror row the listing did not observe: tombstone, merge or keep."""
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+
+    async def check(ids: Sequence[str]) -> None:
+        async with semaphore:
+            result = await sync_customers(ctx, merchant_id, ids)
+        outcomes = list(result.outcomes.values())
+        run.add(checked=len(ids), tombstoned=outcomes.count(Outcome.DELETED), merges=outcomes.count(Outcome.MERGED),
+                kept=outcomes.count(Outcome.APPLIED) + outcomes.count(Outcome.STALE), retrieve_calls=result.api_calls)
+
+    while True:
+        rows = await ctx.pool.fetch(
+            "SELECT id FROM square.customers WHERE merchant_id = $1 AND deleted_at IS NULL AND observed_at < $2"
+            " AND id > $3 ORDER BY id LIMIT $4",
+            merchant_id, listing_started_at, after, INFERENCE_BATCH,
+        )
+        if not rows:
+            return
+        ids = [r["id"] for r in rows]
+        chunks = [ids[i:i + BULK_RETRIEVE_LIMIT] for i in range(0, len(ids), BULK_RETRIEVE_LIMIT)]
+        await asyncio.gather(*(check(chunk) for chunk in chunks))
+        after = ids[-1]
+        if on_batch is not None:
+            await on_batch(after)
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+async def backfill(
+    ctx: SyncContext,
+    merchant_id: str,
+    *,
+    full: bool = False,
+    concurrency: int = 8,
+    kind: str = BACKFILL,
+    reporter: ProgressFactory | None = None,
+    log_every: float = 10.0,
+) -> runs.Run:
+    """One complete backfill (or sweep) of one merchant, recorded in ``sync_runs``; resumes an unfinished one.
+
+    ``full`` ignores any checkpoint and starts a new complete listing. Square errors end the run with the
+    status :func:`worker.runs.status_for` gives (the run is returned, the error is not raised); cancellation
+    records ``interrupted`` and propagates. Raises :class:`worker.runs.RunBusy` if the same run is in progress.
+    """
+    async with runs.exclusive(ctx.pool, merchant_id, kind):
+        previous = None if full else await runs.resumable_checkpoint(ctx.pool, merchant_id, kind)
+        checkpoint: dict[str, Any] = {}
+        if previous is not None and previous[1].get("v") == CHECKPOINT_VERSION:
+            checkpoint = dict(previous[1])
+            checkpoint["resumed_from"] = previous[0]
+        await store.ensure_merchant(ctx.pool, merchant_id)
+        run = await runs.start_run(ctx.pool, merchant_id, kind, checkpoint)
+        requests_before = ctx.client.requests_made
+        bar = reporter(f"{kind} {merchant_id}", merchant_id) if reporter is not None else None
+        progress = Progress(label=kind, merchant_id=merchant_id, reporter=bar, log_every=log_every)
+        try:
+            await _run_phases(ctx, merchant_id, run, checkpoint, concurrency=concurrency, progress=progress)
+        except Exception as exc:
+            if isinstance(exc, SquareUnauthorized):
+                await store.set_merchant_auth(ctx.pool, merchant_id, ok=False, error=str(exc))
+            run.add(errors=1)
+            run.counts["square_requests"] = ctx.client.requests_made - requests_before
+            status = runs.status_for(exc, run.counts)
+            log.error("run_failed", merchant_id=merchant_id, kind=kind, run_id=run.run_id, status=status,
+                      error=str(exc), error_type=type(exc).__name__)
+            await run.finish(status, error=f"{type(exc).__name__}: {exc}"[:2000])
+            return run
+        except BaseException as exc:
+            run.counts["square_requests"] = ctx.client.requests_made - requests_before
+            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
+            raise
+        finally:
+            progress.close()
+            progress.log_line(f"{kind}_progress_final")
+            run.counts["square_requests"] = ctx.client.requests_made - requests_before
+        await run.finish(runs.status_for(None, run.counts))
+        return run
+
+
+async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpoint: dict[str, Any], *,
+                      concurrency: int, progress: Progress) -> None:
+    checkpoint.setdefault("v", CHECKPOINT_VERSION)
+    checkpoint["phase"] = checkpoint.get("phase") or "definitions"
+    await sync_definitions(ctx, merchant_id, run)
+
+    if checkpoint["phase"] in ("definitions", "customers"):
+        if "listing_started_at" not in checkpoint:
+            checkpoint["listing_started_at"] = iso(utcnow())
+        checkpoint["phase"] = "customers"
+        if "partitions" in checkpoint:
+            planner = Planner.from_checkpoint(checkpoint["partitions"], checkpoint.get("bounds"))
+            log.info("backfill_resumed", merchant_id=merchant_id, run_id=run.run_id,
+                     resumed_from=checkpoint.get("resumed_from"), remaining=planner.remaining())
+        else:
+            lo, hi, total = await probe(ctx, merchant_id, run)
+            checkpoint["total"] = total
+            planner = Planner(plan_partitions(lo, hi, total, concurrency), (lo, hi))
+        progress.set_total(checkpoint.get("total"))
+
+        def snapshot() -> dict[str, Any]:
+            checkpoint["partitions"] = planner.to_checkpoint()
+            checkpoint["bounds"] = list(planner.bounds) if planner.bounds else None
+            return checkpoint
+
+        await run.flush(checkpoint=snapshot())
+        listing = Listing(ctx, merchant_id, run, planner, concurrency=concurrency, progress=progress,
+                          checkpoint=snapshot)
+        await listing.execute()
+        if not planner.complete():
+            raise RuntimeError("listing ended with unfinished partitions")
+        checkpoint["phase"] = "inference"
+        checkpoint.setdefault("inference_after", "")
+        await run.flush(checkpoint=checkpoint)
+
+    if checkpoint["phase"] == "inference":
+        started = datetime.fromisoformat(checkpoint["listing_started_at"])
+
+        async def saved(after: str) -> None:
+            checkpoint["inference_after"] = after
+            await run.flush(checkpoint=checkpoint, force=False)
+
+        await infer_deletions(ctx, merchant_id, run, started, concurrency=concurrency,
+                              after=checkpoint.get("inference_after", ""), on_batch=saved)
+        checkpoint["phase"] = "done"
+        await run.flush(checkpoint=checkpoint)
+    await store.set_merchant_auth(ctx.pool, merchant_id, ok=True)
+
+
+def summarize(run: runs.Run) -> Mapping[str, Any]:
+    return {"merchant_id": run.merchant_id, "kind": run.kind, "run_id": run.run_id, "status": run.status,
+            "counts": run.counts, "error": run.error}
+
+
+__all__ = ["BACKFILL", "SWEEP", "SquareError", "backfill", "infer_deletions", "summarize", "sync_definitions"]

@@ -1,0 +1,67 @@
+"""`square-mirror backfill [--merchant ID | --all] [--full]`: a complete, resumable backfill per merchant."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import orjson
+
+from square_mirror.settings import Settings
+from square_mirror.square_api import SquareError
+from worker import runs
+from worker.backfill import BACKFILL, backfill, summarize
+from worker.backfill_runtime import cancellable, open_runtime, resolve_merchants, setup_logging
+from worker.progress import terminal_reporter
+
+HELP = (
+    "Copy every group, segment and customer of each merchant into the mirror, then infer deletes and merges "
+    "(mirror rows the listing did not return are checked by ID). Partitions are fetched concurrently "
+    "(BACKFILL_CONCURRENCY) within the shared rate limit. A killed or failed backfill resumes from its last "
+    "checkpoint; --full starts over. Each merchant gets its own run in square.sync_runs; the exit status is "
+    "non-zero when any merchant's run did not succeed."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--merchant", metavar="ID", help="only this merchant")
+    who.add_argument("--all", action="store_true",
+                     help="every merchant known (tokens file, SQUARE_MERCHANT_ID, the mirror); the default")
+    parser.add_argument("--full", action="store_true", help="ignore any checkpoint and start a new listing")
+    parser.add_argument("--concurrency", type=int, default=None, help="partitions fetched at once "
+                        "(default BACKFILL_CONCURRENCY)")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    setup_logging(settings)
+    return await cancellable(_run(settings, args))
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    concurrency = args.concurrency or settings.backfill_concurrency
+    reporter = None if args.no_progress else (lambda label, _mid: terminal_reporter(label))
+    failures = 0
+    async with open_runtime(settings, concurrency=concurrency) as rt:
+        try:
+            merchants = await resolve_merchants(rt, args.merchant)
+        except SquareError as exc:
+            print(f"square-mirror: error: cannot find the merchant of SQUARE_ACCESS_TOKEN: {exc}", file=sys.stderr)
+            return 2
+        for merchant_id in merchants:
+            try:
+                result = await backfill(rt.sync, merchant_id, full=args.full, concurrency=concurrency,
+                                        kind=BACKFILL, reporter=reporter)
+                summary = dict(summarize(result))
+            except runs.RunBusy as exc:
+                summary = {"merchant_id": merchant_id, "kind": BACKFILL, "status": "busy", "error": str(exc)}
+            except asyncio.CancelledError:
+                print(orjson.dumps({"merchant_id": merchant_id, "status": runs.INTERRUPTED}).decode(), flush=True)
+                return 130
+            if summary["status"] != runs.SUCCEEDED:
+                failures += 1
+            print(orjson.dumps(summary).decode(), file=sys.stdout, flush=True)
+    return 1 if failures else 0

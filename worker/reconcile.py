@@ -1,0 +1,392 @@
+"""Reconcile lanes: what heals the mirror when webhooks cannot (or did not) tell.
+
+Each lane runs for one merchant as one run in ``sync_runs`` (kind ``reconcile:<lane>``) under the same
+per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.store` / :mod:`worker.sync`:
+
+- ``incremental``: SearchCustomers on ``updated_at >= watermark - overlap``; an ``INVALID_CURSOR`` restarts the
+  window; the watermark moves (to when the window began) only after a complete window.
+- ``segments``: every segment's members through SearchCustomers ``segment_ids any [segment]``, diffed into the
+  mirror (segment changes fire no webhook and bump no version: this is the only way they are ever seen).
+- ``groups``: ListCustomerGroups, then each group's members through SearchCustomers ``group_ids any [group]``;
+  customers whose membership differs are re-fetched by ID.
+- ``events``: SearchEvents from the last processed event time (at most 28 days back), each event queued for
+  the event worker exactly like a webhook (job ID = event ID, so duplicates collapse; the worker deduplicates
+  by event ID in ``webhook_events``): a receiver outage or a lost Redis queue heals itself.
+- ``sweep``: a full listing plus deletion/merge inference (:func:`worker.backfill.backfill` of kind ``sweep``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.jobs import InvalidEnvelope, build_event_job
+from square_mirror.logs import get_logger
+from square_mirror.square_api import (
+    CUSTOMERS_PAGE_LIMIT,
+    EVENTS_PAGE_LIMIT,
+    SquareClient,
+    SquareInvalidRequest,
+    SquareUnauthorized,
+)
+from worker import runs, store
+from worker.backfill import SWEEP, backfill, list_all, sync_definitions
+from worker.partition import created_ms, rfc3339_ms
+from worker.sync import Outcome, SyncContext, sync_customers, sync_missing_definitions, utcnow
+
+log = get_logger(__name__)
+
+LANES: Final = ("incremental", "segments", "groups", "events", "sweep")
+EVENTS_RETENTION: Final = timedelta(days=28)
+EVENTS_RETENTION_MARGIN: Final = timedelta(minutes=10)
+MAX_WINDOW_RESTARTS: Final = 5
+DEFINITION_CONCURRENCY: Final = 4
+
+
+def rfc3339(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    dt = datetime.fromisoformat(value)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _sync(ctx: Mapping[str, Any]) -> SyncContext:
+    sync = ctx.get("sync")
+    if isinstance(sync, SyncContext):
+        return sync
+    return SyncContext(ctx["pool"], ctx["client"])
+
+
+def _overlap(ctx: Mapping[str, Any]) -> timedelta:
+    settings = ctx.get("settings")
+    seconds = getattr(settings, "reconcile_overlap_seconds", 120.0)
+    return timedelta(seconds=float(seconds))
+
+
+async def search_all(sync: SyncContext, merchant_id: str, body: Mapping[str, Any], run: runs.Run,
+                     on_page: Callable[[list[dict[str, Any]], datetime], Awaitable[None]]) -> None:
+    """Every page of one SearchCustomers query sorted by ``CREATED_AT ASC``.
+
+    An expired cursor (``INVALID_CURSOR``) restarts the same query narrowed to ``created_at`` from the last
+    customer already handled (one millisecond earlier, inclusive-safe), so long windows still finish when
+    cursors expire quickly; five restarts in a row without a new page end the run as failed.
+    """
+    query = dict(body.get("query") or {})
+    cursor: str | None = None
+    stalled = 0
+    last_created: int | None = None
+    request_body = dict(body)
+    while True:
+        request = dict(request_body)
+        if cursor:
+            request["cursor"] = cursor
+        observed_at = utcnow()
+        try:
+            page = await sync.client.search_customers(merchant_id, request)
+        except SquareInvalidRequest as exc:
+            if cursor and "INVALID_CURSOR" in exc.codes and stalled < MAX_WINDOW_RESTARTS:
+                stalled += 1
+                run.add(cursor_restarts=1)
+                cursor = None
+                if last_created is not None:
+                    flt = dict(query.get("filter") or {})
+                    flt["created_at"] = {"start_at": rfc3339_ms(last_created - 1)}
+                    request_body = {**body, "query": {**query, "filter": flt}}
+                continue
+            raise
+        stalled = 0
+        run.add(pages=1)
+        customers = [c for c in page.get("customers") or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
+        await on_page(customers, observed_at)
+        if customers and customers[-1].get("created_at"):
+            last_created = created_ms(customers[-1])
+        cursor = page.get("cursor") or None
+        if not cursor:
+            return
+
+
+# -- incremental --------------------------------------------------------------------------------------------
+
+async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    """One window of changes. A window cut short (time slice, crash, rate limit) is resumed by the next run from
+    its last committed page (the same ``updated_at`` window narrowed by ``created_at``), so the watermark only
+    moves once a whole window is in the mirror."""
+    sync = _sync(ctx)
+    previous = await runs.resumable_checkpoint(sync.pool, merchant_id, run.kind)
+    if previous is not None and previous[1].get("phase") == "window":
+        state = dict(previous[1])
+        state["resumed_from"] = previous[0]
+    else:
+        watermark = await runs.get_watermark(sync.pool, merchant_id, "incremental")
+        if watermark is None:
+            watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
+        state = {"phase": "window", "window_began": rfc3339(utcnow()),
+                 "window_start": rfc3339(watermark - _overlap(ctx)) if watermark is not None else None}
+    query: dict[str, Any] = {"sort": {"field": "CREATED_AT", "order": "ASC"}}
+    flt: dict[str, Any] = {}
+    if state.get("window_start"):
+        flt["updated_at"] = {"start_at": state["window_start"]}
+    if state.get("after_ms") is not None:
+        flt["created_at"] = {"start_at": rfc3339_ms(int(state["after_ms"]) - 1)}
+    if flt:
+        query["filter"] = flt
+    await run.flush(checkpoint=state)
+
+    async def write(customers: list[dict[str, Any]], observed_at: datetime) -> None:
+        if not customers:
+            return
+        async with sync.pool.acquire() as conn, conn.transaction():
+            written = await store.upsert_customers(conn, merchant_id, customers, observed_at)
+        run.add(listed=len(customers), upserted=len(written),
+                stale_skipped=len({c["id"] for c in customers}) - len(written))
+        await sync_missing_definitions(sync, merchant_id, customers)
+        state["after_ms"] = created_ms(customers[-1])
+        await run.flush(checkpoint=state, force=False)
+
+    await search_all(sync, merchant_id, {"limit": CUSTOMERS_PAGE_LIMIT, "query": query}, run, write)
+    await runs.set_watermark(sync.pool, merchant_id, "incremental", parse_time(state["window_began"]))
+    state["phase"] = "done"
+    state["watermark"] = state["window_began"]
+    run.checkpoint = state
+
+
+# -- segments and groups -------------------------------------------------------------------------------
+
+async def _resume_done(sync: SyncContext, merchant_id: str, run: runs.Run, phase: str) -> set[str]:
+    """Definitions already reconciled by an unfinished previous run of this lane (they are skipped)."""
+    previous = await runs.resumable_checkpoint(sync.pool, merchant_id, run.kind)
+    done: set[str] = set()
+    if previous is not None and previous[1].get("phase") == phase:
+        done = set(previous[1].get("done") or [])
+        run.checkpoint["resumed_from"] = previous[0]
+    run.checkpoint.update(phase=phase, done=sorted(done))
+    return done
+
+
+async def _members(sync: SyncContext, merchant_id: str, run: runs.Run, field: str, definition_id: str) -> set[str]:
+    members: set[str] = set()
+
+    async def collect(customers: list[dict[str, Any]], _observed: datetime) -> None:
+        members.update(c["id"] for c in customers)
+
+    body = {"limit": CUSTOMERS_PAGE_LIMIT,
+            "query": {"filter": {field: {"any": [definition_id]}}, "sort": {"field": "CREATED_AT", "order": "ASC"}}}
+    await search_all(sync, merchant_id, body, run, collect)
+    return members
+
+
+async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    sync = _sync(ctx)
+    done = await _resume_done(sync, merchant_id, run, "segments")
+    listed = await sync_definitions(sync, merchant_id, run)
+    semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
+
+    async def one(segment_id: str) -> None:
+        async with semaphore:
+            began = utcnow()
+            try:
+                members = await _members(sync, merchant_id, run, "segment_ids", segment_id)
+            except SquareInvalidRequest as exc:
+                if "BAD_REQUEST" in exc.codes:  # the segment disappeared since it was listed
+                    run.add(segments_vanished=1)
+                    return
+                raise
+            async with sync.pool.acquire() as conn, conn.transaction():
+                diff = await store.replace_segment_members(conn, merchant_id, segment_id, sorted(members), began)
+                # The diff skips customers written since `began` (fresher state wins), which includes customers
+                # whose membership of another segment this lane changed a moment ago. Whatever still differs is
+                # re-fetched by ID below, so Square's answer decides instead of waiting for the next run.
+                rows = await conn.fetch(
+                    "SELECT m.customer_id FROM square.customer_segment_members m JOIN square.customers c"
+                    " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
+                    " WHERE m.merchant_id = $1 AND m.segment_id = $2", merchant_id, segment_id)
+            run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
+            stale = members ^ {r["customer_id"] for r in rows}
+            refetch = sorted(stale | set(diff.unknown))
+            for start in range(0, len(refetch), 100):
+                result = await sync_customers(sync, merchant_id, refetch[start:start + 100])
+                outcomes = list(result.outcomes.values())
+                run.add(refetched=len(refetch[start:start + 100]), upserted=outcomes.count(Outcome.APPLIED),
+                        tombstoned=outcomes.count(Outcome.DELETED), merges=outcomes.count(Outcome.MERGED))
+            done.add(segment_id)
+            run.checkpoint["done"] = sorted(done)
+            await run.flush(force=False)
+
+    await asyncio.gather(*(one(sid) for sid in listed["segments"] if sid not in done))
+    run.checkpoint["phase"] = "done"
+
+
+async def groups(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    sync = _sync(ctx)
+    done = await _resume_done(sync, merchant_id, run, "groups")
+    listed = await sync_definitions(sync, merchant_id, run)
+    semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
+
+    async def one(group_id: str) -> None:
+        async with semaphore:
+            members = await _members(sync, merchant_id, run, "group_ids", group_id)
+            rows = await sync.pool.fetch(
+                "SELECT m.customer_id FROM square.customer_group_members m JOIN square.customers c"
+                " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
+                " WHERE m.merchant_id = $1 AND m.group_id = $2",
+                merchant_id, group_id,
+            )
+            differ = sorted(members ^ {r["customer_id"] for r in rows})
+            run.add(group_membership_differences=len(differ))
+            for start in range(0, len(differ), 100):  # re-fetched by ID: Square's answer decides
+                result = await sync_customers(sync, merchant_id, differ[start:start + 100])
+                outcomes = list(result.outcomes.values())
+                run.add(upserted=outcomes.count(Outcome.APPLIED), tombstoned=outcomes.count(Outcome.DELETED),
+                        merges=outcomes.count(Outcome.MERGED))
+            done.add(group_id)
+            run.checkpoint["done"] = sorted(done)
+            await run.flush(force=False)
+
+    await asyncio.gather(*(one(gid) for gid in listed["groups"] if gid not in done))
+    run.checkpoint["phase"] = "done"
+
+
+# -- events replay ------------------------------------------------------------------------------------------
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[bool]]
+
+
+async def _event_handler(ctx: Mapping[str, Any], merchant_id: str) -> tuple[EventHandler, str]:
+    """How replayed events reach the event worker: through arq exactly as the receiver queues them (inside the
+    worker, or from the CLI when REDIS_URL is set), else applied here by ID (no worker, no Redis)."""
+    arq_redis = ctx.get("arq_redis") or ctx.get("redis")
+    if arq_redis is not None and hasattr(arq_redis, "enqueue_job"):
+        async def enqueue(payload: dict[str, Any]) -> bool:
+            job = await arq_redis.enqueue_job(PROCESS_EVENT_JOB, payload, _job_id=payload["event_id"],
+                                              _queue_name=QUEUE_NAME)
+            return job is not None
+
+        return enqueue, "arq"
+    sync = _sync(ctx)
+
+    async def by_id(payload: dict[str, Any]) -> bool:
+        """Without a worker: apply the merge lineage, then bring every named customer in line by ID."""
+        ids = [payload["customer_id"]] if payload.get("customer_id") else []
+        merge = (payload.get("event_context") or {}).get("merge")
+        if isinstance(merge, dict) and isinstance(merge.get("to_customer_id"), str):
+            sources = [s for s in merge.get("from_customer_ids") or [] if isinstance(s, str)]
+            merged_at = parse_time(payload["created_at"]) if payload.get("created_at") else utcnow()
+            async with sync.pool.acquire() as conn, conn.transaction():
+                await store.apply_merge(conn, merchant_id, sources, merge["to_customer_id"], merged_at,
+                                        source="events_api", event_id=payload["event_id"])
+            ids.append(merge["to_customer_id"])
+        if ids:
+            await sync_customers(sync, merchant_id, ids)
+        return True
+
+    return by_id, "by_id"
+
+
+async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    sync = _sync(ctx)
+    now = utcnow()
+    oldest = now - EVENTS_RETENTION + EVENTS_RETENTION_MARGIN
+    watermark = await runs.get_watermark(sync.pool, merchant_id, "events")
+    if watermark is None:  # events older than a completed listing are already reflected in the mirror
+        watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
+    start = max(oldest, watermark - _overlap(ctx)) if watermark is not None else oldest
+    handle, how = await _event_handler(ctx, merchant_id)
+    run.checkpoint.update(window_start=rfc3339(start), delivery=how)
+    # The Events API takes personal access tokens only: a refusal here says nothing about the token's use for
+    # the Customers API, so this lane's client does not report it (the merchant is not marked unauthorized).
+    events_client = SquareClient(base_url=sync.client.base_url, version=sync.client.version,
+                                 tokens=sync.client.tokens, rate_limiter=sync.client.rate_limiter,
+                                 retry=sync.client.retry, session=sync.client._http())
+    query = {"filter": {"event_types": sorted(CUSTOMER_EVENT_TYPES), "merchant_ids": [merchant_id],
+                        "created_at": {"start_at": rfc3339(start)}},
+             "sort": {"field": "DEFAULT", "order": "ASC"}}
+    cursor: str | None = None
+    newest: datetime | None = None
+    restarts = 0
+    while True:
+        body: dict[str, Any] = {"limit": EVENTS_PAGE_LIMIT, "query": query}
+        if cursor:
+            body["cursor"] = cursor
+        try:
+            page = await events_client.search_events(merchant_id, body)
+        except SquareUnauthorized as exc:
+            raise SquareUnauthorized(f"{exc} (SearchEvents needs a personal access token, not an OAuth token)",
+                                     merchant_id=merchant_id, status=exc.status, errors=exc.errors,
+                                     endpoint=exc.endpoint) from None
+        except SquareInvalidRequest as exc:
+            if cursor and "INVALID_CURSOR" in exc.codes and restarts < MAX_WINDOW_RESTARTS:
+                restarts += 1
+                run.add(cursor_restarts=1)
+                cursor = None
+                continue
+            raise
+        run.add(pages=1)
+        for event in page.get("events") or []:
+            if not isinstance(event, dict) or event.get("type") not in CUSTOMER_EVENT_TYPES:
+                continue
+            try:
+                payload = build_event_job(event, received_at=rfc3339(utcnow()), source="events_api")
+            except InvalidEnvelope as exc:
+                run.add(errors=1)
+                log.warning("replayed_event_invalid", merchant_id=merchant_id, error=str(exc))
+                continue
+            queued = await handle(payload)
+            run.add(events=1, events_queued=int(queued))
+            if payload.get("created_at"):
+                created = parse_time(payload["created_at"])
+                newest = created if newest is None or created > newest else newest
+        if newest is not None:  # events come oldest first: everything up to here was handed over
+            await runs.set_watermark(sync.pool, merchant_id, "events", newest)
+        await run.flush(force=False)
+        cursor = page.get("cursor") or None
+        if not cursor:
+            break
+    # The whole window was handed over: next time start from the newest event seen (or from now - overlap).
+    await runs.set_watermark(sync.pool, merchant_id, "events", newest or now)
+
+
+# -- running a lane -----------------------------------------------------------------------------------------
+
+Lane = Callable[[Mapping[str, Any], str, runs.Run], Awaitable[None]]
+LANE_FUNCTIONS: Final[dict[str, Lane]] = {
+    "incremental": incremental,
+    "segments": segments,
+    "groups": groups,
+    "events": events,
+}
+
+
+async def run_lane(ctx: Mapping[str, Any], merchant_id: str, lane: str) -> runs.Run:
+    """One lane for one merchant as one recorded run; Square errors end the run (recorded), not the caller."""
+    sync = _sync(ctx)
+    if lane == "sweep":
+        settings = ctx.get("settings")
+        return await backfill(sync, merchant_id, kind=SWEEP,
+                              concurrency=int(getattr(settings, "backfill_concurrency", 8)))
+    function = LANE_FUNCTIONS[lane]
+    kind = f"reconcile:{lane}"
+    async with runs.exclusive(sync.pool, merchant_id, kind):
+        await store.ensure_merchant(sync.pool, merchant_id)
+        run = await runs.start_run(sync.pool, merchant_id, kind)
+        try:
+            await function(ctx, merchant_id, run)
+        except Exception as exc:
+            if isinstance(exc, SquareUnauthorized) and lane != "events":
+                await store.set_merchant_auth(sync.pool, merchant_id, ok=False, error=str(exc))
+            run.add(errors=1)
+            log.error("lane_failed", merchant_id=merchant_id, lane=lane, error=str(exc), error_type=type(exc).__name__)
+            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: {exc}"[:2000])
+            return run
+        except BaseException as exc:
+            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
+            raise
+        await run.finish(runs.status_for(None, run.counts))
+        return run
+
+
+__all__ = ["LANES", "list_all", "run_lane"]

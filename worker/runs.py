@@ -1,0 +1,208 @@
+"""Run bookkeeping: every backfill and reconcile run in ``square.sync_runs``, lane watermarks in ``sync_state``.
+
+A run starts as ``running`` and ends as exactly one of ``succeeded``, ``partial``, ``failed`` or
+``interrupted``. Only :meth:`Run.finish` writes a final status, and :func:`status_for` is the one rule that maps
+how a run ended to its status, so a run that raised, was cancelled or was rate-limited is never ``succeeded``.
+
+One run per (merchant, kind) at a time: :func:`exclusive` holds a Postgres advisory lock on its own connection
+for the whole run. A process that dies (even by SIGKILL) drops its connection and with it the lock, so the
+next run that takes the lock knows that any row still ``running`` is dead and marks it ``interrupted``; its
+checkpoint is what a resumed backfill continues from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from square_mirror.logs import get_logger
+from square_mirror.square_api import SquareRateLimited, SquareUnauthorized, SquareUnavailable
+from worker.metrics import SYNC_RUNS
+
+log = get_logger(__name__)
+
+SUCCEEDED: Final = "succeeded"
+PARTIAL: Final = "partial"
+FAILED: Final = "failed"
+INTERRUPTED: Final = "interrupted"
+RUNNING: Final = "running"
+FINAL_STATUSES: Final = frozenset({SUCCEEDED, PARTIAL, FAILED, INTERRUPTED})
+COUNT_KEYS: Final = ("pages", "upserted", "stale_skipped", "tombstoned", "merges", "errors")
+
+
+class RunBusy(RuntimeError):
+    """Another process is running the same kind of run for this merchant."""
+
+
+def status_for(exc: BaseException | None, counts: Mapping[str, int]) -> str:
+    """How a run ended -> its final status. The only place this rule lives."""
+    if exc is None:
+        return PARTIAL if counts.get("errors", 0) else SUCCEEDED
+    if isinstance(exc, BaseException) and not isinstance(exc, Exception):  # CancelledError, KeyboardInterrupt
+        return INTERRUPTED
+    if isinstance(exc, SquareUnauthorized):
+        return FAILED
+    if isinstance(exc, SquareRateLimited | SquareUnavailable):
+        # Progress was committed (and checkpointed); the run is resumable but not complete.
+        return PARTIAL if counts.get("pages", 0) else FAILED
+    return FAILED
+
+
+@dataclass
+class Run:
+    pool: asyncpg.Pool
+    merchant_id: str
+    kind: str
+    run_id: int
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    status: str = RUNNING
+    error: str | None = None
+    _last_flush: float = 0.0
+
+    def add(self, **counts: int) -> None:
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + int(value)
+
+    async def flush(self, *, checkpoint: Mapping[str, Any] | None = None, force: bool = True,
+                    every: float = 2.0) -> None:
+        """Write counts (and the checkpoint, when given) plus a heartbeat; cheap to call after every page."""
+        if checkpoint is not None:
+            self.checkpoint = dict(checkpoint)
+        now = time.monotonic()
+        if not force and now - self._last_flush < every:
+            return
+        self._last_flush = now
+        await self.pool.execute(
+            "UPDATE square.sync_runs SET counts = $3::jsonb, checkpoint = $4::jsonb, heartbeat_at = now()"
+            " WHERE merchant_id = $1 AND run_id = $2",
+            self.merchant_id, self.run_id, self.counts, self.checkpoint,
+        )
+
+    async def finish(self, status: str, error: str | None = None) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"not a final status: {status}")
+        self.status, self.error = status, error
+        await self.pool.execute(
+            "UPDATE square.sync_runs SET status = $3, finished_at = now(), heartbeat_at = now(),"
+            " counts = $4::jsonb, checkpoint = $5::jsonb, error = $6"
+            " WHERE merchant_id = $1 AND run_id = $2",
+            self.merchant_id, self.run_id, status, self.counts, self.checkpoint, error,
+        )
+        SYNC_RUNS.labels(self.kind, status).inc()
+        log.info("run_finished", merchant_id=self.merchant_id, kind=self.kind, run_id=self.run_id, status=status,
+                 counts=self.counts, error=error)
+
+
+async def start_run(pool: asyncpg.Pool, merchant_id: str, kind: str,
+                    checkpoint: Mapping[str, Any] | None = None) -> Run:
+    run_id = await pool.fetchval(
+        "INSERT INTO square.sync_runs (merchant_id, kind, checkpoint) VALUES ($1, $2, $3::jsonb) RETURNING run_id",
+        merchant_id, kind, dict(checkpoint or {}),
+    )
+    run = Run(pool, merchant_id, kind, int(run_id), checkpoint=dict(checkpoint or {}))
+    run._last_flush = time.monotonic()
+    log.info("run_started", merchant_id=merchant_id, kind=kind, run_id=run.run_id)
+    return run
+
+
+def _lock_key(merchant_id: str, kind: str) -> str:
+    return f"square-mirror:run:{kind}:{merchant_id}"
+
+
+@asynccontextmanager
+async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str) -> AsyncIterator[None]:
+    """Hold the (merchant, kind) run lock; raise :class:`RunBusy` if another process holds it.
+
+    Rows of that kind still ``running`` once the lock is ours belong to dead processes: they become
+    ``interrupted`` (their checkpoints stay, for resuming).
+    """
+    conn = await pool.acquire()
+    try:
+        got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _lock_key(merchant_id, kind))
+        if not got:
+            raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
+        try:
+            dead = await conn.fetch(
+                "UPDATE square.sync_runs SET status = 'interrupted', finished_at = now(),"
+                " error = COALESCE(error, 'process ended without finishing the run')"
+                " WHERE merchant_id = $1 AND kind = $2 AND status = 'running' RETURNING run_id",
+                merchant_id, kind,
+            )
+            if dead:
+                log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
+                            run_ids=[r["run_id"] for r in dead])
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", _lock_key(merchant_id, kind))
+    finally:
+        await pool.release(conn)
+
+
+async def resumable_checkpoint(pool: asyncpg.Pool, merchant_id: str, kind: str) -> tuple[int, dict[str, Any]] | None:
+    """(run_id, checkpoint) of the newest unfinished run of this kind, unless a later run succeeded."""
+    row = await pool.fetchrow(
+        "SELECT run_id, status, checkpoint FROM square.sync_runs WHERE merchant_id = $1 AND kind = $2"
+        " AND status <> 'running' ORDER BY run_id DESC LIMIT 1",
+        merchant_id, kind,
+    )
+    if row is None or row["status"] == SUCCEEDED or not row["checkpoint"]:
+        return None
+    checkpoint = row["checkpoint"]
+    if not isinstance(checkpoint, dict) or checkpoint.get("phase") in (None, "done"):
+        return None
+    return int(row["run_id"]), checkpoint
+
+
+async def last_run(pool: asyncpg.Pool, merchant_id: str, kind: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT * FROM square.sync_runs WHERE merchant_id = $1 AND kind = $2 ORDER BY run_id DESC LIMIT 1",
+        merchant_id, kind,
+    )
+
+
+# -- lane watermarks and state ---------------------------------------------------------------------------
+
+async def get_watermark(pool: asyncpg.Pool, merchant_id: str, lane: str) -> datetime | None:
+    value: datetime | None = await pool.fetchval(
+        "SELECT watermark FROM square.sync_state WHERE merchant_id = $1 AND lane = $2", merchant_id, lane
+    )
+    return value
+
+
+async def set_watermark(pool: asyncpg.Pool, merchant_id: str, lane: str, watermark: datetime,
+                        state: Mapping[str, Any] | None = None) -> None:
+    """Move a lane's watermark forward (never backwards)."""
+    await pool.execute(
+        """
+        INSERT INTO square.sync_state AS s (merchant_id, lane, watermark, state, updated_at)
+        VALUES ($1, $2, $3, $4::jsonb, now())
+        ON CONFLICT (merchant_id, lane) DO UPDATE SET
+            watermark = GREATEST(s.watermark, EXCLUDED.watermark),
+            state = s.state || EXCLUDED.state,
+            updated_at = now()
+        """,
+        merchant_id, lane, watermark, dict(state or {}),
+    )
+
+
+async def last_succeeded_start(pool: asyncpg.Pool, merchant_id: str, kinds: tuple[str, ...]) -> datetime | None:
+    """When the newest succeeded run of these kinds began its listing (its checkpoint says, else started_at)."""
+    row = await pool.fetchrow(
+        "SELECT started_at, checkpoint FROM square.sync_runs WHERE merchant_id = $1 AND kind = ANY ($2::text[])"
+        " AND status = 'succeeded' ORDER BY run_id DESC LIMIT 1",
+        merchant_id, list(kinds),
+    )
+    if row is None:
+        return None
+    listing = (row["checkpoint"] or {}).get("listing_started_at")
+    if isinstance(listing, str):
+        return datetime.fromisoformat(listing)
+    started: datetime = row["started_at"]
+    return started

@@ -16,6 +16,7 @@ from typing import Final
 
 from square_mirror import __version__
 from square_mirror.db import DatabaseUnavailable
+from square_mirror.embedded import EmbeddedUnavailable
 from square_mirror.settings import SettingsError
 
 # command -> (module, one-line help). Modules own their flags.
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if inspect.isawaitable(outcome):
             outcome = asyncio.run(outcome)  # type: ignore[arg-type]
         return int(outcome or 0)
-    except (SettingsError, DatabaseUnavailable) as exc:
+    except (SettingsError, DatabaseUnavailable, EmbeddedUnavailable) as exc:
         print(f"square-mirror: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

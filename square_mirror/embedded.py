@@ -7,7 +7,9 @@ DATABASE_URL or REDIS_URL is an error, never a silent fallback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -44,9 +46,16 @@ class EmbeddedPostgres:
     def __init__(self, base_dir: Path | None = None) -> None:
         self._owns_dir = base_dir is None
         self.dir = Path(base_dir or tempfile.mkdtemp(prefix="square-mirror-pg-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._server: Any = None
 
     def start(self) -> str:
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            # pgserver keeps a lock file in the runtime directory, also from its own atexit handler; without
+            # this it lands in $TMPDIR and outlives us. Registered first, our removal runs after pgserver's.
+            runtime = tempfile.mkdtemp(prefix="square-mirror-run-")
+            os.environ["XDG_RUNTIME_DIR"] = runtime
+            atexit.register(shutil.rmtree, runtime, True)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -1,7 +1,8 @@
 """Backfill benchmark: N customers from the emulator into an empty mirror, at several per-request latencies.
 
     PYTHONPATH=. .venv/bin/python bench/backfill.py [--customers 100000] [--latency-ms 0 100] [--concurrency 8]
-                                                     [--baseline] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
+                                                     [--baseline] [--history-cost]
+                                                     [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
 The emulator runs as its own process (seeded once, latency changed through its admin API between runs) and
 `square-mirror backfill --full` runs as a separate process per case, so the peak RSS printed is the backfill
@@ -91,11 +92,13 @@ async def set_latency(base_url: str, latency_ms: float) -> None:
         resp.raise_for_status()
 
 
-async def fresh_database(admin_dsn: str) -> tuple[str, str]:
+async def fresh_database(admin_dsn: str, *, history: bool = True) -> tuple[str, str]:
     name = f"bench_backfill_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
+        if not history:  # the history triggers read this setting (schema.sql: square.history_enabled)
+            await conn.execute(f"ALTER DATABASE \"{name}\" SET square_mirror.history = 'off'")
     finally:
         await conn.close()
     dsn = with_database(admin_dsn, name)
@@ -147,9 +150,11 @@ def run_backfill(dsn: str, emulator: dict[str, Any], concurrency: int) -> tuple[
     return elapsed, usage.ru_maxrss * 1024, proc.returncode, output + f"\ncpu={usage.ru_utime + usage.ru_stime}"
 
 
-async def case(admin_dsn: str, emulator: dict[str, Any], latency_ms: float, concurrency: int) -> dict[str, Any]:
+async def case(
+    admin_dsn: str, emulator: dict[str, Any], latency_ms: float, concurrency: int, *, history: bool = True
+) -> dict[str, Any]:
     await set_latency(emulator["emulator"], latency_ms)
-    name, dsn = await fresh_database(admin_dsn)
+    name, dsn = await fresh_database(admin_dsn, history=history)
     try:
         emu_proc = psutil.Process(emulator["pid"])
         emu_cpu = sum(emu_proc.cpu_times()[:2])
@@ -178,6 +183,7 @@ async def case(admin_dsn: str, emulator: dict[str, Any], latency_ms: float, conc
     return {
         "latency_ms": latency_ms,
         "concurrency": concurrency,
+        "history": history,
         "exit": code,
         "status": row["status"] if row else None,
         "customers": mirrored,
@@ -210,6 +216,8 @@ async def main() -> None:
         "--dsn", default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--history-cost", action="store_true",
+                        help="also run each latency with history recording off and print the on/off ratio")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -224,6 +232,12 @@ async def main() -> None:
             result = await case(args.dsn, emulator, latency, args.concurrency)
             results.append(result)
             print(json.dumps(result), flush=True)
+            if args.history_cost:
+                off = await case(args.dsn, emulator, latency, args.concurrency, history=False)
+                print(json.dumps(off), flush=True)
+                ratio = result["customers_per_s"] / max(off["customers_per_s"], 1)
+                print(f"history cost at {latency:.0f} ms: on {result['customers_per_s']:,}/s, off "
+                      f"{off['customers_per_s']:,}/s, ratio {ratio:.2f}", flush=True)
         if args.baseline:
             base = await case(args.dsn, emulator, args.latency_ms[0], 1)
             print(json.dumps({"baseline_sequential": base}), flush=True)

@@ -170,11 +170,13 @@ async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
 
 
 async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, redis: Redis, admin_dsn: str,
-                       base_env: dict[str, str]) -> dict[str, float]:
+                       base_env: dict[str, str], *, history: bool = True) -> dict[str, float]:
     await redis.flushdb()
     db_name = f"sqm_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{db_name}"')
+    if not history:  # read by the history triggers (schema.sql: square.history_enabled)
+        await admin.execute(f"ALTER DATABASE \"{db_name}\" SET square_mirror.history = 'off'")
     dsn = re.sub(r"/[^/?]*(\?|$)", f"/{db_name}\\1", admin_dsn, count=1) if admin_dsn.count("/") >= 3 else admin_dsn
     try:
         await migrate(dsn)
@@ -277,13 +279,14 @@ async def main(opts: argparse.Namespace) -> int:
             if latency in opts.paced_latencies:
                 runs.append(("paced", latency))
             for kind, lat in runs:
-                r = await run_scenario(kind, lat, opts, redis, opts.database_url, base_env)
-                label = (f"burst {opts.customers}x{opts.updates} @{lat:g}ms" if kind == "burst"
-                         else f"paced {opts.paced_rate}/s @{lat:g}ms")
-                print(f"{label:28} {r['events']:7.0f} {r['events_per_s']:9.0f} {r['events_per_s'] / noop:6.2f} "
-                      f"{r['p50']:7.3f}s {r['p99']:7.3f}s {r['calls_per_event']:11.4f} {r['applied']:7.0f} "
-                      f"{r['stale']:6.0f} {r['worker_cpu_ms_per_event']:8.2f}"
-                      + (f"  WRONG ROWS: {r['wrong_rows']:.0f}" if r["wrong_rows"] else ""))
+                for history in ((True, False) if opts.history_cost and kind == "burst" else (True,)):
+                    r = await run_scenario(kind, lat, opts, redis, opts.database_url, base_env, history=history)
+                    label = (f"burst {opts.customers}x{opts.updates} @{lat:g}ms" if kind == "burst"
+                             else f"paced {opts.paced_rate}/s @{lat:g}ms") + ("" if history else " no-hist")
+                    print(f"{label:28} {r['events']:7.0f} {r['events_per_s']:9.0f} {r['events_per_s'] / noop:6.2f} "
+                          f"{r['p50']:7.3f}s {r['p99']:7.3f}s {r['calls_per_event']:11.4f} {r['applied']:7.0f} "
+                          f"{r['stale']:6.0f} {r['worker_cpu_ms_per_event']:8.2f}"
+                          + (f"  WRONG ROWS: {r['wrong_rows']:.0f}" if r["wrong_rows"] else ""))
     finally:
         await redis.aclose()
         if redis_server is not None:
@@ -298,6 +301,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latencies", default="0,50", help="emulator latency per request, ms (comma-separated)")
     parser.add_argument("--paced-latencies", default="50", help="latencies that also get the paced scenario")
     parser.add_argument("--paced-rate", type=int, default=500)
+    parser.add_argument("--history-cost", action="store_true",
+                        help="run each burst also with history recording off (the ratio shows history's cost)")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL")
                         or "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -211,6 +211,20 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN square.customers cu ON cu.merchant_id = p_merchant_id AND cu.id = l.cursor_id
 $$;
 
+-- The live profile an ID stands for today, given its own row's deleted_at / merged_into: itself when live,
+-- the end of its merge chain when merged away (NULL when that chain ends in a plain delete), NULL when deleted.
+-- Only merged-away IDs walk the chain, so as-of queries over many customers stay cheap.
+CREATE OR REPLACE FUNCTION square.current_customer_id(
+    p_merchant_id text, p_customer_id text, p_deleted_at timestamptz, p_merged_into text
+) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN p_deleted_at IS NULL THEN p_customer_id
+        WHEN p_merged_into IS NULL THEN NULL
+        ELSE (SELECT f.current_customer_id FROM square.follow_merges(p_merchant_id, p_customer_id) f)
+    END
+$$;
+
 -- Every customer ID the mirror knows (live, deleted, or merged away: merged-away IDs always keep a tombstone
 -- row) and the live profile it resolves to through merge chains of any length. current_customer_id is NULL
 -- when the chain ends in a plain delete.
@@ -468,9 +482,10 @@ RETURNS TABLE (merchant_id text, customer_id text, version bigint, valid_from ti
 LANGUAGE sql STABLE AS $$
     SELECT v.merchant_id, v.customer_id, v.version, v.valid_from, v.valid_to, v.given_name, v.family_name,
            v.nickname, v.company_name, v.email_address, v.phone_number, v.birthday, v.reference_id, v.note,
-           v.creation_source, v.email_unsubscribed, v.address, v.tax_ids, v.group_ids, r.current_customer_id
+           v.creation_source, v.email_unsubscribed, v.address, v.tax_ids, v.group_ids,
+           square.current_customer_id(v.merchant_id, v.customer_id, cu.deleted_at, cu.merged_into)
     FROM square.customer_versions v
-    LEFT JOIN square.customer_id_resolution r ON r.merchant_id = v.merchant_id AND r.customer_id = v.customer_id
+    LEFT JOIN square.customers cu ON cu.merchant_id = v.merchant_id AND cu.id = v.customer_id
     WHERE v.merchant_id = p_merchant_id AND v.valid_from <= p_at AND (v.valid_to IS NULL OR v.valid_to > p_at)
 $$;
 
@@ -478,10 +493,11 @@ CREATE OR REPLACE FUNCTION square.group_members_as_of(p_merchant_id text, p_at t
 RETURNS TABLE (merchant_id text, group_id text, group_name text, customer_id text, joined_at timestamptz,
                left_at timestamptz, current_customer_id text)
 LANGUAGE sql STABLE AS $$
-    SELECT h.merchant_id, h.group_id, g.name, h.customer_id, h.joined_at, h.left_at, r.current_customer_id
+    SELECT h.merchant_id, h.group_id, g.name, h.customer_id, h.joined_at, h.left_at,
+           square.current_customer_id(h.merchant_id, h.customer_id, cu.deleted_at, cu.merged_into)
     FROM square.customer_group_membership_history h
     LEFT JOIN square.customer_groups g ON g.merchant_id = h.merchant_id AND g.id = h.group_id
-    LEFT JOIN square.customer_id_resolution r ON r.merchant_id = h.merchant_id AND r.customer_id = h.customer_id
+    LEFT JOIN square.customers cu ON cu.merchant_id = h.merchant_id AND cu.id = h.customer_id
     WHERE h.merchant_id = p_merchant_id AND h.joined_at <= p_at AND (h.left_at IS NULL OR h.left_at > p_at)
 $$;
 
@@ -489,10 +505,11 @@ CREATE OR REPLACE FUNCTION square.segment_members_as_of(p_merchant_id text, p_at
 RETURNS TABLE (merchant_id text, segment_id text, segment_name text, customer_id text, joined_at timestamptz,
                left_at timestamptz, current_customer_id text)
 LANGUAGE sql STABLE AS $$
-    SELECT h.merchant_id, h.segment_id, s.name, h.customer_id, h.joined_at, h.left_at, r.current_customer_id
+    SELECT h.merchant_id, h.segment_id, s.name, h.customer_id, h.joined_at, h.left_at,
+           square.current_customer_id(h.merchant_id, h.customer_id, cu.deleted_at, cu.merged_into)
     FROM square.customer_segment_membership_history h
     LEFT JOIN square.customer_segments s ON s.merchant_id = h.merchant_id AND s.id = h.segment_id
-    LEFT JOIN square.customer_id_resolution r ON r.merchant_id = h.merchant_id AND r.customer_id = h.customer_id
+    LEFT JOIN square.customers cu ON cu.merchant_id = h.merchant_id AND cu.id = h.customer_id
     WHERE h.merchant_id = p_merchant_id AND h.joined_at <= p_at AND (h.left_at IS NULL OR h.left_at > p_at)
 $$;
 

@@ -80,7 +80,7 @@ async def run(n: int) -> None:
             if history:
                 rows = await pool.fetchval("SELECT count(*) FROM square.customer_versions")
                 started = time.perf_counter()
-                as_of = await pool.fetchval("SELECT count(*) FROM square.customers_as_of('BENCH', $1)", at(15))
+                as_of = await pool.fetchval("SELECT count(*) FROM square.customers_as_of('BENCH', now())")
                 customers_s = time.perf_counter() - started
                 started = time.perf_counter()
                 members = await pool.fetchval("SELECT count(*) FROM square.group_members_as_of('BENCH', now())")

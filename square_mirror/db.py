@@ -12,6 +12,10 @@ import orjson
 SCHEMA_VERSION: Final = 1
 # Arbitrary constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK_KEY: Final = 0x5371_4D69
+# Re-plan every execution: a generic plan cached while the tables were small keeps scanning whole tables
+# once they have grown (the membership deletes of the upsert, the history triggers' probes). Planning the
+# upsert costs a fraction of a millisecond; a stale whole-table scan costs tens.
+SERVER_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -37,7 +41,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
+        conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=SERVER_SETTINGS)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"DATABASE_URL is set but Postgres cannot be reached: {exc}") from None
     await init_connection(conn)
@@ -52,6 +56,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             max_size=max_size,
             timeout=timeout,
             init=init_connection,
+            server_settings=SERVER_SETTINGS,
             # pgbouncer in transaction mode cannot keep prepared statements across transactions.
             statement_cache_size=100,
             max_inactive_connection_lifetime=300.0,

@@ -42,7 +42,7 @@ async def test_webhooks_through_the_queue_make_the_mirror_equal_square(db_pool: 
             assert await emu.drain_webhooks()
 
             worker = build_worker(worker_settings(emu.base_url, emu.token, redis_url), burst=True,
-                                  handle_signals=False, ctx={"pool": db_pool})
+                                  handle_signals=False, ctx={"pool": db_pool}, cron_jobs=[])
             await worker.main()
             await worker.close()
             assert worker.jobs_failed == 0

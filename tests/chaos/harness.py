@@ -87,6 +87,7 @@ class ChaosReport:
     converge_seconds: float | None = None
     mismatches: list[str] = field(default_factory=list)
     unaccounted_2xx: list[str] = field(default_factory=list)
+    healed_2xx: int = 0  # acknowledged, yet in the inbox only through the events replay (lost with Redis)
     events_by_source: Counter[str] = field(default_factory=Counter)
     leaks: list[str] = field(default_factory=list)
     log_lines: int = 0
@@ -122,6 +123,8 @@ class ChaosReport:
             *(f"  {m}" for m in self.after_reconcile[:10]),
             f"mismatches: {len(self.mismatches)}",
             *(f"  {m}" for m in self.mismatches[:30]),
+            f"2xx-acknowledged events recorded only by reconcile's events replay (their job was lost): "
+            f"{self.healed_2xx}",
             f"2xx-acknowledged events not accounted for: {len(self.unaccounted_2xx)}",
             *(f"  {e}" for e in self.unaccounted_2xx[:10]),
             f"log lines checked for PII and secrets: {self.log_lines}; leaks: {len(self.leaks)}",
@@ -591,6 +594,7 @@ class ChaosRun:
             rows = await pool.fetch("SELECT event_id, source FROM square.webhook_events")
             self.report.events_by_source = Counter(r["source"] for r in rows)
             inbox = {r["event_id"] for r in rows}
+            self.report.healed_2xx = len({r["event_id"] for r in rows if r["source"] == "events_api"} & acked)
             self.report.unaccounted_2xx = sorted(acked - inbox)
         finally:
             await pool.close()

@@ -87,6 +87,7 @@ class ChaosReport:
     converge_seconds: float | None = None
     mismatches: list[str] = field(default_factory=list)
     unaccounted_2xx: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)  # processes that exited without being killed
     healed_2xx: int = 0  # acknowledged, yet in the inbox only through the events replay (lost with Redis)
     events_by_source: Counter[str] = field(default_factory=Counter)
     leaks: list[str] = field(default_factory=list)
@@ -98,7 +99,7 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches and not self.unaccounted_2xx and not self.leaks
+        return not self.mismatches and not self.unaccounted_2xx and not self.leaks and not self.crashes
 
     def render(self) -> str:
         def fmt(counter: Counter[str]) -> str:
@@ -127,6 +128,7 @@ class ChaosReport:
             f"{self.healed_2xx}",
             f"2xx-acknowledged events not accounted for: {len(self.unaccounted_2xx)}",
             *(f"  {e}" for e in self.unaccounted_2xx[:10]),
+            f"processes that exited on their own: {len(self.crashes)} {self.crashes or ''}",
             f"log lines checked for PII and secrets: {self.log_lines}; leaks: {len(self.leaks)}",
             *(f"  {leak}" for leak in self.leaks[:10]),
         ]
@@ -549,6 +551,9 @@ class ChaosRun:
                     self.config.say(f"  still queued: {[(j, round((sc - now_ms) / 1000, 1)) for j, sc in queued]}"
                                     f" running: {running[:10]}")
                 await asyncio.sleep(0.3)
+            if quiet < 3:
+                self.report.mismatches.append(f"the queue still held {await redis.zcard(QUEUE_NAME)} jobs after "
+                                              f"{self.config.converge_timeout:.0f} s")
         finally:
             await redis.aclose()
 
@@ -570,6 +575,9 @@ class ChaosRun:
 
     async def _check(self, api: Api, faults_stopped: float) -> None:
         cfg = self.config
+        alive = [(f"worker{n}", proc) for n, (proc, _port) in self.workers.items()] + [("receiver", self.receiver)]
+        self.report.crashes = [f"{name} (exit {proc.returncode})" for name, proc in alive
+                               if proc is not None and proc.poll() is not None]
         pool = await create_pool(cfg.database_url, min_size=1, max_size=4)
         try:
             deadline, first = time.monotonic() + cfg.converge_timeout, True

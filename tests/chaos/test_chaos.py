@@ -25,3 +25,4 @@ async def test_mirror_converges_exactly_after_chaos_and_logs_hold_no_pii_or_secr
     assert not report.mismatches, report.render()
     assert not report.unaccounted_2xx, report.render()
     assert not report.leaks, report.render()
+    assert not report.crashes, report.render()

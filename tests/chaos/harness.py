@@ -88,6 +88,7 @@ class ChaosReport:
     mismatches: list[str] = field(default_factory=list)
     unaccounted_2xx: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)  # processes that exited without being killed
+    failed_events: list[str] = field(default_factory=list)  # outcome `failed`: no fault here is permanent
     healed_2xx: int = 0  # acknowledged, yet in the inbox only through the events replay (lost with Redis)
     events_by_source: Counter[str] = field(default_factory=Counter)
     leaks: list[str] = field(default_factory=list)
@@ -99,7 +100,7 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches and not self.unaccounted_2xx and not self.leaks and not self.crashes
+        return not (self.mismatches or self.unaccounted_2xx or self.leaks or self.crashes or self.failed_events)
 
     def render(self) -> str:
         def fmt(counter: Counter[str]) -> str:
@@ -128,6 +129,8 @@ class ChaosReport:
             f"{self.healed_2xx}",
             f"2xx-acknowledged events not accounted for: {len(self.unaccounted_2xx)}",
             *(f"  {e}" for e in self.unaccounted_2xx[:10]),
+            f"events recorded as failed (every fault here is transient): {len(self.failed_events)} "
+            f"{self.failed_events[:5] or ''}",
             f"processes that exited on their own: {len(self.crashes)} {self.crashes or ''}",
             f"log lines checked for PII and secrets: {self.log_lines}; leaks: {len(self.leaks)}",
             *(f"  {leak}" for leak in self.leaks[:10]),
@@ -599,7 +602,8 @@ class ChaosRun:
                 if any(200 <= (a.get("http_status") or 0) < 300 for a in d["attempts"]):
                     acked.add(d["event_id"])
             self.report.delivered_2xx_events = len(acked)
-            rows = await pool.fetch("SELECT event_id, source FROM square.webhook_events")
+            rows = await pool.fetch("SELECT event_id, source, outcome, error FROM square.webhook_events")
+            self.report.failed_events = [f"{r['event_id']}: {r['error']}" for r in rows if r["outcome"] == "failed"]
             self.report.events_by_source = Counter(r["source"] for r in rows)
             inbox = {r["event_id"] for r in rows}
             self.report.healed_2xx = len({r["event_id"] for r in rows if r["source"] == "events_api"} & acked)

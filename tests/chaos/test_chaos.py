@@ -26,3 +26,4 @@ async def test_mirror_converges_exactly_after_chaos_and_logs_hold_no_pii_or_secr
     assert not report.unaccounted_2xx, report.render()
     assert not report.leaks, report.render()
     assert not report.crashes, report.render()
+    assert not report.failed_events, report.render()

@@ -12,6 +12,14 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 from arq.connections import RedisSettings
+from redis import exceptions as redis_exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+# How long an arq client (the worker's poll loop, the reconcile CLI, redrive) rides out Redis being unreachable
+# before a command fails: about 30 s of retries, backoff 0.05 s doubling to 1 s. Without it arq's poll loop
+# dies on the first ConnectionError and takes the worker process with it (found by the chaos run).
+REDIS_COMMAND_RETRIES = 40
 
 
 def serialize_job(value: dict[str, Any]) -> bytes:
@@ -39,4 +47,9 @@ def redis_settings(url: str, *, conn_timeout: int = 2, conn_retries: int = 3) ->
         conn_timeout=conn_timeout,
         conn_retries=conn_retries,
         conn_retry_delay=1,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_COMMAND_RETRIES,
+                    supported_errors=(redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)),
+        # Added to the retry's errors by redis-py; OSError because a refused connect reaches the retry as the
+        # socket's own error, before redis-py wraps it.
+        retry_on_error=[redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError],
     )

@@ -15,12 +15,15 @@ Other rooms add their jobs by extending ``FUNCTIONS`` / ``CRON_JOBS`` (e.g. ``wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from arq.worker import Function, Worker, func
+from redis import exceptions as redis_exceptions
 
 from square_mirror.constants import HEALTH_KEY, PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Settings
 from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
@@ -54,6 +57,38 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+_REDIS_TROUBLE = (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, redis_exceptions.WatchError)
+log = get_logger(__name__)
+
+
+class RedisTolerantWorker(Worker):
+    """arq's Worker, except that Redis going away for a moment does not end the process.
+
+    arq lets a connection error out of its poll loop, and redis-py refuses to retry a command inside a
+    ``WATCH`` (it raises ``WatchError``), which arq does not expect while it claims a job; either ended the
+    worker process whenever Redis restarted (found by the chaos run). Here a job whose claim met such an
+    error gives back its slot and stays queued, and a failed poll is tried again on the next one.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except _REDIS_TROUBLE as exc:
+                # The claim failed before the job's task was created: undo arq's slot and counter.
+                self.job_counter -= 1
+                self.sem.release()
+                log.warning("redis_trouble_claiming_job", error=type(exc).__name__)  # the job stays queued
+                return
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except _REDIS_TROUBLE as exc:
+            log.warning("redis_trouble_polling", error=type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -69,7 +104,7 @@ def build_worker(
         logging.getLogger("arq.worker").setLevel(logging.WARNING)  # one INFO line per job start and end
     options = worker_options(settings)
     options.update(overrides)
-    return Worker(
+    return RedisTolerantWorker(
         functions=list(FUNCTIONS if functions is None else functions),
         cron_jobs=list(CRON_JOBS if cron_jobs is None else cron_jobs) or None,
         on_startup=startup,

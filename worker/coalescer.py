@@ -30,7 +30,8 @@ log = get_logger(__name__)
 MAX_ROUNDS: Final = 3
 # Failures that concern the whole batch alike (Square or Postgres unavailable, token rejected): no splitting.
 _SHARED_FAILURES: Final = (SquareUnavailable, SquareRateLimited, SquareUnauthorized, TimeoutError, OSError,
-                           asyncpg.exceptions.InterfaceError, asyncpg.exceptions.DeadlockDetectedError,
+                           asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError,
+                           asyncpg.exceptions.DeadlockDetectedError,
                            asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.CannotConnectNowError)
 
 SyncFunction = Callable[[SyncContext, str, list[str]], Awaitable[SyncResult]]

@@ -64,6 +64,9 @@ _DATABASE_TRANSIENT: Final = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
+    # A connection terminated mid-statement can leave asyncpg's protocol in a state it reports as this
+    # ("cannot switch to state 15; another operation is in progress"): a retry on another connection works.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.QueryCanceledError,
     OSError,
 )

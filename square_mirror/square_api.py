@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
@@ -245,7 +246,7 @@ class SquareClient:
         try:
             async with self._http().request(method, url, headers=headers, params=params, data=data) as response:
                 status = response.status
-                raw = await _read_limited(response)
+                raw = await _read_limited(response, endpoint)
                 content_type = response.headers.get("Content-Type", "")
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -294,6 +295,7 @@ class SquareClient:
         customer = payload.get("customer")
         if not isinstance(customer, dict) or not isinstance(customer.get("id"), str):
             raise SquareBadResponse("RetrieveCustomer: response has no customer object", endpoint="RetrieveCustomer")
+        check_customer(customer, "RetrieveCustomer")
         return customer
 
     async def bulk_retrieve_customers(
@@ -318,7 +320,7 @@ class SquareClient:
                                         endpoint="BulkRetrieveCustomers")
             customer = item.get("customer")
             if isinstance(customer, dict) and isinstance(customer.get("id"), str):
-                result[requested] = customer
+                result[requested] = check_customer(customer, "BulkRetrieveCustomers")
                 continue
             codes = [str(e.get("code")) for e in _errors_of(item) or []]
             if "NOT_FOUND" in codes:
@@ -333,10 +335,12 @@ class SquareClient:
         params: dict[str, str | int] = {"limit": limit, "sort_field": sort_field, "sort_order": sort_order}
         if cursor:
             params["cursor"] = cursor
-        return await self.request(merchant_id, "GET", LIST_CUSTOMERS, params=params, endpoint="ListCustomers")
+        payload = await self.request(merchant_id, "GET", LIST_CUSTOMERS, params=params, endpoint="ListCustomers")
+        return check_page(payload, "customers", check_listed_customer, "ListCustomers")
 
     async def search_customers(self, merchant_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request(merchant_id, "POST", SEARCH_CUSTOMERS, body=body, endpoint="SearchCustomers")
+        payload = await self.request(merchant_id, "POST", SEARCH_CUSTOMERS, body=body, endpoint="SearchCustomers")
+        return check_page(payload, "customers", check_listed_customer, "SearchCustomers")
 
     # -- Groups and segments ------------------------------------------------------------------------------
 
@@ -344,7 +348,8 @@ class SquareClient:
         params: dict[str, str | int] = {"limit": GROUPS_PAGE_LIMIT}
         if cursor:
             params["cursor"] = cursor
-        return await self.request(merchant_id, "GET", LIST_GROUPS, params=params, endpoint="ListCustomerGroups")
+        payload = await self.request(merchant_id, "GET", LIST_GROUPS, params=params, endpoint="ListCustomerGroups")
+        return check_page(payload, "groups", check_definition, "ListCustomerGroups")
 
     async def retrieve_group(self, merchant_id: str, group_id: str) -> dict[str, Any] | None:
         try:
@@ -353,13 +358,15 @@ class SquareClient:
         except SquareNotFound:
             return None
         group = payload.get("group")
-        return group if isinstance(group, dict) else None
+        return check_definition(group, "RetrieveCustomerGroup") if isinstance(group, dict) else None
 
     async def list_segments(self, merchant_id: str, *, cursor: str | None = None) -> dict[str, Any]:
         params: dict[str, str | int] = {"limit": SEGMENTS_PAGE_LIMIT}
         if cursor:
             params["cursor"] = cursor
-        return await self.request(merchant_id, "GET", LIST_SEGMENTS, params=params, endpoint="ListCustomerSegments")
+        payload = await self.request(merchant_id, "GET", LIST_SEGMENTS, params=params,
+                                     endpoint="ListCustomerSegments")
+        return check_page(payload, "segments", check_definition, "ListCustomerSegments")
 
     async def retrieve_segment(self, merchant_id: str, segment_id: str) -> dict[str, Any] | None:
         try:
@@ -368,7 +375,7 @@ class SquareClient:
         except SquareNotFound:
             return None
         segment = payload.get("segment")
-        return segment if isinstance(segment, dict) else None
+        return check_definition(segment, "RetrieveCustomerSegment") if isinstance(segment, dict) else None
 
     # -- Events and merchants -----------------------------------------------------------------------------
 
@@ -388,6 +395,97 @@ class SquareClient:
 
 _BULK_ENDPOINTS: Final = frozenset({"BulkRetrieveCustomers"})
 
+# The shape the mirror relies on, checked where answers enter the house, so that a misbehaving Square (or a proxy
+# in between) is one clear SquareBadResponse instead of a database error or, worse, a row with garbage in it.
+_CUSTOMER_STRINGS: Final = ("given_name", "family_name", "nickname", "company_name", "email_address", "phone_number",
+                            "birthday", "reference_id", "note", "creation_source")
+_CUSTOMER_TIMES: Final = ("created_at", "updated_at")
+_CUSTOMER_OBJECTS: Final = ("address", "tax_ids", "preferences")
+_CUSTOMER_ID_LISTS: Final = ("group_ids", "segment_ids")
+
+
+def _malformed(endpoint: str, what: str) -> SquareBadResponse:
+    return SquareBadResponse(f"{endpoint}: malformed answer ({what})", endpoint=endpoint)
+
+
+def _is_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_customer(doc: Any, endpoint: str) -> dict[str, Any]:
+    """``doc`` if it is a Customer object whose fields have the types Square documents, else SquareBadResponse.
+
+    ``null`` is accepted wherever a field may be absent; unknown fields are left alone (Square adds fields).
+    """
+    if not isinstance(doc, dict):
+        raise _malformed(endpoint, "a customer that is not an object")
+    cid = doc.get("id")
+    if not isinstance(cid, str) or not cid.strip() or len(cid) > 192:
+        raise _malformed(endpoint, "a customer without a valid id")
+    version = doc.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise _malformed(endpoint, f"customer {cid}: version is not an integer")
+    for key in _CUSTOMER_STRINGS:
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not a string")
+    for key in _CUSTOMER_TIMES:
+        if doc.get(key) is not None and not _is_time(doc[key]):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not a timestamp")
+    for key in _CUSTOMER_OBJECTS:
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not an object")
+    unsubscribed = (doc.get("preferences") or {}).get("email_unsubscribed")
+    if unsubscribed is not None and not isinstance(unsubscribed, bool):
+        raise _malformed(endpoint, f"customer {cid}: preferences.email_unsubscribed is not a boolean")
+    for key in _CUSTOMER_ID_LISTS:
+        ids = doc.get(key)
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(x, str) for x in ids)):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not a list of IDs")
+    return doc
+
+
+def check_listed_customer(doc: Any, endpoint: str) -> dict[str, Any]:
+    """A customer of a list or search page: also needs ``created_at``, by which the backfill partitions and
+    pages (Square always sends it there)."""
+    customer = check_customer(doc, endpoint)
+    if customer.get("created_at") is None:
+        raise _malformed(endpoint, f"customer {customer['id']}: no created_at")
+    return customer
+
+
+def check_definition(doc: Any, endpoint: str) -> dict[str, Any]:
+    """A customer group or segment: an object with a string ``id`` and, when present, a string ``name``."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not doc["id"].strip():
+        raise _malformed(endpoint, "a group or segment without a valid id")
+    if doc.get("name") is not None and not isinstance(doc["name"], str):
+        raise _malformed(endpoint, f"{doc['id']}: name is not a string")
+    for key in _CUSTOMER_TIMES:
+        if doc.get(key) is not None and not _is_time(doc[key]):
+            raise _malformed(endpoint, f"{doc['id']}: {key} is not a timestamp")
+    return doc
+
+
+def check_page(payload: dict[str, Any], key: str, check: Callable[[Any, str], dict[str, Any]],
+               endpoint: str) -> dict[str, Any]:
+    """A list/search page: ``key`` absent (Square's empty page is ``{}``) or a list of valid items, and a string
+    cursor if any."""
+    items = payload.get(key)
+    if items is not None:
+        if not isinstance(items, list):
+            raise _malformed(endpoint, f"{key} is not a list")
+        for item in items:
+            check(item, endpoint)
+    cursor = payload.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise _malformed(endpoint, "cursor is not a string")
+    return payload
+
 
 def _quote(segment: str) -> str:
     from urllib.parse import quote
@@ -395,17 +493,18 @@ def _quote(segment: str) -> str:
     return quote(segment, safe="")
 
 
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+async def _read_limited(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
     declared = response.content_length
     if declared is not None and declared > MAX_RESPONSE_BYTES:
-        raise SquareBadResponse(f"response of {declared} bytes exceeds the {MAX_RESPONSE_BYTES} byte limit",
-                                status=response.status)
+        raise SquareBadResponse(f"{endpoint}: response of {declared} bytes exceeds the {MAX_RESPONSE_BYTES} byte "
+                                "limit", status=response.status, endpoint=endpoint)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
-            raise SquareBadResponse(f"response exceeds the {MAX_RESPONSE_BYTES} byte limit", status=response.status)
+            raise SquareBadResponse(f"{endpoint}: response exceeds the {MAX_RESPONSE_BYTES} byte limit",
+                                    status=response.status, endpoint=endpoint)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -24,6 +24,11 @@ from webhooks.metrics import WebhookMetrics
 from webhooks.views import ReceiverConfig, Views
 
 DEFAULT_REDIS_TIMEOUT: Final = 2.0  # seconds; a hung Redis still gives a 503 long before Square's 10 s
+# Square gives up on a delivery after 10 s, so a body still arriving after that is not Square's: answer 408.
+DEFAULT_BODY_TIMEOUT: Final = 10.0
+# A connection that has not sent a complete request head (or sits idle) this long is closed by aiohttp: the
+# slow-loris defence for headers, which arrive before any handler runs. Square opens a connection to deliver.
+CONNECTION_IDLE_TIMEOUT: Final = 15.0
 
 VIEWS_KEY: Final = web.AppKey("views", Views)
 METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
@@ -57,6 +62,7 @@ def create_app(
     settings: Settings,
     *,
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     registry: CollectorRegistry | None = None,
     queue_name: str = QUEUE_NAME,
     max_batch: int = 256,
@@ -70,6 +76,7 @@ def create_app(
         notification_url=notification_url,
         max_body_bytes=settings.webhook_max_body_bytes,
         redis_timeout=redis_timeout,
+        body_timeout=body_timeout,
     )
     metrics = WebhookMetrics(registry)
     # Nothing connects here: the client connects on first use, so the receiver starts (and answers 503 and

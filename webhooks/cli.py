@@ -45,9 +45,11 @@ async def serve(app: web.Application, host: str, port: int, *, path: str = "") -
     from aiohttp import web
 
     from square_mirror.logs import get_logger
+    from webhooks.app import CONNECTION_IDLE_TIMEOUT
 
     log = get_logger("webhooks")
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=CONNECTION_IDLE_TIMEOUT)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

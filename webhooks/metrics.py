@@ -18,6 +18,7 @@ IGNORED: Final = "ignored"  # 200, an event type the mirror does not process
 UNAUTHORIZED: Final = "unauthorized"  # 401, missing or wrong signature
 BAD_REQUEST: Final = "bad_request"  # 400, invalid JSON or a missing event_id / type / merchant_id
 TOO_LARGE: Final = "too_large"  # 413, body above WEBHOOK_MAX_BODY_BYTES
+TIMEOUT: Final = "timeout"  # 408, the body did not arrive within the body timeout (a slow or stalled client)
 UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"  # 415, not application/json
 UNAVAILABLE: Final = "unavailable"  # 503, Redis did not acknowledge the enqueue in time
 ERROR: Final = "error"  # 500, a bug

@@ -34,6 +34,7 @@ _STATUS: Final = {
     m.BAD_REQUEST: 400,
     m.UNAUTHORIZED: 401,
     m.TOO_LARGE: 413,
+    m.TIMEOUT: 408,
     m.UNSUPPORTED_MEDIA_TYPE: 415,
     m.ERROR: 500,
     m.UNAVAILABLE: 503,
@@ -46,6 +47,7 @@ _BODY: Final = {
     m.BAD_REQUEST: b'{"error":"bad request"}',
     m.UNAUTHORIZED: b'{"error":"unauthorized"}',
     m.TOO_LARGE: b'{"error":"payload too large"}',
+    m.TIMEOUT: b'{"error":"request body not received in time"}',
     m.UNSUPPORTED_MEDIA_TYPE: b'{"error":"content type must be application/json"}',
     m.ERROR: b'{"error":"internal error"}',
     m.UNAVAILABLE: b'{"error":"queue unavailable, retry later"}',
@@ -60,6 +62,7 @@ class ReceiverConfig:
     notification_url: str
     max_body_bytes: int
     redis_timeout: float
+    body_timeout: float
 
 
 @dataclass(slots=True)
@@ -119,7 +122,12 @@ class Views:
         if length is not None and length > self.config.max_body_bytes:
             return _Verdict(m.TOO_LARGE)
         try:
-            raw = await request.read()  # bounded by the app's client_max_size (chunked bodies included)
+            # Bounded in size by the app's client_max_size (chunked bodies included) and in time: a client that
+            # trickles its body (slow loris) is answered 408 instead of holding a handler forever.
+            async with asyncio.timeout(self.config.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            return _Verdict(m.TIMEOUT, reason="body timeout")
         except web.HTTPRequestEntityTooLarge:
             return _Verdict(m.TOO_LARGE)
         except (OSError, HttpProcessingError):  # the client went away or sent a broken body

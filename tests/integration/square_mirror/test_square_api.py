@@ -167,3 +167,37 @@ async def test_rate_limiter_is_shared_through_redis(redis_url: str) -> None:
     await first.acquire("OTHER")  # another merchant has its own budget
     await redis.aclose()
     assert elapsed >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("given_name", {"text": "x"}), ("version", "seven"), ("created_at", "yesterday"), ("group_ids", "G1"),
+     ("address", "1 Main St"), ("preferences", {"email_unsubscribed": "no"})],
+)
+async def test_customers_of_the_wrong_shape_are_bad_responses_naming_the_field(
+    square: tuple[ScriptedSquare, str], field: str, value: Any
+) -> None:
+    fake, url = square
+    customer = {"id": "A", "version": 1, "created_at": "2024-01-01T00:00:00Z", field: value}
+    fake.script = [json_reply({"customer": customer}), json_reply({"customers": [customer]}),
+                   json_reply({"responses": {"A": {"customer": customer}, "B": {"customer": {**customer, "id": "B"}}}})]
+    async with make_client(url) as client:
+        for call in (client.retrieve_customer("M", "A"), client.search_customers("M", {}),
+                     client.bulk_retrieve_customers("M", ["A", "B"])):
+            with pytest.raises(SquareBadResponse, match=field.split(".")[0]):
+                await call
+
+
+async def test_a_listed_customer_without_created_at_or_a_page_that_is_not_a_list_is_a_bad_response(
+    square: tuple[ScriptedSquare, str]
+) -> None:
+    fake, url = square
+    fake.script = [json_reply({"customers": [{"id": "A", "version": 1}]}), json_reply({"customers": "A"}),
+                   json_reply({"groups": [{"id": "G", "name": {"x": 1}}]})]
+    async with make_client(url) as client:
+        with pytest.raises(SquareBadResponse, match="created_at"):
+            await client.search_customers("M", {})
+        with pytest.raises(SquareBadResponse, match="not a list"):
+            await client.list_customers("M")
+        with pytest.raises(SquareBadResponse, match="name"):
+            await client.list_groups("M")

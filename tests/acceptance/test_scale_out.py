@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from emulator import EmulatorConfig
 from emulator.testing import EmulatorHandle, run_emulator
-from square_mirror.commands.demo import Stack, _cli, _queue_empty, _wait_for
+from square_mirror.commands.demo import Stack, _cli, _wait_for
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.embedded import free_port, tcp_reachable
@@ -53,7 +53,6 @@ def play_history(emu: EmulatorHandle) -> None:
 async def run_pipeline(receivers: int, workers: int, dsn: str, redis_url: str) -> tuple[dict[str, Any], list[str]]:
     """Start the processes, play the history, wait for convergence; returns the mirror's content and the diff."""
     stack = Stack(Path(tempfile.mkdtemp(prefix="sqm-scale-out-")))
-    redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, min_size=1, max_size=4)
     try:
         async with run_emulator(EmulatorConfig(seed=29)) as emu:
@@ -90,10 +89,9 @@ async def run_pipeline(receivers: int, workers: int, dsn: str, redis_url: str) -
             diffs = ["not checked"]
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                if await _queue_empty(redis):
-                    diffs = await mirror_diff(pool, await emu.truth(), emu.merchant_id)
-                    if not diffs:
-                        break
+                diffs = await mirror_diff(pool, await emu.truth(), emu.merchant_id)
+                if not diffs:
+                    break
                 await asyncio.sleep(0.2)
             dead = [name for name, proc in stack.processes if proc.poll() is not None]
             assert dead == [], f"processes died: {dead}"
@@ -109,7 +107,6 @@ async def run_pipeline(receivers: int, workers: int, dsn: str, redis_url: str) -
         return mirror, diffs
     finally:
         await pool.close()
-        await redis.aclose()
         await asyncio.to_thread(stack.stop)
 
 

@@ -7,13 +7,11 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
-from aiohttp import web
 
-from .app import EMULATOR, create_app
 from .config import EmulatorConfig, Knobs, SubscriptionSpec
+from .testing import run_emulator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,28 +61,17 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server: Any = site._server
-    actual_port = port
-    if server is not None and getattr(server, "sockets", None):
-        actual_port = server.sockets[0].getsockname()[1]
-    emulator = app[EMULATOR]
-    line = {"emulator": f"http://{host}:{actual_port}",
-            "sellers": [{"merchant_id": s.merchant_id, "token": s.token} for s in emulator.merchants.values()]}
-    sys.stdout.write(orjson.dumps(line).decode() + "\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    async with run_emulator(config, host=host, port=port) as handle:
+        line = {"emulator": handle.base_url,
+                "sellers": [{"merchant_id": s.merchant_id, "token": s.token}
+                            for s in handle.emulator.merchants.values()]}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,17 +44,10 @@ from worker.coalescer import FetchCoalescer
 from worker.inbox import Outcome
 from worker.metrics import EVENT_LAG_SECONDS, EVENTS, JOB_SECONDS, JOBS_RUNNING, RETRIES
 from worker.rules import event_is_stale, target_is_synced
-from worker.sync import Outcome as SyncOutcome
 
 log = get_logger(__name__)
 
 RETRY_BASE_SECONDS: Final = 1.0
-_SYNC_OUTCOMES: Final = {
-    SyncOutcome.APPLIED: Outcome.APPLIED,
-    SyncOutcome.STALE: Outcome.STALE,
-    SyncOutcome.DELETED: Outcome.DELETED,
-    SyncOutcome.MERGED: Outcome.MERGED,
-}
 _DATABASE_TRANSIENT: Final = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
@@ -224,7 +217,8 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
 
     coalescer: FetchCoalescer = ctx["coalescer"]
     fetched = await coalescer.fetch(job.merchant_id, customer_id, job.version)
-    return await _finish(ctx, job, _SYNC_OUTCOMES[fetched.outcome])
+    # sync's outcomes (applied, stale, deleted, merged) are the inbox's words for the same things.
+    return await _finish(ctx, job, str(fetched.outcome))
 
 
 async def _finish(ctx: dict[str, Any], job: EventJob, outcome: str) -> str:

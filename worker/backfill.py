@@ -139,12 +139,10 @@ class PageWriter:
                 customers = [c for page, _, _ in batch for c in page]
                 observed_at = min(o for _, o, _ in batch)
                 async with self.ctx.pool.acquire() as conn, conn.transaction():
-                    # A cached generic plan is built on the statistics of the (empty) tables a backfill starts
-                    # with and would scan whole membership tables per page as they fill: plan each batch afresh.
                     # Asynchronous commit: no WAL flush per page. Safe for the checkpoint: the run's checkpoint update
                     # is a synchronous commit, which flushes the WAL up to and including these pages first.
-                    await conn.execute(
-                        "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL synchronous_commit = off")
+                    # (Every pool connection re-plans each statement: square_mirror.db.SERVER_SETTINGS.)
+                    await conn.execute("SET LOCAL synchronous_commit = off")
                     written = await store.upsert_customers(conn, self.merchant_id, customers, observed_at)
                 self.statements += 1
             except Exception as exc:

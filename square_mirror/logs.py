@@ -60,17 +60,35 @@ def _scrub_text(text: str) -> str:
     return text
 
 
+_masked_keys: dict[str, bool] = {}
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+
+
+def _is_masked_key(key: str) -> bool:
+    """Whether a key names PII or a secret; remembered per key, since log lines reuse a handful of keys."""
+    masked = _masked_keys.get(key)
+    if masked is None:
+        lowered = key.lower()
+        masked = lowered in PII_KEYS or lowered in SECRET_KEYS
+        if len(_masked_keys) < 10_000:  # bounded: keys of logged payloads could be anything
+            _masked_keys[key] = masked
+    return masked
+
+
 def redact(value: Any, *, depth: int = 0) -> Any:
     """Mask PII and secrets in any JSON-like value, nested containers included."""
     if depth > 20:
         return REDACTED
-    if isinstance(value, str):
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return value
+    if kind is str or isinstance(value, str):
         return _scrub_text(value)
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = str(key)
-            if name.lower() in PII_KEYS or name.lower() in SECRET_KEYS:
+            if _is_masked_key(name):
                 out[name] = REDACTED if item is not None else None
             else:
                 out[name] = redact(item, depth=depth + 1)
@@ -83,30 +101,45 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
-        if key.lower() in PII_KEYS or key.lower() in SECRET_KEYS:
+    # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
+    # is safe, since no key is added or removed.
+    for key, value in event_dict.items():
+        masked = _masked_keys.get(key)
+        if masked is None:
+            masked = _is_masked_key(key)
+        if masked:
             event_dict[key] = REDACTED
-        elif key != "exception":
-            event_dict[key] = redact(event_dict[key])
+        elif type(value) in _PLAIN_TYPES:
+            continue
+        elif key == "exception":
+            event_dict[key] = _scrub_text(str(value))
+        elif type(value) is str:
+            event_dict[key] = _scrub_text(value)
         else:
-            event_dict[key] = _scrub_text(str(event_dict[key]))
+            event_dict[key] = redact(value)
     return event_dict
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=lambda o: str(o)).decode()
+    return orjson.dumps(obj, default=str).decode()
 
 
 def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
-    """JSON lines on stdout; the redactor runs last before rendering so nothing slips past it."""
+    """JSON lines on stdout; the redactor sees every field a caller or the context supplied before rendering.
+
+    The level and timestamp are added after the redactor: they are produced here, never by a caller, so
+    scrubbing them would only cost time on every line.
+    """
+    global _generation
     register_secrets(secrets)
+    _generation += 1
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_processor,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
@@ -137,8 +170,33 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+_generation = 0  # bumped by every configure_logging, so loggers resolved under an older one re-resolve
+
+
+class _Logger:
+    """A structlog logger resolved once per logging configuration instead of on every call.
+
+    structlog's lazy proxy assembles a new bound logger for each call (several microseconds, a noticeable part
+    of the receiver's cost per request); caching on first use instead would keep writing to the stream of the
+    first configuration after a reconfiguration. This keeps the proxy's semantics at a cached logger's cost.
+    """
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._generation = -1
+
+    def __getattr__(self, method: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, method)
+
+
 def get_logger(name: str | None = None) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)
 
 
 bind_context = structlog.contextvars.bind_contextvars

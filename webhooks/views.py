@@ -87,7 +87,7 @@ class Views:
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight_count += 1
         verdict = _Verdict(m.ERROR)
         try:
             verdict = await self._handle(request)
@@ -95,7 +95,7 @@ class Views:
             verdict.reason = type(exc).__name__
             _log.exception("webhook_handler_failed")
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight_count -= 1
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(verdict.outcome, verdict.event_type, elapsed)
         status = _STATUS[verdict.outcome]
@@ -123,9 +123,15 @@ class Views:
             return _Verdict(m.TOO_LARGE)
         try:
             # Bounded in size by the app's client_max_size (chunked bodies included) and in time: a client that
-            # trickles its body (slow loris) is answered 408 instead of holding a handler forever.
-            async with asyncio.timeout(self.config.body_timeout):
-                raw = await request.read()
+            # trickles its body (slow loris) is answered 408 instead of holding a handler forever. A body that
+            # arrived with the head (Square's case) has nothing to wait for, so it skips the timer's cost.
+            if request.content.is_eof():
+                raw = request.content.read_nowait()
+                if len(raw) > self.config.max_body_bytes:
+                    return _Verdict(m.TOO_LARGE)
+            else:
+                async with asyncio.timeout(self.config.body_timeout):
+                    raw = await request.read()
         except TimeoutError:
             return _Verdict(m.TIMEOUT, reason="body timeout")
         except web.HTTPRequestEntityTooLarge:

@@ -37,12 +37,12 @@ async def test_in_flight_requests_finish_and_new_connections_are_refused() -> No
             # Hold the enqueue in Redis for a moment so the request is in flight when shutdown starts.
             await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
             request = asyncio.ensure_future(http.post(url, data=body, headers=signed_headers(body)))
-            in_flight = app[METRICS_KEY].in_flight
+            metrics = app[METRICS_KEY]
             for _ in range(200):
-                if in_flight._value.get() >= 1:
+                if metrics.in_flight_count >= 1:
                     break
                 await asyncio.sleep(0.01)
-            assert in_flight._value.get() == 1
+            assert metrics.in_flight_count == 1
             shutdown = asyncio.ensure_future(runner.cleanup())
             response = await request
             assert response.status == 200

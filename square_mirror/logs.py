@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
@@ -109,12 +111,12 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
             masked = _is_masked_key(key)
         if masked:
             event_dict[key] = REDACTED
+        elif type(value) is str:
+            event_dict[key] = _scrub_text(value)
         elif type(value) in _PLAIN_TYPES:
             continue
         elif key == "exception":
             event_dict[key] = _scrub_text(str(value))
-        elif type(value) is str:
-            event_dict[key] = _scrub_text(value)
         else:
             event_dict[key] = redact(value)
     return event_dict
@@ -130,9 +132,10 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     The level and timestamp are added after the redactor: they are produced here, never by a caller, so
     scrubbing them would only cost time on every line.
     """
-    global _generation
+    global _generation, _sink
     register_secrets(secrets)
     _generation += 1
+    _sink = _Sink(stream or sys.stdout, getattr(logging, level.upper(), logging.INFO))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -197,6 +200,59 @@ class _Logger:
 
 def get_logger(name: str | None = None) -> Any:
     return _Logger(name)
+
+
+class _Sink:
+    """Where configure_logging sends lines, and from which level, for :func:`log_line`."""
+
+    __slots__ = ("level", "lock", "stream")
+
+    def __init__(self, stream: TextIO, level: int) -> None:
+        self.stream = stream
+        self.level = level
+        self.lock = threading.Lock()
+
+
+_sink: _Sink | None = None
+_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _utc_timestamp() -> str:
+    """Now as structlog's ISO UTC timestamp (microseconds, ``Z``); the part up to the second formatted once."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if _second[0] != seconds:
+        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_second[1]}.{micros:06d}Z"
+
+
+def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
+    """Write the line ``get_logger().<level>(event, **fields)`` writes, with the same processors, at less cost.
+
+    For a hot path: the receiver writes one line per request, and structlog's generic pipeline made that line
+    a fifth of the receiver's CPU per request. The line is the same (context variables merged, the same
+    redactor, level, ISO timestamp, orjson) and goes to the same stream under the same level filter. ``fields``
+    is consumed. Before configure_logging has run, the line goes through structlog as usual.
+    """
+    sink = _sink
+    if sink is None:
+        getattr(structlog.get_logger(), level)(event, **fields)
+        return
+    if _LEVELS[level] < sink.level:
+        return
+    fields["event"] = event
+    for key, value in structlog.contextvars.get_contextvars().items():
+        fields.setdefault(key, value)
+    redact_processor(None, level, fields)
+    fields["level"] = level
+    fields["timestamp"] = _utc_timestamp()
+    line = orjson.dumps(fields, default=str).decode()
+    with sink.lock:
+        sink.stream.write(line + "\n")
+        sink.stream.flush()
 
 
 bind_context = structlog.contextvars.bind_contextvars

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
 from square_mirror.jobs import InvalidEnvelope, build_event_job
-from square_mirror.logs import get_logger
+from square_mirror.logs import get_logger, log_line
 from webhooks import metrics as m
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
 from webhooks.signature import SIGNATURE_HEADER, verify_signature
@@ -113,7 +113,7 @@ class Views:
         retry_number = _retry_number(request)
         if retry_number is not None:
             fields["retry_number"] = retry_number
-        (_log.info if status < 400 else _log.warning)("webhook", **fields)
+        log_line("info" if status < 400 else "warning", "webhook", fields)
         return web.Response(status=status, body=_BODY[verdict.outcome], content_type="application/json")
 
     async def _handle(self, request: web.Request) -> _Verdict:

@@ -58,6 +58,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             log.info("merchant_authorized_again", merchant_id=merchant_id)
 
     ctx["mark_unauthorized"] = mark_unauthorized
+    ctx["ensured_merchants"] = set()  # merchants whose square.merchants row this process has written
     ctx["mark_authorized"] = mark_authorized
     if "client" not in ctx:
         limiter = RateLimiter(redis, rate=settings.square_max_requests_per_second,

@@ -310,3 +310,13 @@ async def test_metrics_count_events_by_type_and_outcome_and_fetch_batches(
         assert value("square_mirror_worker_fetch_batch_size_count") == batches + 1
         assert value("square_mirror_worker_event_lag_seconds_count") == lags + 1
         assert value("square_mirror_square_requests_total", endpoint="RetrieveCustomer", status="200") >= 1
+
+
+async def test_the_merchant_row_is_written_once_per_worker_not_once_per_job(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        h.state.create_customer({"given_name": "A"})
+        [payload] = h.payloads()
+        assert await h.run(payload) == "applied"  # run with a copy of ctx, as arq runs every job
+        assert h.ctx["ensured_merchants"] == {payload["merchant_id"]}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from square_mirror.logs import REDACTED, bound_context, configure_logging, get_logger, redact
+from square_mirror.logs import REDACTED, bound_context, configure_logging, get_logger, log_line, redact
 
 CUSTOMER = {
     "id": "CUST1",
@@ -77,3 +77,27 @@ def test_redact_keeps_non_pii_values() -> None:
         "outcome": "stale", "latency_ms": 1.5, "ids": ["A", "B"]
     }
     assert redact({"nested": {"email": "x@y.io"}}) == {"nested": {"email": REDACTED}}
+
+
+def test_log_line_writes_the_line_structlog_writes(log_stream: io.StringIO) -> None:
+    fields = {"outcome": "enqueued", "status": 200, "event_id": "E1", "detail": "from bob@example.org",
+              "email_address": "x@y.io", "latency_ms": 1.25, "nothing": None}
+    with bound_context(merchant_id="M1"):
+        get_logger().warning("webhook", **fields)
+        log_line("warning", "webhook", dict(fields))
+    via_structlog, direct = _lines(log_stream)
+    assert direct.pop("timestamp") and via_structlog.pop("timestamp")
+    assert direct == via_structlog
+    assert direct["merchant_id"] == "M1" and direct["email_address"] == REDACTED
+    assert "bob@example.org" not in log_stream.getvalue()
+
+
+def test_log_line_honours_the_configured_level() -> None:
+    stream = io.StringIO()
+    configure_logging("WARNING", stream=stream)
+    try:
+        log_line("info", "webhook", {"outcome": "enqueued"})
+        log_line("warning", "webhook", {"outcome": "unauthorized"})
+    finally:
+        configure_logging("INFO")
+    assert [line["outcome"] for line in _lines(stream)] == ["unauthorized"]

@@ -32,11 +32,19 @@ LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+_labels: dict[str, str] = {}
+
+
 def event_type_label(value: object) -> str:
     """A bounded label value: Square's event types are short dotted names; anything else is one bucket."""
-    if isinstance(value, str) and _TYPE_RE.match(value):
-        return value
-    return INVALID_TYPE
+    if not isinstance(value, str):
+        return INVALID_TYPE
+    label = _labels.get(value)
+    if label is None:
+        label = value if _TYPE_RE.match(value) else INVALID_TYPE
+        if len(_labels) < 1000:  # remembered for the few real types; a flood of junk types is not cached
+            _labels[value] = label
+    return label
 
 
 class WebhookMetrics:

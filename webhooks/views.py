@@ -142,7 +142,8 @@ class Views:
             self.config.signature_keys, self.config.notification_url, raw, request.headers.get(SIGNATURE_HEADER)
         ):
             return _Verdict(m.UNAUTHORIZED)
-        if request.content_type != "application/json":
+        # Square sends exactly this header; anything else (parameters, odd case) goes through aiohttp's parser.
+        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
             return _Verdict(m.UNSUPPORTED_MEDIA_TYPE)
         try:
             envelope: Any = orjson.loads(raw)  # also refuses bytes that are not UTF-8

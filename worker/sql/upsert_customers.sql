@@ -45,16 +45,23 @@ WITH input AS (
         observed_at = EXCLUDED.observed_at,
         synced_at = EXCLUDED.synced_at
     WHERE square.customer_snapshot_wins(t.deleted_at, t.version, t.observed_at, EXCLUDED.version, EXCLUDED.observed_at)
-    RETURNING t.id, t.group_ids, t.segment_ids
-), written AS (
-    -- The written IDs as one array: an index condition on (merchant_id, customer_id) for the deletes below,
-    -- so they touch this batch's memberships only, never every membership of the merchant.
-    SELECT ARRAY(SELECT id FROM up) AS ids
+    -- xmax = 0 on a freshly inserted row; an updated row carries our lock (ON CONFLICT DO UPDATE), so xmax <> 0.
+    RETURNING t.id, t.group_ids, t.segment_ids, t.xmax <> 0 AS updated
+), updated AS (
+    -- The IDs of rows that existed before (updated, not inserted) as one array: an index condition on
+    -- (merchant_id, customer_id) for the deletes below, so they touch this batch's memberships only. A freshly
+    -- inserted row has no memberships to drop (memberships are only ever written for existing customer rows,
+    -- and customer rows are never deleted), so a batch of new customers (a backfill into an empty mirror)
+    -- skips the deletes entirely: the cardinality test is a one-time filter evaluated before any scan. Without
+    -- it, the deletes scanned the membership tables with a 500-element ANY filter while their statistics still
+    -- said "empty", about a quarter of the backfill's Postgres CPU.
+    SELECT ARRAY(SELECT id FROM up WHERE updated) AS ids
 ), drop_groups AS (
     DELETE FROM square.customer_group_members m
     USING up
-    WHERE m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM written)::text[])
-      AND m.customer_id = up.id AND NOT (m.group_id = ANY (up.group_ids))
+    WHERE (SELECT cardinality(ids) FROM updated) > 0
+      AND m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM updated)::text[])
+      AND up.updated AND m.customer_id = up.id AND NOT (m.group_id = ANY (up.group_ids))
 ), add_groups AS (
     INSERT INTO square.customer_group_members (merchant_id, group_id, customer_id, since)
     SELECT $1, g, up.id, $3 FROM up, unnest(up.group_ids) AS g
@@ -62,8 +69,9 @@ WITH input AS (
 ), drop_segments AS (
     DELETE FROM square.customer_segment_members m
     USING up
-    WHERE m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM written)::text[])
-      AND m.customer_id = up.id AND NOT (m.segment_id = ANY (up.segment_ids))
+    WHERE (SELECT cardinality(ids) FROM updated) > 0
+      AND m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM updated)::text[])
+      AND up.updated AND m.customer_id = up.id AND NOT (m.segment_id = ANY (up.segment_ids))
 ), add_segments AS (
     INSERT INTO square.customer_segment_members (merchant_id, segment_id, customer_id, since)
     SELECT $1, s, up.id, $3 FROM up, unnest(up.segment_ids) AS s

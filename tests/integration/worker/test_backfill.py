@@ -94,7 +94,9 @@ async def test_resumes_from_checkpoint_without_redoing_finished_partitions(
         if pages == 24:
             raise asyncio.CancelledError  # the process is killed mid-listing
         if "start_at" in str(body):
-            await asyncio.sleep(0.03)  # every partition but the first is slow, so the first one finishes
+            # Every partition but the first is slow, so the first one finishes (its pages are committed) first, even on
+            # a loaded machine where each write takes ~100 ms (0.03 s here lost that race: failing before this change).
+            await asyncio.sleep(0.15)
         return await original(merchant_id, body)
 
     ctx.client.search_customers = dying_search  # type: ignore[method-assign]

@@ -11,16 +11,12 @@ from typing import Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis import exceptions as redis_exceptions
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from square_mirror.constants import QUEUE_NAME
-from square_mirror.queue import redis_settings
 from square_mirror.settings import Settings
 from webhooks.enqueue import BatchEnqueuer
 from webhooks.metrics import WebhookMetrics
+from webhooks.resp import RedisConnection
 from webhooks.views import ReceiverConfig, Views
 
 DEFAULT_REDIS_TIMEOUT: Final = 2.0  # seconds; a hung Redis still gives a 503 long before Square's 10 s
@@ -32,30 +28,6 @@ CONNECTION_IDLE_TIMEOUT: Final = 15.0
 
 VIEWS_KEY: Final = web.AppKey("views", Views)
 METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
-
-
-def create_redis(url: str, timeout: float) -> Redis:
-    """A Redis client whose every connect and command is bounded by ``timeout``.
-
-    A command that meets a dead connection (Redis restarted since it was pooled) is retried once on a fresh
-    one, so the first event after an outage is not refused for nothing; retrying the enqueue script is safe
-    because it is idempotent (a job already written is reported as a duplicate, and it is queued either way).
-    Timeouts are not retried: they bound the answer.
-    """
-    rs = redis_settings(url)
-    return Redis(
-        host=str(rs.host),
-        port=rs.port,
-        db=rs.database,
-        username=rs.username,
-        password=rs.password,
-        ssl=rs.ssl,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis_exceptions.ConnectionError,)),
-        retry_on_error=[redis_exceptions.ConnectionError],
-    )
 
 
 def create_app(
@@ -81,7 +53,7 @@ def create_app(
     metrics = WebhookMetrics(registry)
     # Nothing connects here: the client connects on first use, so the receiver starts (and answers 503 and
     # /readyz 503) while Redis is down, and recovers by itself when it is back.
-    redis = create_redis(redis_url, redis_timeout)
+    redis = RedisConnection.from_url(redis_url, redis_timeout)
     enqueuer = BatchEnqueuer(
         redis,
         queue_name=queue_name,
@@ -95,7 +67,7 @@ def create_app(
     async def close_queue(_app: web.Application) -> None:
         # on_cleanup runs after the server finished its in-flight requests (AppRunner.cleanup).
         await enqueuer.close()
-        await redis.aclose()
+        await redis.close()
 
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[METRICS_KEY] = metrics

@@ -27,12 +27,12 @@ from typing import Any, Final
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from redis import exceptions as redis_exceptions
-from redis.asyncio import Redis
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.logs import get_logger
 from square_mirror.queue import serialize_job
 from webhooks.metrics import WebhookMetrics
+from webhooks.resp import RedisConnection
 
 _log = get_logger(__name__)
 
@@ -92,7 +92,7 @@ class BatchEnqueuer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisConnection,
         *,
         queue_name: str = QUEUE_NAME,
         timeout: float = 2.0,
@@ -108,7 +108,6 @@ class BatchEnqueuer:
         self._max_in_flight = max_in_flight
         self._expires_ms = expires_ms
         self._metrics = metrics
-        self._script = redis.register_script(ENQUEUE_BATCH_LUA)
         self._pending: deque[_Pending] = deque()  # not sent yet
         self._unanswered: deque[_Pending] = deque()  # every job in arrival order until the watchdog drops it
         self._flushes: set[asyncio.Task[None]] = set()
@@ -192,11 +191,15 @@ class BatchEnqueuer:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                replies = await self._script(keys=[self._queue_name], args=args)
+                # EVAL, not EVALSHA: Redis caches the compiled script either way, and a Redis restarted
+                # empty can never answer NOSCRIPT.
+                replies = await self._redis.execute_idempotent("EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, *args)
             if not isinstance(replies, list) or len(replies) != len(batch):
                 raise QueueUnavailable("redis_error")  # not the reply the script returns
         except Exception as exc:  # every failure fails the batch: none of these requests may answer 200
             reason = _failure_reason(exc)
+            if not isinstance(exc, redis_exceptions.ResponseError):
+                self._redis.reset()  # a late reply must never answer a later batch
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(QueueUnavailable(reason))

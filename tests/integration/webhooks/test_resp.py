@@ -71,5 +71,5 @@ async def test_commands_run_in_the_database_the_url_names(redis_url: str) -> Non
 
 async def test_an_unreachable_redis_fails_within_the_timeout() -> None:
     conn = RedisConnection("127.0.0.1", 1, timeout=0.5)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await conn.execute_idempotent("PING")

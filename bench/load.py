@@ -34,9 +34,13 @@ Redis on the same two cores; 3,000 customers, 50 ms API latency, 1 receiver + 1 
 * ``--minutes 5 --rate 150 --sample-seconds 15``: 45,000 events at 150.0/s, receipt-to-row lag p50 199 ms,
   p99 1,468 ms, max 2,116 ms; queue depth 13-30 for the first 105 s, then 20-270 (the machine was shared with
   another engineer's test suite from then on); 0 errors of every kind, mirror equal to the emulator's truth.
-  RSS start -> end: receiver 60.7 -> 62.9 MiB (flat), worker 61.8 -> 81.8 MiB (a steady ~4 MiB/min that had
-  not levelled off after 5 minutes: to be explained by a longer soak with tracemalloc), emulator 47.6 ->
+  RSS start -> end: receiver 60.7 -> 62.9 MiB (flat), worker 61.8 -> 81.8 MiB (a steady ~4 MiB/min: glibc
+  heap fragmentation from asyncio's 256 KiB read buffers, see square_mirror/allocator.py), emulator 47.6 ->
   146.6 MiB (by design: it keeps every event for SearchEvents and every delivery in its log).
+* The same command after the allocator fix (2026-11-23, machine busy with other runs): p50 377 ms, p99 19.3 s,
+  max 19.8 s (queue 15-32 for the first 135 s, then up to 3,500: shared machine); 0 errors, mirror equal to
+  the truth; RSS receiver 52.7 -> 54.8 MiB, worker 53.4 -> 58.5 MiB (55.4-55.9 MiB from t = 75 s until the
+  backlog, then a step up with it).
 * ``--minutes 2 --rate 100`` with the machine busy: p50 114 ms, p99 3,733 ms; the queue stayed at ~10 until
   a reconcile lane's cron job ran in the same worker (t = 95 s), then grew to 380: the lanes share the
   worker's slots, event loop and database with event jobs.

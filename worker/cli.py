@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from square_mirror.allocator import pin_mmap_threshold
 from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
 from worker.arq_settings import build_worker
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     settings.require_database_url()
     settings.require_redis_url()
     configure_logging(settings.log_level, secrets=settings.secrets())
+    pin_mmap_threshold()  # asyncio's 256 KiB read buffers would otherwise fragment the heap without bound
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -101,3 +102,16 @@ def test_log_line_honours_the_configured_level() -> None:
     finally:
         configure_logging("INFO")
     assert [line["outcome"] for line in _lines(stream)] == ["unauthorized"]
+
+
+async def test_log_line_inside_an_event_loop_writes_at_the_end_of_the_iteration_in_order() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    try:
+        for n in range(3):
+            log_line("info", "webhook", {"n": n})
+        assert stream.getvalue() == ""  # one write for the whole iteration, not one per line
+        await asyncio.sleep(0)
+        assert [line["n"] for line in _lines(stream)] == [0, 1, 2]
+    finally:
+        configure_logging("INFO")

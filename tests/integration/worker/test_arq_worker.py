@@ -68,3 +68,27 @@ async def test_enqueued_events_become_rows_and_finished_ids_can_be_enqueued_agai
             assert row is not None and row["attempts"] == 2 and row["outcome"] in ("applied", "stale")
         finally:
             await redis.aclose()
+
+
+async def test_a_job_this_worker_is_running_is_skipped_by_the_poll_without_claiming_it(redis_url: str) -> None:
+    import asyncio
+
+    from square_mirror.settings import Secret, Settings
+
+    settings = Settings(redis_url=Secret(redis_url))
+    redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                              job_deserializer=deserialize_job, default_queue_name=QUEUE_NAME)
+    worker = build_worker(settings, handle_signals=False, cron_jobs=[])
+    worker._pool = redis
+    running = asyncio.get_running_loop().create_future()  # stands for the job's task, still running
+    try:
+        await redis.enqueue_job(PROCESS_EVENT_JOB, {"v": 0}, _job_id="running-here")
+        worker.tasks["running-here"] = running  # type: ignore[assignment]
+        await worker.start_jobs([b"running-here"])
+        assert worker.job_counter == 0  # no slot taken
+        assert not await redis.exists("arq:in-progress:running-here")
+        assert await redis.zscore(QUEUE_NAME, "running-here") is not None  # still queued for whoever runs it
+    finally:
+        running.cancel()
+        worker.tasks.clear()
+        await redis.aclose()

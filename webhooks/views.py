@@ -126,9 +126,7 @@ class Views:
             # trickles its body (slow loris) is answered 408 instead of holding a handler forever. A body that
             # arrived with the head (Square's case) has nothing to wait for, so it skips the timer's cost.
             if request.content.is_eof():
-                raw = request.content.read_nowait()
-                if len(raw) > self.config.max_body_bytes:
-                    return _Verdict(m.TOO_LARGE)
+                raw = await request.read()  # nothing left to wait for (and cached if a middleware read it)
             else:
                 async with asyncio.timeout(self.config.body_timeout):
                     raw = await request.read()

@@ -263,7 +263,7 @@ async def start_pipeline(stack: Stack, session: aiohttp.ClientSession, opts: arg
     hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
     emulator = stack.start("emulator", _cli(
         "emulator", "--port", str(emulator_port), "--seed", "11", "--customers", str(opts.customers),
-        "--webhook-url", hook_url, "--signature-key", key, "--latency-ms", str(opts.latency_ms)),
+        "--webhook-url", hook_url, f"--signature-key={key}", "--latency-ms", str(opts.latency_ms)),
         {**os.environ, "PYTHONPATH": ROOT})
     await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", timeout=60, proc=emulator)
     seller = orjson.loads((stack.workdir / "emulator.log").read_text().splitlines()[0])["sellers"][0]

@@ -91,6 +91,13 @@ class Stack:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def emulator_args(port: int, seed: int, customers: int, hook_url: str, signature_key: str) -> list[str]:
+    """The emulator's command line. The key goes as ``--signature-key=KEY``: a random URL-safe key starts with
+    ``-`` one time in 64, and argparse would read ``--signature-key -xyz`` as a missing value (exit code 2)."""
+    return ["emulator", "--port", str(port), "--seed", str(seed), "--customers", str(customers),
+            "--webhook-url", hook_url, f"--signature-key={signature_key}"]
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "square_mirror", *args]
 
@@ -252,9 +259,8 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
     emulator_port, receiver_port, metrics_port = free_port(), free_port(), free_port()
     signature_key = secrets.token_urlsafe(24)
     hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
-    emulator = stack.start("emulator", _cli(
-        "emulator", "--port", str(emulator_port), "--seed", str(args.seed), "--customers", str(args.customers),
-        "--webhook-url", hook_url, "--signature-key", signature_key), dict(os.environ))
+    emulator = stack.start("emulator", _cli(*emulator_args(emulator_port, args.seed, args.customers, hook_url,
+                                                          signature_key)), dict(os.environ))
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
     first_line = (stack.workdir / "emulator.log").read_text().splitlines()[0]

@@ -292,7 +292,7 @@ class ChaosRun:
             seller_args += ["--seller", f"MLCHAOS{i:03d}:EAAAchaos{secrets.token_hex(12)}"]
         emulator = self._start("emulator", _cli(
             "emulator", "--port", str(emulator_port), "--seed", str(cfg.seed), "--customers", str(cfg.customers),
-            "--webhook-url", hook_url, "--signature-key", self.signature_key, *seller_args), dict(os.environ))
+            "--webhook-url", hook_url, f"--signature-key={self.signature_key}", *seller_args), dict(os.environ))
         await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
         first = (self.stack.workdir / "emulator-1.log").read_text().splitlines()[0]
         emulator_url = f"http://127.0.0.1:{emulator_port}"

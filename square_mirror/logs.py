@@ -86,7 +86,7 @@ def redact(value: Any, *, depth: int = 0) -> Any:
     kind = type(value)
     if kind in _PLAIN_TYPES:
         return value
-    if kind is str or isinstance(value, str):
+    if isinstance(value, str):
         return _scrub_text(value)
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
@@ -108,10 +108,7 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
     # is safe, since no key is added or removed.
     for key, value in event_dict.items():
-        masked = _masked_keys.get(key)
-        if masked is None:
-            masked = _is_masked_key(key)
-        if masked:
+        if _is_masked_key(key):
             event_dict[key] = REDACTED
         elif type(value) is str:
             event_dict[key] = _scrub_text(value)
@@ -134,14 +131,14 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     The level and timestamp are added after the redactor: they are produced here, never by a caller, so
     scrubbing them would only cost time on every line.
     """
-    global _generation, _sink
+    global _sink
     register_secrets(secrets)
-    _generation += 1
+    level_no = getattr(logging, level.upper(), logging.INFO)
     if _sink is not None:
         _sink.flush()
     else:
         atexit.register(_flush_at_exit)
-    _sink = _Sink(stream or sys.stdout, getattr(logging, level.upper(), logging.INFO))
+    _sink = _Sink(stream or sys.stdout, level_no)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -151,7 +148,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
@@ -175,37 +172,12 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.setLevel(level_no)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-_generation = 0  # bumped by every configure_logging, so loggers resolved under an older one re-resolve
-
-
-class _Logger:
-    """A structlog logger resolved once per logging configuration instead of on every call.
-
-    structlog's lazy proxy assembles a new bound logger for each call (several microseconds, a noticeable part
-    of the receiver's cost per request); caching on first use instead would keep writing to the stream of the
-    first configuration after a reconfiguration. This keeps the proxy's semantics at a cached logger's cost.
-    """
-
-    __slots__ = ("_bound", "_generation", "_name")
-
-    def __init__(self, name: str | None) -> None:
-        self._name = name
-        self._bound: Any = None
-        self._generation = -1
-
-    def __getattr__(self, method: str) -> Any:
-        if self._generation != _generation:
-            self._bound = structlog.get_logger(self._name).bind()
-            self._generation = _generation
-        return getattr(self._bound, method)
-
-
 def get_logger(name: str | None = None) -> Any:
-    return _Logger(name)
+    return structlog.get_logger(name)
 
 
 class _Sink:
@@ -257,6 +229,8 @@ _sink: _Sink | None = None
 def _flush_at_exit() -> None:
     if _sink is not None:
         _sink.flush()
+
+
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 

@@ -247,10 +247,9 @@ def _event_time(job: EventJob) -> datetime:
 
 
 async def _ensure_merchant(ctx: dict[str, Any], merchant_id: str) -> None:
-    # arq gives every job a copy of the worker's ctx, so the set must come from startup (shared by the copies);
-    # setdefault only serves callers that pass one long-lived ctx.
-    known: set[str] = ctx["ensured_merchants"] if "ensured_merchants" in ctx else ctx.setdefault(
-        "ensured_merchants", set())
+    # arq gives every job a copy of the worker's ctx, so the set comes from startup (shared by the copies);
+    # setdefault only creates one for callers that pass a ctx startup did not build.
+    known: set[str] = ctx.setdefault("ensured_merchants", set())
     if merchant_id not in known:
         known.add(merchant_id)  # before the await: a burst's first jobs must not all insert the same row
         try:

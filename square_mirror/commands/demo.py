@@ -29,6 +29,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from square_mirror.constants import DEFAULT_SQUARE_VERSION
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool, migrate
 from square_mirror.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, tcp_reachable
@@ -125,7 +126,7 @@ class Square:
         self.session, self.base_url, self.token, self.merchant_id = session, base_url, token, merchant_id
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "Square-Version": "2025-08-20"}
+        headers = {"Authorization": f"Bearer {self.token}", "Square-Version": DEFAULT_SQUARE_VERSION}
         async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
             payload = await resp.json(content_type=None)
             if resp.status >= 400:
@@ -133,11 +134,17 @@ class Square:
             return payload
 
     async def admin(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.session.request(method, f"{self.base_url}/_emulator{path}", json=body) as resp:
-            payload = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
-            return payload
+        return await emulator_admin(self.session, self.base_url, method, path, body)
+
+
+async def emulator_admin(session: aiohttp.ClientSession, base_url: str, method: str, path: str,
+                         body: Any = None) -> Any:
+    """One call to the emulator's admin API (``/_emulator``); a refusal raises with Square's answer."""
+    async with session.request(method, f"{base_url}/_emulator{path}", json=body) as resp:
+        payload = await resp.json(content_type=None)
+        if resp.status >= 400:
+            raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
+        return payload
 
 
 async def _run_cli(stack: Stack, name: str, args: Sequence[str], env: dict[str, str], timeout: float = 120) -> int:

@@ -45,13 +45,12 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from square_mirror.commands.demo import Stack, _wait_for
-from square_mirror.constants import QUEUE_NAME
+from square_mirror.commands.demo import Stack, _wait_for, emulator_admin
+from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.embedded import free_port, tcp_reachable
 
-SQUARE_VERSION = "2025-08-20"
 ALL_LANES = ("incremental", "segments", "groups", "events", "sweep")
 
 
@@ -185,7 +184,7 @@ class Api:
         self.session, self.base_url = session, base_url
 
     async def call(self, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}", "Square-Version": SQUARE_VERSION}
+        headers = {"Authorization": f"Bearer {token}", "Square-Version": DEFAULT_SQUARE_VERSION}
         for attempt in range(30):
             try:
                 async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
@@ -199,11 +198,7 @@ class Api:
         raise RuntimeError(f"{method} {path}: still failing after 30 tries")
 
     async def admin(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.session.request(method, f"{self.base_url}/_emulator{path}", json=body) as resp:
-            payload = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
-            return payload
+        return await emulator_admin(self.session, self.base_url, method, path, body)
 
 
 @dataclass

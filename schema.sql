@@ -251,21 +251,67 @@ LEFT JOIN square.customer_segments s ON s.merchant_id = m.merchant_id AND s.id =
 
 
 -- History (every observed profile state and membership change) -------------------------------------------
--- Maintained by statement-level triggers on the current-state tables, in the same transaction as the write:
--- every writer (webhook jobs, backfill, reconcile lanes) gets history without knowing about it, and a write
--- that changes nothing (duplicate, replay, stale event, unchanged backfill page) adds no row.
--- valid_from is Square's updated_at for the version (clamped so validity never overlaps), or the time the
--- mirror observed the state when Square's time is unknown; valid_to closes a row when it is superseded,
--- deleted or merged away. Membership joined_at / left_at are observation times (see the README).
--- SET square_mirror.history = 'off' in a session turns recording off for that session (benchmarks).
+-- The current-state tables are the open end of history: a live customers row is its customer's current
+-- version, a members row its open membership period. Only what a write ends is stored apart, by statement-level
+-- triggers in the same transaction as the write: the superseded, deleted or merged-away version, the membership
+-- that ended. So every writer (webhook jobs, backfill, reconcile lanes) gets history without knowing about it;
+-- a write that changes nothing (duplicate, replay, stale event, unchanged backfill page) adds no row; and a
+-- first write (a backfill into an empty mirror) stores everything once, not twice.
+-- customer_versions and the membership histories are views over both halves; analysts query those.
+-- valid_from is Square's updated_at for the version, or the time the mirror observed the state when Square's
+-- time is unknown; valid_to is the next state's valid_from, or the deletion time. Membership joined_at /
+-- left_at are observation times (see the README).
+-- SET square_mirror.history = 'off' in a session stops storing ended states for that session (benchmarks).
 
-CREATE TABLE IF NOT EXISTS square.customer_versions (
+-- Schema 1 stored open rows in the history tables too: keep their closed rows, drop the open ones (the
+-- current-state tables hold them), and let the views below take the old names.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'square' AND c.relname = 'customer_versions' AND c.relkind = 'r') THEN
+        DELETE FROM square.customer_versions WHERE valid_to IS NULL;
+        ALTER TABLE square.customer_versions RENAME TO customer_versions_closed;
+        ALTER TABLE square.customer_versions_closed
+            RENAME CONSTRAINT customer_versions_pkey TO customer_versions_closed_pkey;
+        ALTER TABLE square.customer_versions_closed ALTER COLUMN valid_to SET NOT NULL;
+        DROP INDEX IF EXISTS square.customer_versions_open_idx;
+        DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
+        DROP FUNCTION IF EXISTS square.customer_history_on_insert();
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'square' AND c.relname = 'customer_group_membership_history' AND c.relkind = 'r')
+    THEN
+        DELETE FROM square.customer_group_membership_history WHERE left_at IS NULL;
+        ALTER TABLE square.customer_group_membership_history RENAME TO customer_group_membership_closed;
+        ALTER TABLE square.customer_group_membership_closed
+            RENAME CONSTRAINT customer_group_membership_history_pkey TO customer_group_membership_closed_pkey;
+        ALTER TABLE square.customer_group_membership_closed ALTER COLUMN left_at SET NOT NULL;
+        DROP INDEX IF EXISTS square.group_membership_history_open_idx;
+        DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'square' AND c.relname = 'customer_segment_membership_history' AND c.relkind = 'r')
+    THEN
+        DELETE FROM square.customer_segment_membership_history WHERE left_at IS NULL;
+        ALTER TABLE square.customer_segment_membership_history RENAME TO customer_segment_membership_closed;
+        ALTER TABLE square.customer_segment_membership_closed
+            RENAME CONSTRAINT customer_segment_membership_history_pkey TO customer_segment_membership_closed_pkey;
+        ALTER TABLE square.customer_segment_membership_closed ALTER COLUMN left_at SET NOT NULL;
+        DROP INDEX IF EXISTS square.segment_membership_history_open_idx;
+        DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
+    END IF;
+    DROP FUNCTION IF EXISTS square.membership_history_on_insert();
+END
+$$;
+
+-- Superseded, deleted and merged-away customer states: [valid_from, valid_to), valid_to never NULL.
+CREATE TABLE IF NOT EXISTS square.customer_versions_closed (
     merchant_id         text NOT NULL,
     customer_id         text NOT NULL,
     history_id          bigint GENERATED ALWAYS AS IDENTITY,
     version             bigint NOT NULL,
     valid_from          timestamptz NOT NULL,
-    valid_to            timestamptz,
+    valid_to            timestamptz NOT NULL,
     created_at          timestamptz,
     updated_at          timestamptz,
     given_name          text,
@@ -287,192 +333,148 @@ CREATE TABLE IF NOT EXISTS square.customer_versions (
     closed_reason       text CHECK (closed_reason IN ('superseded', 'deleted', 'merged')),
     PRIMARY KEY (merchant_id, customer_id, history_id)
 );
-CREATE INDEX IF NOT EXISTS customer_versions_open_idx
-    ON square.customer_versions (merchant_id, customer_id) WHERE valid_to IS NULL;
 CREATE INDEX IF NOT EXISTS customer_versions_asof_idx
-    ON square.customer_versions (merchant_id, valid_from, valid_to);
+    ON square.customer_versions_closed (merchant_id, valid_from, valid_to);
 
-CREATE TABLE IF NOT EXISTS square.customer_group_membership_history (
+-- Ended membership periods: [joined_at, left_at).
+CREATE TABLE IF NOT EXISTS square.customer_group_membership_closed (
     merchant_id  text NOT NULL,
     group_id     text NOT NULL,
     customer_id  text NOT NULL,
     history_id   bigint GENERATED ALWAYS AS IDENTITY,
     joined_at    timestamptz NOT NULL,
-    left_at      timestamptz,
+    left_at      timestamptz NOT NULL,
     PRIMARY KEY (merchant_id, group_id, customer_id, history_id)
 );
-CREATE INDEX IF NOT EXISTS group_membership_history_open_idx
-    ON square.customer_group_membership_history (merchant_id, group_id, customer_id) WHERE left_at IS NULL;
 CREATE INDEX IF NOT EXISTS group_membership_history_asof_idx
-    ON square.customer_group_membership_history (merchant_id, joined_at, left_at);
+    ON square.customer_group_membership_closed (merchant_id, joined_at, left_at);
 
-CREATE TABLE IF NOT EXISTS square.customer_segment_membership_history (
+CREATE TABLE IF NOT EXISTS square.customer_segment_membership_closed (
     merchant_id  text NOT NULL,
     segment_id   text NOT NULL,
     customer_id  text NOT NULL,
     history_id   bigint GENERATED ALWAYS AS IDENTITY,
     joined_at    timestamptz NOT NULL,
-    left_at      timestamptz,
+    left_at      timestamptz NOT NULL,
     PRIMARY KEY (merchant_id, segment_id, customer_id, history_id)
 );
-CREATE INDEX IF NOT EXISTS segment_membership_history_open_idx
-    ON square.customer_segment_membership_history (merchant_id, segment_id, customer_id) WHERE left_at IS NULL;
 CREATE INDEX IF NOT EXISTS segment_membership_history_asof_idx
-    ON square.customer_segment_membership_history (merchant_id, joined_at, left_at);
+    ON square.customer_segment_membership_closed (merchant_id, joined_at, left_at);
+
+-- Every state and period, ended or open. The open halves carry history_id NULL (they are not stored apart).
+CREATE OR REPLACE VIEW square.customer_versions AS
+SELECT merchant_id, customer_id, history_id, version, valid_from, valid_to, created_at, updated_at, given_name,
+       family_name, nickname, company_name, email_address, phone_number, birthday, reference_id, note,
+       creation_source, email_unsubscribed, address, tax_ids, group_ids, raw, observed_at, closed_reason
+FROM square.customer_versions_closed
+UNION ALL
+SELECT merchant_id, id, NULL::bigint, version, coalesce(updated_at, observed_at), NULL::timestamptz, created_at,
+       updated_at, given_name, family_name, nickname, company_name, email_address, phone_number, birthday,
+       reference_id, note, creation_source, email_unsubscribed, address, tax_ids, group_ids, raw, observed_at,
+       NULL::text
+FROM square.customers
+WHERE deleted_at IS NULL;
+
+CREATE OR REPLACE VIEW square.customer_group_membership_history AS
+SELECT merchant_id, group_id, customer_id, history_id, joined_at, left_at
+FROM square.customer_group_membership_closed
+UNION ALL
+SELECT merchant_id, group_id, customer_id, NULL::bigint, since, NULL::timestamptz
+FROM square.customer_group_members;
+
+CREATE OR REPLACE VIEW square.customer_segment_membership_history AS
+SELECT merchant_id, segment_id, customer_id, history_id, joined_at, left_at
+FROM square.customer_segment_membership_closed
+UNION ALL
+SELECT merchant_id, segment_id, customer_id, NULL::bigint, since, NULL::timestamptz
+FROM square.customer_segment_members;
 
 CREATE OR REPLACE FUNCTION square.history_enabled() RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(current_setting('square_mirror.history', true), 'on') <> 'off'
 $$;
 
--- Inserted customer rows: a first version for live ones (a tombstone for an unseen ID has no state to keep).
-CREATE OR REPLACE FUNCTION square.customer_history_on_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT square.history_enabled() THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO square.customer_versions (
-        merchant_id, customer_id, version, valid_from, created_at, updated_at, given_name, family_name, nickname,
-        company_name, email_address, phone_number, birthday, reference_id, note, creation_source,
-        email_unsubscribed, address, tax_ids, group_ids, raw, observed_at)
-    SELECT n.merchant_id, n.id, n.version, coalesce(n.updated_at, n.observed_at), n.created_at, n.updated_at,
-           n.given_name, n.family_name, n.nickname, n.company_name, n.email_address, n.phone_number, n.birthday,
-           n.reference_id, n.note, n.creation_source, n.email_unsubscribed, n.address, n.tax_ids, n.group_ids,
-           n.raw, n.observed_at
-    FROM new_rows n
-    WHERE n.deleted_at IS NULL;
-    RETURN NULL;
-END
-$$;
-
--- Updated customer rows: close the open version when the profile state changed or the customer was deleted
--- or merged away, then open the new state. Segment membership has its own history, so segment_ids and the
--- mirror's own timestamps do not make a new version.
+-- Updated customer rows: store the old state when the profile changed or the customer was deleted or merged
+-- away. Segment membership has its own history, so segment_ids and the mirror's own timestamps do not end a
+-- version.
 CREATE OR REPLACE FUNCTION square.customer_history_on_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     c record;
-    closed_to timestamptz;
 BEGIN
     IF NOT square.history_enabled() THEN
         RETURN NULL;
     END IF;
-    -- Row by row on purpose: each close is an exact probe of customer_versions_open_idx, whatever the
-    -- planner's statistics say (a set-based join degrades to scanning every open row of the merchant).
+    INSERT INTO square.customer_versions_closed (
+        merchant_id, customer_id, version, valid_from, valid_to, created_at, updated_at, given_name, family_name,
+        nickname, company_name, email_address, phone_number, birthday, reference_id, note, creation_source,
+        email_unsubscribed, address, tax_ids, group_ids, raw, observed_at, closed_reason)
+    SELECT o.merchant_id, o.id, o.version, coalesce(o.updated_at, o.observed_at),
+           greatest(coalesce(o.updated_at, o.observed_at), coalesce(n.deleted_at, n.updated_at, n.observed_at)),
+           o.created_at, o.updated_at, o.given_name, o.family_name, o.nickname, o.company_name, o.email_address,
+           o.phone_number, o.birthday, o.reference_id, o.note, o.creation_source, o.email_unsubscribed, o.address,
+           o.tax_ids, o.group_ids, o.raw, o.observed_at,
+           CASE WHEN n.merged_into IS NOT NULL THEN 'merged'
+                WHEN n.deleted_at IS NOT NULL THEN 'deleted'
+                ELSE 'superseded' END
+    FROM new_rows n
+    JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.id = n.id
+    WHERE o.deleted_at IS NULL
+      AND (n.deleted_at IS NOT NULL
+           OR (o.version, o.created_at, o.updated_at, o.given_name, o.family_name, o.nickname, o.company_name,
+               o.email_address, o.phone_number, o.birthday, o.reference_id, o.note, o.creation_source,
+               o.email_unsubscribed, o.address, o.tax_ids, o.group_ids)
+              IS DISTINCT FROM
+              (n.version, n.created_at, n.updated_at, n.given_name, n.family_name, n.nickname, n.company_name,
+               n.email_address, n.phone_number, n.birthday, n.reference_id, n.note, n.creation_source,
+               n.email_unsubscribed, n.address, n.tax_ids, n.group_ids));
+    -- A plain delete later learned to be a merge (rare). Row by row on purpose: each is an exact primary-key
+    -- probe, whatever the planner's statistics on the transition tables say.
     FOR c IN
-        SELECT n.*, coalesce(n.updated_at, n.observed_at) AS state_time, o.deleted_at AS old_deleted_at,
-               o.merged_into AS old_merged_into
+        SELECT n.merchant_id, n.id
         FROM new_rows n
         JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.id = n.id
-        WHERE (o.deleted_at IS NULL
-               AND (n.deleted_at IS NOT NULL
-                    OR (o.version, o.created_at, o.updated_at, o.given_name, o.family_name, o.nickname,
-                        o.company_name, o.email_address, o.phone_number, o.birthday, o.reference_id, o.note,
-                        o.creation_source, o.email_unsubscribed, o.address, o.tax_ids, o.group_ids)
-                       IS DISTINCT FROM
-                       (n.version, n.created_at, n.updated_at, n.given_name, n.family_name, n.nickname,
-                        n.company_name, n.email_address, n.phone_number, n.birthday, n.reference_id, n.note,
-                        n.creation_source, n.email_unsubscribed, n.address, n.tax_ids, n.group_ids)))
-           OR (o.deleted_at IS NOT NULL AND o.merged_into IS NULL AND n.merged_into IS NOT NULL)
+        WHERE o.deleted_at IS NOT NULL AND o.merged_into IS NULL AND n.merged_into IS NOT NULL
     LOOP
-        IF c.old_deleted_at IS NOT NULL THEN
-            -- A plain delete later learned to be a merge.
-            UPDATE square.customer_versions SET closed_reason = 'merged'
-            WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason = 'deleted';
-            CONTINUE;
-        END IF;
-        WITH closed AS (
-            UPDATE square.customer_versions v
-            SET valid_to = greatest(v.valid_from, coalesce(c.deleted_at, c.state_time)),
-                closed_reason = CASE WHEN c.merged_into IS NOT NULL THEN 'merged'
-                                     WHEN c.deleted_at IS NOT NULL THEN 'deleted'
-                                     ELSE 'superseded' END
-            WHERE v.merchant_id = c.merchant_id AND v.customer_id = c.id AND v.valid_to IS NULL
-            RETURNING v.valid_to
-        )
-        SELECT max(valid_to) INTO closed_to FROM closed;
-        IF c.deleted_at IS NULL THEN
-            INSERT INTO square.customer_versions (
-                merchant_id, customer_id, version, valid_from, created_at, updated_at, given_name, family_name,
-                nickname, company_name, email_address, phone_number, birthday, reference_id, note,
-                creation_source, email_unsubscribed, address, tax_ids, group_ids, raw, observed_at)
-            VALUES (c.merchant_id, c.id, c.version, greatest(c.state_time, closed_to), c.created_at, c.updated_at,
-                    c.given_name, c.family_name, c.nickname, c.company_name, c.email_address, c.phone_number,
-                    c.birthday, c.reference_id, c.note, c.creation_source, c.email_unsubscribed, c.address,
-                    c.tax_ids, c.group_ids, c.raw, c.observed_at);
-        END IF;
+        UPDATE square.customer_versions_closed SET closed_reason = 'merged'
+        WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason = 'deleted';
     END LOOP;
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION square.membership_history_on_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT square.history_enabled() THEN
-        RETURN NULL;
-    END IF;
-    IF TG_TABLE_NAME = 'customer_group_members' THEN
-        INSERT INTO square.customer_group_membership_history (merchant_id, group_id, customer_id, joined_at)
-        SELECT merchant_id, group_id, customer_id, since FROM new_rows;
-    ELSE
-        INSERT INTO square.customer_segment_membership_history (merchant_id, segment_id, customer_id, joined_at)
-        SELECT merchant_id, segment_id, customer_id, since FROM new_rows;
-    END IF;
-    RETURN NULL;
-END
-$$;
-
+-- Deleted memberships: store the period that ended.
 CREATE OR REPLACE FUNCTION square.membership_history_on_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    o record;
 BEGIN
     IF NOT square.history_enabled() THEN
         RETURN NULL;
     END IF;
-    -- Row by row: each close is an exact probe of the open-membership index (see customer_history_on_update).
     IF TG_TABLE_NAME = 'customer_group_members' THEN
-        FOR o IN SELECT merchant_id, group_id, customer_id FROM old_rows LOOP
-            UPDATE square.customer_group_membership_history
-            SET left_at = greatest(joined_at, now())
-            WHERE merchant_id = o.merchant_id AND group_id = o.group_id AND customer_id = o.customer_id
-              AND left_at IS NULL;
-        END LOOP;
+        INSERT INTO square.customer_group_membership_closed (merchant_id, group_id, customer_id, joined_at, left_at)
+        SELECT merchant_id, group_id, customer_id, since, greatest(since, now()) FROM old_rows;
     ELSE
-        FOR o IN SELECT merchant_id, segment_id, customer_id FROM old_rows LOOP
-            UPDATE square.customer_segment_membership_history
-            SET left_at = greatest(joined_at, now())
-            WHERE merchant_id = o.merchant_id AND segment_id = o.segment_id AND customer_id = o.customer_id
-              AND left_at IS NULL;
-        END LOOP;
+        INSERT INTO square.customer_segment_membership_closed (merchant_id, segment_id, customer_id, joined_at,
+                                                               left_at)
+        SELECT merchant_id, segment_id, customer_id, since, greatest(since, now()) FROM old_rows;
     END IF;
     RETURN NULL;
 END
 $$;
 
-DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
-CREATE TRIGGER customer_history_insert AFTER INSERT ON square.customers
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.customer_history_on_insert();
 DROP TRIGGER IF EXISTS customer_history_update ON square.customers;
 CREATE TRIGGER customer_history_update AFTER UPDATE ON square.customers
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION square.customer_history_on_update();
-DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
-CREATE TRIGGER group_membership_history_insert AFTER INSERT ON square.customer_group_members
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_insert();
 DROP TRIGGER IF EXISTS group_membership_history_delete ON square.customer_group_members;
 CREATE TRIGGER group_membership_history_delete AFTER DELETE ON square.customer_group_members
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_delete();
-DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
-CREATE TRIGGER segment_membership_history_insert AFTER INSERT ON square.customer_segment_members
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_insert();
 DROP TRIGGER IF EXISTS segment_membership_history_delete ON square.customer_segment_members;
 CREATE TRIGGER segment_membership_history_delete AFTER DELETE ON square.customer_segment_members
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_delete();
 
--- As-of queries. Each carries current_customer_id, so an old (merged-away) ID finds its successor.
+-- As-of queries: the ended states valid at p_at, and the current ones that had begun by then. Each row
+-- carries current_customer_id, so an old (merged-away) ID finds its successor.
 CREATE OR REPLACE FUNCTION square.customers_as_of(p_merchant_id text, p_at timestamptz)
 RETURNS TABLE (merchant_id text, customer_id text, version bigint, valid_from timestamptz,
                valid_to timestamptz, given_name text, family_name text, nickname text, company_name text,
@@ -484,9 +486,15 @@ LANGUAGE sql STABLE AS $$
            v.nickname, v.company_name, v.email_address, v.phone_number, v.birthday, v.reference_id, v.note,
            v.creation_source, v.email_unsubscribed, v.address, v.tax_ids, v.group_ids,
            square.current_customer_id(v.merchant_id, v.customer_id, cu.deleted_at, cu.merged_into)
-    FROM square.customer_versions v
+    FROM square.customer_versions_closed v
     LEFT JOIN square.customers cu ON cu.merchant_id = v.merchant_id AND cu.id = v.customer_id
-    WHERE v.merchant_id = p_merchant_id AND v.valid_from <= p_at AND (v.valid_to IS NULL OR v.valid_to > p_at)
+    WHERE v.merchant_id = p_merchant_id AND v.valid_from <= p_at AND v.valid_to > p_at
+    UNION ALL
+    SELECT c.merchant_id, c.id, c.version, coalesce(c.updated_at, c.observed_at), NULL, c.given_name,
+           c.family_name, c.nickname, c.company_name, c.email_address, c.phone_number, c.birthday, c.reference_id,
+           c.note, c.creation_source, c.email_unsubscribed, c.address, c.tax_ids, c.group_ids, c.id
+    FROM square.customers c
+    WHERE c.merchant_id = p_merchant_id AND c.deleted_at IS NULL AND coalesce(c.updated_at, c.observed_at) <= p_at
 $$;
 
 CREATE OR REPLACE FUNCTION square.group_members_as_of(p_merchant_id text, p_at timestamptz)
@@ -562,4 +570,4 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2) ON CONFLICT (version) DO NOTHING;

@@ -11,14 +11,14 @@ from square_mirror.db import connect
 from square_mirror.settings import Settings
 
 HELP = (
-    "Delete closed history rows (customer_versions whose valid_to, and membership history whose left_at, is "
-    "older than --older-than) in small batches, so no long lock blocks the sync. Open rows are never touched."
+    "Delete ended history (customer versions whose valid_to, and membership periods whose left_at, is older "
+    "than --older-than) in small batches, so no long lock blocks the sync. Current state is never touched."
 )
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TABLES: Final = (
-    ("customer_versions", "valid_to"),
-    ("customer_group_membership_history", "left_at"),
-    ("customer_segment_membership_history", "left_at"),
+    ("customer_versions_closed", "valid_to"),
+    ("customer_group_membership_closed", "left_at"),
+    ("customer_segment_membership_closed", "left_at"),
 )
 
 
@@ -49,7 +49,7 @@ async def prune(
                     f"""
                     WITH doomed AS (
                         SELECT ctid FROM square.{table}
-                        WHERE {column} IS NOT NULL AND {column} < $1 AND ($2::text IS NULL OR merchant_id = $2)
+                        WHERE {column} < $1 AND ($2::text IS NULL OR merchant_id = $2)
                         LIMIT $3
                     ), gone AS (DELETE FROM square.{table} t USING doomed d WHERE t.ctid = d.ctid RETURNING 1)
                     SELECT count(*) FROM gone

@@ -79,5 +79,17 @@ async def test_history_can_be_turned_off_per_session(db_pool: asyncpg.Pool) -> N
     async with db_pool.acquire() as conn:
         await conn.execute("SET square_mirror.history = 'off'")
         await upsert_customers(conn, M, [customer("A", version=1, group_ids=["G1"])], at(0))
+        await upsert_customers(conn, M, [customer("A", version=2)], at(1))
         await conn.execute("RESET square_mirror.history")
-    assert await _versions(db_pool, "A") == []
+    assert [r["version"] for r in await _versions(db_pool, "A")] == [2]  # only the current state
+    assert await db_pool.fetchval("SELECT count(*) FROM square.customer_group_membership_history") == 0
+
+
+async def test_a_first_write_stores_nothing_apart_from_the_current_state(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        await upsert_customers(conn, M, [customer("A", version=1, group_ids=["G1"], segment_ids=["S1"])], at(0))
+    for table in ("customer_versions_closed", "customer_group_membership_closed",
+                  "customer_segment_membership_closed"):
+        assert await db_pool.fetchval(f"SELECT count(*) FROM square.{table}") == 0  # noqa: S608
+    (row,) = await _versions(db_pool, "A")
+    assert (row["version"], row["valid_to"], row["closed_reason"]) == (1, None, None)

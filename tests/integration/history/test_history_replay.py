@@ -74,9 +74,9 @@ async def test_replayed_history_is_one_row_per_state_and_as_of_matches_truth(
     rng = random.Random(seed)
     fake_clock.now = START  # the fixture outlives one hypothesis example
     async with db_pool.acquire() as conn:
-        await conn.execute("TRUNCATE square.customers, square.customer_versions, square.customer_merges,"
+        await conn.execute("TRUNCATE square.customers, square.customer_versions_closed, square.customer_merges,"
                            " square.customer_group_members, square.customer_segment_members,"
-                           " square.customer_group_membership_history, square.customer_segment_membership_history")
+                           " square.customer_group_membership_closed, square.customer_segment_membership_closed")
     async with run_emulator() as emu:
         mid = emu.merchant_id
         state = emu.emulator.merchants[mid]

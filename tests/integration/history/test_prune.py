@@ -19,11 +19,11 @@ async def test_prune_removes_only_closed_rows_older_than_the_cutoff(db_dsn: str,
             await upsert_customers(conn, M, [customer("A", version=version, group_ids=[f"G{version}"])], at(version))
     assert await db_pool.fetchval("SELECT count(*) FROM square.customer_versions") == 5
     removed = await prune(db_dsn, timedelta(days=1), batch_size=2)
-    assert removed["customer_versions"] == 4
-    assert removed["customer_group_membership_history"] == 0  # left_at is an observation time: today
+    assert removed["customer_versions_closed"] == 4
+    assert removed["customer_group_membership_closed"] == 0  # left_at is an observation time: today
     open_rows = await db_pool.fetch("SELECT version FROM square.customer_versions")
     assert [r["version"] for r in open_rows] == [4]
-    assert (await prune(db_dsn, timedelta(0)))["customer_group_membership_history"] == 4
+    assert (await prune(db_dsn, timedelta(0)))["customer_group_membership_closed"] == 4
     assert await db_pool.fetchval("SELECT count(*) FROM square.customer_group_membership_history") == 1
 
 

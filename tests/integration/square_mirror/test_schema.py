@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
 
 from square_mirror.db import SCHEMA_VERSION, connect, migrate
+from tests.factories import at, customer
+from worker.store import upsert_customers
 
 TABLES = {
     "schema_version", "merchants", "customers", "customer_groups", "customer_segments",
@@ -24,7 +28,7 @@ async def test_schema_applies_twice_and_creates_every_table_view_and_the_reader_
             "SELECT table_name FROM information_schema.views WHERE table_schema='square'")}
         assert tables >= TABLES
         assert views >= VIEWS
-        assert await conn.fetchval("SELECT count(*) FROM square.schema_version") == 1
+        assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM square.schema_version") == [1, 2]
         assert await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader'") == 1
         assert await conn.fetchval(
             "SELECT has_table_privilege('square_mirror_reader', 'square.customers', 'SELECT')")
@@ -93,3 +97,28 @@ async def test_outcome_column_rejects_unknown_values(db_pool: asyncpg.Pool) -> N
     with pytest.raises(asyncpg.CheckViolationError):
         await db_pool.execute(
             "INSERT INTO square.webhook_events (merchant_id, event_id, type, outcome) VALUES ('M','E','t','great')")
+
+
+async def test_upgrade_from_schema_1_keeps_every_history_row_and_keeps_recording(db_dsn: str) -> None:
+    conn = await connect(db_dsn)
+    try:
+        await conn.execute("DROP SCHEMA square CASCADE")
+        await conn.execute((Path(__file__).parents[2] / "data" / "schema_v1.sql").read_text())
+        await upsert_customers(conn, "M", [customer("A", version=1, group_ids=["G1"])], at(0))
+        await upsert_customers(conn, "M", [customer("A", version=2, group_ids=["G2"])], at(60))
+        query_versions = ("SELECT version, valid_from, valid_to, closed_reason FROM square.customer_versions"
+                          " ORDER BY version")
+        query_groups = ("SELECT group_id, joined_at, left_at FROM square.customer_group_membership_history"
+                        " ORDER BY group_id")
+        before = (await conn.fetch(query_versions), await conn.fetch(query_groups))
+        assert [r["version"] for r in before[0]] == [1, 2] and len(before[1]) == 2
+
+        assert await migrate(db_dsn) == SCHEMA_VERSION
+        assert (await conn.fetch(query_versions), await conn.fetch(query_groups)) == before
+        assert await conn.fetchval("SELECT count(*) FROM square.customer_versions_closed") == 1  # open rows derived
+        await upsert_customers(conn, "M", [customer("A", version=3)], at(120))
+        assert [r["version"] for r in await conn.fetch(query_versions)] == [1, 2, 3]
+        assert await conn.fetchval("SELECT count(*) FROM square.customer_group_membership_closed") == 2
+        assert await migrate(db_dsn) == SCHEMA_VERSION  # and the upgraded schema re-applies cleanly
+    finally:
+        await conn.close()

@@ -193,8 +193,8 @@ async def test_any_delivery_order_converges_to_the_same_row(
     for sequence in (ops, shuffled):
         async with db_pool.acquire() as conn:
             await conn.execute(
-                "TRUNCATE square.customers, square.customer_segment_members, square.customer_versions,"
-                " square.customer_segment_membership_history"
+                "TRUNCATE square.customers, square.customer_segment_members, square.customer_versions_closed,"
+                " square.customer_segment_membership_closed"
             )
             for kind, version, observed in sequence:
                 if kind == "snap":

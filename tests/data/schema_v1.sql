@@ -1,0 +1,566 @@
+-- schema.sql as of schema version 1 (history tables held open rows too): the starting point of the upgrade test.
+-- square-mirror analytics schema: the contract analysts query.
+-- Re-applicable: running it twice is a no-op (square-mirror migrate). Every primary key starts with
+-- merchant_id, so one database can mirror many sellers.
+
+CREATE SCHEMA IF NOT EXISTS square;
+
+CREATE TABLE IF NOT EXISTS square.schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per seller the mirror has seen; auth_status flips to 'unauthorized' on a 401/403 from Square.
+CREATE TABLE IF NOT EXISTS square.merchants (
+    merchant_id      text PRIMARY KEY,
+    auth_status      text NOT NULL DEFAULT 'ok' CHECK (auth_status IN ('ok', 'unauthorized')),
+    auth_error       text,
+    auth_changed_at  timestamptz,
+    first_seen_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- Live customers and tombstones. A deleted or merged-away customer keeps its row with deleted_at set
+-- (and merged_into for merges); customers_current hides them.
+-- version/updated_at/created_at are Square's; observed_at is when the mirror fetched this state from Square
+-- (segment membership changes without a version bump, so equal versions are ordered by observed_at);
+-- synced_at is when the row was last written.
+CREATE TABLE IF NOT EXISTS square.customers (
+    merchant_id         text NOT NULL,
+    id                  text NOT NULL,
+    version             bigint NOT NULL DEFAULT 0,
+    created_at          timestamptz,
+    updated_at          timestamptz,
+    given_name          text,
+    family_name         text,
+    nickname            text,
+    company_name        text,
+    email_address       text,
+    phone_number        text,
+    birthday            text,          -- YYYY-MM-DD as Square returns it; 0000-MM-DD when the year is unknown
+    reference_id        text,
+    note                text,
+    creation_source     text,
+    email_unsubscribed  boolean,
+    address             jsonb,
+    tax_ids             jsonb,
+    group_ids           text[] NOT NULL DEFAULT '{}',
+    segment_ids         text[] NOT NULL DEFAULT '{}',
+    raw                 jsonb,
+    deleted_at          timestamptz,
+    merged_into         text,
+    observed_at         timestamptz NOT NULL DEFAULT now(),
+    synced_at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, id)
+);
+CREATE INDEX IF NOT EXISTS customers_email_idx ON square.customers (merchant_id, lower(email_address));
+CREATE INDEX IF NOT EXISTS customers_phone_idx ON square.customers (merchant_id, phone_number);
+CREATE INDEX IF NOT EXISTS customers_reference_idx ON square.customers (merchant_id, reference_id);
+CREATE INDEX IF NOT EXISTS customers_updated_idx ON square.customers (merchant_id, updated_at);
+CREATE INDEX IF NOT EXISTS customers_live_idx ON square.customers (merchant_id) WHERE deleted_at IS NULL;
+
+CREATE TABLE IF NOT EXISTS square.customer_groups (
+    merchant_id  text NOT NULL,
+    id           text NOT NULL,
+    name         text,
+    created_at   timestamptz,
+    updated_at   timestamptz,
+    raw          jsonb,
+    deleted_at   timestamptz,
+    synced_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, id)
+);
+
+CREATE TABLE IF NOT EXISTS square.customer_segments (
+    merchant_id  text NOT NULL,
+    id           text NOT NULL,
+    name         text,
+    created_at   timestamptz,
+    updated_at   timestamptz,
+    raw          jsonb,
+    deleted_at   timestamptz,
+    synced_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, id)
+);
+
+-- Current membership of live customers, rewritten from group_ids / segment_ids in the same transaction as
+-- the customer row. since = when the mirror first saw this membership.
+CREATE TABLE IF NOT EXISTS square.customer_group_members (
+    merchant_id  text NOT NULL,
+    group_id     text NOT NULL,
+    customer_id  text NOT NULL,
+    since        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, group_id, customer_id)
+);
+CREATE INDEX IF NOT EXISTS customer_group_members_customer_idx
+    ON square.customer_group_members (merchant_id, customer_id);
+
+CREATE TABLE IF NOT EXISTS square.customer_segment_members (
+    merchant_id  text NOT NULL,
+    segment_id   text NOT NULL,
+    customer_id  text NOT NULL,
+    since        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, segment_id, customer_id)
+);
+CREATE INDEX IF NOT EXISTS customer_segment_members_customer_idx
+    ON square.customer_segment_members (merchant_id, customer_id);
+
+-- Merge lineage: each merged-away ID points at the profile it became. source says how the mirror learned it:
+-- 'webhook' (event_context.merge), 'retrieve' (RetrieveCustomer answered with another ID) or 'backfill'.
+CREATE TABLE IF NOT EXISTS square.customer_merges (
+    merchant_id       text NOT NULL,
+    from_customer_id  text NOT NULL,
+    to_customer_id    text NOT NULL,
+    merged_at         timestamptz,
+    source            text NOT NULL DEFAULT 'webhook',
+    event_id          text,
+    recorded_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, from_customer_id)
+);
+CREATE INDEX IF NOT EXISTS customer_merges_to_idx ON square.customer_merges (merchant_id, to_customer_id);
+
+-- The inbox: idempotency authority and audit trail of every event the worker saw (webhook or Events API).
+-- payload is the small PII-free job envelope, not Square's full body.
+CREATE TABLE IF NOT EXISTS square.webhook_events (
+    merchant_id   text NOT NULL,
+    event_id      text NOT NULL,
+    type          text NOT NULL,
+    customer_id   text,
+    version       bigint,
+    created_at    timestamptz,
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    processed_at  timestamptz,
+    outcome       text CHECK (outcome IN ('applied', 'stale', 'duplicate', 'deleted', 'merged', 'ignored',
+                                          'failed', 'unauthorized')),
+    error         text,
+    attempts      integer NOT NULL DEFAULT 0,
+    source        text NOT NULL DEFAULT 'webhook',
+    payload       jsonb,
+    PRIMARY KEY (merchant_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_events_customer_idx ON square.webhook_events (merchant_id, customer_id);
+CREATE INDEX IF NOT EXISTS webhook_events_failed_idx ON square.webhook_events (merchant_id)
+    WHERE outcome = 'failed';
+CREATE INDEX IF NOT EXISTS webhook_events_created_idx ON square.webhook_events (merchant_id, created_at);
+
+-- Backfill and reconciliation runs. status: running, succeeded, partial, failed, interrupted.
+CREATE TABLE IF NOT EXISTS square.sync_runs (
+    merchant_id  text NOT NULL,
+    run_id       bigint GENERATED ALWAYS AS IDENTITY,
+    kind         text NOT NULL,
+    status       text NOT NULL DEFAULT 'running'
+                 CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted')),
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    counts       jsonb NOT NULL DEFAULT '{}',
+    checkpoint   jsonb NOT NULL DEFAULT '{}',
+    error        text,
+    PRIMARY KEY (merchant_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS sync_runs_kind_idx ON square.sync_runs (merchant_id, kind, started_at DESC);
+
+-- Watermarks and resumable state per reconcile lane.
+CREATE TABLE IF NOT EXISTS square.sync_state (
+    merchant_id  text NOT NULL,
+    lane         text NOT NULL,
+    watermark    timestamptz,
+    state        jsonb NOT NULL DEFAULT '{}',
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, lane)
+);
+
+-- The staleness rule, in one place: may a customer snapshot observed at new_observed replace the stored row?
+-- A tombstone is final; a higher version wins; an equal version wins only when observed later (segment
+-- membership changes without a version bump). The upsert's ON CONFLICT guard calls exactly this.
+CREATE OR REPLACE FUNCTION square.customer_snapshot_wins(
+    stored_deleted_at timestamptz, stored_version bigint, stored_observed_at timestamptz,
+    new_version bigint, new_observed_at timestamptz
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT stored_deleted_at IS NULL
+       AND (new_version > stored_version
+            OR (new_version = stored_version AND new_observed_at > stored_observed_at))
+$$;
+
+-- Views for analysts ---------------------------------------------------------------------------------
+
+CREATE OR REPLACE VIEW square.customers_current AS
+SELECT merchant_id, id, version, created_at, updated_at, given_name, family_name, nickname, company_name,
+       email_address, phone_number, birthday, reference_id, note, creation_source, email_unsubscribed,
+       address, tax_ids, group_ids, segment_ids, raw, observed_at, synced_at
+FROM square.customers
+WHERE deleted_at IS NULL;
+
+-- Where a merged-away ID leads: the end of its merge chain, if that profile is live (NULL when the chain
+-- ends in a plain delete), and the number of hops. Walks customer_merges by primary key.
+CREATE OR REPLACE FUNCTION square.follow_merges(p_merchant_id text, p_customer_id text)
+RETURNS TABLE (current_customer_id text, merge_depth integer)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE chain AS (
+        SELECT p_customer_id AS cursor_id, 0 AS depth
+        UNION ALL
+        SELECT m.to_customer_id, c.depth + 1
+        FROM chain c
+        JOIN square.customer_merges m ON m.merchant_id = p_merchant_id AND m.from_customer_id = c.cursor_id
+        WHERE c.depth < 64
+    ), last AS (
+        SELECT cursor_id, depth FROM chain ORDER BY depth DESC LIMIT 1
+    )
+    SELECT CASE WHEN cu.id IS NOT NULL AND cu.deleted_at IS NULL THEN l.cursor_id END, l.depth
+    FROM last l
+    LEFT JOIN square.customers cu ON cu.merchant_id = p_merchant_id AND cu.id = l.cursor_id
+$$;
+
+-- The live profile an ID stands for today, given its own row's deleted_at / merged_into: itself when live,
+-- the end of its merge chain when merged away (NULL when that chain ends in a plain delete), NULL when deleted.
+-- Only merged-away IDs walk the chain, so as-of queries over many customers stay cheap.
+CREATE OR REPLACE FUNCTION square.current_customer_id(
+    p_merchant_id text, p_customer_id text, p_deleted_at timestamptz, p_merged_into text
+) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN p_deleted_at IS NULL THEN p_customer_id
+        WHEN p_merged_into IS NULL THEN NULL
+        ELSE (SELECT f.current_customer_id FROM square.follow_merges(p_merchant_id, p_customer_id) f)
+    END
+$$;
+
+-- Every customer ID the mirror knows (live, deleted, or merged away: merged-away IDs always keep a tombstone
+-- row) and the live profile it resolves to through merge chains of any length. current_customer_id is NULL
+-- when the chain ends in a plain delete.
+CREATE OR REPLACE VIEW square.customer_id_resolution AS
+SELECT c.merchant_id, c.id AS customer_id,
+       CASE WHEN c.deleted_at IS NULL THEN c.id ELSE f.current_customer_id END AS current_customer_id,
+       coalesce(f.merge_depth, 0) AS merge_depth
+FROM square.customers c
+LEFT JOIN LATERAL (
+    SELECT r.current_customer_id, r.merge_depth
+    FROM square.follow_merges(c.merchant_id, c.id) r
+    WHERE c.merged_into IS NOT NULL
+) f ON true;
+
+CREATE OR REPLACE VIEW square.customer_group_memberships AS
+SELECT m.merchant_id, m.group_id, g.name AS group_name, m.customer_id, m.since
+FROM square.customer_group_members m
+LEFT JOIN square.customer_groups g ON g.merchant_id = m.merchant_id AND g.id = m.group_id;
+
+CREATE OR REPLACE VIEW square.customer_segment_memberships AS
+SELECT m.merchant_id, m.segment_id, s.name AS segment_name, m.customer_id, m.since
+FROM square.customer_segment_members m
+LEFT JOIN square.customer_segments s ON s.merchant_id = m.merchant_id AND s.id = m.segment_id;
+
+
+-- History (every observed profile state and membership change) -------------------------------------------
+-- Maintained by statement-level triggers on the current-state tables, in the same transaction as the write:
+-- every writer (webhook jobs, backfill, reconcile lanes) gets history without knowing about it, and a write
+-- that changes nothing (duplicate, replay, stale event, unchanged backfill page) adds no row.
+-- valid_from is Square's updated_at for the version (clamped so validity never overlaps), or the time the
+-- mirror observed the state when Square's time is unknown; valid_to closes a row when it is superseded,
+-- deleted or merged away. Membership joined_at / left_at are observation times (see the README).
+-- SET square_mirror.history = 'off' in a session turns recording off for that session (benchmarks).
+
+CREATE TABLE IF NOT EXISTS square.customer_versions (
+    merchant_id         text NOT NULL,
+    customer_id         text NOT NULL,
+    history_id          bigint GENERATED ALWAYS AS IDENTITY,
+    version             bigint NOT NULL,
+    valid_from          timestamptz NOT NULL,
+    valid_to            timestamptz,
+    created_at          timestamptz,
+    updated_at          timestamptz,
+    given_name          text,
+    family_name         text,
+    nickname            text,
+    company_name        text,
+    email_address       text,
+    phone_number        text,
+    birthday            text,
+    reference_id        text,
+    note                text,
+    creation_source     text,
+    email_unsubscribed  boolean,
+    address             jsonb,
+    tax_ids             jsonb,
+    group_ids           text[] NOT NULL DEFAULT '{}',
+    raw                 jsonb,
+    observed_at         timestamptz NOT NULL,
+    closed_reason       text CHECK (closed_reason IN ('superseded', 'deleted', 'merged')),
+    PRIMARY KEY (merchant_id, customer_id, history_id)
+);
+CREATE INDEX IF NOT EXISTS customer_versions_open_idx
+    ON square.customer_versions (merchant_id, customer_id) WHERE valid_to IS NULL;
+CREATE INDEX IF NOT EXISTS customer_versions_asof_idx
+    ON square.customer_versions (merchant_id, valid_from, valid_to);
+
+CREATE TABLE IF NOT EXISTS square.customer_group_membership_history (
+    merchant_id  text NOT NULL,
+    group_id     text NOT NULL,
+    customer_id  text NOT NULL,
+    history_id   bigint GENERATED ALWAYS AS IDENTITY,
+    joined_at    timestamptz NOT NULL,
+    left_at      timestamptz,
+    PRIMARY KEY (merchant_id, group_id, customer_id, history_id)
+);
+CREATE INDEX IF NOT EXISTS group_membership_history_open_idx
+    ON square.customer_group_membership_history (merchant_id, group_id, customer_id) WHERE left_at IS NULL;
+CREATE INDEX IF NOT EXISTS group_membership_history_asof_idx
+    ON square.customer_group_membership_history (merchant_id, joined_at, left_at);
+
+CREATE TABLE IF NOT EXISTS square.customer_segment_membership_history (
+    merchant_id  text NOT NULL,
+    segment_id   text NOT NULL,
+    customer_id  text NOT NULL,
+    history_id   bigint GENERATED ALWAYS AS IDENTITY,
+    joined_at    timestamptz NOT NULL,
+    left_at      timestamptz,
+    PRIMARY KEY (merchant_id, segment_id, customer_id, history_id)
+);
+CREATE INDEX IF NOT EXISTS segment_membership_history_open_idx
+    ON square.customer_segment_membership_history (merchant_id, segment_id, customer_id) WHERE left_at IS NULL;
+CREATE INDEX IF NOT EXISTS segment_membership_history_asof_idx
+    ON square.customer_segment_membership_history (merchant_id, joined_at, left_at);
+
+CREATE OR REPLACE FUNCTION square.history_enabled() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(current_setting('square_mirror.history', true), 'on') <> 'off'
+$$;
+
+-- Inserted customer rows: a first version for live ones (a tombstone for an unseen ID has no state to keep).
+CREATE OR REPLACE FUNCTION square.customer_history_on_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT square.history_enabled() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO square.customer_versions (
+        merchant_id, customer_id, version, valid_from, created_at, updated_at, given_name, family_name, nickname,
+        company_name, email_address, phone_number, birthday, reference_id, note, creation_source,
+        email_unsubscribed, address, tax_ids, group_ids, raw, observed_at)
+    SELECT n.merchant_id, n.id, n.version, coalesce(n.updated_at, n.observed_at), n.created_at, n.updated_at,
+           n.given_name, n.family_name, n.nickname, n.company_name, n.email_address, n.phone_number, n.birthday,
+           n.reference_id, n.note, n.creation_source, n.email_unsubscribed, n.address, n.tax_ids, n.group_ids,
+           n.raw, n.observed_at
+    FROM new_rows n
+    WHERE n.deleted_at IS NULL;
+    RETURN NULL;
+END
+$$;
+
+-- Updated customer rows: close the open version when the profile state changed or the customer was deleted
+-- or merged away, then open the new state. Segment membership has its own history, so segment_ids and the
+-- mirror's own timestamps do not make a new version.
+CREATE OR REPLACE FUNCTION square.customer_history_on_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    closed_to timestamptz;
+BEGIN
+    IF NOT square.history_enabled() THEN
+        RETURN NULL;
+    END IF;
+    -- Row by row on purpose: each close is an exact probe of customer_versions_open_idx, whatever the
+    -- planner's statistics say (a set-based join degrades to scanning every open row of the merchant).
+    FOR c IN
+        SELECT n.*, coalesce(n.updated_at, n.observed_at) AS state_time, o.deleted_at AS old_deleted_at,
+               o.merged_into AS old_merged_into
+        FROM new_rows n
+        JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.id = n.id
+        WHERE (o.deleted_at IS NULL
+               AND (n.deleted_at IS NOT NULL
+                    OR (o.version, o.created_at, o.updated_at, o.given_name, o.family_name, o.nickname,
+                        o.company_name, o.email_address, o.phone_number, o.birthday, o.reference_id, o.note,
+                        o.creation_source, o.email_unsubscribed, o.address, o.tax_ids, o.group_ids)
+                       IS DISTINCT FROM
+                       (n.version, n.created_at, n.updated_at, n.given_name, n.family_name, n.nickname,
+                        n.company_name, n.email_address, n.phone_number, n.birthday, n.reference_id, n.note,
+                        n.creation_source, n.email_unsubscribed, n.address, n.tax_ids, n.group_ids)))
+           OR (o.deleted_at IS NOT NULL AND o.merged_into IS NULL AND n.merged_into IS NOT NULL)
+    LOOP
+        IF c.old_deleted_at IS NOT NULL THEN
+            -- A plain delete later learned to be a merge.
+            UPDATE square.customer_versions SET closed_reason = 'merged'
+            WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason = 'deleted';
+            CONTINUE;
+        END IF;
+        WITH closed AS (
+            UPDATE square.customer_versions v
+            SET valid_to = greatest(v.valid_from, coalesce(c.deleted_at, c.state_time)),
+                closed_reason = CASE WHEN c.merged_into IS NOT NULL THEN 'merged'
+                                     WHEN c.deleted_at IS NOT NULL THEN 'deleted'
+                                     ELSE 'superseded' END
+            WHERE v.merchant_id = c.merchant_id AND v.customer_id = c.id AND v.valid_to IS NULL
+            RETURNING v.valid_to
+        )
+        SELECT max(valid_to) INTO closed_to FROM closed;
+        IF c.deleted_at IS NULL THEN
+            INSERT INTO square.customer_versions (
+                merchant_id, customer_id, version, valid_from, created_at, updated_at, given_name, family_name,
+                nickname, company_name, email_address, phone_number, birthday, reference_id, note,
+                creation_source, email_unsubscribed, address, tax_ids, group_ids, raw, observed_at)
+            VALUES (c.merchant_id, c.id, c.version, greatest(c.state_time, closed_to), c.created_at, c.updated_at,
+                    c.given_name, c.family_name, c.nickname, c.company_name, c.email_address, c.phone_number,
+                    c.birthday, c.reference_id, c.note, c.creation_source, c.email_unsubscribed, c.address,
+                    c.tax_ids, c.group_ids, c.raw, c.observed_at);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION square.membership_history_on_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT square.history_enabled() THEN
+        RETURN NULL;
+    END IF;
+    IF TG_TABLE_NAME = 'customer_group_members' THEN
+        INSERT INTO square.customer_group_membership_history (merchant_id, group_id, customer_id, joined_at)
+        SELECT merchant_id, group_id, customer_id, since FROM new_rows;
+    ELSE
+        INSERT INTO square.customer_segment_membership_history (merchant_id, segment_id, customer_id, joined_at)
+        SELECT merchant_id, segment_id, customer_id, since FROM new_rows;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION square.membership_history_on_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    o record;
+BEGIN
+    IF NOT square.history_enabled() THEN
+        RETURN NULL;
+    END IF;
+    -- Row by row: each close is an exact probe of the open-membership index (see customer_history_on_update).
+    IF TG_TABLE_NAME = 'customer_group_members' THEN
+        FOR o IN SELECT merchant_id, group_id, customer_id FROM old_rows LOOP
+            UPDATE square.customer_group_membership_history
+            SET left_at = greatest(joined_at, now())
+            WHERE merchant_id = o.merchant_id AND group_id = o.group_id AND customer_id = o.customer_id
+              AND left_at IS NULL;
+        END LOOP;
+    ELSE
+        FOR o IN SELECT merchant_id, segment_id, customer_id FROM old_rows LOOP
+            UPDATE square.customer_segment_membership_history
+            SET left_at = greatest(joined_at, now())
+            WHERE merchant_id = o.merchant_id AND segment_id = o.segment_id AND customer_id = o.customer_id
+              AND left_at IS NULL;
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
+CREATE TRIGGER customer_history_insert AFTER INSERT ON square.customers
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.customer_history_on_insert();
+DROP TRIGGER IF EXISTS customer_history_update ON square.customers;
+CREATE TRIGGER customer_history_update AFTER UPDATE ON square.customers
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION square.customer_history_on_update();
+DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
+CREATE TRIGGER group_membership_history_insert AFTER INSERT ON square.customer_group_members
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_insert();
+DROP TRIGGER IF EXISTS group_membership_history_delete ON square.customer_group_members;
+CREATE TRIGGER group_membership_history_delete AFTER DELETE ON square.customer_group_members
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_delete();
+DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
+CREATE TRIGGER segment_membership_history_insert AFTER INSERT ON square.customer_segment_members
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_insert();
+DROP TRIGGER IF EXISTS segment_membership_history_delete ON square.customer_segment_members;
+CREATE TRIGGER segment_membership_history_delete AFTER DELETE ON square.customer_segment_members
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_delete();
+
+-- As-of queries. Each carries current_customer_id, so an old (merged-away) ID finds its successor.
+CREATE OR REPLACE FUNCTION square.customers_as_of(p_merchant_id text, p_at timestamptz)
+RETURNS TABLE (merchant_id text, customer_id text, version bigint, valid_from timestamptz,
+               valid_to timestamptz, given_name text, family_name text, nickname text, company_name text,
+               email_address text, phone_number text, birthday text, reference_id text, note text,
+               creation_source text, email_unsubscribed boolean, address jsonb, tax_ids jsonb, group_ids text[],
+               current_customer_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT v.merchant_id, v.customer_id, v.version, v.valid_from, v.valid_to, v.given_name, v.family_name,
+           v.nickname, v.company_name, v.email_address, v.phone_number, v.birthday, v.reference_id, v.note,
+           v.creation_source, v.email_unsubscribed, v.address, v.tax_ids, v.group_ids,
+           square.current_customer_id(v.merchant_id, v.customer_id, cu.deleted_at, cu.merged_into)
+    FROM square.customer_versions v
+    LEFT JOIN square.customers cu ON cu.merchant_id = v.merchant_id AND cu.id = v.customer_id
+    WHERE v.merchant_id = p_merchant_id AND v.valid_from <= p_at AND (v.valid_to IS NULL OR v.valid_to > p_at)
+$$;
+
+CREATE OR REPLACE FUNCTION square.group_members_as_of(p_merchant_id text, p_at timestamptz)
+RETURNS TABLE (merchant_id text, group_id text, group_name text, customer_id text, joined_at timestamptz,
+               left_at timestamptz, current_customer_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT h.merchant_id, h.group_id, g.name, h.customer_id, h.joined_at, h.left_at,
+           square.current_customer_id(h.merchant_id, h.customer_id, cu.deleted_at, cu.merged_into)
+    FROM square.customer_group_membership_history h
+    LEFT JOIN square.customer_groups g ON g.merchant_id = h.merchant_id AND g.id = h.group_id
+    LEFT JOIN square.customers cu ON cu.merchant_id = h.merchant_id AND cu.id = h.customer_id
+    WHERE h.merchant_id = p_merchant_id AND h.joined_at <= p_at AND (h.left_at IS NULL OR h.left_at > p_at)
+$$;
+
+CREATE OR REPLACE FUNCTION square.segment_members_as_of(p_merchant_id text, p_at timestamptz)
+RETURNS TABLE (merchant_id text, segment_id text, segment_name text, customer_id text, joined_at timestamptz,
+               left_at timestamptz, current_customer_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT h.merchant_id, h.segment_id, s.name, h.customer_id, h.joined_at, h.left_at,
+           square.current_customer_id(h.merchant_id, h.customer_id, cu.deleted_at, cu.merged_into)
+    FROM square.customer_segment_membership_history h
+    LEFT JOIN square.customer_segments s ON s.merchant_id = h.merchant_id AND s.id = h.segment_id
+    LEFT JOIN square.customers cu ON cu.merchant_id = h.merchant_id AND cu.id = h.customer_id
+    WHERE h.merchant_id = p_merchant_id AND h.joined_at <= p_at AND (h.left_at IS NULL OR h.left_at > p_at)
+$$;
+
+-- Daily size series: members at the end of each day (UTC) since the first observed membership.
+CREATE OR REPLACE VIEW square.group_sizes_daily AS
+SELECT h.merchant_id, h.group_id, g.name AS group_name, d.day::date AS day, count(*) AS members
+FROM square.customer_group_membership_history h
+CROSS JOIN LATERAL generate_series(date_trunc('day', h.joined_at AT TIME ZONE 'UTC'),
+                                   date_trunc('day', coalesce(h.left_at, now()) AT TIME ZONE 'UTC'),
+                                   interval '1 day') AS d(day)
+LEFT JOIN square.customer_groups g ON g.merchant_id = h.merchant_id AND g.id = h.group_id
+WHERE h.joined_at <= ((d.day + interval '1 day') AT TIME ZONE 'UTC')
+  AND (h.left_at IS NULL OR h.left_at > ((d.day + interval '1 day') AT TIME ZONE 'UTC'))
+GROUP BY h.merchant_id, h.group_id, g.name, d.day;
+
+CREATE OR REPLACE VIEW square.segment_sizes_daily AS
+SELECT h.merchant_id, h.segment_id, s.name AS segment_name, d.day::date AS day, count(*) AS members
+FROM square.customer_segment_membership_history h
+CROSS JOIN LATERAL generate_series(date_trunc('day', h.joined_at AT TIME ZONE 'UTC'),
+                                   date_trunc('day', coalesce(h.left_at, now()) AT TIME ZONE 'UTC'),
+                                   interval '1 day') AS d(day)
+LEFT JOIN square.customer_segments s ON s.merchant_id = h.merchant_id AND s.id = h.segment_id
+WHERE h.joined_at <= ((d.day + interval '1 day') AT TIME ZONE 'UTC')
+  AND (h.left_at IS NULL OR h.left_at > ((d.day + interval '1 day') AT TIME ZONE 'UTC'))
+GROUP BY h.merchant_id, h.segment_id, s.name, d.day;
+
+-- Read-only role for analytics tools, created when the migrating user may create roles.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader') THEN
+        CREATE ROLE square_mirror_reader NOLOGIN;
+    END IF;
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'square_mirror_reader not created: the migrating user may not create roles';
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;  -- created concurrently by another migration
+END
+$$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader') THEN
+        GRANT USAGE ON SCHEMA square TO square_mirror_reader;
+        GRANT SELECT ON ALL TABLES IN SCHEMA square TO square_mirror_reader;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA square GRANT SELECT ON TABLES TO square_mirror_reader;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'grants to square_mirror_reader skipped: insufficient privilege';
+END
+$$;
+
+INSERT INTO square.schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;

@@ -8,9 +8,16 @@ from typing import Any
 import asyncpg
 import pytest
 from arq.connections import ArqRedis, create_pool
-from arq.constants import in_progress_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.worker import Worker, func
 from redis import exceptions as redis_exceptions
+from redis.asyncio import client as redis_asyncio_client
 
 from emulator.testing import run_emulator
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
@@ -294,5 +301,101 @@ async def test_any_other_error_while_claiming_gives_the_slots_back_and_is_raised
         with pytest.raises(redis_exceptions.ResponseError, match="OOM"):
             await worker.start_jobs(ids)
         assert worker.job_counter == 0 and worker.sem._value == start_sem
+    finally:
+        await redis.aclose()
+
+
+# -- finishing the jobs that end together in one transaction (RedisTolerantWorker.finish_job) ----------------
+
+FINISH_CASES = [  # finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
+    (finish, result, timeout, forever, incr, keep)
+    for finish in (True, False) for result in (None, b"result") for timeout in (None, 60.0)
+    for forever in (False, True) for incr in (None, 5_000) for keep in (None, 60.0)
+]
+
+
+async def seed_job(redis: ArqRedis, job_id: str) -> None:
+    await redis.psetex(job_key_prefix + job_id, 600_000, b"job")
+    await redis.psetex(in_progress_key_prefix + job_id, 600_000, b"1")
+    await redis.set(retry_key_prefix + job_id, 2, ex=600)
+    await redis.zadd(QUEUE_NAME, {job_id: 1_000})
+    await redis.zadd(abort_jobs_ss, {job_id: 1_000})
+
+
+async def job_state(redis: ArqRedis, job_id: str) -> dict[str, Any]:
+    """Everything finish_job may touch for one job, with lifetimes rounded to whether and roughly how long."""
+    state: dict[str, Any] = {}
+    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix):
+        ttl = await redis.pttl(prefix + job_id)
+        state[prefix] = (await redis.get(prefix + job_id), ttl if ttl < 0 else round(ttl, -5))
+    state["queue"] = await redis.zscore(QUEUE_NAME, job_id)
+    state["abort"] = await redis.zscore(abort_jobs_ss, job_id)
+    return state
+
+
+async def test_jobs_finishing_together_have_arqs_effects_in_one_transaction(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = await arq_pool(redis_url)
+    worker = held_worker(redis_url, redis, HeldJobs())
+    stock = Worker(functions=[func(HeldJobs().run, name=PROCESS_EVENT_JOB)], queue_name=QUEUE_NAME,
+                   redis_pool=redis, handle_signals=False)
+    pipelines = 0
+    real_pipeline = redis.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return real_pipeline(*args, **kwargs)
+
+    try:
+        for n, case in enumerate(FINISH_CASES):
+            await seed_job(redis, f"stock-{n}")
+            await seed_job(redis, f"batched-{n}")
+            await Worker.finish_job(stock, f"stock-{n}", *case)
+        monkeypatch.setattr(redis, "pipeline", counting_pipeline)
+        await asyncio.gather(*(asyncio.shield(worker.finish_job(f"batched-{n}", *case))
+                               for n, case in enumerate(FINISH_CASES)))
+        assert pipelines == 1
+        for n, case in enumerate(FINISH_CASES):
+            assert await job_state(redis, f"batched-{n}") == await job_state(redis, f"stock-{n}"), case
+    finally:
+        await redis.aclose()
+
+
+async def test_a_failed_finish_transaction_raises_for_each_of_its_jobs(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = await arq_pool(redis_url)
+    worker = held_worker(redis_url, redis, HeldJobs())
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis_exceptions.ConnectionError("Redis went away")
+
+    try:
+        monkeypatch.setattr(redis_asyncio_client.Pipeline, "execute", unreachable)
+        outcomes = await asyncio.gather(*(worker.finish_job(f"job-{n}", True, None, None, False, None, None)
+                                          for n in range(3)), return_exceptions=True)
+        assert [type(o) for o in outcomes] == [redis_exceptions.ConnectionError] * 3
+        assert worker._finishing == [] and worker._finish_tasks == set()
+    finally:
+        await redis.aclose()
+
+
+async def test_each_job_finishing_in_a_shared_transaction_sees_only_its_own_error(redis_url: str) -> None:
+    redis = await arq_pool(redis_url)
+    worker = held_worker(redis_url, redis, HeldJobs())
+    try:
+        await redis.set(QUEUE_NAME, b"not a sorted set")  # ZREM / ZINCRBY on the queue now fail; DEL does not
+        await redis.set(in_progress_key_prefix + "no-queue-command", b"1")
+        outcomes = await asyncio.gather(
+            worker.finish_job("finished", True, None, None, False, None, None),
+            worker.finish_job("no-queue-command", False, None, None, False, None, None),
+            worker.finish_job("retried", False, None, None, False, 5_000, None),
+            return_exceptions=True)
+        assert isinstance(outcomes[0], redis_exceptions.ResponseError) and "WRONGTYPE" in str(outcomes[0])
+        assert outcomes[1] is None
+        assert isinstance(outcomes[2], redis_exceptions.ResponseError) and "WRONGTYPE" in str(outcomes[2])
+        assert not await redis.exists(in_progress_key_prefix + "no-queue-command")
     finally:
         await redis.aclose()

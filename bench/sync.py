@@ -8,7 +8,9 @@ What runs where:
 - the worker is a real ``square-mirror worker`` subprocess with the production settings (max_jobs 200,
   poll_delay 0.05 s), on a private Redis (redis-server on a free port) and a fresh database on the local
   Postgres (``--database-url``), both removed at the end;
-- the baseline is the same arq settings running a no-op ``process_event`` in a subprocess.
+- the baseline is the same arq settings running a no-op ``process_event`` in a subprocess: stock arq (the
+  issue's baseline), and also the project's own Worker subclass, whose batched job claims and finishes make a
+  no-op job cheaper (the second ratio says what the real work costs on top of the worker's own machinery).
 
 Scenarios:
 - burst: ``customers x updates`` update events made in the emulator, then enqueued at once (what a backlog
@@ -54,16 +56,16 @@ from square_mirror.jobs import build_event_job
 from square_mirror.queue import serialize_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-baseline_cpu_ms: list[float] = []
+baseline_cpu_ms: dict[str, list[float]] = {"arq": [], "ours": []}
 
 
-# -- the no-op baseline worker (runs as a subprocess: python bench/sync.py --noop-worker) -------------------
+# -- the no-op baseline worker (runs as a subprocess: python bench/sync.py --noop-worker arq|ours) ----------
 
-def noop_worker() -> int:
+def noop_worker(kind: str) -> int:
     from arq.worker import Worker, func
 
     from square_mirror.settings import Settings
-    from worker.arq_settings import worker_options
+    from worker.arq_settings import RedisTolerantWorker, worker_options
 
     async def process_event(_ctx: dict[str, Any], _payload: dict[str, Any]) -> None:
         return None
@@ -71,7 +73,8 @@ def noop_worker() -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     options = worker_options(Settings.from_env())
-    Worker(functions=[func(process_event, name=PROCESS_EVENT_JOB, keep_result=0)], **options).run()
+    worker_class = Worker if kind == "arq" else RedisTolerantWorker
+    worker_class(functions=[func(process_event, name=PROCESS_EVENT_JOB, keep_result=0)], **options).run()
     return 0
 
 
@@ -147,9 +150,9 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
 
 # -- scenarios ---------------------------------------------------------------------------------------------
 
-async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
+async def baseline(redis: Redis, env: dict[str, str], count: int, kind: str) -> float:
     await redis.flushdb()
-    proc = await start_process([os.path.join(ROOT, "bench", "sync.py"), "--noop-worker"], env)
+    proc = await start_process([os.path.join(ROOT, "bench", "sync.py"), "--noop-worker", kind], env)
     try:
         await asyncio.sleep(1.5)  # start-up
         payloads = [build_event_job({  # the same payload shape and size as the real events
@@ -163,7 +166,7 @@ async def baseline(redis: Redis, env: dict[str, str], count: int) -> float:
         while await redis.zcard(QUEUE_NAME):  # noqa: ASYNC110 - polling another process
             await asyncio.sleep(0.01)
         rate = count / (time.perf_counter() - started)
-        baseline_cpu_ms.append(1000 * (cpu_seconds(proc.pid) - cpu_before) / count)
+        baseline_cpu_ms[kind].append(1000 * (cpu_seconds(proc.pid) - cpu_before) / count)
         return rate
     finally:
         await stop_process(proc)
@@ -267,13 +270,15 @@ async def main(opts: argparse.Namespace) -> int:
                      "WORKER_METRICS_PORT": "0", "DATABASE_URL": opts.database_url})
     try:
         events = opts.customers * opts.updates
-        noops = [await baseline(redis, base_env, events) for _ in range(2)]
-        noop = sum(noops) / len(noops)
-        print(f"arq no-op baseline (same settings: max_jobs 200, poll_delay 0.05): {noop:8.0f} jobs/s "
-              f"(mean of {', '.join(f'{n:.0f}' for n in noops)}; "
-              f"{sum(baseline_cpu_ms) / len(baseline_cpu_ms):.2f} ms CPU per job)")
-        print(f"{'scenario':28} {'events':>7} {'events/s':>9} {'ratio':>6} {'lag p50':>8} {'lag p99':>8} "
-              f"{'calls/event':>11} {'applied':>7} {'stale':>6} {'cpu ms/ev':>9}")
+        noop: dict[str, float] = {}
+        for kind, label in (("arq", "stock arq"), ("ours", "our Worker subclass")):
+            rates = [await baseline(redis, base_env, events, kind) for _ in range(2)]
+            noop[kind] = sum(rates) / len(rates)
+            cpu_ms = baseline_cpu_ms[kind]
+            print(f"no-op baseline, {label:19} (max_jobs 200, poll_delay 0.05): {noop[kind]:8.0f} jobs/s "
+                  f"(mean of {', '.join(f'{n:.0f}' for n in rates)}; {sum(cpu_ms) / len(cpu_ms):.2f} ms CPU per job)")
+        print(f"{'scenario':28} {'events':>7} {'events/s':>9} {'ratio':>6} {'vs ours':>7} {'lag p50':>8} "
+              f"{'lag p99':>8} {'calls/event':>11} {'applied':>7} {'stale':>6} {'cpu ms/ev':>9}")
         for latency in opts.latencies:
             runs = [("burst", latency)]
             if latency in opts.paced_latencies:
@@ -283,7 +288,9 @@ async def main(opts: argparse.Namespace) -> int:
                     r = await run_scenario(kind, lat, opts, redis, opts.database_url, base_env, history=history)
                     label = (f"burst {opts.customers}x{opts.updates} @{lat:g}ms" if kind == "burst"
                              else f"paced {opts.paced_rate}/s @{lat:g}ms") + ("" if history else " no-hist")
-                    print(f"{label:28} {r['events']:7.0f} {r['events_per_s']:9.0f} {r['events_per_s'] / noop:6.2f} "
+                    rate = r["events_per_s"]
+                    print(f"{label:28} {r['events']:7.0f} {rate:9.0f} {rate / noop['arq']:6.2f} "
+                          f"{rate / noop['ours']:7.2f} "
                           f"{r['p50']:7.3f}s {r['p99']:7.3f}s {r['calls_per_event']:11.4f} {r['applied']:7.0f} "
                           f"{r['stale']:6.0f} {r['worker_cpu_ms_per_event']:8.2f}"
                           + (f"  WRONG ROWS: {r['wrong_rows']:.0f}" if r["wrong_rows"] else ""))
@@ -307,7 +314,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL")
                         or "postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="", help="default: a private redis-server on a free port")
-    parser.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--noop-worker", choices=("arq", "ours"), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     opts.latencies = [float(x) for x in str(opts.latencies).split(",") if x]
     opts.paced_latencies = [float(x) for x in str(opts.paced_latencies).split(",") if x]
@@ -317,5 +324,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 if __name__ == "__main__":
     options = parse(sys.argv[1:])
     if options.noop_worker:
-        sys.exit(noop_worker())
+        sys.exit(noop_worker(options.noop_worker))
     sys.exit(asyncio.run(main(options)))

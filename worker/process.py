@@ -191,13 +191,14 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
     if merge is not None:
         event_time = _event_time(job)
         from_ids, to_id = merge
-        extra = [customer_id] if job.deleted or job.type == "customer.deleted" else []
-        extra = [c for c in extra if c not in from_ids and c != to_id]
+        deleted = (job.deleted or job.type == "customer.deleted") and customer_id != to_id
         async with pool.acquire() as conn, conn.transaction():
             await store.apply_merge(conn, job.merchant_id, from_ids, to_id, event_time, source="webhook",
                                     event_id=job.event_id)
-            if extra:  # a deleted ID the merge context does not name: still deleted
-                await store.tombstone_customers(conn, job.merchant_id, extra, event_time, version=job.version)
+            if deleted:  # with the version Square gave it; an ID the merge context does not name is plainly deleted
+                await store.tombstone_customers(conn, job.merchant_id, [customer_id], event_time,
+                                                merged_into=to_id if customer_id in from_ids else None,
+                                                version=job.version)
         target_version = job.version if customer_id == to_id else None
         stored = (await store.stored_customers(pool, job.merchant_id, [to_id])).get(to_id)
         if not target_is_synced(stored, target_version):

@@ -13,7 +13,10 @@ from worker.store import StoredCustomer
 def event_is_stale(stored: StoredCustomer | None, job: EventJob) -> bool:
     """True when the mirror already reflects this event, so it needs no API call and no write.
 
-    - A tombstone is final: nothing an event says can change a deleted or merged-away customer.
+    - A tombstone is final: nothing an event says can bring a deleted or merged-away customer back. Only a
+      ``customer.deleted`` stating a higher version than the tombstone holds is news: the version Square gave
+      the profile it deleted (a tombstone written from a 404 knew none), so every delivery order ends with the
+      same tombstone.
     - A ``customer.deleted`` is otherwise never stale (the delete itself is the news).
     - Otherwise the event is stale when the mirror holds the customer at a version >= the event's: that row
       was fetched after the event's change was committed. An event without a version is never stale.
@@ -21,7 +24,7 @@ def event_is_stale(stored: StoredCustomer | None, job: EventJob) -> bool:
     if stored is None:
         return False
     if stored.deleted:
-        return True
+        return not (job.type == "customer.deleted" and job.version is not None and job.version > stored.version)
     if job.type == "customer.deleted":
         return False
     return job.version is not None and stored.version >= job.version

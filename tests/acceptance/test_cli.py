@@ -6,6 +6,7 @@ import sys
 
 import asyncpg
 
+from square_mirror.db import SCHEMA_VERSION
 from tests.services import free_port_for_tests
 
 
@@ -29,7 +30,7 @@ async def test_migrate_applies_the_schema_to_database_url(db_dsn: str) -> None:
     await conn.close()
     result = _run("migrate", "--print", env={"DATABASE_URL": db_dsn})
     assert result.returncode == 0, result.stderr
-    assert "schema square is at version 1" in result.stdout
+    assert f"schema square is at version {SCHEMA_VERSION}" in result.stdout
     assert "view  square.customer_id_resolution" in result.stdout
     conn = await asyncpg.connect(db_dsn)
     try:

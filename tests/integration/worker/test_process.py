@@ -77,6 +77,24 @@ async def test_update_of_a_customer_deleted_meanwhile_tombstones_it(db_pool: asy
         assert (await h.customer(rec.id))["deleted_at"] is not None  # type: ignore[index]
 
 
+@pytest.mark.parametrize("deleted_first", [True, False])
+async def test_a_tombstone_ends_with_the_version_square_gave_the_deleted_profile_in_any_order(
+    db_pool: asyncpg.Pool, redis_url: str, deleted_first: bool
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        rec, _ = h.state.create_customer({"given_name": "A"})
+        h.state.update_customer(rec.id, {"family_name": "B"}, None, clear_null=True)
+        h.state.delete_customer(rec.id, None)
+        created, _updated, deleted = h.payloads()
+        assert deleted["version"] == 1  # the job envelope carries the version of the deleted profile
+        if deleted_first:
+            assert [await h.run(deleted), await h.run(created)] == ["deleted", "stale"]
+        else:  # the create's fetch meets a 404: a tombstone that knows no version yet
+            assert [await h.run(created), await h.run(deleted)] == ["deleted", "deleted"]
+        row = await h.customer(rec.id)
+        assert row is not None and row["deleted_at"] is not None and row["version"] == 1
+
+
 @pytest.mark.parametrize("order", ["created_first", "deleted_first", "shuffled"])
 async def test_merge_events_record_lineage_tombstone_sources_and_sync_the_target(
     db_pool: asyncpg.Pool, redis_url: str, order: str

@@ -27,7 +27,9 @@ TOMB = StoredCustomer(version=2, deleted=True, merged_into=None)
         (TOMB, "customer.created", 0, True),  # tombstones are final
         (TOMB, "customer.updated", 9, True),
         (LIVE_5, "customer.deleted", 3, False),  # a delete is never stale on a live row
-        (TOMB, "customer.deleted", 3, True),  # ... unless it already is a tombstone
+        (TOMB, "customer.deleted", 2, True),  # ... unless it already is a tombstone
+        (TOMB, "customer.deleted", None, True),
+        (TOMB, "customer.deleted", 3, False),  # which learns the version Square gave the deleted profile
         (None, "customer.deleted", 3, False),
     ],
 )

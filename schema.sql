@@ -266,43 +266,34 @@ LEFT JOIN square.customer_segments s ON s.merchant_id = m.merchant_id AND s.id =
 -- Schema 1 stored open rows in the history tables too: keep their closed rows, drop the open ones (the
 -- current-state tables hold them), and let the views below take the old names.
 DO $$
+DECLARE
+    t record;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = 'square' AND c.relname = 'customer_versions' AND c.relkind = 'r') THEN
-        DELETE FROM square.customer_versions WHERE valid_to IS NULL;
-        ALTER TABLE square.customer_versions RENAME TO customer_versions_closed;
-        ALTER TABLE square.customer_versions_closed
-            RENAME CONSTRAINT customer_versions_pkey TO customer_versions_closed_pkey;
-        ALTER TABLE square.customer_versions_closed ALTER COLUMN valid_to SET NOT NULL;
-        DROP INDEX IF EXISTS square.customer_versions_open_idx;
-        DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
-        DROP FUNCTION IF EXISTS square.customer_history_on_insert();
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = 'square' AND c.relname = 'customer_group_membership_history' AND c.relkind = 'r')
-    THEN
-        DELETE FROM square.customer_group_membership_history WHERE left_at IS NULL;
-        ALTER TABLE square.customer_group_membership_history RENAME TO customer_group_membership_closed;
-        ALTER TABLE square.customer_group_membership_closed
-            RENAME CONSTRAINT customer_group_membership_history_pkey TO customer_group_membership_closed_pkey;
-        ALTER TABLE square.customer_group_membership_closed ALTER COLUMN left_at SET NOT NULL;
-        DROP INDEX IF EXISTS square.group_membership_history_open_idx;
-        DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = 'square' AND c.relname = 'customer_segment_membership_history' AND c.relkind = 'r')
-    THEN
-        DELETE FROM square.customer_segment_membership_history WHERE left_at IS NULL;
-        ALTER TABLE square.customer_segment_membership_history RENAME TO customer_segment_membership_closed;
-        ALTER TABLE square.customer_segment_membership_closed
-            RENAME CONSTRAINT customer_segment_membership_history_pkey TO customer_segment_membership_closed_pkey;
-        ALTER TABLE square.customer_segment_membership_closed ALTER COLUMN left_at SET NOT NULL;
-        DROP INDEX IF EXISTS square.segment_membership_history_open_idx;
-        DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
-    END IF;
-    DROP FUNCTION IF EXISTS square.membership_history_on_insert();
+    FOR t IN SELECT * FROM (VALUES
+        ('customer_versions', 'customer_versions_closed', 'valid_to', 'customer_versions_open_idx'),
+        ('customer_group_membership_history', 'customer_group_membership_closed', 'left_at',
+         'group_membership_history_open_idx'),
+        ('customer_segment_membership_history', 'customer_segment_membership_closed', 'left_at',
+         'segment_membership_history_open_idx')
+    ) AS v (old_name, new_name, end_column, open_index)
+    LOOP
+        IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = 'square' AND c.relname = t.old_name AND c.relkind = 'r') THEN
+            EXECUTE format('DELETE FROM square.%I WHERE %I IS NULL', t.old_name, t.end_column);
+            EXECUTE format('ALTER TABLE square.%I RENAME TO %I', t.old_name, t.new_name);
+            EXECUTE format('ALTER TABLE square.%I RENAME CONSTRAINT %I TO %I', t.new_name, t.old_name || '_pkey',
+                           t.new_name || '_pkey');
+            EXECUTE format('ALTER TABLE square.%I ALTER COLUMN %I SET NOT NULL', t.new_name, t.end_column);
+            EXECUTE format('DROP INDEX IF EXISTS square.%I', t.open_index);
+        END IF;
+    END LOOP;
 END
 $$;
+DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
+DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
+DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
+DROP FUNCTION IF EXISTS square.customer_history_on_insert();
+DROP FUNCTION IF EXISTS square.membership_history_on_insert();
 
 -- Superseded, deleted and merged-away customer states: [valid_from, valid_to), valid_to never NULL.
 CREATE TABLE IF NOT EXISTS square.customer_versions_closed (

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import orjson
 import structlog
@@ -139,6 +139,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     else:
         atexit.register(_flush_at_exit)
     _sink = _Sink(stream or sys.stdout, level_no)
+    ordered = _SinkFile(_sink)  # other lines go out at once, after the log_line lines waiting before them
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -149,11 +150,11 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, ordered)),
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the standard library (aiohttp, arq) go through the same redactor.
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(ordered)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
@@ -180,12 +181,18 @@ def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
 
 
+LOG_FLUSH_SECONDS: Final = 0.02  # how long a log_line line may wait to be written with others
+LOG_FLUSH_LINES: Final = 512  # ... or how many lines
+
+
 class _Sink:
     """Where configure_logging sends lines, and from which level, for :func:`log_line`.
 
-    Inside an event loop, lines are written together once per loop iteration: a write and flush per line was
-    the largest single cost of the receiver's log line (a system call per request). A line waits at most for
-    the end of the current iteration; :meth:`flush` also runs at exit.
+    Inside an event loop, the lines of ``LOG_FLUSH_SECONDS`` are written together (sooner when
+    ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop iteration, were the
+    largest single cost of the receiver's log line (a system call per request or two under load). A line
+    waits at most that long (its timestamp is when it was made); outside a loop, and in :meth:`flush` at
+    exit, lines are written at once.
     """
 
     __slots__ = ("level", "lock", "pending", "scheduled", "stream")
@@ -204,11 +211,16 @@ class _Sink:
             loop = None
         with self.lock:
             self.pending.append(line)
-            if loop is None:
+            if loop is None or len(self.pending) >= LOG_FLUSH_LINES:
                 self._write_pending()
             elif not self.scheduled:
                 self.scheduled = True
-                loop.call_soon(self.flush)
+                loop.call_later(LOG_FLUSH_SECONDS, self.flush)
+
+    def write_now(self, text: str) -> None:
+        with self.lock:
+            self.pending.append(text)
+            self._write_pending()
 
     def flush(self) -> None:
         with self.lock:
@@ -221,6 +233,20 @@ class _Sink:
             self.pending.clear()
             self.stream.write(text)
             self.stream.flush()
+
+
+class _SinkFile:
+    """The stream structlog and the standard library write to: their lines keep their place among log_line's."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    def write(self, text: str) -> int:
+        self._sink.write_now(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: write_now has flushed the stream."""
 
 
 _sink: _Sink | None = None

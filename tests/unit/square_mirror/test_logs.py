@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from square_mirror.logs import REDACTED, bound_context, configure_logging, get_logger, log_line, redact
+from square_mirror.logs import (
+    LOG_FLUSH_LINES,
+    LOG_FLUSH_SECONDS,
+    REDACTED,
+    bound_context,
+    configure_logging,
+    get_logger,
+    log_line,
+    redact,
+)
 
 CUSTOMER = {
     "id": "CUST1",
@@ -104,14 +113,37 @@ def test_log_line_honours_the_configured_level() -> None:
     assert [line["outcome"] for line in _lines(stream)] == ["unauthorized"]
 
 
-async def test_log_line_inside_an_event_loop_writes_at_the_end_of_the_iteration_in_order() -> None:
+async def test_log_line_inside_an_event_loop_writes_lines_together_shortly_after_in_order() -> None:
     stream = io.StringIO()
     configure_logging("INFO", stream=stream)
     try:
         for n in range(3):
             log_line("info", "webhook", {"n": n})
-        assert stream.getvalue() == ""  # one write for the whole iteration, not one per line
         await asyncio.sleep(0)
+        assert stream.getvalue() == ""  # one write for many lines, not one per line or per loop iteration
+        await asyncio.sleep(LOG_FLUSH_SECONDS * 2)
         assert [line["n"] for line in _lines(stream)] == [0, 1, 2]
+    finally:
+        configure_logging("INFO")
+
+
+async def test_a_full_log_buffer_is_written_at_once() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    try:
+        for n in range(LOG_FLUSH_LINES):
+            log_line("info", "webhook", {"n": n})
+        assert len(_lines(stream)) == LOG_FLUSH_LINES  # bounded memory, whatever the rate
+    finally:
+        configure_logging("INFO")
+
+
+async def test_other_lines_keep_their_place_after_waiting_log_line_lines() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    try:
+        log_line("info", "webhook", {"n": 1})
+        get_logger().info("stopping")  # written at once, so the waiting line goes first
+        assert [line["event"] for line in _lines(stream)] == ["webhook", "stopping"]
     finally:
         configure_logging("INFO")

@@ -7,6 +7,7 @@ these functions, so the staleness rule (``square.customer_snapshot_wins`` in sch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,8 +60,32 @@ async def upsert_customers(
     batch = latest_per_id(customers)
     if not batch:
         return set()
-    rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at)
+    async with _transaction(conn):
+        rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at)
+        if rows:
+            await conn.execute(sql("replace_memberships"), merchant_id, *_membership_arguments(rows), observed_at)
     return {r["id"] for r in rows}
+
+
+def _membership_arguments(rows: Sequence[asyncpg.Record]) -> list[list[str]]:
+    """replace_memberships.sql's $2..$10: the updated rows' IDs, then (customer, group) and (customer, segment)
+    pairs of the updated and of the new rows, each pair list as two parallel arrays."""
+    updated: list[str] = []
+    groups: dict[bool, tuple[list[str], list[str]]] = {True: ([], []), False: ([], [])}
+    segments: dict[bool, tuple[list[str], list[str]]] = {True: ([], []), False: ([], [])}
+    for row in rows:
+        cid, existed = row["id"], row["updated"]
+        if existed:
+            updated.append(cid)
+        for pairs, ids in ((groups[existed], row["group_ids"]), (segments[existed], row["segment_ids"])):
+            pairs[0].extend([cid] * len(ids))
+            pairs[1].extend(ids)
+    return [updated, *groups[True], *groups[False], *segments[True], *segments[False]]
+
+
+def _transaction(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The caller's transaction, or a new one: some writes are two statements that must commit together."""
+    return contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction()
 
 
 async def tombstone_customers(
@@ -76,7 +101,9 @@ async def tombstone_customers(
     ids = sorted({c for c in customer_ids if c and c != merged_into})
     if not ids:
         return set()
-    rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version)
+    async with _transaction(conn):
+        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version)
+        await conn.execute(sql("drop_memberships"), merchant_id, ids)
     return {r["id"] for r in rows}
 
 

@@ -1,4 +1,4 @@
--- Tombstone customers (plain delete, or merged away when $4 is set) and drop their memberships.
+-- Tombstone customers (plain delete, or merged away when $4 is set); drop_memberships.sql follows.
 -- A tombstone row is written even for an ID the mirror never saw, so a late create cannot resurrect it.
 -- An existing tombstone only learns a merge target or a higher version (the one Square gave the deleted
 -- profile), never a new deleted_at.
@@ -16,9 +16,5 @@ WITH marked AS (
     WHERE c.deleted_at IS NULL OR (c.merged_into IS NULL AND EXCLUDED.merged_into IS NOT NULL)
        OR c.version < $5::bigint
     RETURNING c.id
-), drop_groups AS (
-    DELETE FROM square.customer_group_members WHERE merchant_id = $1 AND customer_id = ANY ($2::text[])
-), drop_segments AS (
-    DELETE FROM square.customer_segment_members WHERE merchant_id = $1 AND customer_id = ANY ($2::text[])
 )
 SELECT id FROM marked;

@@ -1,4 +1,5 @@
--- Version-guarded upsert of full customer snapshots, with their group and segment membership, in one statement.
+-- Version-guarded upsert of full customer snapshots; returns the rows written, with their group and segment IDs,
+-- for replace_memberships.sql, which runs next in the same transaction (see worker.store.upsert_customers).
 -- $1 merchant_id, $2 jsonb array of Square Customer objects (one per id), $3 observed_at (when fetched).
 -- The guard is square.customer_snapshot_wins (schema.sql): tombstones are final, older snapshots lose.
 WITH input AS (
@@ -47,41 +48,5 @@ WITH input AS (
     WHERE square.customer_snapshot_wins(t.deleted_at, t.version, t.observed_at, EXCLUDED.version, EXCLUDED.observed_at)
     -- xmax = 0 on a freshly inserted row; an updated row carries our lock (ON CONFLICT DO UPDATE), so xmax <> 0.
     RETURNING t.id, t.group_ids, t.segment_ids, t.xmax <> 0 AS updated
-), updated AS (
-    -- The IDs of rows that existed before (updated, not inserted) as one array: an index condition on
-    -- (merchant_id, customer_id) for the deletes below, so they touch this batch's memberships only. A freshly
-    -- inserted row has no memberships to drop (memberships are only ever written for existing customer rows,
-    -- and customer rows are never deleted), so a batch of new customers (a backfill into an empty mirror)
-    -- skips the deletes entirely: the cardinality test is a one-time filter evaluated before any scan. Without
-    -- it, the deletes scanned the membership tables with a 500-element ANY filter while their statistics still
-    -- said "empty", about a quarter of the backfill's Postgres CPU. For the same reason a new row's memberships
-    -- are inserted without ON CONFLICT, which saves its unique pre-check (about 5% of a backfill's Postgres CPU).
-    SELECT ARRAY(SELECT id FROM up WHERE updated) AS ids
-), drop_groups AS (
-    DELETE FROM square.customer_group_members m
-    USING up
-    WHERE (SELECT cardinality(ids) FROM updated) > 0
-      AND m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM updated)::text[])
-      AND up.updated AND m.customer_id = up.id AND NOT (m.group_id = ANY (up.group_ids))
-), add_groups AS (
-    INSERT INTO square.customer_group_members (merchant_id, group_id, customer_id, since)
-    SELECT $1, g, up.id, $3 FROM up, unnest(up.group_ids) AS g WHERE up.updated
-    ON CONFLICT DO NOTHING
-), add_groups_new AS (
-    INSERT INTO square.customer_group_members (merchant_id, group_id, customer_id, since)
-    SELECT $1, g, up.id, $3 FROM up, unnest(up.group_ids) AS g WHERE NOT up.updated
-), drop_segments AS (
-    DELETE FROM square.customer_segment_members m
-    USING up
-    WHERE (SELECT cardinality(ids) FROM updated) > 0
-      AND m.merchant_id = $1 AND m.customer_id = ANY ((SELECT ids FROM updated)::text[])
-      AND up.updated AND m.customer_id = up.id AND NOT (m.segment_id = ANY (up.segment_ids))
-), add_segments AS (
-    INSERT INTO square.customer_segment_members (merchant_id, segment_id, customer_id, since)
-    SELECT $1, s, up.id, $3 FROM up, unnest(up.segment_ids) AS s WHERE up.updated
-    ON CONFLICT DO NOTHING
-), add_segments_new AS (
-    INSERT INTO square.customer_segment_members (merchant_id, segment_id, customer_id, since)
-    SELECT $1, s, up.id, $3 FROM up, unnest(up.segment_ids) AS s WHERE NOT up.updated
 )
-SELECT id FROM up;
+SELECT id, group_ids, segment_ids, updated FROM up;

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +94,40 @@ async def test_tombstone_is_final_and_drops_membership(db_pool: asyncpg.Pool) ->
     assert row is not None
     assert row["deleted_at"] == at(2)
     assert row["version"] == 1
+    assert await _groups_of(db_pool, "A") == set()
+    assert await _segments_of(db_pool, "A") == set()
+
+
+async def _wait_until_blocked(pool: asyncpg.Pool, pid: int) -> None:
+    for _ in range(500):
+        if await pool.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the second writer never waited for the first one's row lock")
+
+
+@pytest.mark.parametrize("second", ["newer_snapshot", "tombstone"])
+async def test_a_writer_that_waited_for_a_row_lock_sees_the_memberships_committed_meanwhile(
+    db_pool: asyncpg.Pool, second: str
+) -> None:
+    """A backfill page (in group G) and a newer webhook fetch or delete of the same new customer, interleaved."""
+    async with db_pool.acquire() as first, db_pool.acquire() as other:
+        pid = await other.fetchval("SELECT pg_backend_pid()")
+        transaction = first.transaction()
+        await transaction.start()
+        await upsert_customers(first, M, [customer("A", version=1, group_ids=["G"], segment_ids=["S"])], at(0))
+
+        async def write_second() -> None:
+            async with other.transaction():
+                if second == "tombstone":
+                    await tombstone_customers(other, M, ["A"], at(60))
+                else:
+                    await upsert_customers(other, M, [customer("A", version=2)], at(60))
+
+        task = asyncio.create_task(write_second())
+        await _wait_until_blocked(db_pool, pid)
+        await transaction.commit()
+        await task
     assert await _groups_of(db_pool, "A") == set()
     assert await _segments_of(db_pool, "A") == set()
 

@@ -179,9 +179,10 @@ class SegmentDiff:
 async def replace_segment_members(
     conn: Conn, merchant_id: str, segment_id: str, member_ids: Sequence[str], observed_at: datetime
 ) -> SegmentDiff:
-    row = await conn.fetchrow(
-        sql("replace_segment_members"), merchant_id, segment_id, sorted(set(member_ids)), observed_at
-    )
+    members = sorted(set(member_ids))
+    async with _transaction(conn):
+        await conn.execute(sql("lock_segment_customers"), merchant_id, segment_id, members)
+        row = await conn.fetchrow(sql("replace_segment_members"), merchant_id, segment_id, members, observed_at)
     assert row is not None
     return SegmentDiff(int(row["removed"]), int(row["added"]), list(row["unknown"]))
 

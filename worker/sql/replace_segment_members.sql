@@ -1,4 +1,5 @@
 -- The segments lane's diff: the complete member list of one segment as observed at $4 by SearchCustomers.
+-- lock_segment_customers.sql runs first in the same transaction (a fresh snapshot after the row locks).
 -- Only customers whose stored state is older than the observation are touched, so a fresher fetch always wins;
 -- their segment_ids arrays and observed_at move with the membership (segment changes bump no version).
 -- $1 merchant_id, $2 segment_id, $3 text[] member customer ids, $4 observed_at.

@@ -132,6 +132,28 @@ async def test_a_writer_that_waited_for_a_row_lock_sees_the_memberships_committe
     assert await _segments_of(db_pool, "A") == set()
 
 
+async def test_a_segment_diff_waits_for_a_fresher_write_in_flight_and_lets_it_win(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        await upsert_customers(conn, M, [customer("A", version=1, segment_ids=["S"])], at(0))
+    async with db_pool.acquire() as fetch, db_pool.acquire() as lane:
+        pid = await lane.fetchval("SELECT pg_backend_pid()")
+        transaction = fetch.transaction()
+        await transaction.start()  # a webhook fetch observed at 20 s: A is still in S
+        await upsert_customers(fetch, M, [customer("A", version=1, segment_ids=["S"])], at(20))
+
+        async def diff() -> None:  # the segments lane observed S at 10 s without A
+            async with lane.transaction():
+                await replace_segment_members(lane, M, "S", [], at(10))
+
+        task = asyncio.create_task(diff())
+        await _wait_until_blocked(db_pool, pid)
+        await transaction.commit()
+        await task
+    assert await _segments_of(db_pool, "A") == {"S"}
+    row = await _row(db_pool, "A")
+    assert row is not None and row["segment_ids"] == ["S"] and row["observed_at"] == at(20)
+
+
 async def test_tombstone_of_unseen_customer_blocks_a_late_create(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         await tombstone_customers(conn, M, ["B"], at(5), version=3)

@@ -188,11 +188,11 @@ LOG_FLUSH_LINES: Final = 512  # ... or how many lines
 class _Sink:
     """Where configure_logging sends lines, and from which level, for :func:`log_line`.
 
-    Inside an event loop, the lines of ``LOG_FLUSH_SECONDS`` are written together (sooner when
-    ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop iteration, were the
-    largest single cost of the receiver's log line (a system call per request or two under load). A line
-    waits at most that long (its timestamp is when it was made); outside a loop, and in :meth:`flush` at
-    exit, lines are written at once.
+    Inside an event loop, a line waits up to ``LOG_FLUSH_SECONDS`` and goes out with the others of that time
+    (at once when ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop
+    iteration, were the largest single cost of the receiver's log line (a system call per request or two
+    under load). Its timestamp is when it was made. Outside a loop, for lines from structlog and the standard
+    library (:class:`_SinkFile`) and in :meth:`flush` at exit, lines are written at once.
     """
 
     __slots__ = ("level", "lock", "pending", "scheduled", "stream")

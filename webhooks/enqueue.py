@@ -62,6 +62,7 @@ end
 return replies
 """
 
+
 class QueueUnavailable(Exception):
     """Redis did not acknowledge the enqueue (stopped, unreachable, slow or closing); answer 503."""
 

@@ -191,7 +191,7 @@ class RedisTolerantWorker(Worker):
         try:
             async with self.pool.pipeline(transaction=True) as tr:
                 for _done, args in batch:
-                    self._queue_finish(tr, *args)
+                    self._queue_finish(tr, args)
                     ends.append(len(tr.command_stack))
                 results = await tr.execute(raise_on_error=False)
         except Exception as exc:  # every caller gets it; nobody awaits this task
@@ -212,18 +212,9 @@ class RedisTolerantWorker(Worker):
             else:
                 done.set_exception(error)
 
-    def _queue_finish(
-        self,
-        tr: Pipeline,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
+    def _queue_finish(self, tr: Pipeline, args: _FinishArgs) -> None:
         """The commands of arq 0.28's ``Worker.finish_job`` for one job."""
+        job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress = args
         in_progress_key = in_progress_key_prefix + job_id
         delete_keys = []
         if keep_in_progress is None:

@@ -47,8 +47,8 @@ CHECKPOINT_VERSION: Final = 1
 INFERENCE_BATCH: Final = 1000
 # Pages of one partition written (queued or running) at once while its next page is fetched. With one, a page
 # waited for its predecessor's commit before being queued, so the writers found ~2 pages queued and wrote
-# ~200 customers per statement; each statement costs Postgres ~4 ms of fixed CPU (planning, the history
-# triggers' statements, commit), ~15% of its total at that size. Deeper pipelines queue enough for 1000.
+# ~200 customers per statement; each statement costs Postgres ~4 ms of fixed CPU (planning, triggers,
+# commit), ~15% of its total at that size. Deeper pipelines queue enough for 1000.
 WRITE_DEPTH: Final = 3
 # Customers per upsert statement (pages queued together are written together).
 WRITE_BATCH_ROWS: Final = 1000

@@ -59,10 +59,11 @@ HOST = "127.0.0.1"
 def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
     from aiohttp import web
 
-    from square_mirror.allocator import pin_mmap_threshold
+    from square_mirror.allocator import cap_socket_reads, pin_mmap_threshold
     from webhooks.cli import serve as serve_app
 
     pin_mmap_threshold()  # as `square-mirror webhooks` does, for both servers
+    cap_socket_reads()
 
     if kind == "bare":
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import re
 import sys
@@ -202,19 +203,21 @@ class _Sink:
         self.level = level
         self.lock = threading.Lock()
         self.pending: list[str] = []
-        self.scheduled = False
+        self.scheduled: asyncio.AbstractEventLoop | None = None  # the loop that will flush what is pending
 
     def write(self, line: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
         with self.lock:
             self.pending.append(line)
-            if loop is None or len(self.pending) >= LOG_FLUSH_LINES:
+            if len(self.pending) >= LOG_FLUSH_LINES:
                 self._write_pending()
-            elif not self.scheduled:
-                self.scheduled = True
+            elif self.scheduled is None or not self.scheduled.is_running():
+                # Looked up only when no flush is due: asyncio.get_running_loop() makes a getpid system call.
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self._write_pending()
+                    return
+                self.scheduled = loop
                 loop.call_later(LOG_FLUSH_SECONDS, self.flush)
 
     def write_now(self, text: str) -> None:
@@ -227,7 +230,7 @@ class _Sink:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        self.scheduled = False
+        self.scheduled = None
         if self.pending:
             text = "".join(self.pending)
             self.pending.clear()
@@ -254,7 +257,8 @@ _sink: _Sink | None = None
 
 def _flush_at_exit() -> None:
     if _sink is not None:
-        _sink.flush()
+        with contextlib.suppress(ValueError, OSError):  # the stream may be closed already (pytest's capture)
+            _sink.flush()
 
 
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

@@ -49,10 +49,10 @@ def _glibc_with_mallinfo2() -> bool:
         return False
 
 
-def _probe(mode: str, **env: str) -> str:
+def _probe(mode: str, script: str = _PROBE, **env: str) -> str:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     environ.update(env, PYTHONPATH=str(ROOT), PYTHONMALLOC="pymalloc")
-    done = subprocess.run([sys.executable, "-c", _PROBE, mode], env=environ, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, mode], env=environ, capture_output=True, text=True,
                           timeout=60, check=True)
     return done.stdout.strip()
 
@@ -63,13 +63,53 @@ def test_pinned_threshold_keeps_read_buffers_out_of_the_heap() -> None:
     assert _probe("pin") == "mmapped"
 
 
+# Under the pinned threshold, is the buffer of a socket read mmapped (three system calls per read), or a heap chunk?
+# malloc_trim first, so the heap has no free 256 KiB to offer: what a process's heap may or may not have.
+_READ_PROBE = """
+import asyncio, ctypes, socket, sys
+from square_mirror.allocator import cap_socket_reads, pin_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+assert pin_mmap_threshold()
+if sys.argv[1] == "cap":
+    assert cap_socket_reads()
+
+async def main():
+    mmapped = []
+    class Reader(asyncio.Protocol):
+        def data_received(self, data):
+            mmapped.append(libc.mallinfo2().hblks > before)  # while `data`, the read buffer, is alive
+    ours, theirs = socket.socketpair()
+    await asyncio.get_running_loop().connect_accepted_socket(Reader, ours)
+    for _ in range(10):
+        libc.malloc_trim(0)
+        before = libc.mallinfo2().hblks
+        theirs.send(b"x" * 1500)
+        await asyncio.sleep(0.01)
+    print("mmapped" if all(mmapped) else "heap" if not any(mmapped) else "mixed")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc >= 2.33 only")
+def test_capped_reads_never_cost_an_mmap_under_the_pinned_threshold() -> None:
+    assert _probe("plain", script=_READ_PROBE) == "mmapped"  # asyncio's 256 KiB read, above the threshold
+    assert _probe("cap", script=_READ_PROBE) == "heap"
+
+
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc >= 2.33 only")
 def test_an_operators_own_malloc_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(allocator.ENV_OVERRIDE, "65536")
     assert allocator.pin_mmap_threshold() is False
 
 
-def test_worker_and_receiver_pin_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_and_receiver_pin_the_threshold_and_the_receiver_caps_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     import square_mirror.logs
     import webhooks.cli
     import worker.cli
@@ -78,6 +118,7 @@ def test_worker_and_receiver_pin_the_threshold(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(square_mirror.logs, "configure_logging", lambda *_a, **_k: None)
     calls: list[str] = []
     monkeypatch.setattr(allocator, "pin_mmap_threshold", lambda: calls.append("receiver") or True)
+    monkeypatch.setattr(allocator, "cap_socket_reads", lambda: calls.append("receiver reads") or True)
     monkeypatch.setattr(worker.cli, "pin_mmap_threshold", lambda: calls.append("worker") or True)
 
     class Stop(Exception):
@@ -100,4 +141,4 @@ def test_worker_and_receiver_pin_the_threshold(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SQUARE_WEBHOOK_NOTIFICATION_URL", "https://example.test/square/webhooks")
     with pytest.raises(Stop):
         asyncio.run(webhooks.cli.run(argparse.Namespace(host="127.0.0.1", port=0)))
-    assert calls == ["worker", "receiver"]
+    assert calls == ["worker", "receiver", "receiver reads"]

@@ -147,3 +147,24 @@ async def test_other_lines_keep_their_place_after_waiting_log_line_lines() -> No
         assert [line["event"] for line in _lines(stream)] == ["webhook", "stopping"]
     finally:
         configure_logging("INFO")
+
+
+def test_lines_left_waiting_by_an_ended_event_loop_go_out_with_the_next_loops_lines() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+
+    async def log_and_leave(n: int) -> None:
+        log_line("info", "webhook", {"n": n})  # the loop ends before its flush is due
+
+    async def log_and_wait(n: int) -> None:
+        log_line("info", "webhook", {"n": n})
+        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
+
+    try:
+        asyncio.run(log_and_leave(1))
+        asyncio.run(log_and_wait(2))  # e.g. a command that runs one loop after another
+        assert [line["n"] for line in _lines(stream)] == [1, 2]
+        log_line("info", "webhook", {"n": 3})  # outside any loop: written at once
+        assert [line["n"] for line in _lines(stream)] == [1, 2, 3]
+    finally:
+        configure_logging("INFO")

@@ -21,7 +21,7 @@ CPU per request and its ratio, open-loop p50/p99. The bench writes to a queue na
 deletes them afterwards, so it never touches the real queue or another run's keys.
 
 Environment knobs for experiments: BENCH_LOG_LEVEL=WARNING drops the receiver's per-request log line (to see
-its cost), BENCH_MAX_IN_FLIGHT=N sets the enqueuer's concurrent Redis round trips (default 2).
+its cost), BENCH_MAX_IN_FLIGHT=N sets the enqueuer's concurrent Redis round trips (default: the receiver's, 1).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
         from square_mirror.logs import configure_logging
         from square_mirror.settings import Secret, Settings
         from webhooks.app import create_app
+        from webhooks.enqueue import MAX_IN_FLIGHT
 
         # The receiver's JSON log line per request is rendered and written, to /dev/null.
         level = os.environ.get("BENCH_LOG_LEVEL", "INFO")
@@ -86,7 +87,7 @@ def serve(kind: str, port: int, redis_url: str, queue_name: str) -> None:
             webhook_notification_url=notification_url(port),
         )
         app = create_app(settings, queue_name=queue_name,
-                         max_in_flight=int(os.environ.get("BENCH_MAX_IN_FLIGHT", "2")))
+                         max_in_flight=int(os.environ.get("BENCH_MAX_IN_FLIGHT", str(MAX_IN_FLIGHT))))
     # Both served exactly as `square-mirror webhooks` serves (runner, gc.freeze, signals).
     asyncio.run(serve_app(app, HOST, port))
 

@@ -56,7 +56,11 @@ def _require_str(envelope: Mapping[str, Any], key: str) -> str:
 def build_event_job(
     envelope: Mapping[str, Any], *, received_at: str | None = None, source: str = "webhook"
 ) -> dict[str, Any]:
-    """Turn a Square event envelope (webhook body or SearchEvents item) into the job payload."""
+    """Turn a Square event envelope (webhook body or SearchEvents item) into the job payload.
+
+    Nested objects are checked with ``isinstance(x, dict)``: they come from a JSON parser, and the ABC check
+    of ``Mapping`` costs several times more on the receiver's hot path.
+    """
     merchant_id = _require_str(envelope, "merchant_id")
     event_type = _require_str(envelope, "type")
     event_id = _require_str(envelope, "event_id")
@@ -64,7 +68,7 @@ def build_event_job(
     if created_at is not None and not isinstance(created_at, str):
         raise InvalidEnvelope("'created_at' must be a string")
     data = envelope.get("data")
-    if data is not None and not isinstance(data, Mapping):
+    if data is not None and not isinstance(data, dict):
         raise InvalidEnvelope("'data' must be an object")
     data = data or {}
     customer_id: str | None = None
@@ -76,16 +80,16 @@ def build_event_job(
             raise InvalidEnvelope("missing or invalid 'data.id' (the customer ID)")
         customer_id = raw_id
         obj = data.get("object")
-        if isinstance(obj, Mapping):
+        if isinstance(obj, dict):
             customer = obj.get("customer")
-            if isinstance(customer, Mapping):
+            if isinstance(customer, dict):
                 raw_version = customer.get("version")
                 if isinstance(raw_version, int) and not isinstance(raw_version, bool):
                     version = raw_version
             context = obj.get("event_context")
-            if isinstance(context, Mapping):
+            if isinstance(context, dict):
                 merge = context.get("merge")
-                if isinstance(merge, Mapping):
+                if isinstance(merge, dict):
                     event_context = {
                         "merge": {
                             "from_customer_ids": [

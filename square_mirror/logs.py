@@ -48,9 +48,28 @@ def register_secrets(values: Iterable[str]) -> None:
     """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
     global _secret_values
     _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
+    _scrubbed.clear()
+
+
+_scrubbed: dict[str, str] = {}  # short strings already scrubbed: log lines repeat outcomes, types, merchants
+_SCRUB_MEMO_MAX_LEN: Final = 128
+_SCRUB_MEMO_SIZE: Final = 4096
 
 
 def _scrub_text(text: str) -> str:
+    """:func:`_scrub`, remembered for short strings (bounded: emptied when full, e.g. by unique event IDs)."""
+    known = _scrubbed.get(text)
+    if known is not None:
+        return known
+    clean = _scrub(text)
+    if len(text) <= _SCRUB_MEMO_MAX_LEN:
+        if len(_scrubbed) >= _SCRUB_MEMO_SIZE:
+            _scrubbed.clear()
+        _scrubbed[text] = clean
+    return clean
+
+
+def _scrub(text: str) -> str:
     # Cheap substring tests first: nearly every logged string has no "@" and no "bearer", and the regexes
     # would otherwise dominate the cost of a log line on the receiver's hot path.
     for secret in _secret_values:
@@ -108,8 +127,12 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
     # is safe, since no key is added or removed.
+    masked_keys = _masked_keys
     for key, value in event_dict.items():
-        if _is_masked_key(key):
+        masked = masked_keys.get(key)
+        if masked is None:
+            masked = _is_masked_key(key)
+        if masked:
             event_dict[key] = REDACTED
         elif type(value) is str:
             event_dict[key] = _scrub_text(value)

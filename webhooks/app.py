@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.settings import Settings
-from webhooks.enqueue import BatchEnqueuer
+from webhooks.enqueue import MAX_IN_FLIGHT, BatchEnqueuer
 from webhooks.metrics import WebhookMetrics
 from webhooks.resp import RedisConnection
 from webhooks.views import ReceiverConfig, Views
@@ -38,7 +38,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     queue_name: str = QUEUE_NAME,
     max_batch: int = 256,
-    max_in_flight: int = 2,
+    max_in_flight: int = MAX_IN_FLIGHT,
 ) -> web.Application:
     """The receiver: ``POST settings.webhook_path``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``."""
     keys, notification_url = settings.require_webhook_config()

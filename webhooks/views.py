@@ -88,11 +88,10 @@ class Views:
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         self.metrics.in_flight_count += 1
-        verdict = _Verdict(m.ERROR)
         try:
             verdict = await self._handle(request)
         except Exception as exc:
-            verdict.reason = type(exc).__name__
+            verdict = _Verdict(m.ERROR, reason=type(exc).__name__)
             _log.exception("webhook_handler_failed")
         finally:
             self.metrics.in_flight_count -= 1
@@ -105,7 +104,7 @@ class Views:
             "event_id": verdict.event_id,
             "type": verdict.event_type,
             "merchant_id": verdict.merchant_id,
-            "latency_ms": round(elapsed * 1000, 2),
+            "latency_ms": int(elapsed * 100_000 + 0.5) / 100,  # 2 decimals; round() costs more than this line's JSON
         }
         # Optional fields only when present: every logged field goes through the redactor, which is not free.
         if verdict.reason is not None:

@@ -123,12 +123,14 @@ class Views:
         try:
             # Bounded in size by the app's client_max_size (chunked bodies included) and in time: a client that
             # trickles its body (slow loris) is answered 408 instead of holding a handler forever. A body that
-            # arrived with the head (Square's case) has nothing to wait for, so it skips the timer's cost.
-            if request.content.is_eof():
-                raw = await request.read()  # nothing left to wait for (and cached if a middleware read it)
-            else:
+            # arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no copy, none of
+            # read()'s loop. Empty means no body or one a middleware read already, which read() returns.
+            raw = request.content.read_nowait() if request.content.is_eof() else b""
+            if not raw:
                 async with asyncio.timeout(self.config.body_timeout):
                     raw = await request.read()
+            elif len(raw) > self.config.max_body_bytes:  # chunked, so no Content-Length was checked above
+                return _Verdict(m.TOO_LARGE)
         except TimeoutError:
             return _Verdict(m.TIMEOUT, reason="body timeout")
         except web.HTTPRequestEntityTooLarge:
@@ -193,14 +195,21 @@ class Views:
 _second_prefix: tuple[int, str] = (-1, "")
 
 
+_last_millisecond: tuple[int, str] = (-1, "")
+
+
 def _utc_now_iso() -> str:
-    """Now as RFC 3339 UTC with milliseconds; the part up to the second is formatted once per second."""
-    global _second_prefix
+    """Now as RFC 3339 UTC with milliseconds; formatted once per millisecond (under load, many requests share
+    one), and the part up to the second once per second."""
+    global _second_prefix, _last_millisecond
     now_ms = time.time_ns() // 1_000_000
+    if _last_millisecond[0] == now_ms:
+        return _last_millisecond[1]
     second, millis = divmod(now_ms, 1000)
     if _second_prefix[0] != second:
         _second_prefix = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second_prefix[1]}.{millis:03d}Z"
+    _last_millisecond = (now_ms, f"{_second_prefix[1]}.{millis:03d}Z")
+    return _last_millisecond[1]
 
 
 def _retry_number(request: web.Request) -> int | None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -20,6 +21,7 @@ from tests.integration.webhooks.support import (
     CUSTOMER_UPDATED,
     KEY,
     OTHER_KEY,
+    PATH,
     PII_STRINGS,
     SPEC_EXAMPLES,
     Receiver,
@@ -234,6 +236,47 @@ async def test_oversize_bodies_are_413_whether_declared_or_chunked(
     # The receiver still works afterwards.
     small = customer_event(2)
     assert (await post(http, receiver, small, signed_headers(small)))[0] == 200
+
+
+async def test_an_oversize_chunked_body_that_arrived_whole_is_413(receiver: Receiver, redis_url: str) -> None:
+    big = orjson.dumps({**orjson.loads(customer_event(1)), "padding": "x" * 5000})
+    head = "".join(f"{name}: {value}\r\n" for name, value in signed_headers(big).items())
+    request = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Transfer-Encoding: chunked\r\n\r\n"
+               f"{len(big):x}\r\n").encode() + big + b"\r\n0\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+    writer.write(request)  # in one piece: the whole body is buffered before the handler runs
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"413"
+    assert await queued_jobs(redis_url) == []
+
+
+async def test_a_body_a_middleware_read_first_is_still_verified_and_queued(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    from square_mirror.embedded import free_port
+    from webhooks.app import create_app
+
+    @web.middleware
+    async def reads_body(request: web.Request, handler: Any) -> web.StreamResponse:
+        await request.read()
+        return await handler(request)  # type: ignore[no-any-return]
+
+    app = create_app(settings_for(redis_url))
+    app.middlewares.append(reads_body)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        body = customer_event(7)
+        async with http.post(f"http://127.0.0.1:{port}{PATH}", data=body, headers=signed_headers(body)) as resp:
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert [job.job_id for job in await queued_jobs(redis_url)] == [orjson.loads(body)["event_id"]]
 
 
 async def test_huge_headers_are_refused_and_the_receiver_keeps_serving(

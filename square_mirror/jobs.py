@@ -46,7 +46,7 @@ class EventJob:
 
 def _require_str(envelope: Mapping[str, Any], key: str) -> str:
     value = envelope.get(key)
-    if not isinstance(value, str) or not value.strip():
+    if type(value) is not str or not value or value.isspace():
         raise InvalidEnvelope(f"missing or empty {key!r}")
     if len(value) > 256:
         raise InvalidEnvelope(f"{key!r} is too long")

@@ -59,8 +59,10 @@ _SCRUB_MEMO_SIZE: Final = 4096
 def _scrub_text(text: str) -> str:
     """:func:`_scrub`, remembered for short strings (bounded: emptied when full, e.g. by unique event IDs)."""
     known = _scrubbed.get(text)
-    if known is not None:
-        return known
+    return known if known is not None else _scrub_and_remember(text)
+
+
+def _scrub_and_remember(text: str) -> str:
     clean = _scrub(text)
     if len(text) <= _SCRUB_MEMO_MAX_LEN:
         if len(_scrubbed) >= _SCRUB_MEMO_SIZE:
@@ -127,7 +129,7 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
     # is safe, since no key is added or removed.
-    masked_keys = _masked_keys
+    masked_keys, scrubbed = _masked_keys, _scrubbed  # _is_masked_key's and _scrub_text's memos, inlined
     for key, value in event_dict.items():
         masked = masked_keys.get(key)
         if masked is None:
@@ -135,7 +137,8 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
         if masked:
             event_dict[key] = REDACTED
         elif type(value) is str:
-            event_dict[key] = _scrub_text(value)
+            clean = scrubbed.get(value)
+            event_dict[key] = clean if clean is not None else _scrub_and_remember(value)
         elif type(value) in _PLAIN_TYPES:
             continue
         elif key == "exception":
@@ -314,12 +317,14 @@ def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
     if _LEVELS[level] < sink.level:
         return
     fields["event"] = event
-    for key, value in structlog.contextvars.get_contextvars().items():
-        fields.setdefault(key, value)
+    context = structlog.contextvars.get_contextvars()
+    if context:
+        for key, value in context.items():
+            fields.setdefault(key, value)
     redact_processor(None, level, fields)
     fields["level"] = level
     fields["timestamp"] = _utc_timestamp()
-    sink.write(orjson.dumps(fields, default=str).decode() + "\n")
+    sink.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
 
 
 bind_context = structlog.contextvars.bind_contextvars

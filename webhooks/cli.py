@@ -22,6 +22,7 @@ HELP: Final = (
     "Needs SQUARE_WEBHOOK_SIGNATURE_KEY, SQUARE_WEBHOOK_NOTIFICATION_URL and REDIS_URL."
 )
 SHUTDOWN_TIMEOUT: Final = 10.0  # seconds to let in-flight requests finish
+GC_YOUNG_THRESHOLD: Final = 10_000  # allocations between young-generation collections (CPython's default: 700)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,10 @@ async def serve(app: web.Application, host: str, port: int, *, path: str = "") -
     # collector's full passes, which otherwise stall the event loop for ~10 ms now and then (p99 latency).
     gc.collect()
     gc.freeze()
+    # Requests leave next to no cyclic garbage (reference counting frees them), yet at the default threshold
+    # of 700 allocations a young-generation pass ran every ~80 requests under load, traversing and promoting
+    # the state of every request in flight: about 1 us of CPU per request, measured in bench/webhooks.py.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

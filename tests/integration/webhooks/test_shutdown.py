@@ -55,3 +55,32 @@ async def test_in_flight_requests_finish_and_new_connections_are_refused() -> No
         assert [j.job_id for j in await queued_jobs(server.url)] == ["evt-00000001"]
     finally:
         server.close()
+
+
+async def test_serve_freezes_what_lives_forever_raises_the_young_gc_threshold_and_stops_on_sigterm(
+    redis_url: str,
+) -> None:
+    import gc
+    import os
+    import signal
+
+    from square_mirror.embedded import tcp_reachable
+    from webhooks.cli import GC_YOUNG_THRESHOLD, serve
+
+    threshold = gc.get_threshold()
+    port = free_port()
+    serving = asyncio.ensure_future(serve(create_app(settings_for(redis_url)), "127.0.0.1", port))
+    try:
+        for _ in range(200):
+            if tcp_reachable("127.0.0.1", port, 0.05):
+                break
+            await asyncio.sleep(0.01)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+        assert gc.get_freeze_count() > 0
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by serve's own signal handler
+        assert await asyncio.wait_for(serving, 15) == 0
+        assert not tcp_reachable("127.0.0.1", port, 0.2)
+    finally:
+        serving.cancel()
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -175,3 +175,23 @@ def test_a_string_logged_before_it_was_registered_as_a_secret_is_scrubbed_after(
     configure_logging("DEBUG", secrets=["later-secret-value"], stream=log_stream)
     log_line("info", "webhook", {"merchant_id": "later-secret-value"})
     assert [line["merchant_id"] for line in _lines(log_stream)] == ["later-secret-value", REDACTED]
+
+
+async def test_a_waiting_line_keeps_the_time_it_was_made_and_a_line_that_cannot_render_sinks_no_other() -> None:
+    import datetime
+
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    try:
+        made = datetime.datetime.now(datetime.UTC)
+        log_line("info", "webhook", {"n": 1})
+        log_line("info", "webhook", {"n": 2 ** 70})  # orjson refuses integers past 64 bits
+        log_line("info", "webhook", {"n": 3, "email_address": "bob@example.org"})
+        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
+        first, second, third = _lines(stream)
+    finally:
+        configure_logging("INFO")
+    stamped = datetime.datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
+    assert abs((stamped - made).total_seconds()) < LOG_FLUSH_SECONDS / 2  # not when it was written
+    assert (second["event"], second["logged_event"], second["level"]) == ("log_line_not_rendered", "webhook", "error")
+    assert third["n"] == 3 and third["email_address"] == REDACTED

@@ -79,7 +79,7 @@ class QueueUnavailable(Exception):
 @dataclass(slots=True)
 class _Pending:
     job_id: str
-    data: bytes
+    payload: Mapping[str, Any]
     queued_at: float  # time.monotonic() when the request handed it over
     future: asyncio.Future[bool]
 
@@ -127,9 +127,8 @@ class BatchEnqueuer:
         """
         if self._closed:
             raise QueueUnavailable("closing")
-        now_ms = int(time.time() * 1000)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        item = _Pending(job_id, encode_job(payload, now_ms), time.monotonic(), future)
+        item = _Pending(job_id, payload, time.monotonic(), future)
         self._pending.append(item)
         self._unanswered.append(item)
         self._start_flushes()
@@ -198,14 +197,13 @@ class BatchEnqueuer:
         self._start_flushes()
 
     async def _flush(self, batch: list[_Pending]) -> None:
-        args: list[str | bytes | int] = [
-            self._expires_ms, int(time.time() * 1000), job_key_prefix, result_key_prefix
-        ]
-        for item in batch:
-            args.append(item.job_id)
-            args.append(item.data)
         started = time.perf_counter()
         try:
+            now_ms = int(time.time() * 1000)  # the jobs' enqueue time and score: they arrived within a round trip
+            args: list[str | bytes | int] = [self._expires_ms, now_ms, job_key_prefix, result_key_prefix]
+            for item in batch:  # encoded here, in one loop per batch: cheaper than one at a time between requests
+                args.append(item.job_id)
+                args.append(encode_job(item.payload, now_ms))
             async with asyncio.timeout(self._timeout):
                 # EVAL, not EVALSHA: Redis caches the compiled script either way, and a Redis restarted
                 # empty can never answer NOSCRIPT.

@@ -76,7 +76,7 @@ def build_event_job(
     event_context: dict[str, Any] | None = None
     if event_type.startswith("customer.") and "custom_attribute" not in event_type:
         raw_id = data.get("id")
-        if not isinstance(raw_id, str) or not raw_id.strip() or len(raw_id) > 192:
+        if type(raw_id) is not str or not raw_id or raw_id.isspace() or len(raw_id) > 192:
             raise InvalidEnvelope("missing or invalid 'data.id' (the customer ID)")
         customer_id = raw_id
         obj = data.get("object")

@@ -117,19 +117,21 @@ class Views:
 
     async def _handle(self, request: web.Request) -> _Verdict:
         received_at = _utc_now_iso()
-        length = request.content_length
-        if length is not None and length > self.config.max_body_bytes:
-            return _Verdict(m.TOO_LARGE)
+        max_body_bytes = self.config.max_body_bytes
         try:
-            # Bounded in size by the app's client_max_size (chunked bodies included) and in time: a client that
-            # trickles its body (slow loris) is answered 408 instead of holding a handler forever. A body that
-            # arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no copy, none of
-            # read()'s loop. Empty means no body or one a middleware read already, which read() returns.
+            # A body that arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no
+            # copy, none of read()'s loop. Empty means no body yet, none at all, or one a middleware read
+            # already (read() returns that one). Otherwise the body is bounded in size, by its Content-Length
+            # before anything is read and by the app's client_max_size while it streams in (chunked), and in
+            # time: a client that trickles it (slow loris) is answered 408 instead of holding a handler forever.
             raw = request.content.read_nowait() if request.content.is_eof() else b""
             if not raw:
+                length = request.content_length
+                if length is not None and length > max_body_bytes:
+                    return _Verdict(m.TOO_LARGE)
                 async with asyncio.timeout(self.config.body_timeout):
                     raw = await request.read()
-            elif len(raw) > self.config.max_body_bytes:  # chunked, so no Content-Length was checked above
+            if len(raw) > max_body_bytes:
                 return _Verdict(m.TOO_LARGE)
         except TimeoutError:
             return _Verdict(m.TIMEOUT, reason="body timeout")
@@ -214,7 +216,9 @@ def _utc_now_iso() -> str:
 
 def _retry_number(request: web.Request) -> int | None:
     """Square's ``square-retry-number`` header as a number (an untrusted header never reaches a log verbatim)."""
-    value = request.headers.get("square-retry-number", "")
+    value = request.headers.get("square-retry-number")
+    if value is None:  # a first delivery
+        return None
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 6 else None
 
 

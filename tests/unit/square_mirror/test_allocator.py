@@ -19,11 +19,9 @@ from square_mirror import allocator
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# What asyncio does on every socket read: a 256 KiB buffer (mmapped the first time), then freed. Afterwards, is a
-# 200 KiB allocation still mmapped (given back to the system when freed) or carved out of the brk heap?
-_PROBE = """
-import ctypes, sys
-from square_mirror.allocator import pin_mmap_threshold
+# glibc's malloc statistics, for the probes below (each runs in a fresh interpreter).
+_MALLINFO = """
+import ctypes
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -31,6 +29,13 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+"""
+
+# What asyncio does on every socket read: a 256 KiB buffer (mmapped the first time), then freed. Afterwards, is a
+# 200 KiB allocation still mmapped (given back to the system when freed) or carved out of the brk heap?
+_PROBE = _MALLINFO + """
+import sys
+from square_mirror.allocator import pin_mmap_threshold
 if sys.argv[1] == "pin":
     assert pin_mmap_threshold()
 read_buffer = bytearray(256 * 1024)
@@ -65,16 +70,9 @@ def test_pinned_threshold_keeps_read_buffers_out_of_the_heap() -> None:
 
 # Under the pinned threshold, is the buffer of a socket read mmapped (three system calls per read), or a heap chunk?
 # malloc_trim first, so the heap has no free 256 KiB to offer: what a process's heap may or may not have.
-_READ_PROBE = """
-import asyncio, ctypes, socket, sys
+_READ_PROBE = _MALLINFO + """
+import asyncio, socket, sys
 from square_mirror.allocator import cap_socket_reads, pin_mmap_threshold
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
 assert pin_mmap_threshold()
 if sys.argv[1] == "cap":
     assert cap_socket_reads()

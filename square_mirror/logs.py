@@ -45,8 +45,13 @@ _secret_values: tuple[str, ...] = ()
 
 
 def register_secrets(values: Iterable[str]) -> None:
-    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
+    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string.
+
+    Lines still waiting to be rendered are written first, against the secrets they were logged under.
+    """
     global _secret_values
+    if _sink is not None:
+        _sink.flush()
     _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
     _scrubbed.clear()
 
@@ -159,11 +164,9 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     scrubbing them would only cost time on every line.
     """
     global _sink
-    register_secrets(secrets)
+    register_secrets(secrets)  # writes what the current sink holds, first
     level_no = getattr(logging, level.upper(), logging.INFO)
-    if _sink is not None:
-        _sink.flush()
-    else:
+    if _sink is None:
         atexit.register(_flush_at_exit)
     _sink = _Sink(stream or sys.stdout, level_no)
     ordered = _SinkFile(_sink)  # other lines go out at once, after the log_line lines waiting before them
@@ -248,7 +251,7 @@ class _Sink:
     def __init__(self, stream: TextIO, level: int) -> None:
         self.stream = stream
         self.level = level
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # rendering may log (a value's __str__): that line goes out at once
         self.pending: list[str | _Entry] = []
         self.scheduled: asyncio.AbstractEventLoop | None = None  # the loop that will flush what is pending
 
@@ -279,8 +282,8 @@ class _Sink:
     def _write_pending(self) -> None:
         self.scheduled = None
         if self.pending:
-            text = "".join([line if type(line) is str else _render(*line) for line in self.pending])
-            self.pending.clear()
+            batch, self.pending = self.pending, []
+            text = "".join([line if type(line) is str else _render(*line) for line in batch])
             self.stream.write(text)
             self.stream.flush()
 
@@ -325,7 +328,8 @@ def _utc_timestamp(time_ns: int) -> str:
 
 
 def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
-    """Write the line ``get_logger().<level>(event, **fields)`` writes, with the same processors, at less cost.
+    """Write the line ``get_logger().<level>(event, **fields)`` would write then, with the same processors, at
+    less cost.
 
     For a hot path: the receiver writes one line per request, and structlog's generic pipeline made that line
     a fifth of the receiver's CPU per request. The line is the same (context variables merged, the same

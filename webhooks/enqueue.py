@@ -11,7 +11,8 @@ A flush starts as soon as a job is pending and fewer than ``max_in_flight`` flus
 request never waits for a timer; under load, requests that arrive during a round trip share the next one.
 One flush at a time is the default (``MAX_IN_FLIGHT``): all flushes share one connection anyway, and in
 alternating runs of bench/webhooks.py one at a time gave 46.0 us of CPU per event and 21.0k events/s against
-48.8 us and 19.5k/s with two (twice the events per round trip, half the per-flush work per event).
+48.8 us and 19.5k/s with two when first measured, and 40.2 us and 22.9k/s against 42.7 us and 22.0k/s on the
+final code of that session (twice the events per round trip, half the per-flush work per event).
 Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
 (the flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
 never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
@@ -79,7 +80,7 @@ class QueueUnavailable(Exception):
 @dataclass(slots=True)
 class _Pending:
     job_id: str
-    payload: Mapping[str, Any]
+    data: bytes
     queued_at: float  # time.monotonic() when the request handed it over
     future: asyncio.Future[bool]
 
@@ -115,7 +116,7 @@ class BatchEnqueuer:
         self._expires_ms = expires_ms
         self._metrics = metrics
         self._pending: deque[_Pending] = deque()  # not sent yet
-        self._unanswered: deque[_Pending] = deque()  # every job in arrival order until the watchdog drops it
+        self._unanswered: deque[_Pending] = deque()  # every job in arrival order until answered or expired
         self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
@@ -127,8 +128,9 @@ class BatchEnqueuer:
         """
         if self._closed:
             raise QueueUnavailable("closing")
+        now_ms = int(time.time() * 1000)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        item = _Pending(job_id, payload, time.monotonic(), future)
+        item = _Pending(job_id, encode_job(payload, now_ms), time.monotonic(), future)
         self._pending.append(item)
         self._unanswered.append(item)
         self._start_flushes()
@@ -197,13 +199,14 @@ class BatchEnqueuer:
         self._start_flushes()
 
     async def _flush(self, batch: list[_Pending]) -> None:
+        args: list[str | bytes | int] = [
+            self._expires_ms, int(time.time() * 1000), job_key_prefix, result_key_prefix
+        ]
+        for item in batch:
+            args.append(item.job_id)
+            args.append(item.data)
         started = time.perf_counter()
         try:
-            now_ms = int(time.time() * 1000)  # the jobs' enqueue time and score: they arrived within a round trip
-            args: list[str | bytes | int] = [self._expires_ms, now_ms, job_key_prefix, result_key_prefix]
-            for item in batch:  # encoded here, in one loop per batch: cheaper than one at a time between requests
-                args.append(item.job_id)
-                args.append(encode_job(item.payload, now_ms))
             async with asyncio.timeout(self._timeout):
                 # EVAL, not EVALSHA: Redis caches the compiled script either way, and a Redis restarted
                 # empty can never answer NOSCRIPT.

@@ -120,10 +120,11 @@ class Views:
         max_body_bytes = self.config.max_body_bytes
         try:
             # A body that arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no
-            # copy, none of read()'s loop. Empty means no body yet, none at all, or one a middleware read
-            # already (read() returns that one). Otherwise the body is bounded in size, by its Content-Length
-            # before anything is read and by the app's client_max_size while it streams in (chunked), and in
-            # time: a client that trickles it (slow loris) is answered 408 instead of holding a handler forever.
+            # copy, none of read()'s loop (so request.read() after this handler would return b""). Empty means
+            # no body yet, none at all, or one a middleware read already (read() returns that one). Otherwise
+            # the body is bounded in size, by its Content-Length before anything is read and by the app's
+            # client_max_size while it streams in (chunked), and in time: a client that trickles it (slow
+            # loris) is answered 408 instead of holding a handler forever.
             raw = request.content.read_nowait() if request.content.is_eof() else b""
             if not raw:
                 length = request.content_length

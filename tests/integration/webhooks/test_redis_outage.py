@@ -101,8 +101,8 @@ async def test_a_hung_redis_gives_503_within_the_timeout(http: aiohttp.ClientSes
     async with blackhole_server() as port:
         settings = settings_for(f"redis://127.0.0.1:{port}/0")
         async with running_receiver(settings, redis_timeout=TIMEOUT) as receiver:
-            # More requests than flush slots: the ones never sent are bounded by the same timeout (under
-            # 2 x TIMEOUT: none waits for a first flush to time out and then for a second one).
+            # Requests behind a hung flush are never sent; they are bounded by the same timeout, counted from
+            # their arrival (under 2 x TIMEOUT: none waits for the hung flush to time out and then for its own).
             results = await asyncio.gather(*(deliver(http, receiver, n) for n in range(40)))
             assert [s for s, _, _ in results] == [503] * 40
             assert max(elapsed for _, _, elapsed in results) < TIMEOUT + 0.9

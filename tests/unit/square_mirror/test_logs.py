@@ -195,3 +195,41 @@ async def test_a_waiting_line_keeps_the_time_it_was_made_and_a_line_that_cannot_
     assert abs((stamped - made).total_seconds()) < LOG_FLUSH_SECONDS / 2  # not when it was written
     assert (second["event"], second["logged_event"], second["level"]) == ("log_line_not_rendered", "webhook", "error")
     assert third["n"] == 3 and third["email_address"] == REDACTED
+
+
+def test_a_value_that_logs_while_its_line_renders_does_not_deadlock_the_sink() -> None:
+    import threading
+
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+
+    class Loud:
+        def __str__(self) -> str:
+            get_logger().info("rendering_logged")
+            return "loud"
+
+    async def log_it() -> None:
+        log_line("info", "webhook", {"value": Loud()})
+        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
+
+    thread = threading.Thread(target=asyncio.run, args=(log_it(),), daemon=True)
+    try:
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert sorted(line["event"] for line in _lines(stream)) == ["rendering_logged", "webhook"]
+    finally:
+        configure_logging("INFO")
+
+
+async def test_waiting_lines_are_redacted_against_the_secrets_they_were_logged_under() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", secrets=["rotated-away-secret"], stream=stream)
+    try:
+        log_line("info", "webhook", {"note_to_self": "token rotated-away-secret"})
+        configure_logging("INFO", secrets=[], stream=stream)  # before the line's flush was due
+        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
+    finally:
+        configure_logging("INFO")
+    assert "rotated-away-secret" not in stream.getvalue()
+    assert _lines(stream)[0]["note_to_self"] == f"token {REDACTED}"

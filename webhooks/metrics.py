@@ -58,8 +58,9 @@ class RequestMetrics(Collector):
 
     Why not prometheus_client's Counter and Histogram: these two are updated on every request, and their
     ``inc`` and ``observe`` (a lock each, a bucket search in Python, validity checks) cost the receiver about
-    3 us per request, several percent of its CPU. The samples are the same (Prometheus's ``le`` is "less than
-    or equal", as ``bisect_left`` finds it), without the optional ``_created`` series. Updates are not
+    3 us per request, several percent of its CPU. The samples are the same for every duration a clock gives
+    (Prometheus's ``le`` is "less than or equal", as ``bisect_left`` finds it; a NaN would land in the first
+    bucket, where prometheus_client counts it nowhere), without the optional ``_created`` series. Updates are not
     thread-safe: the receiver updates and renders them on its one event loop.
     """
 

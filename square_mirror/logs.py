@@ -242,8 +242,9 @@ class _Sink:
     iteration, were the largest single cost of the receiver's log line (a system call per request or two
     under load). A log_line line also waits unrendered (:class:`_Entry`) and is redacted and serialised with
     the others of its batch, in one tight loop instead of between requests (the receiver's CPU per request
-    fell 45.5 -> 43.1 us in alternating runs). Its timestamp is when it was made. Outside a loop, for lines from structlog and the
-    standard library (:class:`_SinkFile`) and in :meth:`flush` at exit, lines are written at once.
+    fell 45.5 -> 43.1 us in alternating runs). Its timestamp is when it was made. Outside a loop, for lines
+    from structlog and the standard library (:class:`_SinkFile`) and in :meth:`flush` at exit, lines are
+    written at once.
     """
 
     __slots__ = ("level", "lock", "pending", "scheduled", "stream")

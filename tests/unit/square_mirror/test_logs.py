@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -37,6 +38,22 @@ def log_stream() -> io.StringIO:
     stream = io.StringIO()
     configure_logging("DEBUG", secrets=["EAAA-very-secret-token", "sig-key-123456"], stream=stream)
     return stream
+
+
+MemoryLog = Callable[..., io.StringIO]
+
+
+@pytest.fixture
+def memory_log() -> Iterator[MemoryLog]:
+    """Configures logging to a fresh in-memory stream (``level``, ``secrets``); the default is restored after."""
+
+    def configure(level: str = "INFO", secrets: Sequence[str] = ()) -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging(level, secrets=secrets, stream=stream)
+        return stream
+
+    yield configure
+    configure_logging("INFO")
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -102,56 +119,41 @@ def test_log_line_writes_the_line_structlog_writes(log_stream: io.StringIO) -> N
     assert "bob@example.org" not in log_stream.getvalue()
 
 
-def test_log_line_honours_the_configured_level() -> None:
-    stream = io.StringIO()
-    configure_logging("WARNING", stream=stream)
-    try:
-        log_line("info", "webhook", {"outcome": "enqueued"})
-        log_line("warning", "webhook", {"outcome": "unauthorized"})
-    finally:
-        configure_logging("INFO")
+def test_log_line_honours_the_configured_level(memory_log: MemoryLog) -> None:
+    stream = memory_log("WARNING")
+    log_line("info", "webhook", {"outcome": "enqueued"})
+    log_line("warning", "webhook", {"outcome": "unauthorized"})
     assert [line["outcome"] for line in _lines(stream)] == ["unauthorized"]
 
 
-async def test_log_line_inside_an_event_loop_writes_lines_together_shortly_after_in_order() -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    try:
-        for n in range(3):
-            log_line("info", "webhook", {"n": n})
-        await asyncio.sleep(0)
-        assert stream.getvalue() == ""  # one write for many lines, not one per line or per loop iteration
-        await asyncio.sleep(LOG_FLUSH_SECONDS * 2)
-        assert [line["n"] for line in _lines(stream)] == [0, 1, 2]
-    finally:
-        configure_logging("INFO")
+async def test_log_line_inside_an_event_loop_writes_lines_together_shortly_after_in_order(
+    memory_log: MemoryLog,
+) -> None:
+    stream = memory_log()
+    for n in range(3):
+        log_line("info", "webhook", {"n": n})
+    await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # one write for many lines, not one per line or per loop iteration
+    await asyncio.sleep(LOG_FLUSH_SECONDS * 2)
+    assert [line["n"] for line in _lines(stream)] == [0, 1, 2]
 
 
-async def test_a_full_log_buffer_is_written_at_once() -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    try:
-        for n in range(LOG_FLUSH_LINES):
-            log_line("info", "webhook", {"n": n})
-        assert len(_lines(stream)) == LOG_FLUSH_LINES  # bounded memory, whatever the rate
-    finally:
-        configure_logging("INFO")
+async def test_a_full_log_buffer_is_written_at_once(memory_log: MemoryLog) -> None:
+    stream = memory_log()
+    for n in range(LOG_FLUSH_LINES):
+        log_line("info", "webhook", {"n": n})
+    assert len(_lines(stream)) == LOG_FLUSH_LINES  # bounded memory, whatever the rate
 
 
-async def test_other_lines_keep_their_place_after_waiting_log_line_lines() -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    try:
-        log_line("info", "webhook", {"n": 1})
-        get_logger().info("stopping")  # written at once, so the waiting line goes first
-        assert [line["event"] for line in _lines(stream)] == ["webhook", "stopping"]
-    finally:
-        configure_logging("INFO")
+async def test_other_lines_keep_their_place_after_waiting_log_line_lines(memory_log: MemoryLog) -> None:
+    stream = memory_log()
+    log_line("info", "webhook", {"n": 1})
+    get_logger().info("stopping")  # written at once, so the waiting line goes first
+    assert [line["event"] for line in _lines(stream)] == ["webhook", "stopping"]
 
 
-def test_lines_left_waiting_by_an_ended_event_loop_go_out_with_the_next_loops_lines() -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
+def test_lines_left_waiting_by_an_ended_event_loop_go_out_with_the_next_loops_lines(memory_log: MemoryLog) -> None:
+    stream = memory_log()
 
     async def log_and_leave(n: int) -> None:
         log_line("info", "webhook", {"n": n})  # the loop ends before its flush is due
@@ -160,14 +162,11 @@ def test_lines_left_waiting_by_an_ended_event_loop_go_out_with_the_next_loops_li
         log_line("info", "webhook", {"n": n})
         await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
 
-    try:
-        asyncio.run(log_and_leave(1))
-        asyncio.run(log_and_wait(2))  # e.g. a command that runs one loop after another
-        assert [line["n"] for line in _lines(stream)] == [1, 2]
-        log_line("info", "webhook", {"n": 3})  # outside any loop: written at once
-        assert [line["n"] for line in _lines(stream)] == [1, 2, 3]
-    finally:
-        configure_logging("INFO")
+    asyncio.run(log_and_leave(1))
+    asyncio.run(log_and_wait(2))  # e.g. a command that runs one loop after another
+    assert [line["n"] for line in _lines(stream)] == [1, 2]
+    log_line("info", "webhook", {"n": 3})  # outside any loop: written at once
+    assert [line["n"] for line in _lines(stream)] == [1, 2, 3]
 
 
 def test_a_string_logged_before_it_was_registered_as_a_secret_is_scrubbed_after(log_stream: io.StringIO) -> None:
@@ -177,31 +176,28 @@ def test_a_string_logged_before_it_was_registered_as_a_secret_is_scrubbed_after(
     assert [line["merchant_id"] for line in _lines(log_stream)] == ["later-secret-value", REDACTED]
 
 
-async def test_a_waiting_line_keeps_the_time_it_was_made_and_a_line_that_cannot_render_sinks_no_other() -> None:
+async def test_a_waiting_line_keeps_the_time_it_was_made_and_a_line_that_cannot_render_sinks_no_other(
+    memory_log: MemoryLog,
+) -> None:
     import datetime
 
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    try:
-        made = datetime.datetime.now(datetime.UTC)
-        log_line("info", "webhook", {"n": 1})
-        log_line("info", "webhook", {"n": 2 ** 70})  # orjson refuses integers past 64 bits
-        log_line("info", "webhook", {"n": 3, "email_address": "bob@example.org"})
-        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
-        first, second, third = _lines(stream)
-    finally:
-        configure_logging("INFO")
+    stream = memory_log()
+    made = datetime.datetime.now(datetime.UTC)
+    log_line("info", "webhook", {"n": 1})
+    log_line("info", "webhook", {"n": 2 ** 70})  # orjson refuses integers past 64 bits
+    log_line("info", "webhook", {"n": 3, "email_address": "bob@example.org"})
+    await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
+    first, second, third = _lines(stream)
     stamped = datetime.datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
     assert abs((stamped - made).total_seconds()) < LOG_FLUSH_SECONDS / 2  # not when it was written
     assert (second["event"], second["logged_event"], second["level"]) == ("log_line_not_rendered", "webhook", "error")
     assert third["n"] == 3 and third["email_address"] == REDACTED
 
 
-def test_a_value_that_logs_while_its_line_renders_does_not_deadlock_the_sink() -> None:
+def test_a_value_that_logs_while_its_line_renders_does_not_deadlock_the_sink(memory_log: MemoryLog) -> None:
     import threading
 
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
+    stream = memory_log()
 
     class Loud:
         def __str__(self) -> str:
@@ -213,23 +209,16 @@ def test_a_value_that_logs_while_its_line_renders_does_not_deadlock_the_sink() -
         await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
 
     thread = threading.Thread(target=asyncio.run, args=(log_it(),), daemon=True)
-    try:
-        thread.start()
-        thread.join(10)
-        assert not thread.is_alive()
-        assert sorted(line["event"] for line in _lines(stream)) == ["rendering_logged", "webhook"]
-    finally:
-        configure_logging("INFO")
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(line["event"] for line in _lines(stream)) == ["rendering_logged", "webhook"]
 
 
-async def test_waiting_lines_are_redacted_against_the_secrets_they_were_logged_under() -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", secrets=["rotated-away-secret"], stream=stream)
-    try:
-        log_line("info", "webhook", {"note_to_self": "token rotated-away-secret"})
-        configure_logging("INFO", secrets=[], stream=stream)  # before the line's flush was due
-        await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
-    finally:
-        configure_logging("INFO")
+async def test_waiting_lines_are_redacted_against_the_secrets_they_were_logged_under(memory_log: MemoryLog) -> None:
+    stream = memory_log(secrets=["rotated-away-secret"])
+    log_line("info", "webhook", {"note_to_self": "token rotated-away-secret"})
+    configure_logging("INFO", secrets=[], stream=stream)  # before the line's flush was due
+    await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
     assert "rotated-away-secret" not in stream.getvalue()
     assert _lines(stream)[0]["note_to_self"] == f"token {REDACTED}"

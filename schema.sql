@@ -18,12 +18,21 @@ CREATE TABLE IF NOT EXISTS square.merchants (
     first_seen_at    timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+-- Square's Events API finds only events that occurred while events were enabled (all are disabled by default,
+-- and a disabled period stays unsearchable after re-enabling). events_searchable_since: when the current enabled
+-- period began, as far as the mirror knows (set by its first successful EnableEvents, reset when the events lane
+-- finds events missing); events_enabled_at: the last successful EnableEvents; events_error: why the Events API
+-- last refused this seller (it takes personal access tokens only), NULL once it answers again.
+ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_searchable_since timestamptz;
+ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_enabled_at timestamptz;
+ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_error text;
 
 -- Live customers and tombstones. A deleted or merged-away customer keeps its row with deleted_at set
 -- (and merged_into for merges); customers_current hides them.
 -- version/updated_at/created_at are Square's; observed_at is when the mirror fetched this state from Square
 -- (segment membership changes without a version bump, so equal versions are ordered by observed_at);
--- synced_at is when the row was last written.
+-- synced_at is when the row was last written; listed_at is when a ListCustomers/SearchCustomers answer first
+-- showed this profile (NULL: never), one half of the absence rule (square.customer_is_hidden).
 CREATE TABLE IF NOT EXISTS square.customers (
     merchant_id         text NOT NULL,
     id                  text NOT NULL,
@@ -50,8 +59,10 @@ CREATE TABLE IF NOT EXISTS square.customers (
     merged_into         text,
     observed_at         timestamptz NOT NULL DEFAULT now(),
     synced_at           timestamptz NOT NULL DEFAULT now(),
+    listed_at           timestamptz,
     PRIMARY KEY (merchant_id, id)
 );
+ALTER TABLE square.customers ADD COLUMN IF NOT EXISTS listed_at timestamptz;
 CREATE INDEX IF NOT EXISTS customers_email_idx ON square.customers (merchant_id, lower(email_address));
 CREATE INDEX IF NOT EXISTS customers_phone_idx ON square.customers (merchant_id, phone_number);
 CREATE INDEX IF NOT EXISTS customers_reference_idx ON square.customers (merchant_id, reference_id);
@@ -181,6 +192,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
        AND (new_version > stored_version
             OR (new_version = stored_version AND new_observed_at > stored_observed_at))
 $$;
+
+-- The absence rule, in one place: may "absent from a ListCustomers/SearchCustomers answer" be read as news about
+-- this customer (not in that segment or group, deleted, unchanged)? Not when it is hidden. Square never lists a
+-- profile with none of given_name, family_name, company_name, email_address and phone_number (instant
+-- profiles), whatever the filter, yet RetrieveCustomer and BulkRetrieveCustomers return it with its groups and
+-- segments. A profile no list ever showed the mirror (listed_at NULL) is treated the same way, so a stored state
+-- older than Square's listing never decides. Hidden profiles are read by ID instead (the segments and groups
+-- lanes refresh them; the sweep checks every unlisted row by ID).
+CREATE OR REPLACE FUNCTION square.customer_is_hidden(
+    given_name text, family_name text, company_name text, email_address text, phone_number text,
+    listed_at timestamptz
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT listed_at IS NULL
+        OR coalesce(given_name, '') || coalesce(family_name, '') || coalesce(company_name, '')
+           || coalesce(email_address, '') || coalesce(phone_number, '') = ''
+$$;
+CREATE INDEX IF NOT EXISTS customers_hidden_idx ON square.customers (merchant_id, observed_at)
+    WHERE deleted_at IS NULL
+      AND square.customer_is_hidden(given_name, family_name, company_name, email_address, phone_number, listed_at);
 
 -- Views for analysts ---------------------------------------------------------------------------------
 
@@ -561,4 +592,19 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2) ON CONFLICT (version) DO NOTHING;
+-- Version 3 adds customers.listed_at. Rows written before it were listed by the backfill that wrote them unless
+-- they hold no public field, so they start as listed (once): otherwise every segments pass would read the whole
+-- directory by ID until the next sweep.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM square.schema_version WHERE version = 3)
+       AND EXISTS (SELECT 1 FROM square.schema_version) THEN
+        UPDATE square.customers SET listed_at = observed_at
+        WHERE listed_at IS NULL AND deleted_at IS NULL
+          AND coalesce(given_name, '') || coalesce(family_name, '') || coalesce(company_name, '')
+              || coalesce(email_address, '') || coalesce(phone_number, '') <> '';
+    END IF;
+END
+$$;
+
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3) ON CONFLICT (version) DO NOTHING;

@@ -151,7 +151,8 @@ class PageWriter:
                     # is a synchronous commit, which flushes the WAL up to and including these pages first.
                     # (Every pool connection re-plans each statement: square_mirror.db.SERVER_SETTINGS.)
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                    written = await store.upsert_customers(conn, self.merchant_id, customers, observed_at)
+                    written = await store.upsert_customers(conn, self.merchant_id, customers, observed_at,
+                                                           listed=True)
                 self.statements += 1
             except Exception as exc:
                 for _, _, future in batch:

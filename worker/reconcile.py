@@ -18,7 +18,7 @@ per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, QUE
 from square_mirror.jobs import InvalidEnvelope, build_event_job
 from square_mirror.logs import get_logger
 from square_mirror.square_api import (
+    BULK_RETRIEVE_LIMIT,
     CUSTOMERS_PAGE_LIMIT,
     EVENTS_PAGE_LIMIT,
     SquareClient,
@@ -44,6 +45,8 @@ EVENTS_RETENTION: Final = timedelta(days=28)
 EVENTS_RETENTION_MARGIN: Final = timedelta(minutes=10)
 MAX_WINDOW_RESTARTS: Final = 5
 DEFINITION_CONCURRENCY: Final = 4
+HIDDEN_REFRESH: Final = "hidden_refresh"  # sync_state lane: when the last complete refresh of hidden profiles began
+HIDDEN_REFRESH_SHARE: Final = timedelta(minutes=5)  # the lanes' interval: a refresh this recent serves both
 
 
 def rfc3339(dt: datetime) -> str:
@@ -141,7 +144,7 @@ async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -
         if not customers:
             return
         async with sync.pool.acquire() as conn, conn.transaction():
-            written = await store.upsert_customers(conn, merchant_id, customers, observed_at)
+            written = await store.upsert_customers(conn, merchant_id, customers, observed_at, listed=True)
         run.add(listed=len(customers), upserted=len(written),
                 stale_skipped=len({c["id"] for c in customers}) - len(written))
         await sync_missing_definitions(sync, merchant_id, customers)
@@ -164,6 +167,8 @@ async def _resume_done(sync: SyncContext, merchant_id: str, run: runs.Run, phase
     if previous is not None and previous[1].get("phase") == phase:
         done = set(previous[1].get("done") or [])
         run.checkpoint["resumed_from"] = previous[0]
+        if isinstance(previous[1].get("hidden_before"), str):
+            run.checkpoint["hidden_before"] = previous[1]["hidden_before"]
     run.checkpoint.update(phase=phase, done=sorted(done))
     return done
 
@@ -180,9 +185,59 @@ async def _members(sync: SyncContext, merchant_id: str, run: runs.Run, field: st
     return members
 
 
+# Stored members a search answer can speak for: live and not hidden (square.customer_is_hidden, the absence rule).
+_LISTABLE_MEMBERS_SQL: Final = (
+    "SELECT m.customer_id FROM square.{table} m JOIN square.customers c"
+    " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
+    " AND NOT square.customer_is_hidden(c.given_name, c.family_name, c.company_name, c.email_address,"
+    " c.phone_number, c.listed_at)"
+    " WHERE m.merchant_id = $1 AND m.{key} = $2"
+)
+
+
+async def _refetch(sync: SyncContext, merchant_id: str, run: runs.Run, ids: Sequence[str],
+                   count_as: str | None = None) -> None:
+    """Bring these customers in line by ID (BulkRetrieveCustomers, 100 at a time): Square's answer decides."""
+    semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
+
+    async def one(chunk: Sequence[str]) -> None:
+        async with semaphore:
+            result = await sync_customers(sync, merchant_id, chunk)
+        outcomes = list(result.outcomes.values())
+        run.add(upserted=outcomes.count(Outcome.APPLIED), tombstoned=outcomes.count(Outcome.DELETED),
+                merges=outcomes.count(Outcome.MERGED))
+        if count_as is not None:
+            run.add(**{count_as: len(chunk)})
+
+    await asyncio.gather(*(one(ids[i:i + BULK_RETRIEVE_LIMIT]) for i in range(0, len(ids), BULK_RETRIEVE_LIMIT)))
+
+
+async def refresh_hidden(sync: SyncContext, merchant_id: str, run: runs.Run, observed_before: datetime) -> None:
+    """Read every live hidden profile not observed since ``observed_before`` by ID.
+
+    No list or search shows hidden profiles (square.customer_is_hidden), so their group and segment changes,
+    deletes and merges reach the mirror only through webhooks, the events replay and this refresh: one
+    BulkRetrieveCustomers per 100 of them. The threshold is kept in the run's checkpoint, so a pass cut short by
+    its time slice resumes with the profiles it has not read yet.
+    """
+    ids = await store.hidden_customers(sync.pool, merchant_id, observed_before)
+    run.add(hidden_refreshed=0)
+    await _refetch(sync, merchant_id, run, ids, "hidden_refreshed")
+    await runs.set_watermark(sync.pool, merchant_id, HIDDEN_REFRESH, observed_before)
+
+
+def _hidden_threshold(run: runs.Run, began: datetime) -> datetime:
+    """The refresh threshold of this pass: its own start, or the one of the unfinished pass it resumes."""
+    held = run.checkpoint.get("hidden_before")
+    threshold = parse_time(held) if isinstance(held, str) else began
+    run.checkpoint["hidden_before"] = rfc3339(threshold)
+    return threshold
+
+
 async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
     sync = _sync(ctx)
     done = await _resume_done(sync, merchant_id, run, "segments")
+    hidden_before = _hidden_threshold(run, utcnow())
     listed = await sync_definitions(sync, merchant_id, run)
     semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
 
@@ -199,55 +254,51 @@ async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> N
             async with sync.pool.acquire() as conn, conn.transaction():
                 diff = await store.replace_segment_members(conn, merchant_id, segment_id, sorted(members), began)
                 # The diff skips customers written since `began` (fresher state wins), which includes customers
-                # whose membership of another segment this lane changed a moment ago. Whatever still differs is
-                # re-fetched by ID below, so Square's answer decides instead of waiting for the next run.
-                rows = await conn.fetch(
-                    "SELECT m.customer_id FROM square.customer_segment_members m JOIN square.customers c"
-                    " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
-                    " WHERE m.merchant_id = $1 AND m.segment_id = $2", merchant_id, segment_id)
+                # whose membership of another segment this lane changed a moment ago, and hidden ones (their
+                # absence says nothing). Whatever still differs is re-fetched by ID below, so Square's answer
+                # decides instead of waiting for the next run; hidden members are read by refresh_hidden.
+                rows = await conn.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_segment_members",
+                                                                     key="segment_id"), merchant_id, segment_id)
             run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
-            stale = members ^ {r["customer_id"] for r in rows}
-            refetch = sorted(stale | set(diff.unknown))
-            for start in range(0, len(refetch), 100):
-                result = await sync_customers(sync, merchant_id, refetch[start:start + 100])
-                outcomes = list(result.outcomes.values())
-                run.add(refetched=len(refetch[start:start + 100]), upserted=outcomes.count(Outcome.APPLIED),
-                        tombstoned=outcomes.count(Outcome.DELETED), merges=outcomes.count(Outcome.MERGED))
+            refetch = sorted((members ^ {r["customer_id"] for r in rows}) | set(diff.unknown))
+            await _refetch(sync, merchant_id, run, refetch, "refetched")
             done.add(segment_id)
             run.checkpoint["done"] = sorted(done)
             await run.flush(force=False)
 
     await asyncio.gather(*(one(sid) for sid in listed["segments"] if sid not in done))
+    await refresh_hidden(sync, merchant_id, run, hidden_before)
     run.checkpoint["phase"] = "done"
 
 
 async def groups(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
     sync = _sync(ctx)
     done = await _resume_done(sync, merchant_id, run, "groups")
+    began = utcnow()
+    # Share the segments lane's refresh when it ran within one lane interval: profiles it read since need no
+    # second read. Group changes also fire webhooks, so this lane is the backstop, not the only witness.
+    shared = await runs.get_watermark(sync.pool, merchant_id, HIDDEN_REFRESH)
+    hidden_before = _hidden_threshold(
+        run, shared if shared is not None and began - shared <= HIDDEN_REFRESH_SHARE else began)
     listed = await sync_definitions(sync, merchant_id, run)
     semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
 
     async def one(group_id: str) -> None:
         async with semaphore:
+            searched = utcnow()
             members = await _members(sync, merchant_id, run, "group_ids", group_id)
-            rows = await sync.pool.fetch(
-                "SELECT m.customer_id FROM square.customer_group_members m JOIN square.customers c"
-                " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
-                " WHERE m.merchant_id = $1 AND m.group_id = $2",
-                merchant_id, group_id,
-            )
+            await store.mark_listed(sync.pool, merchant_id, sorted(members), searched)
+            rows = await sync.pool.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_group_members", key="group_id"),
+                                         merchant_id, group_id)
             differ = sorted(members ^ {r["customer_id"] for r in rows})
             run.add(group_membership_differences=len(differ))
-            for start in range(0, len(differ), 100):  # re-fetched by ID: Square's answer decides
-                result = await sync_customers(sync, merchant_id, differ[start:start + 100])
-                outcomes = list(result.outcomes.values())
-                run.add(upserted=outcomes.count(Outcome.APPLIED), tombstoned=outcomes.count(Outcome.DELETED),
-                        merges=outcomes.count(Outcome.MERGED))
+            await _refetch(sync, merchant_id, run, differ)
             done.add(group_id)
             run.checkpoint["done"] = sorted(done)
             await run.flush(force=False)
 
     await asyncio.gather(*(one(gid) for gid in listed["groups"] if gid not in done))
+    await refresh_hidden(sync, merchant_id, run, hidden_before)
     run.checkpoint["phase"] = "done"
 
 

@@ -54,14 +54,19 @@ def latest_per_id(customers: Iterable[Mapping[str, Any]]) -> list[Mapping[str, A
 
 
 async def upsert_customers(
-    conn: Conn, merchant_id: str, customers: Sequence[Mapping[str, Any]], observed_at: datetime
+    conn: Conn, merchant_id: str, customers: Sequence[Mapping[str, Any]], observed_at: datetime, *,
+    listed: bool = False,
 ) -> set[str]:
-    """Write full snapshots where they win the staleness rule; returns the IDs actually written."""
+    """Write full snapshots where they win the staleness rule; returns the IDs actually written.
+
+    ``listed``: the snapshots come from a ListCustomers/SearchCustomers answer, which is what tells the absence
+    rule (``square.customer_is_hidden``) that Square lists these profiles.
+    """
     batch = latest_per_id(customers)
     if not batch:
         return set()
     async with _transaction(conn):
-        rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at)
+        rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at, listed)
         if rows:
             await conn.execute(sql("replace_memberships"), merchant_id, *_membership_arguments(rows), observed_at)
     return {r["id"] for r in rows}
@@ -182,9 +187,23 @@ async def replace_segment_members(
     members = sorted(set(member_ids))
     async with _transaction(conn):
         await conn.execute(sql("lock_segment_customers"), merchant_id, segment_id, members)
+        await mark_listed(conn, merchant_id, members, observed_at)  # they were in a search answer
         row = await conn.fetchrow(sql("replace_segment_members"), merchant_id, segment_id, members, observed_at)
     assert row is not None
     return SegmentDiff(int(row["removed"]), int(row["added"]), list(row["unknown"]))
+
+
+async def mark_listed(conn: Conn | asyncpg.Pool, merchant_id: str, customer_ids: Sequence[str],
+                      listed_at: datetime) -> None:
+    """Customers a search answer named (a segment's or group's members) are listed: the absence rule may apply."""
+    if customer_ids:
+        await conn.execute(sql("mark_listed"), merchant_id, sorted(set(customer_ids)), listed_at)
+
+
+async def hidden_customers(conn: Conn | asyncpg.Pool, merchant_id: str, observed_before: datetime) -> list[str]:
+    """Live customers the absence rule calls hidden, not observed since ``observed_before``: read them by ID."""
+    rows = await conn.fetch(sql("hidden_customers"), merchant_id, observed_before)
+    return [r["id"] for r in rows]
 
 
 async def known_definition_ids(conn: Conn, merchant_id: str, kind: DefinitionKind) -> set[str]:

@@ -2,6 +2,8 @@
 -- lock_segment_customers.sql runs first in the same transaction (a fresh snapshot after the row locks).
 -- Only customers whose stored state is older than the observation are touched, so a fresher fetch always wins;
 -- their segment_ids arrays and observed_at move with the membership (segment changes bump no version).
+-- Hidden customers keep their memberships: a search cannot show them, so their absence says nothing
+-- (square.customer_is_hidden, the absence rule); the lane reads them by ID instead.
 -- $1 merchant_id, $2 segment_id, $3 text[] member customer ids, $4 observed_at.
 WITH want AS (
     SELECT DISTINCT unnest($3::text[]) AS customer_id
@@ -10,6 +12,8 @@ WITH want AS (
     USING square.customers c
     WHERE m.merchant_id = $1 AND m.segment_id = $2
       AND c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.observed_at < $4
+      AND NOT square.customer_is_hidden(c.given_name, c.family_name, c.company_name, c.email_address,
+                                        c.phone_number, c.listed_at)
       AND m.customer_id NOT IN (SELECT customer_id FROM want)
     RETURNING m.customer_id
 ), added AS (

@@ -28,7 +28,7 @@ async def test_schema_applies_twice_and_creates_every_table_view_and_the_reader_
             "SELECT table_name FROM information_schema.views WHERE table_schema='square'")}
         assert tables >= TABLES
         assert views >= VIEWS
-        assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM square.schema_version") == [1, 2]
+        assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM square.schema_version") == [1, 2, 3]
         assert await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader'") == 1
         assert await conn.fetchval(
             "SELECT has_table_privilege('square_mirror_reader', 'square.customers', 'SELECT')")
@@ -104,6 +104,8 @@ async def test_upgrade_from_schema_1_keeps_every_history_row_and_keeps_recording
     try:
         await conn.execute("DROP SCHEMA square CASCADE")
         await conn.execute((Path(__file__).parents[2] / "data" / "schema_v1.sql").read_text())
+        # Today's write path needs version 3's column; migrate's own ADD COLUMN then finds it there.
+        await conn.execute("ALTER TABLE square.customers ADD COLUMN listed_at timestamptz")
         await upsert_customers(conn, "M", [customer("A", version=1, group_ids=["G1"])], at(0))
         await upsert_customers(conn, "M", [customer("A", version=2, group_ids=["G2"])], at(60))
         query_versions = ("SELECT version, valid_from, valid_to, closed_reason FROM square.customer_versions"
@@ -115,6 +117,9 @@ async def test_upgrade_from_schema_1_keeps_every_history_row_and_keeps_recording
 
         assert await migrate(db_dsn) == SCHEMA_VERSION
         assert (await conn.fetch(query_versions), await conn.fetch(query_groups)) == before
+        # Rows written before version 3 with a public field count as listed, so the first segments pass does not
+        # read the whole directory by ID.
+        assert await conn.fetchval("SELECT listed_at IS NOT NULL FROM square.customers WHERE id = 'A'")
         assert await conn.fetchval("SELECT count(*) FROM square.customer_versions_closed") == 1  # open rows derived
         await upsert_customers(conn, "M", [customer("A", version=3)], at(120))
         assert [r["version"] for r in await conn.fetch(query_versions)] == [1, 2, 3]

@@ -17,7 +17,7 @@ from worker import runs
 from worker.backfill import backfill
 from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.reconcile import run_lane
-from worker.sync import SyncContext
+from worker.sync import SyncContext, sync_customers
 
 
 @pytest.fixture
@@ -73,6 +73,63 @@ async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHand
     run = await run_lane(ctx, emu.merchant_id, "groups")
     assert run.status == runs.SUCCEEDED, run.error
     assert run.counts["groups_tombstoned"] == 1
+    await assert_mirror_matches(db_pool, emu)
+
+
+async def _instant_profile(emu: EmulatorHandle, ctx: dict[str, Any]) -> str:
+    """An instant profile the mirror learned of by ID (as from its customer.created webhook)."""
+    cid: str = (await emu.admin("POST", "instant-profiles", {"merchant_id": emu.merchant_id}))["customer"]["id"]
+    await sync_customers(ctx["sync"], emu.merchant_id, [cid])
+    return cid
+
+
+async def test_segments_lane_keeps_and_heals_hidden_profiles_memberships(emu: EmulatorHandle, ctx: dict[str, Any],
+                                                                       db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    stay, join, leave = sorted(truth["segments"])[:3]
+    hidden = await _instant_profile(emu, ctx)
+    for segment_id in (stay, leave):
+        await emu.admin("PUT", f"segments/{segment_id}/members/{hidden}?merchant_id={emu.merchant_id}")
+    await sync_customers(ctx["sync"], emu.merchant_id, [hidden])
+    # Segment changes send no webhook: only the lane can see these two.
+    await emu.admin("PUT", f"segments/{join}/members/{hidden}?merchant_id={emu.merchant_id}")
+    await emu.admin("DELETE", f"segments/{leave}/members/{hidden}?merchant_id={emu.merchant_id}")
+
+    run = await run_lane(ctx, emu.merchant_id, "segments")
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["hidden_refreshed"] == 1  # one BulkRetrieve/Retrieve for the one hidden profile
+    assert set(await db_pool.fetchval("SELECT segment_ids FROM square.customers WHERE id = $1", hidden)) == {
+        stay, join}
+    await assert_mirror_matches(db_pool, emu)
+
+
+async def test_groups_lane_reads_hidden_profiles_by_id_and_shares_a_recent_refresh(
+        emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    group_id = sorted(truth["groups"])[0]
+    hidden = await _instant_profile(emu, ctx)
+    await square_call(emu, "PUT", f"/v2/customers/{hidden}/groups/{group_id}")  # its webhook never delivered
+    run = await run_lane(ctx, emu.merchant_id, "groups")
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["hidden_refreshed"] == 1
+    await assert_mirror_matches(db_pool, emu)
+
+    segments_run = await run_lane(ctx, emu.merchant_id, "segments")
+    assert segments_run.counts["hidden_refreshed"] == 1  # segment changes are silent: always its own read
+    shared = await run_lane(ctx, emu.merchant_id, "groups")
+    assert shared.counts["hidden_refreshed"] == 0  # read by the segments lane a moment ago
+
+
+async def test_a_profile_hidden_by_an_update_keeps_its_memberships_through_every_lane(
+        emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+    truth = await _mirrored(emu, ctx)
+    cid = next(c for c in sorted(truth["customers"]) if truth["customers"][c].get("segment_ids"))
+    cleared = dict.fromkeys(("given_name", "family_name", "company_name", "email_address", "phone_number"))
+    await emu.admin("PATCH", f"customers/{cid}", {"merchant_id": emu.merchant_id, **cleared})
+    await sync_customers(ctx["sync"], emu.merchant_id, [cid])  # its customer.updated webhook
+    for lane in ("sweep", "incremental", "groups", "segments"):  # the sweep reads it by ID; the others must not undo it
+        run = await run_lane(ctx, emu.merchant_id, lane)
+        assert run.status == runs.SUCCEEDED, (lane, run.error)
     await assert_mirror_matches(db_pool, emu)
 
 

@@ -216,8 +216,9 @@ async def test_group_definitions_upsert_and_tombstone_clear_memberships(db_pool:
 
 async def test_segment_lane_diff_respects_fresher_fetches(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
-        await upsert_customers(conn, M, [customer("A", version=1), customer("B", version=1, segment_ids=["S1"])], at(1))
-        await upsert_customers(conn, M, [customer("C", version=1, segment_ids=["S1"])], at(100))  # fresher than lane
+        await upsert_customers(conn, M, [customer("A", version=1), customer("B", version=1, segment_ids=["S1"])], at(1),
+                               listed=True)
+        await upsert_customers(conn, M, [customer("C", version=1, segment_ids=["S1"])], at(100), listed=True)
         diff = await replace_segment_members(conn, M, "S1", ["A", "X"], at(50))
         assert (diff.added, diff.removed, diff.unknown) == (1, 1, ["X"])
     assert await _segments_of(db_pool, "A") == {"S1"}
@@ -227,6 +228,30 @@ async def test_segment_lane_diff_respects_fresher_fetches(db_pool: asyncpg.Pool)
     # A stale snapshot (same version, observed before the lane) can no longer undo the lane's observation.
     async with db_pool.acquire() as conn:
         assert await upsert_customers(conn, M, [customer("A", version=1)], at(20)) == set()
+
+
+async def test_segment_lane_diff_never_reads_a_hidden_customers_absence_as_leaving(db_pool: asyncpg.Pool) -> None:
+    instant = {"id": "H", "version": 1, "segment_ids": ["S1"], "creation_source": "INSTANT_PROFILE"}
+    async with db_pool.acquire() as conn:
+        await upsert_customers(conn, M, [instant], at(1), listed=True)  # no public field: no search shows it
+        await upsert_customers(conn, M, [customer("U", version=1, segment_ids=["S1"])], at(1))  # never listed
+        await upsert_customers(conn, M, [customer("L", version=1, segment_ids=["S1"])], at(1), listed=True)
+        diff = await replace_segment_members(conn, M, "S1", [], at(50))
+    assert diff.removed == 1
+    assert (await _segments_of(db_pool, "H"), await _segments_of(db_pool, "U")) == ({"S1"}, {"S1"})
+    assert await _segments_of(db_pool, "L") == set()
+    hidden = await db_pool.fetch(
+        "SELECT id FROM square.customers WHERE square.customer_is_hidden(given_name, family_name, company_name,"
+        " email_address, phone_number, listed_at) ORDER BY id")
+    assert [r["id"] for r in hidden] == ["H", "U"]
+
+
+async def test_a_search_answer_marks_its_customers_listed_once(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        await upsert_customers(conn, M, [customer("U", version=1, segment_ids=["S1"])], at(1))
+        await replace_segment_members(conn, M, "S1", ["U"], at(50))
+        await upsert_customers(conn, M, [customer("U", version=2)], at(60), listed=True)
+    assert await db_pool.fetchval("SELECT listed_at FROM square.customers WHERE id = 'U'") == at(50)
 
 
 Op = tuple[str, int, float]  # ("snap" | "delete", version, observed seconds)

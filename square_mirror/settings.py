@@ -59,6 +59,7 @@ class Settings:
     square_access_token: Secret | None = None
     square_tokens_file: Path | None = None
     square_merchant_id: str | None = None
+    square_application_access_token: Secret | None = None
     webhook_signature_keys: tuple[Secret, ...] = ()
     webhook_notification_url: str | None = None
     webhook_path: str = "/square/webhooks"
@@ -103,7 +104,7 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every secret value, so the log redactor can scrub them wherever they appear."""
         values = [s.reveal() for s in self.webhook_signature_keys]
-        for s in (self.square_access_token, self.database_url, self.redis_url):
+        for s in (self.square_access_token, self.square_application_access_token, self.database_url, self.redis_url):
             if s is not None:
                 values.append(s.reveal())
         return [v for v in values if len(v) >= 6]
@@ -119,6 +120,7 @@ class Settings:
             square_access_token=_token(env),
             square_tokens_file=_tokens_file(env),
             square_merchant_id=_merchant_id(env),
+            square_application_access_token=_application_token(env),
             webhook_signature_keys=_signature_keys(env),
             webhook_notification_url=_notification_url(env),
             webhook_path=_webhook_path(env),
@@ -185,6 +187,27 @@ def _token(env: Mapping[str, str]) -> Secret | None:
         return None
     if any(c.isspace() for c in value):
         raise SettingsError("SQUARE_ACCESS_TOKEN must not contain white space")
+    return Secret(value)
+
+
+def _application_token(env: Mapping[str, str]) -> Secret | None:
+    """The application's own personal access token, for the APIs that refuse OAuth tokens (the Events API)."""
+    value = _get(env, "SQUARE_APPLICATION_ACCESS_TOKEN")
+    path = _get(env, "SQUARE_APPLICATION_ACCESS_TOKEN_FILE")
+    if value is not None and path is not None:
+        raise SettingsError("set SQUARE_APPLICATION_ACCESS_TOKEN or SQUARE_APPLICATION_ACCESS_TOKEN_FILE, not both")
+    if path is not None:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"SQUARE_APPLICATION_ACCESS_TOKEN_FILE {path!r} cannot be read: {type(exc).__name__}") from None
+        if not value:
+            raise SettingsError(f"SQUARE_APPLICATION_ACCESS_TOKEN_FILE {path!r} is empty")
+    if value is None:
+        return None
+    if any(c.isspace() for c in value):
+        raise SettingsError("SQUARE_APPLICATION_ACCESS_TOKEN must not contain white space")
     return Secret(value)
 
 

@@ -39,6 +39,7 @@ RETRIEVE_GROUP: Final = "/v2/customers/groups/{group_id}"
 LIST_SEGMENTS: Final = "/v2/customers/segments"
 RETRIEVE_SEGMENT: Final = "/v2/customers/segments/{segment_id}"
 SEARCH_EVENTS: Final = "/v2/events"
+ENABLE_EVENTS: Final = "/v2/events/enable"
 RETRIEVE_MERCHANT: Final = "/v2/merchants/{merchant_id}"
 
 CUSTOMERS_PAGE_LIMIT: Final = 100
@@ -194,8 +195,13 @@ class SquareClient:
         params: Mapping[str, str | int] | None = None,
         body: Mapping[str, Any] | None = None,
         token: str | None = None,
+        report_unauthorized: bool = True,
     ) -> dict[str, Any]:
-        """One Square call with retries; returns the JSON object or raises a :class:`SquareError`."""
+        """One Square call with retries; returns the JSON object or raises a :class:`SquareError`.
+
+        ``report_unauthorized=False`` for APIs whose refusal says nothing about the seller's token for the
+        Customers API (the Events API takes personal access tokens only): the merchant is not marked unauthorized.
+        """
         if token is None:
             try:
                 token = self.tokens.token_for(merchant_id)
@@ -219,7 +225,8 @@ class SquareClient:
                 if waited:
                     RATE_LIMIT_WAIT_SECONDS.inc(waited)
             try:
-                return await self._attempt(merchant_id, method, url, endpoint, headers, params, data)
+                return await self._attempt(merchant_id, method, url, endpoint, headers, params, data,
+                                           report_unauthorized)
             except (SquareRateLimited, SquareUnavailable, SquareBadResponse) as exc:
                 attempt += 1
                 delay = self.retry.backoff(attempt)
@@ -240,6 +247,7 @@ class SquareClient:
         headers: Mapping[str, str],
         params: Mapping[str, str | int] | None,
         data: bytes | None,
+        report_unauthorized: bool = True,
     ) -> dict[str, Any]:
         begun = time.monotonic()
         self.requests_made += 1
@@ -263,7 +271,7 @@ class SquareClient:
                                     retry_after=retry_after)
         if status in (401, 403):
             message = f"{endpoint}: {status} {', '.join(str(e.get('code')) for e in errors) or 'unauthorized'}"
-            if self.on_unauthorized is not None:
+            if self.on_unauthorized is not None and report_unauthorized:
                 await self.on_unauthorized(merchant_id, message)
             raise SquareUnauthorized(message, merchant_id=merchant_id, status=status, errors=errors, endpoint=endpoint)
         if status >= 500:
@@ -380,7 +388,19 @@ class SquareClient:
     # -- Events and merchants -----------------------------------------------------------------------------
 
     async def search_events(self, merchant_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request(merchant_id, "POST", SEARCH_EVENTS, body=body, endpoint="SearchEvents")
+        return await self.request(merchant_id, "POST", SEARCH_EVENTS, body=body, endpoint="SearchEvents",
+                                  token=self._events_token(merchant_id, "SearchEvents"), report_unauthorized=False)
+
+    async def enable_events(self, merchant_id: str) -> None:
+        """EnableEvents: from now on this seller's events are searchable (Square keeps them disabled by default)."""
+        await self.request(merchant_id, "PUT", ENABLE_EVENTS, endpoint="EnableEvents",
+                           token=self._events_token(merchant_id, "EnableEvents"), report_unauthorized=False)
+
+    def _events_token(self, merchant_id: str, endpoint: str) -> str:
+        try:
+            return self.tokens.events_token_for(merchant_id)
+        except NoToken as exc:
+            raise SquareUnauthorized(str(exc), merchant_id=merchant_id, endpoint=endpoint) from None
 
     async def retrieve_own_merchant_id(self, token: str) -> str:
         """The merchant a token belongs to (RetrieveMerchant with the ID ``me``)."""

@@ -20,8 +20,10 @@ class NoToken(LookupError):
 
 
 class TokenSource:
-    def __init__(self, *, single: Secret | None = None, path: Path | None = None, single_merchant: str | None = None):
+    def __init__(self, *, single: Secret | None = None, path: Path | None = None, single_merchant: str | None = None,
+                 application: Secret | None = None):
         self._single = single
+        self._application = application
         self._single_merchant = single_merchant
         self._path = path
         self._tokens: dict[str, Secret] = {}
@@ -37,6 +39,7 @@ class TokenSource:
             single=settings.square_access_token,
             path=settings.square_tokens_file,
             single_merchant=settings.square_merchant_id,
+            application=settings.square_application_access_token,
         )
 
     def _reload(self, *, force: bool = False) -> None:
@@ -74,6 +77,18 @@ class TokenSource:
         if self._single is not None:
             return self._single.reveal()
         raise NoToken(f"no access token configured for merchant {merchant_id}")
+
+    def events_token_for(self, merchant_id: str) -> str:
+        """The token for the Events API, which takes personal access tokens only: the application's own (the
+        caller filters by ``merchant_ids``) when configured, else the seller's token, which works only when it is
+        that seller's personal access token (a single seller's ``SQUARE_ACCESS_TOKEN``)."""
+        if self._application is not None:
+            return self._application.reveal()
+        return self.token_for(merchant_id)
+
+    @property
+    def has_application_token(self) -> bool:
+        return self._application is not None
 
     def merchants(self) -> list[str]:
         """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token)."""

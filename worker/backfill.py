@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from square_mirror import searchable_events
 from square_mirror.logs import get_logger
 from square_mirror.square_api import (
     BULK_RETRIEVE_LIMIT,
@@ -346,6 +347,8 @@ async def backfill(
             checkpoint = dict(previous[1])
             checkpoint["resumed_from"] = previous[0]
         await store.ensure_merchant(ctx.pool, merchant_id)
+        # As early as possible: events that occur before this are never searchable (worker.searchable_events).
+        await searchable_events.ensure_enabled(ctx.pool, ctx.client, merchant_id)
         run = await runs.start_run(ctx.pool, merchant_id, kind, checkpoint)
         requests_before = ctx.client.requests_made
         bar = reporter(f"{kind} {merchant_id}", merchant_id) if reporter is not None else None

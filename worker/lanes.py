@@ -97,7 +97,8 @@ async def reconcile_lane_job(ctx: dict[str, Any], lane: str, merchant_id: str) -
                                 job_id=f"reconcile:{lane}:{merchant_id}:continued:{ctx.get('job_id', '')}", defer=1)
         log.info("lane_continued", merchant_id=merchant_id, lane=lane, queued=queued)
         return {"merchant_id": merchant_id, "lane": lane, "status": runs.INTERRUPTED, "continued": queued}
-    if run.status in (runs.PARTIAL, runs.FAILED) and int(ctx.get("job_try", 1)) < LANE_TRIES:
+    refused = run.counts.get("events_refused", 0)  # a token the Events API refuses: retrying changes nothing
+    if run.status in (runs.PARTIAL, runs.FAILED) and not refused and int(ctx.get("job_try", 1)) < LANE_TRIES:
         raise Retry(defer=30 * int(ctx.get("job_try", 1)))
     return dict(summarize(run))
 

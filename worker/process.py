@@ -28,6 +28,7 @@ import asyncpg
 from arq.worker import Retry
 from redis import exceptions as redis_exceptions
 
+from square_mirror import searchable_events
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
 from square_mirror.jobs import EventJob, InvalidEnvelope, read_event_job
 from square_mirror.logs import bound_context, get_logger
@@ -255,6 +256,8 @@ async def _ensure_merchant(ctx: dict[str, Any], merchant_id: str) -> None:
         known.add(merchant_id)  # before the await: a burst's first jobs must not all insert the same row
         try:
             await store.ensure_merchant(ctx["pool"], merchant_id)
+            # A seller first seen: make its events searchable now (worker.searchable_events); never fails the job.
+            await searchable_events.ensure_enabled(ctx["pool"], ctx["client"], merchant_id)
         except BaseException:
             known.discard(merchant_id)
             raise

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from square_mirror import searchable_events
 from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.jobs import InvalidEnvelope, build_event_job
 from square_mirror.logs import get_logger
@@ -29,7 +30,6 @@ from square_mirror.square_api import (
     BULK_RETRIEVE_LIMIT,
     CUSTOMERS_PAGE_LIMIT,
     EVENTS_PAGE_LIMIT,
-    SquareClient,
     SquareInvalidRequest,
     SquareUnauthorized,
 )
@@ -338,8 +338,21 @@ async def _event_handler(ctx: Mapping[str, Any], merchant_id: str) -> tuple[Even
     return by_id, "by_id"
 
 
+# Webhook events older than this that SearchEvents did not return mean events were off for part of the window.
+EVENTS_SEARCH_LAG: Final = timedelta(seconds=60)
+
+_MISSING_FROM_SEARCH_SQL: Final = """
+SELECT count(*) FROM square.webhook_events
+WHERE merchant_id = $1 AND source = 'webhook' AND type = ANY ($2::text[])
+  AND created_at >= $3 AND created_at < $4 AND NOT (event_id = ANY ($5::text[]))
+"""
+
+
 async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+    """Replay the window's events. Events are enabled first, every pass (one request): a seller or another app
+    may have disabled them, and only events that occur while enabled are ever searchable."""
     sync = _sync(ctx)
+    searchable = await searchable_events.enable(sync.pool, sync.client, merchant_id)
     now = utcnow()
     oldest = now - EVENTS_RETENTION + EVENTS_RETENTION_MARGIN
     watermark = await runs.get_watermark(sync.pool, merchant_id, "events")
@@ -347,28 +360,26 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
         watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
     start = max(oldest, watermark - _overlap(ctx)) if watermark is not None else oldest
     handle, how = await _event_handler(ctx, merchant_id)
-    run.checkpoint.update(window_start=rfc3339(start), delivery=how)
-    # The Events API takes personal access tokens only: a refusal here says nothing about the token's use for
-    # the Customers API, so this lane's client does not report it (the merchant is not marked unauthorized).
-    events_client = SquareClient(base_url=sync.client.base_url, version=sync.client.version,
-                                 tokens=sync.client.tokens, rate_limiter=sync.client.rate_limiter,
-                                 retry=sync.client.retry, session=sync.client._http())
+    run.checkpoint.update(window_start=rfc3339(start), delivery=how, searchable_since=rfc3339(searchable.since))
+    needed_from = max(oldest, watermark) if watermark is not None else oldest  # the overlap is only a margin
+    if needed_from < searchable.since:
+        # Events from before then can never be replayed: only webhooks and the other lanes can have seen them.
+        run.add(unsearchable_seconds=int((searchable.since - needed_from).total_seconds()))
+        log.warning("events_window_before_searchable", merchant_id=merchant_id, window_start=rfc3339(needed_from),
+                    searchable_since=rfc3339(searchable.since))
     query = {"filter": {"event_types": sorted(CUSTOMER_EVENT_TYPES), "merchant_ids": [merchant_id],
                         "created_at": {"start_at": rfc3339(start)}},
              "sort": {"field": "DEFAULT", "order": "ASC"}}
     cursor: str | None = None
     newest: datetime | None = None
     restarts = 0
+    seen: set[str] = set()
     while True:
         body: dict[str, Any] = {"limit": EVENTS_PAGE_LIMIT, "query": query}
         if cursor:
             body["cursor"] = cursor
         try:
-            page = await events_client.search_events(merchant_id, body)
-        except SquareUnauthorized as exc:
-            raise SquareUnauthorized(f"{exc} (SearchEvents needs a personal access token, not an OAuth token)",
-                                     merchant_id=merchant_id, status=exc.status, errors=exc.errors,
-                                     endpoint=exc.endpoint) from None
+            page = await sync.client.search_events(merchant_id, body)
         except SquareInvalidRequest as exc:
             if cursor and "INVALID_CURSOR" in exc.codes and restarts < MAX_WINDOW_RESTARTS:
                 restarts += 1
@@ -386,6 +397,7 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
                 run.add(errors=1)
                 log.warning("replayed_event_invalid", merchant_id=merchant_id, error=str(exc))
                 continue
+            seen.add(payload["event_id"])
             queued = await handle(payload)
             run.add(events=1, events_queued=int(queued))
             if payload.get("created_at"):
@@ -397,8 +409,25 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
         cursor = page.get("cursor") or None
         if not cursor:
             break
+    await _check_searchable(sync, merchant_id, run, max(start, searchable.since), now - EVENTS_SEARCH_LAG, seen)
     # The whole window was handed over: next time start from the newest event seen (or from now - overlap).
     await runs.set_watermark(sync.pool, merchant_id, "events", newest or now)
+
+
+async def _check_searchable(sync: SyncContext, merchant_id: str, run: runs.Run, since: datetime, until: datetime,
+                            seen: set[str]) -> None:
+    """Events were off for part of the window when webhooks delivered events SearchEvents did not return: they
+    have been enabled again at this pass's start, so the searchable period starts over from then."""
+    if until <= since:
+        return
+    missing = int(await sync.pool.fetchval(_MISSING_FROM_SEARCH_SQL, merchant_id, sorted(CUSTOMER_EVENT_TYPES),
+                                           since, until, sorted(seen)))
+    if missing:
+        run.add(events_missing_from_search=missing)
+        restarted = await searchable_events.enable(sync.pool, sync.client, merchant_id, restarted=True)
+        run.checkpoint["searchable_since"] = rfc3339(restarted.since)
+        log.warning("events_found_disabled", merchant_id=merchant_id, missing=missing,
+                    searchable_since=rfc3339(restarted.since))
 
 
 # -- running a lane -----------------------------------------------------------------------------------------
@@ -425,12 +454,18 @@ async def run_lane(ctx: Mapping[str, Any], merchant_id: str, lane: str) -> runs.
         await store.ensure_merchant(sync.pool, merchant_id)
         run = await runs.start_run(sync.pool, merchant_id, kind)
         try:
+            if lane != "events":  # that lane enables events at every pass
+                await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
             await function(ctx, merchant_id, run)
         except Exception as exc:
             if isinstance(exc, SquareUnauthorized) and lane != "events":
                 await store.set_merchant_auth(sync.pool, merchant_id, ok=False, error=str(exc))
             run.add(errors=1)
-            log.error("lane_failed", merchant_id=merchant_id, lane=lane, error=str(exc), error_type=type(exc).__name__)
+            if isinstance(exc, searchable_events.EventsRefused):
+                run.add(events_refused=1)  # said once, when it was first refused (searchable_events.enable)
+            else:
+                log.error("lane_failed", merchant_id=merchant_id, lane=lane, error=str(exc),
+                          error_type=type(exc).__name__)
             await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: {exc}"[:2000])
             return run
         except BaseException as exc:

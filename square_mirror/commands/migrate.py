@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from square_mirror.db import describe_schema, migrate
+from square_mirror.db import connect, describe_schema, migrate
 from square_mirror.embedded import EmbeddedPostgres
+from square_mirror.searchable_events import ensure_enabled
 from square_mirror.settings import Settings
+from square_mirror.square_api import RetryPolicy, SquareClient, SquareError
+from square_mirror.tokens import TokenSource
 
 HELP = (
     "Apply schema.sql to DATABASE_URL. Safe to run any number of times, and concurrently. "
@@ -21,9 +24,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _migrate_and_report(dsn: str, print_schema: bool) -> int:
+async def _migrate_and_report(dsn: str, print_schema: bool, settings: Settings | None = None) -> int:
     version = await migrate(dsn)
     print(f"schema square is at version {version}")
+    if settings is not None:
+        await _enable_events(dsn, settings)
     if print_schema:
         for kind, name, columns in await describe_schema(dsn):
             print(f"{kind:5} square.{name}({', '.join(columns)})")
@@ -37,4 +42,30 @@ async def run(args: argparse.Namespace) -> int:
             print("embedded Postgres started (removed on exit)")
             return await _migrate_and_report(dsn, args.print_schema)
     settings = Settings.from_env()
-    return await _migrate_and_report(settings.require_database_url(), args.print_schema)
+    return await _migrate_and_report(settings.require_database_url(), args.print_schema, settings)
+
+
+async def _enable_events(dsn: str, settings: Settings) -> None:
+    """Make every configured seller's events searchable as early as possible (square_mirror.searchable_events).
+
+    Best effort: migrate never fails because Square cannot be reached; the workers enable them later.
+    """
+    tokens = TokenSource.from_settings(settings)
+    merchants = tokens.merchants()
+    if not merchants and not tokens.has_single_token:
+        return
+    conn = await connect(dsn)
+    try:
+        async with SquareClient.from_settings(settings, tokens=tokens, timeout=10.0,
+                                              retry=RetryPolicy(attempts=2, deadline=20.0)) as client:
+            if not merchants and settings.square_access_token is not None:
+                try:
+                    merchants = [await client.retrieve_own_merchant_id(settings.square_access_token.reveal())]
+                except SquareError as exc:
+                    print(f"events: not enabled yet (RetrieveMerchant: {type(exc).__name__}); the workers will")
+                    return
+            for merchant_id in merchants:
+                enabled = await ensure_enabled(conn, client, merchant_id)
+                print(f"events for {merchant_id}: {'searchable' if enabled else 'not enabled yet (see status)'}")
+    finally:
+        await conn.close()

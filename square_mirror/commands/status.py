@@ -36,6 +36,7 @@ WITH known AS (
 )
 SELECT k.merchant_id,
        m.auth_status, m.auth_error, m.auth_changed_at,
+       m.events_searchable_since, m.events_enabled_at, m.events_error,
        e.last_processed_at, e.last_event_created_at, e.last_lag_seconds,
        (SELECT count(*) FROM square.webhook_events f WHERE f.merchant_id = k.merchant_id AND f.outcome = 'failed')
            AS failed_events,
@@ -86,6 +87,8 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
             if row["last_lag_seconds"] is not None else None,
             "failed_events": row["failed_events"],
             "live_customers": row["live_customers"],
+            "events": {"searchable_since": _iso(row["events_searchable_since"]),
+                       "enabled_at": _iso(row["events_enabled_at"]), "error": row["events_error"]},
             "runs": {},
         }
         if entry["auth_status"] == "unauthorized":
@@ -99,6 +102,8 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
             "run_id": run["run_id"], "status": run["status"], "started_at": _iso(run["started_at"]),
             "finished_at": _iso(run["finished_at"]), "counts": run["counts"], "error": run["error"],
         }
+        if run["kind"] == "reconcile:events" and (run["counts"] or {}).get("events_refused"):
+            continue  # the Events API refused the token: said in the events line, the other lanes heal the mirror
         if run["status"] in ("failed", "partial", "interrupted"):
             problems.append(f"{run['merchant_id']}: last {run['kind']} run {run['status']}")
     if settings.redis_url is not None:
@@ -122,7 +127,7 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     return report, 0 if not problems else 1
 
 
-def _render(report: dict[str, Any]) -> str:
+def render(report: dict[str, Any]) -> str:
     lines = [f"square-mirror status: {'healthy' if report.get('healthy') else 'UNHEALTHY'}"]
     queue = report.get("queue")
     if queue:
@@ -131,11 +136,31 @@ def _render(report: dict[str, Any]) -> str:
         lines.append(f"  {merchant_id}: auth {entry.get('auth_status', 'ok')}, {entry.get('live_customers', 0)} live "
                      f"customers, {entry.get('failed_events', 0)} failed events, last event "
                      f"{entry.get('last_event_processed_at') or 'never'} (lag {entry.get('last_event_lag_seconds')} s)")
+        lines.extend(_events_lines(entry))
         for kind, run in entry.get("runs", {}).items():
             lines.append(f"    {kind}: {run['status']} (run {run['run_id']}, started {run['started_at']})")
     for problem in report.get("problems", []):
         lines.append(f"  problem: {problem}")
     return "\n".join(lines)
+
+
+def _events_lines(entry: dict[str, Any]) -> list[str]:
+    """Whether the events replay can work for this seller, and how far back it can reach."""
+    events = entry.get("events") or {}
+    if events.get("error"):
+        return [f"    events replay: off ({events['error']})"]
+    since = events.get("searchable_since")
+    if since is None:
+        return ["    events replay: events not enabled yet (the next events pass enables them)"]
+    lines = [f"    events replay: searchable since {since}"]
+    counts = (entry.get("runs", {}).get("reconcile:events") or {}).get("counts") or {}
+    if counts.get("unsearchable_seconds"):
+        lines.append(f"    events replay: its last window reached {counts['unsearchable_seconds']} s before {since}; "
+                     "events from then can never be replayed (webhooks and the other lanes covered them)")
+    if counts.get("events_missing_from_search"):
+        lines.append(f"    events replay: {counts['events_missing_from_search']} delivered events were not "
+                     "searchable (events had been disabled); enabled again")
+    return lines
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -146,5 +171,5 @@ async def run(args: argparse.Namespace) -> int:
     elif "error" in report:
         print(f"square-mirror status: {report['error']}")
     else:
-        print(_render(report))
+        print(render(report))
     return code

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
 from emulator import EmulatorConfig
+from emulator.config import Knobs
 from emulator.testing import EmulatorHandle, run_emulator
+from square_mirror.commands.status import collect, render
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from square_mirror.settings import Secret, Settings
 from square_mirror.square_api import SquareClient
 from tests.mirror_check import assert_mirror_matches, emulator_client, square_call
 from worker import runs
@@ -185,6 +189,88 @@ async def test_events_lane_replays_missed_deletes_and_merges(emu: EmulatorHandle
                                     emu.merchant_id)
     assert merged == 2
     assert await runs.get_watermark(db_pool, emu.merchant_id, "events") is not None
+
+
+@pytest.fixture
+async def square_emu() -> AsyncIterator[EmulatorHandle]:
+    """Events disabled until EnableEvents, as on Square."""
+    async with run_emulator(EmulatorConfig(seed=6, knobs=Knobs(events_enabled_by_default=False))) as handle:
+        yield handle
+
+
+async def _searchable_since(db_pool: asyncpg.Pool, merchant_id: str) -> Any:
+    return await db_pool.fetchval("SELECT events_searchable_since FROM square.merchants WHERE merchant_id = $1",
+                                  merchant_id)
+
+
+async def test_events_start_disabled_the_mirror_enables_them_and_replays_lost_webhooks(
+        square_emu: EmulatorHandle, db_pool: asyncpg.Pool) -> None:
+    emu = square_emu
+    client = emulator_client(emu)
+    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    try:
+        truth = await _mirrored(emu, ctx, customers=40)  # the backfill enables events first
+        since = await _searchable_since(db_pool, emu.merchant_id)
+        assert since is not None
+        ids = sorted(truth["customers"])
+        await square_call(emu, "DELETE", f"/v2/customers/{ids[0]}")  # every webhook below is lost
+        await emu.merge([ids[1], ids[2]])
+        await square_call(emu, "PUT", f"/v2/customers/{ids[3]}", {"nickname": "Replayed"})
+        run = await run_lane(ctx, emu.merchant_id, "events")
+    finally:
+        await client.close()
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["events"] >= 5 and not run.counts.get("unsearchable_seconds")
+    assert run.checkpoint["searchable_since"] is not None
+    await assert_mirror_matches(db_pool, emu)
+    assert await _searchable_since(db_pool, emu.merchant_id) == since  # enabling again keeps the period
+
+
+async def test_events_lane_says_when_its_window_reaches_before_events_were_searchable(
+        square_emu: EmulatorHandle, db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    emu = square_emu
+    client = emulator_client(emu)
+    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    try:
+        await emu.seed(customers=5)
+        cid = sorted((await emu.truth())["customers"])[0]
+        await square_call(emu, "DELETE", f"/v2/customers/{cid}")  # before anyone enabled events
+        run = await run_lane(ctx, emu.merchant_id, "events")  # no watermark, no backfill: 28 days back
+    finally:
+        await client.close()
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["unsearchable_seconds"] > 27 * 24 * 3600
+    report, _ = await collect(Settings(database_url=Secret(db_dsn)), 300.0, False)
+    lines = render(report)
+    assert "can never be replayed" in lines and "searchable since" in lines
+
+
+async def test_events_lane_finds_events_disabled_enables_them_again_and_restarts_the_period(
+        square_emu: EmulatorHandle, db_pool: asyncpg.Pool) -> None:
+    emu = square_emu
+    client = emulator_client(emu)
+    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    try:
+        await run_lane(ctx, emu.merchant_id, "events")
+        first = datetime.now(UTC) - timedelta(minutes=10)  # as if enabled a while ago
+        await db_pool.execute("UPDATE square.merchants SET events_searchable_since = $1", first)
+        await square_call(emu, "PUT", "/v2/events/disable")  # another app, or the seller, switched them off
+        await emu.seed(customers=3)
+        cid = sorted((await emu.truth())["customers"])[0]
+        await square_call(emu, "PUT", f"/v2/customers/{cid}", {"nickname": "unsearchable"})
+        # Its webhook did arrive (the inbox has it), a minute before the lane looks.
+        event_time = datetime.now(UTC) - timedelta(seconds=90)
+        await db_pool.execute(
+            "INSERT INTO square.webhook_events (merchant_id, event_id, type, customer_id, created_at, source)"
+            " VALUES ($1, 'E-DELIVERED', 'customer.updated', $2, $3, 'webhook')", emu.merchant_id, cid, event_time)
+        await db_pool.execute("UPDATE square.sync_state SET watermark = $2 WHERE merchant_id = $1 AND lane = 'events'",
+                              emu.merchant_id, event_time - timedelta(minutes=5))
+        run = await run_lane(ctx, emu.merchant_id, "events")
+    finally:
+        await client.close()
+    assert run.status == runs.SUCCEEDED, run.error
+    assert run.counts["events_missing_from_search"] == 1
+    assert await _searchable_since(db_pool, emu.merchant_id) > first
 
 
 async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ctx: dict[str, Any],

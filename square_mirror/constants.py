@@ -14,6 +14,7 @@ CUSTOMER_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated",
 # arq
 QUEUE_NAME: Final = "square-mirror:queue"
 PROCESS_EVENT_JOB: Final = "process_event"
+RECONCILE_LANE_JOB: Final = "reconcile_lane_job"
 JOB_PAYLOAD_VERSION: Final = 1
 
 # Redis key prefixes (everything the project writes to Redis starts with this)

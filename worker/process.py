@@ -28,8 +28,7 @@ import asyncpg
 from arq.worker import Retry
 from redis import exceptions as redis_exceptions
 
-from square_mirror import searchable_events
-from square_mirror.constants import CUSTOMER_EVENT_TYPES
+from square_mirror.constants import CUSTOMER_EVENT_TYPES, QUEUE_NAME, RECONCILE_LANE_JOB
 from square_mirror.jobs import EventJob, InvalidEnvelope, read_event_job
 from square_mirror.logs import bound_context, get_logger
 from square_mirror.settings import Settings
@@ -255,9 +254,21 @@ async def _ensure_merchant(ctx: dict[str, Any], merchant_id: str) -> None:
     if merchant_id not in known:
         known.add(merchant_id)  # before the await: a burst's first jobs must not all insert the same row
         try:
-            await store.ensure_merchant(ctx["pool"], merchant_id)
-            # A seller first seen: make its events searchable now (worker.searchable_events); never fails the job.
-            await searchable_events.ensure_enabled(ctx["pool"], ctx["client"], merchant_id)
+            if not await store.ensure_merchant(ctx["pool"], merchant_id):
+                # A seller whose events the mirror never enabled: its events pass enables them at once, outside
+                # this job (square_mirror.searchable_events: events before that are never searchable).
+                await _queue_events_pass(ctx, merchant_id)
         except BaseException:
             known.discard(merchant_id)
             raise
+
+
+async def _queue_events_pass(ctx: dict[str, Any], merchant_id: str) -> None:
+    redis = ctx.get("redis")
+    if redis is None or not hasattr(redis, "enqueue_job"):
+        return
+    try:
+        await redis.enqueue_job(RECONCILE_LANE_JOB, "events", merchant_id, _job_id=f"reconcile:events:{merchant_id}",
+                                _queue_name=QUEUE_NAME)
+    except (OSError, redis_exceptions.RedisError) as exc:  # the cron's next events pass enables them instead
+        log.info("events_pass_not_queued", merchant_id=merchant_id, error_type=type(exc).__name__)

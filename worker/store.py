@@ -253,7 +253,11 @@ async def set_merchant_auth(
     )
 
 
-async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> None:
+async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> bool:
+    """Record the merchant; True when its events were enabled already (square_mirror.searchable_events)."""
     await conn.execute(
         "INSERT INTO square.merchants (merchant_id) VALUES ($1) ON CONFLICT (merchant_id) DO NOTHING", merchant_id
     )
+    enabled: bool = await conn.fetchval(
+        "SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1", merchant_id)
+    return enabled

@@ -338,3 +338,27 @@ async def test_the_merchant_row_is_written_once_per_worker_not_once_per_job(
         [payload] = h.payloads()
         assert await h.run(payload) == "applied"  # run with a copy of ctx, as arq runs every job
         assert h.ctx["ensured_merchants"] == {payload["merchant_id"]}
+
+
+async def test_a_seller_whose_events_were_never_enabled_gets_its_events_pass_queued_once(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    from arq import create_pool
+
+    from square_mirror.constants import QUEUE_NAME, RECONCILE_LANE_JOB
+    from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+
+    arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
+                                  job_deserializer=deserialize_job)
+    try:
+        async with harness(db_pool, redis_url) as h:
+            h.ctx["redis"] = arq_redis  # what arq hands a running worker's jobs
+            for name in ("A", "B"):
+                h.state.create_customer({"given_name": name})
+            outcomes = [await h.run(p) for p in h.payloads()]
+            assert outcomes == ["applied", "applied"]
+            jobs = await arq_redis.queued_jobs(queue_name=QUEUE_NAME)
+            assert [(j.function, tuple(j.args), j.job_id) for j in jobs] == [
+                (RECONCILE_LANE_JOB, ("events", h.merchant_id), f"reconcile:events:{h.merchant_id}")]
+    finally:
+        await arq_redis.aclose()

@@ -110,3 +110,23 @@ def test_zero_disables_rate_limit_and_metrics_port() -> None:
     settings = Settings.from_env({"SQUARE_MAX_REQUESTS_PER_SECOND": "0", "WORKER_METRICS_PORT": "0"})
     assert settings.square_max_requests_per_second == 0
     assert settings.worker_metrics_port == 0
+
+
+def test_application_access_token_comes_from_the_environment_or_a_file_and_is_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "application-token"
+    path.write_text("EAAAapplicationtoken\n")
+    from_file = Settings.from_env({"SQUARE_APPLICATION_ACCESS_TOKEN_FILE": str(path)})
+    from_env = Settings.from_env({"SQUARE_APPLICATION_ACCESS_TOKEN": "EAAAapplicationtoken"})
+    assert from_file.square_application_access_token == from_env.square_application_access_token
+    assert "EAAAapplicationtoken" in from_file.secrets() and "EAAAapplicationtoken" not in repr(from_file)
+
+
+@pytest.mark.parametrize("problem", ["both", "missing", "empty"])
+def test_application_access_token_misconfiguration_names_the_variable(tmp_path: Path, problem: str) -> None:
+    path = tmp_path / "token"
+    path.write_text("" if problem == "empty" else "EAAAx")
+    env = {"SQUARE_APPLICATION_ACCESS_TOKEN_FILE": str(path if problem != "missing" else tmp_path / "nope")}
+    if problem == "both":
+        env["SQUARE_APPLICATION_ACCESS_TOKEN"] = "EAAAy"
+    with pytest.raises(SettingsError, match="SQUARE_APPLICATION_ACCESS_TOKEN"):
+        Settings.from_env(env)

@@ -6,10 +6,15 @@ per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.
 - ``incremental``: SearchCustomers on ``updated_at >= watermark - overlap``; an ``INVALID_CURSOR`` restarts the
   window; the watermark moves (to when the window began) only after a complete window.
 - ``segments``: every segment's members through SearchCustomers ``segment_ids any [segment]``, diffed into the
-  mirror (segment changes fire no webhook and bump no version: this is the only way they are ever seen).
+  mirror (segment changes fire no webhook and bump no version: this is the only way they are ever seen); then
+  every hidden profile is read by ID (:func:`refresh_hidden`), since no search can show it.
 - ``groups``: ListCustomerGroups, then each group's members through SearchCustomers ``group_ids any [group]``;
-  customers whose membership differs are re-fetched by ID.
-- ``events``: SearchEvents from the last processed event time (at most 28 days back), each event queued for
+  customers whose membership differs are re-fetched by ID; hidden profiles are read by ID unless the segments
+  lane read them within the last interval.
+  Neither lane reads a hidden profile's absence from a search as news (``square.customer_is_hidden``).
+- ``events``: EnableEvents (only events that occur while enabled are searchable,
+  :mod:`square_mirror.searchable_events`), then SearchEvents from the last processed event time (at most 28 days
+  back, and never before events became searchable: the run counts what it cannot reach), each event queued for
   the event worker exactly like a webhook (job ID = event ID, so duplicates collapse; the worker deduplicates
   by event ID in ``webhook_events``): a receiver outage or a lost Redis queue heals itself.
 - ``sweep``: a full listing plus deletion/merge inference (:func:`worker.backfill.backfill` of kind ``sweep``).

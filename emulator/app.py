@@ -75,10 +75,10 @@ class Emulator:
                 self.webhooks.subscribe(mid, spec.url, spec.signature_key, spec.notification_url,
                                         spec.event_types)
         cfg = self.config
-        if cfg.customers or cfg.groups or cfg.segments:
+        if cfg.customers or cfg.groups or cfg.segments or cfg.instant_profiles:
             for state in self.merchants.values():
                 seed_merchant(state, customers=cfg.customers, groups=cfg.groups, segments=cfg.segments,
-                              seed=self.seed)
+                              instant_profiles=cfg.instant_profiles, seed=self.seed)
 
     def next_seq(self) -> int:
         """Emulator-wide event emission order (merges several sellers' events in SearchEvents)."""

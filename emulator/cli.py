@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--customers", type=int, default=0, help="customers seeded for each seller at start")
+    p.add_argument("--instant-profiles", type=int, default=0,
+                   help="instant profiles without public information seeded for each seller at start")
     p.add_argument("--webhook-url")
     p.add_argument("--signature-key")
     p.add_argument("--notification-url", help="URL the signature is computed over (default: --webhook-url)")
@@ -75,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
                                      notification_url=args.notification_url))
     return EmulatorConfig(seed=args.seed, sellers=sellers, token_kinds=kinds,
                           application_token=args.application_token, customers=args.customers,
-                          subscriptions=subs, knobs=knobs,
+                          instant_profiles=args.instant_profiles, subscriptions=subs, knobs=knobs,
                           snapshot_path=args.snapshot)
 
 

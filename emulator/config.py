@@ -57,6 +57,9 @@ class Knobs:
     # moment ("seller": a seller added later starts disabled) or the application as a whole ("application":
     # a seller added later inherits the application's state).
     events_enablement_scope: str = "seller"
+    # UNCONFIRMED: UpdateCustomer/BulkUpdateCustomers may clear every public field (the profile becomes
+    # hidden from List/Search). False: such an update is 400 BAD_REQUEST. The admin Dashboard edit always may.
+    update_can_hide_profile: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,6 +107,7 @@ class EmulatorConfig:
     token_kinds: dict[str, str] = field(default_factory=dict)
     application_token: str | None = None
     customers: int = 0  # seeded for each seller at start
+    instant_profiles: int = 0  # seeded for each seller at start: profiles with no public information
     groups: int | None = None
     segments: int | None = None
     subscriptions: list[SubscriptionSpec] = field(default_factory=list)

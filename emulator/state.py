@@ -348,8 +348,11 @@ class MerchantState:
                 field="version")])
 
     def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool,
-                        preferences: dict[str, Any] | None = None) -> CustomerRec:
-        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it."""
+                        preferences: dict[str, Any] | None = None, allow_hide: bool = True) -> CustomerRec:
+        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it.
+
+        An update that clears every public field hides the profile from List/Search (it stays retrievable);
+        with ``allow_hide=False`` (knob ``update_can_hide_profile`` off) that is refused instead."""
         rec = self.customers.get(cid)
         if rec is None:
             raise customer_not_found_error(cid)  # merged profiles must be updated by their new ID
@@ -389,6 +392,11 @@ class MerchantState:
                 doc[key] = value
                 changed = True
         del changed  # Square commits (and bumps version) even when values are unchanged
+        if not allow_hide and rec.public and not any(doc.get(f) for f in PUBLIC_FIELDS):
+            raise SquareError(400, [error(  # UNCONFIRMED: Square may instead let the profile become hidden
+                "BAD_REQUEST",
+                "At least one of the following fields must be set: given_name, family_name, company_name, "
+                "email_address, phone_number.")])
         return self._touch(rec, doc, "customer.updated")
 
     def _touch(self, rec: CustomerRec, doc: dict[str, Any], event_type: str | None) -> CustomerRec:

@@ -58,9 +58,9 @@ async def test_cli_webhook_flags_deliver_signed_events_for_every_seller() -> Non
                                 notification_url=url)
 
 
-async def test_cli_application_token_and_oauth_seller() -> None:
+async def test_cli_application_token_oauth_seller_and_instant_profiles() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emulator", "--port", "0", "--seed", "3", "--customers", "5",
+        sys.executable, "-m", "emulator", "--port", "0", "--seed", "3", "--customers", "5", "--instant-profiles", "4",
         "--seller", "MLONE:tok-1", "--seller", "MLOAUTH:tok-o:oauth", "--application-token", "app-pat",
         stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -83,10 +83,10 @@ async def test_cli_application_token_and_oauth_seller() -> None:
         assert (await status("POST", "/v2/events", "tok-1"))[0] == 200
         for token in ("tok-1", "tok-o"):
             code, body = await status("GET", "/v2/customers?count=true", token)
-            assert code == 200 and body["count"] == 5
+            assert code == 200 and body["count"] == 5  # the 4 instant profiles are never listed
         async with aiohttp.ClientSession() as s, s.get(base + "/_emulator/state?merchant_id=MLONE") as r:
             truth = await r.json()
-        assert len(truth["customers"]) == 5 and truth["events_api"]["enabled"] is True
+        assert len(truth["customers"]) == 9 and truth["events_api"]["enabled"] is True
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0

@@ -112,15 +112,15 @@ def test_knob_scope_is_checked() -> None:
         knobs.merge({"events_enablement_scope": "merchant"})
 
 
-def test_cli_seller_kinds_and_application_token() -> None:
+def test_cli_seller_kinds_application_token_and_instant_profiles() -> None:
     args = build_parser().parse_args([
         "--seller", "MA:tok-a", "--seller", "MO:tok-o:oauth", "--seller", "MP:tok:with:colons:personal",
         "--seller", "MQ:tok:colon", "--application-token", "app-pat", "--customers", "5",
-        "--knob", "events_enablement_scope=\"application\""])
+        "--instant-profiles", "3", "--knob", "events_enablement_scope=\"application\""])
     cfg = config_from_args(args)
     assert cfg.sellers == {"MA": "tok-a", "MO": "tok-o", "MP": "tok:with:colons", "MQ": "tok:colon"}
     assert cfg.token_kinds == {"MO": "oauth"}
-    assert cfg.application_token == "app-pat"
+    assert cfg.application_token == "app-pat" and cfg.instant_profiles == 3
     assert cfg.knobs.events_enablement_scope == "application" and cfg.knobs.events_enabled_by_default is False
     for bad in (["--seller", "MA:tok-a", "--application-token", "tok-a"], ["--knob", "events_enablement_scope=\"x\""],
                 ["--seller", "MA::oauth"]):

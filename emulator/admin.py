@@ -144,6 +144,9 @@ async def put_faults(request: web.Request) -> web.Response:
         _emu(request).knobs.merge(body)
     except (KeyError, TypeError, ValueError) as exc:
         raise bad_request(f"Unknown or invalid knob: {exc}") from None
+    if "events_enabled_by_default" in body:
+        for state in _emu(request).merchants.values():
+            state.apply_default_events(_emu(request).knobs.events_enabled_by_default)
     return json_response(_emu(request).knobs.to_json())
 
 

@@ -267,6 +267,12 @@ class MerchantState:
         ``by`` is who switched it: ``seller`` (the seller's token), ``application`` (the application token)."""
         self._events_change(enabled, by, clock.now())
 
+    def apply_default_events(self, enabled: bool) -> None:
+        """The knob ``events_enabled_by_default`` changed at runtime: follow it from now on, unless this
+        seller's events were switched by EnableEvents/DisableEvents (those calls win)."""
+        if enabled != self.events_enabled and all(c["by"] == "default" for c in self.events_changes):
+            self._events_change(enabled, "default", clock.now())
+
     def events_dump(self) -> dict[str, Any]:
         since = self.events_enabled_since
         return {"enabled": self.events_enabled, "enabled_since": clock.rfc3339_ms(since) if since is not None else None,

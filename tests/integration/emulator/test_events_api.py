@@ -109,11 +109,27 @@ async def test_knob_events_enabled_by_default_makes_events_searchable_from_the_s
         assert [e["data"]["id"] for e in got["events"]] == [c["id"]]
         state = (await emu.truth())["events_api"]
         assert state["enabled"] is True and [ch["by"] for ch in state["changes"]] == ["default"]
-        # The knob is a seller's initial state: switching it off later affects sellers added afterwards only.
+        # Switched at runtime, the knob moves every seller never switched by EnableEvents/DisableEvents.
+        await emu.admin("POST", "sellers", {"merchant_id": "MLPAT", "token": "pat"})
+        await call(emu, "PUT", "/v2/events/enable", "pat")
         await emu.set_faults(events_enabled_by_default=False)
+        assert (await emu.truth())["events_api"]["enabled"] is False
+        assert (await emu.truth("MLPAT"))["events_api"]["enabled"] is True
+        await create(emu)
+        assert len((await search(emu))["events"]) == 1  # the first event only
         await emu.admin("POST", "sellers", {"merchant_id": "MLLATE", "token": "late"})
         assert (await emu.truth("MLLATE"))["events_api"]["enabled"] is False
-        assert (await emu.truth())["events_api"]["enabled"] is True
+        await emu.set_faults(events_enabled_by_default=True)
+        assert (await emu.truth("MLLATE"))["events_api"]["changes"] == [
+            {"enabled": True, "at": (await emu.truth("MLLATE"))["events_api"]["enabled_since"], "by": "default"}]
+
+
+async def test_switching_the_knob_on_at_runtime_makes_later_events_searchable(emu: EmulatorHandle) -> None:
+    before = await create(emu, name="Before")
+    await emu.set_faults(events_enabled_by_default=True)
+    after = await create(emu, name="After")
+    got = await search_all(emu)
+    assert [e["data"]["id"] for e in got] == [after["id"]] and before["id"] != after["id"]
 
 
 async def test_snapshot_restore_keeps_each_events_searchable_flag(emu: EmulatorHandle) -> None:

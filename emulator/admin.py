@@ -13,6 +13,7 @@ from aiohttp import web
 
 from . import validation
 from .app import EMULATOR, Emulator, json_response
+from .config import PERSONAL, TOKEN_KINDS
 from .errors import SquareError, bad_request
 from .seeding import seed_merchant
 from .state import MerchantState
@@ -143,6 +144,9 @@ async def put_faults(request: web.Request) -> web.Response:
         _emu(request).knobs.merge(body)
     except (KeyError, TypeError, ValueError) as exc:
         raise bad_request(f"Unknown or invalid knob: {exc}") from None
+    if "events_enabled_by_default" in body:
+        for state in _emu(request).merchants.values():
+            state.apply_default_events(_emu(request).knobs.events_enabled_by_default)
     return json_response(_emu(request).knobs.to_json())
 
 
@@ -175,12 +179,31 @@ async def drain(request: web.Request) -> web.Response:
     return json_response({"settled": settled, "pending": len(_emu(request).webhooks.tasks)})
 
 
+def _check_token_free(emulator: Emulator, token: str, merchant_id: str | None) -> None:
+    """A token identifies one caller: the application or exactly one seller."""
+    if token == emulator.application_token:
+        raise bad_request("That token is the application token.", field="token")
+    owner = emulator.tokens.get(token)
+    if owner is not None and owner != merchant_id:
+        raise bad_request(f"That token belongs to seller `{owner}`.", field="token")
+
+
+def _seller_json(state: MerchantState) -> dict[str, Any]:
+    return {"merchant_id": state.merchant_id, "token": state.token, "token_kind": state.token_kind,
+            "revoked": state.revoked, "events_enabled": state.events_enabled}
+
+
 async def add_seller(request: web.Request) -> web.Response:
     body = await _json(request)
     if not body.get("merchant_id") or not body.get("token"):
         raise bad_request("`merchant_id` and `token` are required.")
-    state = _emu(request).add_seller(str(body["merchant_id"]), str(body["token"]))
-    return json_response({"merchant_id": state.merchant_id, "token": state.token})
+    kind = str(body.get("token_kind") or PERSONAL)
+    if kind not in TOKEN_KINDS:
+        raise bad_request(f"`token_kind` must be one of {', '.join(TOKEN_KINDS)}.", field="token_kind")
+    emulator = _emu(request)
+    _check_token_free(emulator, str(body["token"]), str(body["merchant_id"]))
+    state = emulator.add_seller(str(body["merchant_id"]), str(body["token"]), kind)
+    return json_response(_seller_json(state))
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -190,8 +213,33 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 async def sellers(request: web.Request) -> web.Response:
-    return json_response({"sellers": [{"merchant_id": s.merchant_id, "token": s.token, "revoked": s.revoked}
-                                      for s in _emu(request).merchants.values()]})
+    return json_response({"sellers": [_seller_json(s) for s in _emu(request).merchants.values()]})
+
+
+def _application_json(emulator: Emulator) -> dict[str, Any]:
+    return {"token": emulator.application_token, "events_enabled": emulator.app_events_enabled,
+            "events_enablement_scope": emulator.knobs.events_enablement_scope}
+
+
+async def get_application(request: web.Request) -> web.Response:
+    return json_response(_application_json(_emu(request)))
+
+
+async def put_application(request: web.Request) -> web.Response:
+    """Set (or with ``null`` remove) the application's personal access token, a setting of the whole emulator."""
+    body = await _json(request)
+    reject_unknown(body, frozenset(("token",)), orjson.dumps(body))
+    if "token" not in body:
+        raise bad_request("`token` is required (a string, or null to remove it).", field="token")
+    token = body["token"]
+    emulator = _emu(request)
+    if token is not None:
+        if not isinstance(token, str) or not token.strip():
+            raise bad_request("`token` must be a non-empty string or null.", field="token")
+        if token in emulator.tokens:
+            raise bad_request(f"That token belongs to seller `{emulator.tokens[token]}`.", field="token")
+    emulator.application_token = token
+    return json_response(_application_json(emulator))
 
 
 async def snapshot(request: web.Request) -> web.Response:
@@ -238,5 +286,7 @@ def register(app: web.Application) -> None:
     r.add_get(f"{p}/sellers", sellers)
     r.add_post(f"{p}/sellers", add_seller)
     r.add_post(f"{p}/sellers/{{merchant_id}}/{{action:revoke|restore}}", revoke)
+    r.add_get(f"{p}/application", get_application)
+    r.add_put(f"{p}/application", put_application)
     r.add_post(f"{p}/snapshot", snapshot)
     r.add_post(f"{p}/restore", restore)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from .config import EmulatorConfig, Knobs, SubscriptionSpec
+from .config import PERSONAL, TOKEN_KINDS, EmulatorConfig, Knobs, SubscriptionSpec
 from .testing import run_emulator
 
 
@@ -20,10 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--customers", type=int, default=0, help="customers seeded for each seller at start")
+    p.add_argument("--instant-profiles", type=int, default=0,
+                   help="instant profiles without public information seeded for each seller at start")
     p.add_argument("--webhook-url")
     p.add_argument("--signature-key")
     p.add_argument("--notification-url", help="URL the signature is computed over (default: --webhook-url)")
-    p.add_argument("--seller", action="append", default=[], metavar="MERCHANT_ID:TOKEN")
+    p.add_argument("--seller", action="append", default=[], metavar="MERCHANT_ID:TOKEN[:oauth]",
+                   help="a seller and its token; ':oauth' marks an OAuth token (refused by the Events API), "
+                        "':personal' (the default) a personal access token")
+    p.add_argument("--application-token", metavar="TOKEN",
+                   help="the application's personal access token: accepted by the Events API only, for every seller")
     p.add_argument("--snapshot", metavar="PATH", help="restore at start if it exists, save on shutdown")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=JSON",
                    help="set a fault/realism knob, e.g. --knob index_lag_seconds=2 (repeatable)")
@@ -36,11 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     sellers: dict[str, str] = {}
+    kinds: dict[str, str] = {}
     for spec in args.seller:
         mid, sep, token = spec.partition(":")
+        kind = PERSONAL
+        head, colon, tail = token.rpartition(":")
+        if colon and tail in TOKEN_KINDS:
+            token, kind = head, tail
         if not sep or not mid or not token:
-            raise SystemExit(f"--seller expects MERCHANT_ID:TOKEN, got {spec!r}")
+            raise SystemExit(f"--seller expects MERCHANT_ID:TOKEN[:oauth], got {spec!r}")
         sellers[mid] = token
+        if kind != PERSONAL:
+            kinds[mid] = kind
+    if args.application_token is not None and (not args.application_token
+                                               or args.application_token in sellers.values()):
+        raise SystemExit("--application-token must be non-empty and differ from every seller's token")
     knobs = Knobs()
     patch: dict[str, object] = {}
     for item in args.knob:
@@ -49,22 +65,31 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     for name in ("latency_ms", "rate_limit_rps", "error_500_rate", "index_lag_seconds"):
         if getattr(args, name) is not None:
             patch[name] = getattr(args, name)
-    knobs.merge(patch)
+    try:
+        knobs.merge(patch)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SystemExit(f"--knob: unknown or invalid knob: {exc}") from None
     subs = []
     if args.webhook_url:
         if not args.signature_key:
             raise SystemExit("--webhook-url needs --signature-key")
         subs.append(SubscriptionSpec(url=args.webhook_url, signature_key=args.signature_key,
                                      notification_url=args.notification_url))
-    return EmulatorConfig(seed=args.seed, sellers=sellers, customers=args.customers, subscriptions=subs,
-                          knobs=knobs, snapshot_path=args.snapshot)
+    return EmulatorConfig(seed=args.seed, sellers=sellers, token_kinds=kinds,
+                          application_token=args.application_token, customers=args.customers,
+                          instant_profiles=args.instant_profiles, subscriptions=subs, knobs=knobs,
+                          snapshot_path=args.snapshot)
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
     async with run_emulator(config, host=host, port=port) as handle:
-        line = {"emulator": handle.base_url,
-                "sellers": [{"merchant_id": s.merchant_id, "token": s.token}
-                            for s in handle.emulator.merchants.values()]}
+        line: dict[str, object] = {
+            "emulator": handle.base_url,
+            "sellers": [{"merchant_id": s.merchant_id, "token": s.token}
+                        | ({"token_kind": s.token_kind} if s.token_kind != PERSONAL else {})
+                        for s in handle.emulator.merchants.values()]}
+        if handle.emulator.application_token is not None:
+            line["application_token"] = handle.emulator.application_token
         sys.stdout.write(orjson.dumps(line).decode() + "\n")
         sys.stdout.flush()
         stop = asyncio.Event()

@@ -13,6 +13,11 @@ from typing import Any
 # The documented default seller: a public test credential, not a secret.
 DEFAULT_MERCHANT_ID, DEFAULT_TOKEN = ("MLEMULATOR001", "EAAAEmulatorDefaultToken")
 CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
+PERSONAL, OAUTH = "personal", "oauth"  # a seller's token: a personal access token (default) or an OAuth token
+TOKEN_KINDS = (PERSONAL, OAUTH)
+EVENTS_ENABLEMENT_SCOPES = ("seller", "application")
+# Knobs whose value must be one of a fixed set (checked by Knobs.merge).
+_CHOICES: dict[str, tuple[str, ...]] = {"events_enablement_scope": EVENTS_ENABLEMENT_SCOPES}
 
 
 @dataclass
@@ -47,7 +52,14 @@ class Knobs:
     event_log_max: int = 1_000_000  # per seller; oldest events dropped beyond it (memory bound)
     delivery_log_max: int = 200_000  # entries kept in GET /_emulator/deliveries
     merge_writes_note: bool = False  # write Square's "Merged on ..." note listing fields not transferred
-    events_enabled_by_default: bool = True  # Square: disabled until EnableEvents; on here for convenience
+    events_enabled_by_default: bool = False  # Square: "All events are disabled by default"
+    # UNCONFIRMED: EnableEvents/DisableEvents with the application token switch the sellers known at that
+    # moment ("seller": a seller added later starts disabled) or the application as a whole ("application":
+    # a seller added later inherits the application's state).
+    events_enablement_scope: str = "seller"
+    # UNCONFIRMED: UpdateCustomer/BulkUpdateCustomers may clear every public field (the profile becomes
+    # hidden from List/Search). False: such an update is 400 BAD_REQUEST. The admin Dashboard edit always may.
+    update_can_hide_profile: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +79,10 @@ class Knobs:
                 value = float(value)
             elif isinstance(current, dict):
                 value = {str(k): float(v) for k, v in dict(value).items()}
+            elif isinstance(current, str):
+                value = str(value)
+                if key in _CHOICES and value not in _CHOICES[key]:
+                    raise ValueError(f"{key} must be one of {', '.join(_CHOICES[key])}, not {value!r}")
             setattr(self, key, value)
 
 
@@ -81,11 +97,17 @@ class SubscriptionSpec:
 
 @dataclass
 class EmulatorConfig:
-    """Everything ``create_app`` needs. ``sellers`` maps merchant ID -> token (default seller if empty)."""
+    """Everything ``create_app`` needs. ``sellers`` maps merchant ID -> token (default seller if empty);
+    ``token_kinds`` maps merchant ID -> ``"oauth"`` for sellers whose token is an OAuth access token
+    (absent: a personal access token). ``application_token`` is the application's own personal access
+    token: accepted by the Events API only, where it covers every seller."""
 
     seed: int = 0
     sellers: dict[str, str] = field(default_factory=dict)
+    token_kinds: dict[str, str] = field(default_factory=dict)
+    application_token: str | None = None
     customers: int = 0  # seeded for each seller at start
+    instant_profiles: int = 0  # seeded for each seller at start: profiles with no public information
     groups: int | None = None
     segments: int | None = None
     subscriptions: list[SubscriptionSpec] = field(default_factory=list)
@@ -94,3 +116,9 @@ class EmulatorConfig:
 
     def seller_map(self) -> dict[str, str]:
         return dict(self.sellers) if self.sellers else {DEFAULT_MERCHANT_ID: DEFAULT_TOKEN}
+
+    def token_kind(self, merchant_id: str) -> str:
+        kind = self.token_kinds.get(merchant_id, PERSONAL)
+        if kind not in TOKEN_KINDS:
+            raise ValueError(f"token kind must be one of {', '.join(TOKEN_KINDS)}, not {kind!r}")
+        return kind

@@ -100,6 +100,14 @@ def unauthorized_invalid() -> SquareError:
     )
 
 
+def events_need_personal_token() -> SquareError:
+    """The Events API takes personal access tokens only (UNCONFIRMED status/code; the rule is documented)."""
+    return SquareError(
+        401, [error("UNAUTHORIZED", "The Events API requires a personal access token. OAuth access tokens are not "
+                    "accepted.", category=AUTHENTICATION)]
+    )
+
+
 def token_revoked() -> SquareError:
     return SquareError(
         401, [error("ACCESS_TOKEN_REVOKED", "The access token has been revoked.", category=AUTHENTICATION)]

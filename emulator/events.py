@@ -9,7 +9,10 @@ sets ``data.deleted``; merges add ``data.object.event_context.merge`` on created
 from __future__ import annotations
 
 import base64
+import heapq
 import random
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -39,31 +42,60 @@ def customer_event(merchant_id: str, event_type: str, customer: dict[str, Any], 
 
 
 class EventLog:
-    """Per-merchant append-only log; entries are (epoch, event). Old entries age out after 28 days."""
+    """Per-merchant append-only log; entries are (epoch, event). Old entries age out after 28 days.
+
+    Two arrays run alongside ``entries``: ``searchable`` (1 if the seller's events were enabled when the event
+    occurred: Square makes only those searchable, whatever the state later) and ``seqs`` (an emulator-wide
+    emission sequence number, the tie-break that merges several sellers' logs into one stable order).
+    """
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
         self.entries: list[tuple[float, dict[str, Any]]] = []
+        self.searchable = bytearray()
+        self.seqs: array[int] = array("q")
         self.max_entries = max_entries
         self.dropped = 0  # entries removed from the head; absolute position = dropped + index
 
-    def append(self, ts: float, event: dict[str, Any]) -> None:
+    def append(self, ts: float, event: dict[str, Any], *, searchable: bool = True, seq: int | None = None) -> None:
         """Append; beyond ``max_entries`` the oldest tenth is dropped so long benchmarks stay bounded."""
         self.entries.append((ts, event))
+        self.searchable.append(1 if searchable else 0)
+        self.seqs.append(self.dropped + len(self.entries) if seq is None else seq)
         if len(self.entries) > self.max_entries:
-            n = max(1, self.max_entries // 10)
-            del self.entries[:n]
-            self.dropped += n
+            self._drop_head(max(1, self.max_entries // 10))
+
+    def _drop_head(self, n: int) -> None:
+        del self.entries[:n]
+        del self.searchable[:n]
+        del self.seqs[:n]
+        self.dropped += n
 
     def prune(self, now: float) -> None:
         cutoff = now - RETENTION_SECONDS
         if self.entries and self.entries[0][0] < cutoff:
-            keep = [e for e in self.entries if e[0] >= cutoff]
+            keep = [i for i, (ts, _) in enumerate(self.entries) if ts >= cutoff]
             self.dropped += len(self.entries) - len(keep)
-            self.entries = keep
+            self.entries = [self.entries[i] for i in keep]
+            self.searchable = bytearray(self.searchable[i] for i in keep)
+            self.seqs = array("q", (self.seqs[i] for i in keep))
+
+    def count_searchable(self) -> int:
+        return self.searchable.count(1)
+
+    def to_json(self) -> list[list[Any]]:
+        """Snapshot form: ``[ts, event, searchable, seq]`` per entry."""
+        return [[ts, e, bool(flag), seq] for (ts, e), flag, seq in zip(self.entries, self.searchable, self.seqs,
+                                                                      strict=True)]
 
 
-def search_events(log: EventLog, merchant_id: str, body: dict[str, Any], raw: bytes, now: float) -> dict[str, Any]:
-    """SearchEvents over this merchant's customer events of the last 28 days."""
+def search_events(sources: Sequence[tuple[str, EventLog]], body: dict[str, Any], raw: bytes,
+                  now: float) -> dict[str, Any]:
+    """SearchEvents over the searchable customer events of the last 28 days of one or more sellers.
+
+    ``sources`` is what the caller's token may see: its own seller for a seller's token, every seller for the
+    application's token. Results are merged in ``created_at`` order (second precision, as events carry it),
+    ties in emission order, with a keyset cursor on that order, so paging is stable while events arrive.
+    """
     reject_unknown(body, frozenset(("cursor", "limit", "query")), raw)
     limit = parse_limit(body.get("limit"), low=1, high=100, default=100)
     query = body.get("query") or {}
@@ -87,31 +119,37 @@ def search_events(log: EventLog, merchant_id: str, body: dict[str, Any], raw: by
         raise bad_request("Invalid `created_at` time range.", code="INVALID_TIME_RANGE") from None
     lower = max(start or 0.0, now - RETENTION_SECONDS)
     fingerprint = orjson.dumps(query, option=orjson.OPT_SORT_KEYS).hex()[:64]
-    after: int | None = None  # keyset cursor: absolute log position of the last event returned
+    after: tuple[int, int] | None = None  # keyset cursor: (created_at second, seq) of the last event returned
     if body.get("cursor"):
         try:
             cur = orjson.loads(base64.urlsafe_b64decode(body["cursor"]))
-            after = int(cur["p"])
             if cur["q"] != fingerprint:
                 raise ValueError
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            after = (int(cur["k"][0]), int(cur["k"][1]))
+        except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
             raise invalid_cursor() from None
     desc = order == "DESC"
-    base = log.dropped
-    matched = [(base + i, e) for i, (ts, e) in enumerate(log.entries)
-               if ts >= lower and (end is None or ts < end) and (not types or e["type"] in types)
-               and (not merchants or merchant_id in merchants)
-               and (after is None or (base + i < after if desc else base + i > after))]
-    if desc:
-        matched.reverse()
-    page = matched[:limit]
+    matched: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    for merchant_id, log in sources:
+        if merchants and merchant_id not in merchants:
+            continue
+        for (ts, event), flag, seq in zip(log.entries, log.searchable, log.seqs, strict=True):
+            if not flag or ts < lower or (end is not None and ts >= end) or (types and event["type"] not in types):
+                continue
+            key = (int(ts), seq)
+            if after is not None and (key >= after if desc else key <= after):
+                continue
+            matched.append((key, event))
+    pick = heapq.nlargest if desc else heapq.nsmallest
+    page = pick(limit + 1, matched, key=lambda item: item[0])
     if not page:
         return {}
-    events = [e for _, e in page]
+    events = [e for _, e in page[:limit]]
     out: dict[str, Any] = {"events": events,
                            "metadata": [{"event_id": e["event_id"], "api_version": API_VERSION} for e in events]}
-    if len(matched) > limit:
-        out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({"p": page[-1][0], "q": fingerprint})).decode()
+    if len(page) > limit:
+        last = page[limit - 1][0]
+        out["cursor"] = base64.urlsafe_b64encode(orjson.dumps({"k": list(last), "q": fingerprint})).decode()
     return out
 
 

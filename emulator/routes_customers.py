@@ -120,7 +120,8 @@ def _update_one(state: MerchantState, cid: str, body: dict[str, Any], raw: bytes
     fields = validate_customer_fields({k: v for k, v in body.items() if k != "version"}, raw)
     if not fields:
         raise bad_request("The request must include at least one customer field to update.")
-    return state.update_customer(cid, fields, body.get("version"), clear_null=clear_null)
+    return state.update_customer(cid, fields, body.get("version"), clear_null=clear_null,
+                                 allow_hide=state.knobs.update_can_hide_profile)
 
 
 def _clear_null(request: web.Request) -> bool:

@@ -1,44 +1,56 @@
-"""Events API (SearchEvents over customer events) and RetrieveMerchant (``/v2/merchants/me``)."""
+"""Events API (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
+RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is in ``app``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from . import clock
-from .app import json_response, merchant_of
+from .app import EMULATOR, json_response, merchant_of, principal_of
 from .config import CUSTOMER_EVENT_TYPES
 from .errors import SquareError, error
-from .events import search_events
+from .events import EventLog, search_events
 from .validation import parse_json
 
 
 async def search(request: web.Request) -> web.Response:
-    state = merchant_of(request)
+    """A seller's personal token sees its own seller's events; the application token every seller's
+    (narrowed by ``query.filter.merchant_ids``). Only events that occurred while enabled are returned."""
+    principal = principal_of(request)
     raw = await request.read()
     body = parse_json(raw)
     now = clock.now()
-    state.events.prune(now)
-    result = search_events(state.events, state.merchant_id, body, raw, now)
-    if not state.events_enabled:
-        return json_response({})  # UNCONFIRMED: a disabled seller's events are not searchable
-    return json_response(result)
+    sources: list[tuple[str, EventLog]]
+    if principal.merchant is None:
+        sources = [(mid, st.events) for mid, st in request.app[EMULATOR].merchants.items()]
+    else:
+        sources = [(principal.merchant.merchant_id, principal.merchant.events)]
+    for _, log in sources:
+        log.prune(now)
+    return json_response(search_events(sources, body, raw, now))
 
 
 async def list_event_types(request: web.Request) -> web.Response:
-    merchant_of(request)
     return json_response({"event_types": list(CUSTOMER_EVENT_TYPES), "metadata": [
         {"event_type": t, "api_version_introduced": "2021-02-26", "release_status": "PUBLIC"}
         for t in CUSTOMER_EVENT_TYPES]})
 
 
-async def enable_events(request: web.Request) -> web.Response:
-    merchant_of(request).events_enabled = True
+def _switch(request: web.Request, enabled: bool) -> web.Response:
+    principal = principal_of(request)
+    if principal.merchant is None:
+        request.app[EMULATOR].set_application_events(enabled)
+    else:
+        principal.merchant.set_events_enabled(enabled, "seller")
     return json_response({})
+
+
+async def enable_events(request: web.Request) -> web.Response:
+    return _switch(request, True)
 
 
 async def disable_events(request: web.Request) -> web.Response:
-    merchant_of(request).events_enabled = False
-    return json_response({})
+    return _switch(request, False)
 
 
 async def retrieve_merchant(request: web.Request) -> web.Response:

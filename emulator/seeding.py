@@ -40,8 +40,9 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
                   instant_profiles: int = 0, seed: int | None = None) -> dict[str, Any]:
     """Add ``customers`` realistic profiles (plus groups/segments) to one seller, without events."""
     rng = random.Random(f"seed:{state.merchant_id}:{seed if seed is not None else 0}:{len(state.customers)}")
-    n_groups = groups if groups is not None else (min(5, max(1, customers // 20)) if customers else 0)
-    n_segments = segments if segments is not None else (3 if customers else 0)
+    total = customers + instant_profiles
+    n_groups = groups if groups is not None else (min(5, max(1, total // 20)) if total else 0)
+    n_segments = segments if segments is not None else (3 if total else 0)
     state.quiet = True
     try:
         group_ids = [state.create_group(f"{rng.choice(('VIP', 'Newsletter', 'Wholesale', 'Staff', 'Event'))} "
@@ -64,6 +65,16 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
         def randrange(lo: int, hi: int) -> int:
             return lo + int(random_() * (hi - lo))
 
+        def add_memberships(doc: dict[str, Any], cid: str) -> None:
+            if group_ids and random_() < 0.3:
+                doc["group_ids"] = sorted(rng.sample(group_ids, rng.randint(1, min(2, len(group_ids)))))
+                for gid in doc["group_ids"]:
+                    state.group_members[gid].add(cid)
+            if segment_ids and random_() < 0.5:
+                doc["segment_ids"] = sorted(rng.sample(segment_ids, rng.randint(1, len(segment_ids))))
+                for sid in doc["segment_ids"]:
+                    state.segment_members[sid].add(cid)
+
         for n in range(customers + instant_profiles):
             cid = clock.new_id(rng)
             while cid in ids:
@@ -75,7 +86,11 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
             doc: dict[str, Any] = {"id": cid, "created_at": clock.rfc3339_ms(created),
                                    "updated_at": clock.rfc3339_s(updated)}
             if n >= customers:
-                doc.update(preferences=PREFS_SUBSCRIBED, creation_source="INSTANT_PROFILE", version=0)
+                # An instant profile without public information: never listed or searched, but it can be in
+                # groups and segments like any other profile (Retrieve/BulkRetrieve show them).
+                doc.update(preferences=PREFS_SUBSCRIBED, creation_source="INSTANT_PROFILE")
+                add_memberships(doc, cid)
+                doc["version"] = version
                 new_recs.append(CustomerRec(doc, created, float(int(updated)), ordered=True))
                 continue
             given, family = choice(GIVEN), choice(FAMILY)
@@ -102,14 +117,7 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
                 doc["reference_id"] = f"{choice(('NYC', 'SF', 'ATX'))}_{n}_{family.upper()}"
             doc["preferences"] = PREFS_UNSUBSCRIBED if random_() < 0.05 else PREFS_SUBSCRIBED
             doc["creation_source"] = choice(SOURCES[:6])
-            if group_ids and random_() < 0.3:
-                doc["group_ids"] = sorted(rng.sample(group_ids, rng.randint(1, min(2, len(group_ids)))))
-                for gid in doc["group_ids"]:
-                    state.group_members[gid].add(cid)
-            if segment_ids and random_() < 0.5:
-                doc["segment_ids"] = sorted(rng.sample(segment_ids, rng.randint(1, len(segment_ids))))
-                for sid in doc["segment_ids"]:
-                    state.segment_members[sid].add(cid)
+            add_memberships(doc, cid)
             doc["version"] = version
             new_recs.append(CustomerRec(doc, created, float(int(updated)), ordered=True))
         for rec in new_recs:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from . import clock
-from .config import Knobs
+from .config import PERSONAL, Knobs
 from .errors import (
     SquareError,
     bad_request,
@@ -38,6 +38,7 @@ FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "n
 _NOTE_LABELS = {"given_name": "First Name", "family_name": "Last Name", "company_name": "Company",
                 "email_address": "Email", "phone_number": "Phone"}
 EventSink = Callable[[str, dict[str, Any]], None]
+EVENTS_CHANGES_MAX = 1000  # EnableEvents/DisableEvents calls kept per seller in the truth dump
 
 
 class CustomerRec:
@@ -189,11 +190,20 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
 class MerchantState:
     """All truth for one seller. Methods raise SquareError with Square's bodies on failure."""
 
-    def __init__(self, merchant_id: str, token: str, rng: random.Random, knobs: Knobs, sink: EventSink) -> None:
+    def __init__(self, merchant_id: str, token: str, rng: random.Random, knobs: Knobs, sink: EventSink, *,
+                 token_kind: str = PERSONAL, events_enabled: bool | None = None,
+                 events_enabled_by: str = "default", next_seq: Callable[[], int] | None = None) -> None:
         self.merchant_id = merchant_id
         self.token = token
+        self.token_kind = token_kind  # "personal" or "oauth" (the Events API refuses OAuth tokens)
         self.revoked = False
-        self.events_enabled = knobs.events_enabled_by_default
+        # Events API state: only events that occur while enabled are ever searchable.
+        self.events_enabled = knobs.events_enabled_by_default if events_enabled is None else events_enabled
+        self.events_enabled_since: float | None = None
+        self.events_changes: list[dict[str, Any]] = []
+        if self.events_enabled:
+            self._events_change(True, events_enabled_by, clock.now())
+        self._next_seq = next_seq
         self.business_name = f"Emulated Seller {merchant_id}"
         self.rng = rng
         self.knobs = knobs
@@ -235,8 +245,39 @@ class MerchantState:
             return
         event = customer_event(self.merchant_id, event_type, doc, event_id=clock.new_uuid(self.rng), ts=ts,
                                merge=merge)
-        self.events.append(ts, event)
+        # Searchable only if events were enabled when it occurred, and the token still had access then.
+        self.events.append(ts, event, searchable=self.events_enabled and not self.revoked,
+                           seq=self._next_seq() if self._next_seq is not None else None)
         self.sink(self.merchant_id, event)
+
+    # ---- Events API state -----------------------------------------------------------------------
+    def _events_change(self, enabled: bool, by: str, ts: float) -> None:
+        self.events_changes.append({"enabled": enabled, "at": clock.rfc3339_ms(ts), "by": by})
+        if len(self.events_changes) > EVENTS_CHANGES_MAX:
+            del self.events_changes[: len(self.events_changes) - EVENTS_CHANGES_MAX]
+        if enabled and (self.events_enabled_since is None or not self.events_enabled):
+            self.events_enabled_since = ts
+        elif not enabled:
+            self.events_enabled_since = None
+        self.events_enabled = enabled
+
+    def set_events_enabled(self, enabled: bool, by: str) -> None:
+        """EnableEvents / DisableEvents: from now on events are (not) searchable; the past is unchanged.
+
+        ``by`` is who switched it: ``seller`` (the seller's token), ``application`` (the application token)."""
+        self._events_change(enabled, by, clock.now())
+
+    def apply_default_events(self, enabled: bool) -> None:
+        """The knob ``events_enabled_by_default`` changed at runtime: follow it from now on, unless this
+        seller's events were switched by EnableEvents/DisableEvents (those calls win)."""
+        if enabled != self.events_enabled and all(c["by"] == "default" for c in self.events_changes):
+            self._events_change(enabled, "default", clock.now())
+
+    def events_dump(self) -> dict[str, Any]:
+        since = self.events_enabled_since
+        return {"enabled": self.events_enabled, "enabled_since": clock.rfc3339_ms(since) if since is not None else None,
+                "changes": list(self.events_changes), "recorded": len(self.events.entries),
+                "searchable": self.events.count_searchable()}
 
     def new_customer_id(self) -> str:
         while True:
@@ -313,8 +354,11 @@ class MerchantState:
                 field="version")])
 
     def update_customer(self, cid: str, fields: dict[str, Any], version: Any, *, clear_null: bool,
-                        preferences: dict[str, Any] | None = None) -> CustomerRec:
-        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it."""
+                        preferences: dict[str, Any] | None = None, allow_hide: bool = True) -> CustomerRec:
+        """Sparse update. ``preferences`` is read-only in the API; only the admin ("Dashboard") sets it.
+
+        An update that clears every public field hides the profile from List/Search (it stays retrievable);
+        with ``allow_hide=False`` (knob ``update_can_hide_profile`` off) that is refused instead."""
         rec = self.customers.get(cid)
         if rec is None:
             raise customer_not_found_error(cid)  # merged profiles must be updated by their new ID
@@ -354,6 +398,11 @@ class MerchantState:
                 doc[key] = value
                 changed = True
         del changed  # Square commits (and bumps version) even when values are unchanged
+        if not allow_hide and rec.public and not any(doc.get(f) for f in PUBLIC_FIELDS):
+            raise SquareError(400, [error(  # UNCONFIRMED: Square may instead let the profile become hidden
+                "BAD_REQUEST",
+                "At least one of the following fields must be set: given_name, family_name, company_name, "
+                "email_address, phone_number.")])
         return self._touch(rec, doc, "customer.updated")
 
     def _touch(self, rec: CustomerRec, doc: dict[str, Any], event_type: str | None) -> CustomerRec:
@@ -615,14 +664,18 @@ class MerchantState:
             "deleted_segments": dict(self.deleted_segments),
             "group_members": {g: sorted(m) for g, m in self.group_members.items()},
             "segment_members": {s: sorted(m) for s, m in self.segment_members.items()},
+            "events_api": self.events_dump(),
         }
 
     def snapshot(self) -> dict[str, Any]:
         out = self.dump()
         out["token"] = self.token
+        out["token_kind"] = self.token_kind
         out["revoked"] = self.revoked
         out["customer_ts"] = {cid: [r.created_ts, r.updated_ts] for cid, r in self.customers.items()}
-        out["events"] = [[ts, e] for ts, e in self.events.entries]
+        out["events"] = self.events.to_json()
+        out["events_state"] = {"enabled": self.events_enabled, "enabled_since": self.events_enabled_since,
+                               "changes": list(self.events_changes)}
         out["idempotency"] = {k: v.decode() for k, v in self.idempotency.items()}
         out["group_idempotency"] = dict(self.group_idempotency)
         out["custom_attribute_definitions"] = dict(self.ca_definitions)
@@ -645,9 +698,18 @@ class MerchantState:
         self.group_members = {g: set(m) for g, m in snap.get("group_members", {}).items()}
         self.segment_members = {s: set(m) for s, m in snap.get("segment_members", {}).items()}
         self.revoked = bool(snap.get("revoked", False))
+        self.token_kind = str(snap.get("token_kind", self.token_kind))
         self.events = EventLog(self.knobs.event_log_max)
-        for ts, event in snap.get("events", []):
-            self.events.append(float(ts), event)
+        for entry in snap.get("events", []):
+            # Older snapshots hold [ts, event]: those events were searchable (the old default).
+            searchable = bool(entry[2]) if len(entry) > 2 else True
+            seq = int(entry[3]) if len(entry) > 3 else (self._next_seq() if self._next_seq is not None else None)
+            self.events.append(float(entry[0]), entry[1], searchable=searchable, seq=seq)
+        events_state = snap.get("events_state")
+        if events_state is not None:
+            self.events_enabled = bool(events_state["enabled"])
+            self.events_enabled_since = events_state.get("enabled_since")
+            self.events_changes = list(events_state.get("changes", []))
         self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}
         self.group_idempotency = dict(snap.get("group_idempotency", {}))
         self.ca_definitions = dict(snap.get("custom_attribute_definitions", {}))

@@ -33,6 +33,11 @@ class EmulatorHandle:
     def sellers(self) -> dict[str, str]:
         return {mid: st.token for mid, st in self.emulator.merchants.items()}
 
+    @property
+    def application_token(self) -> str | None:
+        """The application's personal access token (Events API only), if one is set."""
+        return self.emulator.application_token
+
     async def admin(self, method: str, path: str, json: Any = None) -> Any:
         url = f"{self.base_url}/_emulator/{path.lstrip('/')}"
         async with self._session.request(method, url, json=json) as resp:

@@ -56,3 +56,37 @@ async def test_cli_webhook_flags_deliver_signed_events_for_every_seller() -> Non
     for body, sig in received:
         assert verify_signature(request_body=body, signature_header=sig, signature_key="cli-key",
                                 notification_url=url)
+
+
+async def test_cli_application_token_oauth_seller_and_instant_profiles() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emulator", "--port", "0", "--seed", "3", "--customers", "5", "--instant-profiles", "4",
+        "--seller", "MLONE:tok-1", "--seller", "MLOAUTH:tok-o:oauth", "--application-token", "app-pat",
+        stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await proc.stdout.readline())
+        assert info["sellers"] == [{"merchant_id": "MLONE", "token": "tok-1"},
+                                   {"merchant_id": "MLOAUTH", "token": "tok-o", "token_kind": "oauth"}]
+        assert info["application_token"] == "app-pat"
+        base = info["emulator"]
+
+        async def status(method: str, path: str, token: str) -> tuple[int, dict[str, object]]:
+            async with aiohttp.ClientSession() as s, s.request(method, base + path, json={} if method == "POST"
+                                                               else None,
+                                                               headers={"Authorization": f"Bearer {token}"}) as r:
+                return r.status, await r.json()
+
+        assert (await status("PUT", "/v2/events/enable", "app-pat"))[0] == 200
+        assert (await status("GET", "/v2/customers", "app-pat"))[0] == 401
+        assert (await status("POST", "/v2/events", "tok-o"))[0] == 401
+        assert (await status("POST", "/v2/events", "tok-1"))[0] == 200
+        for token in ("tok-1", "tok-o"):
+            code, body = await status("GET", "/v2/customers?count=true", token)
+            assert code == 200 and body["count"] == 5  # the 4 instant profiles are never listed
+        async with aiohttp.ClientSession() as s, s.get(base + "/_emulator/state?merchant_id=MLONE") as r:
+            truth = await r.json()
+        assert len(truth["customers"]) == 9 and truth["events_api"]["enabled"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0

@@ -14,7 +14,7 @@ import pytest
 from square import AsyncSquare
 from square.core.api_error import ApiError
 
-from emulator import EmulatorConfig
+from emulator import EmulatorConfig, Knobs
 from emulator.testing import run_emulator
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "data" / "square-openapi-customers.json"
@@ -67,6 +67,7 @@ async def test_sdk_full_flow_and_every_response_matches_openapi() -> None:
 
         me = await client.merchants.get("me")
         assert me.merchant is not None and me.merchant.id == emu.merchant_id
+        await client.events.enable_events()  # Square: events are searchable only once enabled
 
         created = await client.customers.create(idempotency_key="sdk-1", given_name="Sdk", family_name="User",
                                                 email_address="sdk.user@example.com", phone_number="+14155550123",
@@ -140,7 +141,7 @@ async def test_sdk_full_flow_and_every_response_matches_openapi() -> None:
             "ListCustomerGroupsResponse", "CreateCustomerGroupResponse", "RetrieveCustomerGroupResponse",
             "UpdateCustomerGroupResponse", "DeleteCustomerGroupResponse", "AddGroupToCustomerResponse",
             "RemoveGroupFromCustomerResponse", "ListCustomerSegmentsResponse", "RetrieveCustomerSegmentResponse",
-            "SearchEventsResponse"} <= set(checker.checked)
+            "SearchEventsResponse", "EnableEventsResponse"} <= set(checker.checked)
 
 
 async def test_error_and_edge_responses_match_openapi_too() -> None:
@@ -191,7 +192,7 @@ async def test_webhook_payloads_match_the_event_schemas() -> None:
     comps = spec["components"]
     names = {"customer.created": "CustomerCreatedEvent", "customer.updated": "CustomerUpdatedEvent",
              "customer.deleted": "CustomerDeletedEvent"}
-    async with run_emulator(EmulatorConfig(seed=12)) as emu:
+    async with run_emulator(EmulatorConfig(seed=12, knobs=Knobs(events_enabled_by_default=True))) as emu:
         await emu.seed(customers=3, groups=1)
         truth = await emu.truth()
         ids = list(truth["customers"])

@@ -135,6 +135,7 @@ async def test_delivery_faults_are_deterministic_under_seed(emu: EmulatorHandle,
 
 
 async def test_search_events_returns_recorded_events_with_filters(emu: EmulatorHandle) -> None:
+    assert await call(emu, "PUT", "/v2/events/enable") == {}
     c = (await call(emu, "POST", "/v2/customers", {"given_name": "E"}))["customer"]
     await call(emu, "PUT", f"/v2/customers/{c['id']}", {"nickname": "e"})
     body = await call(emu, "POST", "/v2/events", {"query": {"filter": {"event_types": ["customer.updated"]}}})
@@ -179,6 +180,7 @@ async def test_latest_version_only_drops_superseded_pending_deliveries(emu: Emul
 
 
 async def test_search_events_desc_paging_is_stable_while_events_arrive(emu: EmulatorHandle) -> None:
+    await call(emu, "PUT", "/v2/events/enable")
     for n in range(5):
         await call(emu, "POST", "/v2/customers", {"given_name": f"P{n}"})
     first = await call(emu, "POST", "/v2/events", {"limit": 2})

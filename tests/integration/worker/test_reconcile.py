@@ -273,6 +273,37 @@ async def test_events_lane_finds_events_disabled_enables_them_again_and_restarts
     assert await _searchable_since(db_pool, emu.merchant_id) > first
 
 
+@pytest.mark.parametrize("application_token", [None, "EAAAApplicationPersonalToken"])
+async def test_an_oauth_seller_replays_events_only_with_the_applications_token(
+        db_pool: asyncpg.Pool, db_dsn: str, application_token: str | None) -> None:
+    config = EmulatorConfig(seed=7, knobs=Knobs(events_enabled_by_default=False),
+                            token_kinds={"MLEMULATOR001": "oauth"}, application_token="EAAAApplicationPersonalToken")
+    async with run_emulator(config) as emu:
+        client = emulator_client(emu, application_token=application_token)
+        ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+        try:
+            truth = await _mirrored(emu, ctx, customers=20)
+            await square_call(emu, "DELETE", f"/v2/customers/{sorted(truth['customers'])[0]}")  # webhook lost
+            run = await run_lane(ctx, emu.merchant_id, "events")
+            again = await run_lane(ctx, emu.merchant_id, "events")
+            if application_token is not None:
+                await assert_mirror_matches(db_pool, emu)
+        finally:
+            await client.close()
+        state = await emu.truth()
+    report, code = await collect(Settings(database_url=Secret(db_dsn)), 300.0, False)
+    merchant = await db_pool.fetchrow("SELECT auth_status, events_error FROM square.merchants")
+    if application_token is None:  # the Events API refuses OAuth tokens: said clearly, the other lanes carry on
+        assert run.status == runs.FAILED and run.counts["events_refused"] == 1
+        assert "personal access token" in (merchant["events_error"] or "")
+        assert merchant["auth_status"] == "ok" and state["events_api"]["enabled"] is False
+        assert "events replay: off" in render(report) and code == 0
+    else:
+        assert run.status == runs.SUCCEEDED and again.status == runs.SUCCEEDED, run.error
+        assert merchant["events_error"] is None and state["events_api"]["enabled"] is True
+        assert "searchable since" in render(report) and code == 0
+
+
 async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ctx: dict[str, Any],
                                                          redis_url: str) -> None:
     from arq import create_pool

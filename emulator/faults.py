@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 from .config import Knobs
 from .errors import internal_error, rate_limited, service_unavailable
@@ -38,6 +39,8 @@ class FaultInjector:
         self.knobs = knobs
         self.rng = random.Random(f"faults:{seed}")
         self.buckets: dict[str, TokenBucket] = {}
+        # How the latency is waited for: tests may wrap it to see which requests got which latency.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def reset(self, seed: int) -> None:
         self.rng = random.Random(f"faults:{seed}")
@@ -50,7 +53,7 @@ class FaultInjector:
         if k.jitter_ms:
             delay += self.rng.uniform(0, k.jitter_ms)
         if delay > 0:
-            await asyncio.sleep(delay / 1000.0)
+            await self.sleep(delay / 1000.0)
         if k.rate_limit_rps > 0:
             burst = float(k.rate_limit_burst or k.rate_limit_rps)
             bucket = self.buckets.get(merchant_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,24 @@ from aiohttp import web
 
 from .app import EMULATOR, Emulator, create_app
 from .config import EmulatorConfig
+
+
+class ManualClock:
+    """A stand-in for :func:`emulator.clock.now` that moves only when the test says so.
+
+    ``monkeypatch.setattr(emulator.clock, "now", ManualClock())``: index lag and cursor expiry (and every
+    timestamp the emulator writes) then follow :meth:`advance`, so a test lets a lag pass without sleeping
+    through it, and nothing passes early on a slow machine.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class EmulatorHandle:

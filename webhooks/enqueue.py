@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -81,7 +81,7 @@ class QueueUnavailable(Exception):
 class _Pending:
     job_id: str
     data: bytes
-    queued_at: float  # time.monotonic() when the request handed it over
+    queued_at: float  # the enqueuer's clock (time.monotonic) when the request handed it over
     future: asyncio.Future[bool]
 
 
@@ -107,8 +107,10 @@ class BatchEnqueuer:
         max_in_flight: int = MAX_IN_FLIGHT,
         expires_ms: int = expires_extra_ms,
         metrics: WebhookMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._clock = clock  # when jobs arrive and expire (the watchdog's); tests pass a clock they move
         self._queue_name = queue_name
         self._timeout = timeout
         self._max_batch = max_batch
@@ -130,7 +132,7 @@ class BatchEnqueuer:
             raise QueueUnavailable("closing")
         now_ms = int(time.time() * 1000)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        item = _Pending(job_id, encode_job(payload, now_ms), time.monotonic(), future)
+        item = _Pending(job_id, encode_job(payload, now_ms), self._clock(), future)
         self._pending.append(item)
         self._unanswered.append(item)
         self._start_flushes()
@@ -165,7 +167,7 @@ class BatchEnqueuer:
         unanswered = self._unanswered
         while True:
             await asyncio.sleep(tick)
-            deadline = time.monotonic() - self._timeout
+            deadline = self._clock() - self._timeout
             while unanswered and (unanswered[0].future.done() or unanswered[0].queued_at <= deadline):
                 item = unanswered.popleft()
                 if not item.future.done():

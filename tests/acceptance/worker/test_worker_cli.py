@@ -94,6 +94,16 @@ async def test_redrive_requires_a_selection(db_dsn: str, redis_url: str) -> None
 async def test_sigterm_lets_the_running_job_finish(db_dsn: str, redis_url: str) -> None:
     async with run_emulator() as emu:
         await emu.set_faults(latency_ms=1500)  # the job is mid-fetch when SIGTERM arrives
+        faults = emu.emulator.faults
+        answer_after_latency = faults.before
+        fetching = asyncio.Event()
+
+        async def before(merchant_id: str, operation: str) -> None:
+            if operation in ("RetrieveCustomer", "BulkRetrieveCustomers"):
+                fetching.set()  # the job's fetch reached Square and waits out its latency
+            await answer_after_latency(merchant_id, operation)
+
+        faults.before = before  # type: ignore[method-assign]
         state = emu.emulator.merchants[emu.merchant_id]
         state.create_customer({"given_name": "Slow"})
         [(_ts, event)] = state.events.entries
@@ -103,11 +113,8 @@ async def test_sigterm_lets_the_running_job_finish(db_dsn: str, redis_url: str) 
             await redis.enqueue_job(PROCESS_EVENT_JOB, build_event_job(event), _job_id=event["event_id"])
             proc = await _square_mirror("worker", env=_env(db_dsn, redis_url, emu.base_url, emu.token,
                                                            WORKER_SHUTDOWN_GRACE_SECONDS="10"))
-            for _ in range(200):
-                if await redis.exists(f"arq:in-progress:{event['event_id']}"):
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+            # SIGTERM while the fetch is in flight (0.3 s after the job was claimed hoped it was).
+            await asyncio.wait_for(fetching.wait(), 60)
             proc.send_signal(signal.SIGTERM)
             _out, err = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0, err.decode()[-2000:]

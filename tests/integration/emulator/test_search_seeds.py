@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from emulator import EmulatorConfig
-from emulator.testing import EmulatorHandle, run_emulator
+from emulator.testing import EmulatorHandle, ManualClock, run_emulator
 
 PEOPLE = [
     {"given_name": "Steven", "family_name": "Johnson", "email_address": "steven.johnson@gmail.com",
@@ -129,19 +129,26 @@ async def test_created_at_range_and_unknown_filter_field(setup: Any) -> None:
     assert body["errors"][0]["code"] == "VALUE_TOO_HIGH"
 
 
-async def test_index_lag_hides_new_profiles_until_it_passes(setup: Any) -> None:
+async def test_index_lag_hides_new_profiles_until_it_passes(setup: Any, manual_clock: ManualClock) -> None:
     emu, session, _ = setup
-    await emu.set_faults(index_lag_seconds=0.3)
-    async with session.post(emu.base_url + "/v2/customers", json={"given_name": "Late"}) as r:
+    await emu.set_faults(index_lag_seconds=30)
+    async with session.post(emu.base_url + "/v2/customers",
+                            json={"given_name": "Late", "email_address": "late@example.com"}) as r:
         cid = (await r.json())["customer"]["id"]
-    _, body = await search(setup, {"query": {"filter": {"email_address": {"fuzzy": "zzz"}}}})
-    _, body = await search(setup, {})
-    assert cid not in {c["id"] for c in body["customers"]}
-    import asyncio
+    late = {"query": {"filter": {"email_address": {"fuzzy": "late"}}}}
 
-    await asyncio.sleep(0.35)
-    _, body = await search(setup, {})
-    assert cid in {c["id"] for c in body["customers"]}
+    async def listed() -> tuple[bool, bool]:
+        _, body = await search(setup, {})
+        _, found = await search(setup, late)
+        return cid in {c["id"] for c in body.get("customers", [])}, cid in {c["id"] for c in found.get("customers", [])}
+
+    assert await listed() == (False, False)
+    async with session.get(f"{emu.base_url}/v2/customers/{cid}") as r:
+        assert r.status == 200  # retrievable at once: only list and search lag
+    manual_clock.advance(29.9)
+    assert await listed() == (False, False)
+    manual_clock.advance(0.2)
+    assert await listed() == (True, True)
 
 
 async def test_creation_source_filter_rejects_unknown_enum_values(setup: Any) -> None:

@@ -32,6 +32,7 @@ from tests.integration.webhooks.support import (
     settings_for,
     signed_headers,
 )
+from webhooks.app import METRICS_KEY
 
 
 @pytest.fixture
@@ -367,11 +368,16 @@ async def test_a_client_that_disconnects_mid_body_is_counted_not_crashed(
     writer.write(f"POST /square/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())
     writer.write(body[:20])
     await writer.drain()
-    await asyncio.sleep(0.1)
+    # Disconnect once the handler is reading the body (a 0.1 s sleep hoped it was), then poll for its verdict.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while receiver.app[METRICS_KEY].in_flight_count < 1:
+        assert loop.time() < deadline, "the request never reached the handler"
+        await asyncio.sleep(0.01)
     writer.close()
-    for _ in range(50):
+    while True:
         text = await (await http.get(receiver.base + "/metrics")).text()
-        if 'outcome="bad_request"' in text:
+        if 'outcome="bad_request"' in text or loop.time() > deadline:
             break
         await asyncio.sleep(0.05)
     assert 'square_mirror_webhook_requests_total{event_type="unknown",outcome="bad_request"} 1.0' in text

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from square_mirror.embedded import free_port
+from square_mirror.embedded import free_port, tcp_reachable
 from tests.integration.webhooks.support import (
     PrivateRedis,
     customer_event,
@@ -21,12 +22,22 @@ from tests.integration.webhooks.support import (
 from webhooks.app import METRICS_KEY, create_app
 
 
+async def _poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` holds; the deadline only fails something that never happens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"{what}: not within {timeout:.0f} s"
+        await asyncio.sleep(0.01)
+
+
 async def test_in_flight_requests_finish_and_new_connections_are_refused() -> None:
     server = PrivateRedis()
     server.start()
     try:
-        app = create_app(settings_for(server.url), redis_timeout=2.0)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        # The enqueue is held in Redis until the test lets it go: a Redis timeout far longer than the test.
+        app = create_app(settings_for(server.url), redis_timeout=120.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=60)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -34,16 +45,19 @@ async def test_in_flight_requests_finish_and_new_connections_are_refused() -> No
         admin = aioredis.Redis.from_url(server.url)
         async with aiohttp.ClientSession() as http:
             body = customer_event(1)
-            # Hold the enqueue in Redis for a moment so the request is in flight when shutdown starts.
-            await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
-            request = asyncio.ensure_future(http.post(url, data=body, headers=signed_headers(body)))
-            metrics = app[METRICS_KEY]
-            for _ in range(200):
-                if metrics.in_flight_count >= 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert metrics.in_flight_count == 1
-            shutdown = asyncio.ensure_future(runner.cleanup())
+            # Hold the enqueue in Redis (writes wait until UNPAUSE) so the request is in flight when shutdown
+            # starts, and let it go only once shutdown has stopped accepting (a 600 ms pause raced this).
+            await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+            try:
+                request = asyncio.ensure_future(http.post(url, data=body, headers=signed_headers(body)))
+                metrics = app[METRICS_KEY]
+                await _poll(lambda: metrics.in_flight_count >= 1, "the request never reached the handler")
+                assert metrics.in_flight_count == 1
+                shutdown = asyncio.ensure_future(runner.cleanup())
+                await _poll(lambda: not tcp_reachable("127.0.0.1", port, 0.2), "shutdown never stopped accepting")
+                assert not request.done()  # still waiting for Redis while shutdown is under way
+            finally:
+                await admin.execute_command("CLIENT", "UNPAUSE")
             response = await request
             assert response.status == 200
             assert await response.text() == '{"status":"queued"}'
@@ -64,19 +78,20 @@ async def test_serve_freezes_what_lives_forever_raises_the_young_gc_threshold_an
     import os
     import signal
 
-    from square_mirror.embedded import tcp_reachable
     from webhooks.cli import GC_YOUNG_THRESHOLD, serve
 
     threshold = gc.get_threshold()
+    gc.unfreeze()  # so the freeze seen below is serve's
     port = free_port()
     serving = asyncio.ensure_future(serve(create_app(settings_for(redis_url)), "127.0.0.1", port))
     try:
-        for _ in range(200):
-            if tcp_reachable("127.0.0.1", port, 0.05):
-                break
-            await asyncio.sleep(0.01)
+        # serve freezes the heap, raises the threshold and installs its SIGTERM handler in one step, one loop
+        # iteration after it starts listening: wait for the freeze, not for the port (a SIGTERM before the handler
+        # would kill the test process; a fixed number of tries could also run out on a loaded machine).
+        await _poll(lambda: gc.get_freeze_count() > 0 or serving.done(), "serve never froze the heap")
+        assert not serving.done(), serving.result()
+        assert tcp_reachable("127.0.0.1", port, 5.0)
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
-        assert gc.get_freeze_count() > 0
         os.kill(os.getpid(), signal.SIGTERM)  # handled by serve's own signal handler
         assert await asyncio.wait_for(serving, 15) == 0
         assert not tcp_reachable("127.0.0.1", port, 0.2)

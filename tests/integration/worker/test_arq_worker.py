@@ -169,18 +169,25 @@ async def test_two_workers_competing_for_the_same_jobs_claim_each_exactly_once(r
 
 async def test_two_workers_in_burst_mode_run_each_job_once(db_pool: asyncpg.Pool, redis_url: str) -> None:
     runs: list[str] = []
+    # Jobs wait until both workers have started one: each holds at most max_jobs (20) of the 300, so the other
+    # always finds work, and "both took part" holds on any machine (it assumed one could not finish all first).
+    workers_seen: set[int] = set()
+    both_started = asyncio.Event()
 
     async def job(ctx: dict[str, Any], _payload: dict[str, Any]) -> None:
         runs.append(ctx["job_id"])
-        await asyncio.sleep(0.001)
+        workers_seen.add(ctx["worker"])
+        if len(workers_seen) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 60)
 
     redis = await arq_pool(redis_url)
     settings = worker_settings("http://127.0.0.1:9", "EAAAnotused", redis_url)  # no Square call is made
     try:
         ids = await enqueue(redis, [f"job-{n}" for n in range(300)])
         workers = [build_worker(settings, burst=True, handle_signals=False, cron_jobs=[], max_jobs=20,
-                                ctx={"pool": db_pool},
-                                functions=[func(job, name=PROCESS_EVENT_JOB, keep_result=0)]) for _ in range(2)]
+                                ctx={"pool": db_pool, "worker": n},
+                                functions=[func(job, name=PROCESS_EVENT_JOB, keep_result=0)]) for n in range(2)]
         await asyncio.gather(*(w.main() for w in workers))
         for w in workers:
             await w.close()

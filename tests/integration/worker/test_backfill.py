@@ -88,15 +88,30 @@ async def test_resumes_from_checkpoint_without_redoing_finished_partitions(
     pages = 0
     original = ctx.client.search_customers
 
+    async def first_partition_checkpointed() -> None:
+        """Poll the run's checkpoint until a finished partition is committed in it (the first one: it alone is
+        listing while the others wait here)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            row = await runs.last_run(db_pool, emu.merchant_id, "backfill")
+            if row is not None and any(p[3] for p in (row["checkpoint"] or {}).get("partitions", [])):
+                return
+            if loop.time() > deadline:
+                raise AssertionError("the first partition never finished and was never checkpointed")
+            await asyncio.sleep(0.02)
+
     async def dying_search(merchant_id: str, body: Any) -> dict[str, Any]:
         nonlocal pages
         pages += 1
         if pages == 24:
             raise asyncio.CancelledError  # the process is killed mid-listing
         if "start_at" in str(body):
-            # Every partition but the first is slow, so the first one finishes (its pages are committed) first, even on
-            # a loaded machine where each write takes ~100 ms (0.03 s here lost that race: failing before this change).
-            await asyncio.sleep(0.15)
+            # Every partition but the first (open below: no start_at) waits until the first one has finished and
+            # that is committed in the checkpoint. The first ~10 pages are its own, so the kill at page 24 always
+            # finds one partition finished and the others not, however slow the machine (a 0.15 s head start
+            # for the first partition raced this, and 0.03 s lost on a loaded machine).
+            await first_partition_checkpointed()
         return await original(merchant_id, body)
 
     ctx.client.search_customers = dying_search  # type: ignore[method-assign]

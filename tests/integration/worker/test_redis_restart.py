@@ -35,9 +35,10 @@ async def test_worker_process_keeps_serving_the_queue_after_redis_restarts(db_ds
     worker = subprocess.Popen([sys.executable, "-m", "square_mirror", "worker"], env=env, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not tcp_reachable("127.0.0.1", metrics_port) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        assert tcp_reachable("127.0.0.1", metrics_port), "the worker never started"
         redis.close()  # SIGKILL and its files removed: gone, data and all, like a crashed Redis
         redis.dir.mkdir()
         await asyncio.sleep(2.0)
@@ -56,7 +57,7 @@ async def test_worker_process_keeps_serving_the_queue_after_redis_restarts(db_ds
             await arq.enqueue_job(PROCESS_EVENT_JOB, payload, _job_id=payload["event_id"], _queue_name=QUEUE_NAME)
         finally:
             await arq.aclose()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # generous: only a worker that stopped taking jobs misses it
         outcome = None
         while outcome is None and time.monotonic() < deadline:
             outcome = await db_pool.fetchval("SELECT outcome FROM square.webhook_events WHERE event_id = $1",

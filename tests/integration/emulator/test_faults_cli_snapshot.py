@@ -126,6 +126,8 @@ async def test_same_seed_gives_same_ids_and_event_ids() -> None:
     async def run() -> tuple[list[str], list[str]]:
         async with run_emulator(EmulatorConfig(seed=42, customers=20)) as emu:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {emu.token}"}) as s:
+                async with s.put(emu.base_url + "/v2/events/enable") as r:  # disabled by default, as on Square
+                    await r.read()
                 async with s.post(emu.base_url + "/v2/customers", json={"given_name": "D"}) as r:
                     await r.read()
                 async with s.post(emu.base_url + "/v2/events", json={}) as r:

@@ -10,12 +10,19 @@ What runs:
 - one receiver and N workers (``square-mirror webhooks`` / ``worker``), on a private redis-server, so that Redis can
   be killed and restarted empty without touching anyone else's;
 - a stream of creates, updates, group changes, segment changes, deletes, merges and group/segment definition
-  changes through Square's public API (and the emulator's admin API for what only the Dashboard can do);
+  changes through Square's public API (and the emulator's admin API for what only the Dashboard can do), with
+  hidden profiles among them: instant profiles, visible profiles hidden by an update that clears all five public
+  fields, hidden ones revealed again, hidden ones put in and taken out of groups and segments, deleted, and merged
+  with a visible one or with another hidden one (List and Search never return a hidden profile, whatever the
+  filter; only RetrieveCustomer and BulkRetrieveCustomers do, with its group_ids and segment_ids);
 - meanwhile: workers SIGKILLed and restarted, the receiver SIGKILLed and restarted, Redis SIGKILLed and restarted
   with its data lost, the test database's Postgres connections terminated, one seller's token revoked and later
   restored.
 Then faults stop, deliveries settle, the queue drains, one reconcile pass runs (every lane, sweep included), the
-queue drains again and :func:`square_mirror.convergence.mirror_diff` compares every seller with the truth.
+queue drains again and :func:`square_mirror.convergence.mirror_diff` compares every seller with the truth. Then
+the lanes that run every few minutes (reconcile's default: incremental, segments, groups, events; the sweep runs
+once a day) run once more with nothing changed meanwhile, and the mirror must still equal the truth: converged
+means it stays so, not that the daily sweep happened to run last.
 """
 
 from __future__ import annotations
@@ -52,6 +59,27 @@ from square_mirror.db import create_pool
 from square_mirror.embedded import free_port, tcp_reachable
 
 ALL_LANES = ("incremental", "segments", "groups", "events", "sweep")
+PERIODIC_LANES = ("incremental", "segments", "groups", "events")  # `square-mirror reconcile`'s default, the crons
+PUBLIC_FIELDS = ("given_name", "family_name", "company_name", "email_address", "phone_number")
+# The mutation stream: kind -> weight. The hidden-profile kinds (the second half) are weighted so that in the CI-size
+# run (2 sellers, 25 s, ~700 mutations) each happens several times for each seller, and the run ends with hidden
+# profiles in groups and in segments, several of them in a segment and no group.
+MUTATIONS: dict[str, int] = {
+    "create": 14, "update": 30, "group_member": 14, "segment_member": 10, "delete": 7, "merge": 5, "group_def": 3,
+    "segment_def": 3, "dashboard_edit": 6,
+    "instant_create": 12, "hidden_group_member": 10, "hidden_segment_member": 10, "hide": 9, "reveal": 3,
+    "hidden_delete": 3, "merge_hidden_visible": 3, "merge_hidden_hidden": 3,
+}
+HIDDEN_KINDS = ("instant_create", "hidden_group_member", "hidden_segment_member", "hide", "reveal", "hidden_delete",
+                "merge_hidden_visible", "merge_hidden_hidden")
+# What still works while the seller's token is revoked: the admin API (the Dashboard, Square's own processes).
+ADMIN_KINDS = ("segment_member", "merge", "segment_def", "dashboard_edit", "instant_create", "hidden_segment_member",
+               "hide", "reveal", "merge_hidden_visible", "merge_hidden_hidden")
+
+
+def is_hidden(doc: dict[str, Any]) -> bool:
+    """No public information: never in a ListCustomers or SearchCustomers result."""
+    return not any(doc.get(f) for f in PUBLIC_FIELDS)
 
 
 @dataclass
@@ -96,6 +124,9 @@ class ChaosReport:
     phases: dict[str, float] = field(default_factory=dict)  # seconds after faults stopped when each phase ended
     before_reconcile: list[str] = field(default_factory=list)  # what the queue alone had not healed
     after_reconcile: list[str] = field(default_factory=list)  # what still differed at the first check
+    after_periodic: list[str] = field(default_factory=list)  # what differed after the periodic lanes ran again
+    hidden_mutations: dict[str, Counter[str]] = field(default_factory=dict)  # seller -> hidden-profile kind -> done
+    hidden_at_end: dict[str, dict[str, int]] = field(default_factory=dict)  # seller -> hidden profiles in the truth
 
     @property
     def ok(self) -> bool:
@@ -109,7 +140,14 @@ class ChaosReport:
         lines = [
             f"seed: {self.seed}",
             f"mutations: {sum(self.mutations.values())} ({fmt(self.mutations)})",
-            f"mutations refused by Square (404 after a delete/merge etc.): {sum(self.mutation_errors.values())}",
+            f"mutations refused by Square (404 after a delete/merge etc.): {sum(self.mutation_errors.values())} "
+            f"({fmt(self.mutation_errors)})",
+            *(f"hidden-profile mutations for {mid}: {fmt(counts)}" for mid, counts in sorted(
+                self.hidden_mutations.items())),
+            *(f"hidden profiles at the end for {mid}: {at_end['hidden']} live, {at_end['in_groups']} in groups "
+              f"({at_end['group_memberships']} memberships), {at_end['in_segments']} in segments "
+              f"({at_end['segment_memberships']} memberships), {at_end['in_segments_only']} in a segment and no group"
+              for mid, at_end in sorted(self.hidden_at_end.items())),
             f"deliveries: {sum(self.deliveries.values())} ({fmt(self.deliveries)}); "
             f"events acknowledged 2xx: {self.delivered_2xx_events}",
             f"kills: {sum(self.kills.values())} ({fmt(self.kills)})",
@@ -122,6 +160,9 @@ class ChaosReport:
             *(f"  {m}" for m in self.before_reconcile[:5]),
             f"differences at the first check after reconcile: {len(self.after_reconcile)}",
             *(f"  {m}" for m in self.after_reconcile[:10]),
+            f"differences after the periodic lanes ran once more ({', '.join(PERIODIC_LANES)}): "
+            f"{len(self.after_periodic)}",
+            *(f"  {m}" for m in self.after_periodic[:10]),
             f"mismatches: {len(self.mismatches)}",
             *(f"  {m}" for m in self.mismatches[:30]),
             f"2xx-acknowledged events recorded only by reconcile's events replay (their job was lost): "
@@ -358,20 +399,24 @@ class ChaosRun:
     # -- the mutation stream -------------------------------------------------------------------------------------
 
     async def _mutate(self, api: Api) -> None:
-        kinds = ["create"] * 14 + ["update"] * 30 + ["group_member"] * 14 + ["segment_member"] * 10 + \
-            ["delete"] * 7 + ["merge"] * 5 + ["group_def"] * 3 + ["segment_def"] * 3 + ["dashboard_edit"] * 6
+        kinds = [kind for kind, weight in MUTATIONS.items() for _ in range(weight)]
         while not self.stop_mutating.is_set():
             seller = self.rng.choice(self.sellers)
             kind = self.rng.choice(kinds)
-            if seller.revoked and kind not in ("segment_member", "merge", "segment_def", "dashboard_edit"):
+            if seller.revoked and kind not in ADMIN_KINDS:
                 kind = "dashboard_edit"  # the seller's own token is revoked: only the Dashboard still works
-            if not seller.live and kind not in ("create", "group_def", "segment_def"):
+            if not seller.live and kind not in ("create", "group_def", "segment_def", "instant_create"):
                 kind = "create"
             try:
-                done = await self._one(api, seller, kind)
+                if kind in HIDDEN_KINDS:  # the kind actually done (an instant profile when there was no hidden one)
+                    kind, done = await self._hidden(api, seller, kind, n=sum(self.report.mutations.values()))
+                else:
+                    done = await self._one(api, seller, kind)
             except RuntimeError:
                 done = False
             (self.report.mutations if done else self.report.mutation_errors)[kind] += 1
+            if done and kind in HIDDEN_KINDS:
+                self.report.hidden_mutations.setdefault(seller.merchant_id, Counter())[kind] += 1
             await asyncio.sleep(self.rng.uniform(0.0, 0.05))
 
     async def _one(self, api: Api, seller: Seller, kind: str) -> bool:
@@ -451,16 +496,87 @@ class ChaosRun:
         if kind == "merge":
             if len(seller.live) < 2:
                 return False
-            ids = rng.sample(seller.live, 2)
-            try:
-                merged = await api.admin("POST", "/merge", {"merchant_id": mid, "customer_ids": ids})
-            except RuntimeError:
-                return False
-            for source in ids:
-                if source in seller.live:
-                    seller.live.remove(source)
-            seller.live.append(merged["customer"]["id"])
-            return True
+            return await self._merge(api, seller, rng.sample(seller.live, 2))
+        raise AssertionError(kind)
+
+    async def _merge(self, api: Api, seller: Seller, ids: list[str]) -> bool:
+        try:
+            merged = await api.admin("POST", "/merge", {"merchant_id": seller.merchant_id, "customer_ids": ids})
+        except RuntimeError:
+            return False
+        for source in ids:
+            if source in seller.live:
+                seller.live.remove(source)
+        seller.live.append(merged["customer"]["id"])
+        return True
+
+    async def _hidden(self, api: Api, seller: Seller, kind: str, n: int) -> tuple[str, bool]:
+        """One mutation of or with a hidden profile; returns the kind done (an instant profile when there is no
+        hidden profile to work on) and whether Square accepted it. Which profiles are hidden is read from the truth
+        first (the admin API, no faults), so concurrent mutators cannot mislabel one; the change itself may still
+        lose a race (a profile deleted meanwhile: a refusal, counted as such)."""
+        rng, mid, tok = self.rng, seller.merchant_id, seller.token
+        customers: dict[str, dict[str, Any]] = {}
+        if kind != "instant_create":
+            customers = (await api.admin("GET", f"/state?merchant_id={mid}"))["customers"]
+        hidden = sorted(cid for cid, doc in customers.items() if is_hidden(doc))
+        visible = sorted(cid for cid, doc in customers.items() if not is_hidden(doc))
+        if kind != "hide" and len(hidden) < (2 if kind == "merge_hidden_hidden" else 1):
+            kind = "instant_create"
+        if kind == "instant_create":  # Square makes one after a payment: no name, company, email or phone
+            created = await api.admin("POST", "/instant-profiles", {"merchant_id": mid})
+            seller.live.append(created["customer"]["id"])
+            return kind, True
+        if kind == "hide":  # an update that clears all five public fields
+            if not visible:
+                return kind, False
+            cid = rng.choice(visible)
+            if not seller.revoked and rng.random() < 0.7:  # UpdateCustomer: an empty string clears a string field
+                status, _ = await api.call(tok, "PUT", f"/v2/customers/{cid}", dict.fromkeys(PUBLIC_FIELDS, ""))
+                if status != 400:
+                    return kind, status == 200
+            # the Dashboard (null clears), also when UpdateCustomer refuses to leave a profile without public fields
+            await api.admin("PATCH", f"/customers/{cid}", {"merchant_id": mid, **dict.fromkeys(PUBLIC_FIELDS)})
+            return kind, True
+        cid = rng.choice(hidden)
+        doc = customers[cid]
+        if kind == "reveal":  # setting one public field makes it listable again
+            given = f"Revealed{n}x{rng.randrange(10**6)}"
+            self.known_pii.add(given)
+            if seller.revoked:
+                await api.admin("PATCH", f"/customers/{cid}", {"merchant_id": mid, "given_name": given})
+                return kind, True
+            status, _ = await api.call(tok, "PUT", f"/v2/customers/{cid}", {"given_name": given})
+            return kind, status == 200
+        if kind == "hidden_group_member":  # AddGroupToCustomer / RemoveGroupFromCustomer
+            joined = doc.get("group_ids") or []
+            candidates = [g for g in seller.groups if g not in joined]
+            if joined and (not candidates or rng.random() < 0.25):
+                status, _ = await api.call(tok, "DELETE", f"/v2/customers/{cid}/groups/{rng.choice(joined)}")
+            elif candidates:
+                status, _ = await api.call(tok, "PUT", f"/v2/customers/{cid}/groups/{rng.choice(candidates)}")
+            else:
+                return kind, False
+            return kind, status == 200
+        if kind == "hidden_segment_member":  # Square's segment rules: no webhook, no version bump
+            joined = doc.get("segment_ids") or []
+            candidates = [s for s in seller.segments if s not in joined]
+            if joined and (not candidates or rng.random() < 0.25):
+                await api.admin("DELETE", f"/segments/{rng.choice(joined)}/members/{cid}?merchant_id={mid}")
+            elif candidates:
+                await api.admin("PUT", f"/segments/{rng.choice(candidates)}/members/{cid}?merchant_id={mid}")
+            else:
+                return kind, False
+            return kind, True
+        if kind == "hidden_delete":
+            status, _ = await api.call(tok, "DELETE", f"/v2/customers/{cid}")
+            if status == 200 and cid in seller.live:
+                seller.live.remove(cid)
+            return kind, status == 200
+        if kind == "merge_hidden_visible":
+            return kind, bool(visible) and await self._merge(api, seller, [cid, rng.choice(visible)])
+        if kind == "merge_hidden_hidden":
+            return kind, await self._merge(api, seller, rng.sample(hidden, 2))
         raise AssertionError(kind)
 
     # -- the faults ------------------------------------------------------------------------------------------------
@@ -571,11 +687,30 @@ class ChaosRun:
             if own:
                 await pool.close()
 
+    async def _periodic_again(self, api: Api, pool: asyncpg.Pool) -> None:
+        """The lanes that run every few minutes, once more with nothing changed: the mirror must stay equal."""
+        lanes = [arg for lane in PERIODIC_LANES for arg in ("--lane", lane)]
+        code = await self._cli_once("reconcile", ["reconcile", "--all", *lanes])
+        if code != 0:
+            self.report.mismatches.append(f"the periodic reconcile exited with code {code}")
+        await self._drain_queue()
+        self.report.after_periodic = await self._diffs(api, pool)
+        self.report.mismatches += [f"after the periodic lanes ran again: {d}" for d in self.report.after_periodic]
+        self.config.say(f"  periodic lanes again: {len(self.report.after_periodic)} differences")
+        for seller in self.sellers:
+            truth = await api.admin("GET", f"/state?merchant_id={seller.merchant_id}")
+            docs = [doc for doc in truth["customers"].values() if is_hidden(doc)]
+            self.report.hidden_at_end[seller.merchant_id] = {
+                "hidden": len(docs),
+                "in_groups": sum(bool(d.get("group_ids")) for d in docs),
+                "group_memberships": sum(len(d.get("group_ids") or ()) for d in docs),
+                "in_segments": sum(bool(d.get("segment_ids")) for d in docs),
+                "segment_memberships": sum(len(d.get("segment_ids") or ()) for d in docs),
+                "in_segments_only": sum(bool(d.get("segment_ids")) and not d.get("group_ids") for d in docs),
+            }
+
     async def _check(self, api: Api, faults_stopped: float) -> None:
         cfg = self.config
-        alive = [(f"worker{n}", proc) for n, (proc, _port) in self.workers.items()] + [("receiver", self.receiver)]
-        self.report.crashes = [f"{name} (exit {proc.returncode})" for name, proc in alive
-                               if proc is not None and proc.poll() is not None]
         pool = await create_pool(cfg.database_url, min_size=1, max_size=4)
         try:
             deadline, first = time.monotonic() + cfg.converge_timeout, True
@@ -590,6 +725,10 @@ class ChaosRun:
                     self.report.mismatches += diffs
                     break
                 await asyncio.sleep(1.0)
+            await self._periodic_again(api, pool)
+            alive = [(f"worker{n}", proc) for n, (proc, _port) in self.workers.items()] + [("receiver", self.receiver)]
+            self.report.crashes = [f"{name} (exit {proc.returncode})" for name, proc in alive
+                                   if proc is not None and proc.poll() is not None]
             deliveries = (await api.admin("GET", "/deliveries"))["deliveries"]
             acked: set[str] = set()
             for d in deliveries:

@@ -1,13 +1,19 @@
 """Convergence: whatever Square does and however its events arrive, the mirror ends up equal to Square.
 
 Hypothesis draws a history of creates, updates, group changes, segment changes (no webhook, no version bump),
-deletes and merges across a few customers, run against the emulator. Interleaved with it, the events are
-delivered to the real ``process_event`` (real Postgres, real coalescer, real Square client over HTTP) with
-duplicates, in random order, some run twice concurrently and some killed mid-job (cancelled at a random
-point, then run again later, as arq does after a crash). After the queue drains and one segment refresh
-(a re-sync of every live customer, which observes segment membership), the mirror must equal the emulator's
-truth dump: live customers with their versions and full profiles, tombstones, merges, group and segment
-membership.
+deletes and merges across a few customers, run against the emulator. Some customers are hidden: instant
+profiles (created without a name, company, email or phone) and profiles an update strips of all five; Square
+never returns them from ListCustomers or SearchCustomers (not from a group or segment search either), only by
+ID. Group and segment changes, deletes and merges pick hidden profiles too, and hidden profiles are revealed
+again. Interleaved with it, the events are delivered to the real ``process_event`` (real Postgres, real
+coalescer, real Square client over HTTP) with duplicates, in random order, some run twice concurrently and
+some killed mid-job (cancelled at a random point, then run again later, as arq does after a crash).
+
+After the queue drains the mirror must equal the emulator's truth dump apart from segment membership (no event
+tells it). Then the real reconcile lanes run (``groups``, then ``segments``: the one that observes segment
+membership), and the mirror must equal the truth exactly: live customers with their versions and full
+profiles, tombstones, merges, group and segment membership, hidden profiles included. Last, a segment refresh
+(a re-sync of every live customer by ID) must keep it so.
 """
 
 from __future__ import annotations
@@ -24,14 +30,21 @@ from hypothesis import strategies as st
 
 from emulator.errors import SquareError
 from emulator.testing import run_emulator
+from square_mirror.convergence import PUBLIC_FIELDS, mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import worker_ctx, worker_settings
 from tests.services import Services, with_database, with_redis_db
+from worker import runs
 from worker.process import process_event
+from worker.reconcile import run_lane
 from worker.sync import sync_customers
 
-OPS = ("create", "update", "update", "group", "segment", "delete", "merge", "deliver", "deliver", "deliver", "pause")
+OPS = ("create", "update", "update", "group", "segment", "delete", "merge", "deliver", "deliver", "deliver", "pause",
+       "instant", "hide", "reveal", "group_hidden", "segment_hidden", "segment_hidden")
+# The lanes that observe membership, in the order that leaves the segments lane the last word (in production the
+# groups lane runs a minute after the segments lane, and four minutes before the next one).
+LANES = ("groups", "segments")
 TABLES = ("customers", "customer_groups", "customer_segments", "customer_group_members",
           "customer_segment_members", "customer_merges", "webhook_events", "merchants")
 
@@ -52,6 +65,7 @@ def convergence_db(services: Services, template_database: str) -> Any:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.mark.timeout(400)  # passing takes seconds; shrinking a failure to its smallest history takes minutes
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
@@ -98,6 +112,14 @@ async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, runn
     def pick() -> str:
         return ids[data.draw(st.integers(0, len(ids) - 1), label="customer")]
 
+    def pick_hidden() -> str:
+        """A hidden live profile when there is one (else any): group/segment changes, deletes, merges of them."""
+        hidden = [c for c in ids if c in state.customers and not state.customers[c].public]
+        return hidden[data.draw(st.integers(0, len(hidden) - 1), label="hidden customer")] if hidden else pick()
+
+    def pick_either() -> str:
+        return pick_hidden() if data.draw(st.booleans(), label="a hidden one") else pick()
+
     async def deliver(payload: dict[str, Any], mode: str) -> None:
         try:
             await _deliver(payload, mode)
@@ -134,12 +156,25 @@ async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, runn
                 state.set_group(pick(), data.draw(st.sampled_from(groups)), data.draw(st.booleans()))
             elif step == "segment":
                 state.set_segment(pick(), data.draw(st.sampled_from(segments)), data.draw(st.booleans()))
+            elif step == "instant":  # an instant profile: no public information at all
+                ids.append(state.create_customer({}, source="INSTANT_PROFILE", require_identity=False)[0].id)
+            elif step == "hide":  # an update that clears every public field
+                state.update_customer(pick(), dict.fromkeys(PUBLIC_FIELDS), None, clear_null=True)
+            elif step == "reveal":
+                state.update_customer(pick_hidden(), {"given_name": f"R{len(state.events.entries)}"}, None,
+                                      clear_null=True)
+            elif step == "group_hidden":
+                state.set_group(pick_hidden(), data.draw(st.sampled_from(groups)),
+                                data.draw(st.sampled_from([True, True, False])))
+            elif step == "segment_hidden":
+                state.set_segment(pick_hidden(), data.draw(st.sampled_from(segments)),
+                                  data.draw(st.sampled_from([True, True, False])))
             elif step == "delete":
-                state.delete_customer(pick(), None)
+                state.delete_customer(pick_either(), None)
             elif step == "pause":  # let jobs started concurrently get their fetches in flight
                 await asyncio.sleep(data.draw(st.sampled_from([0, 0.001, 0.003]), label="pause"))
-            elif step == "merge":
-                a, b = pick(), pick()
+            elif step == "merge":  # visible or hidden profiles, or one of each
+                a, b = pick_either(), pick_either()
                 if a != b:
                     ids.append(state.merge([a, b]).id)
         except SquareError:
@@ -180,11 +215,24 @@ async def _compare(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool) -> None:
     merchant = emu.merchant_id
     truth = await emu.truth()
     await _assert_equal(pool, merchant, truth, segments=False)  # events alone get everything but segments
+    for lane in LANES:  # the real reconcile lanes, as the worker's cron jobs run them
+        run = await run_lane(ctx, merchant, lane)
+        assert run.status == runs.SUCCEEDED, (lane, run.error)
+    # Membership as the lanes leave it: columns and membership tables (the lanes' diffs do not rewrite `raw`).
+    diffs = await mirror_diff(pool, truth, merchant, require_invisible=True)
+    assert not diffs, f"after the {' and '.join(LANES)} lanes ({_hidden_members(truth)}):\n" + "\n".join(diffs)
+    await _assert_equal(pool, merchant, truth, segments=False)
     live = [r["id"] for r in await pool.fetch("SELECT id FROM square.customers_current WHERE merchant_id = $1",
                                               merchant)]
     for start in range(0, len(live), 100):  # the segment refresh: a full refetch observes segment membership
         await sync_customers(ctx["sync"], merchant, live[start:start + 100])
     await _assert_equal(pool, merchant, truth, segments=True)
+
+
+def _hidden_members(truth: dict[str, Any]) -> str:
+    hidden = [doc for doc in truth["customers"].values() if not any(doc.get(f) for f in PUBLIC_FIELDS)]
+    return (f"{len(hidden)} hidden profiles, {sum(bool(d.get('group_ids')) for d in hidden)} in groups, "
+            f"{sum(bool(d.get('segment_ids')) for d in hidden)} in segments")
 
 
 def _without_segments(doc: dict[str, Any]) -> dict[str, Any]:

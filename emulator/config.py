@@ -53,6 +53,10 @@ class Knobs:
     delivery_log_max: int = 200_000  # entries kept in GET /_emulator/deliveries
     merge_writes_note: bool = False  # write Square's "Merged on ..." note listing fields not transferred
     events_enabled_by_default: bool = False  # Square: "All events are disabled by default"
+    # UNCONFIRMED: an event that occurs while the seller's token is revoked is searchable later. False: the app
+    # had lost access when it happened (a revoked authorization); True: only the token failed (an expired or
+    # replaced token, the authorization intact), so the event stays searchable.
+    revoked_events_searchable: bool = False
     # UNCONFIRMED: EnableEvents/DisableEvents with the application token switch the sellers known at that
     # moment ("seller": a seller added later starts disabled) or the application as a whole ("application":
     # a seller added later inherits the application's state).

@@ -246,7 +246,8 @@ class MerchantState:
         event = customer_event(self.merchant_id, event_type, doc, event_id=clock.new_uuid(self.rng), ts=ts,
                                merge=merge)
         # Searchable only if events were enabled when it occurred, and the token still had access then.
-        self.events.append(ts, event, searchable=self.events_enabled and not self.revoked,
+        access = not self.revoked or self.knobs.revoked_events_searchable
+        self.events.append(ts, event, searchable=self.events_enabled and access,
                            seq=self._next_seq() if self._next_seq is not None else None)
         self.sink(self.merchant_id, event)
 

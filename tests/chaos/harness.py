@@ -360,7 +360,13 @@ class ChaosRun:
         if code != 0:
             raise RuntimeError(f"backfill failed with exit code {code}")
         cfg.say(f"backfilled {cfg.sellers} sellers x {cfg.customers} customers; faults on for {cfg.duration:.0f} s")
+        for seller in self.sellers:  # events start disabled, as on Square: the backfill must have enabled them
+            if not (await api.admin("GET", f"/state?merchant_id={seller.merchant_id}"))["events_api"]["enabled"]:
+                raise RuntimeError(f"{seller.merchant_id}: the mirror did not enable events before its backfill")
 
+        # The revoked token models a token that stops working while the seller's authorization stays (it is
+        # restored, not re-authorized), so events meanwhile stay searchable (the emulator's UNCONFIRMED knob).
+        await api.admin("PUT", "/faults", {"revoked_events_searchable": True})
         await api.admin("PUT", "/faults", {
             "error_500_rate": 0.05, "error_429_rate": 0.05, "latency_ms": 50, "jitter_ms": 150,
             "index_lag_seconds": 2.0, "webhook_duplicate_rate": 0.2, "webhook_reorder_rate": 0.2,

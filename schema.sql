@@ -419,16 +419,22 @@ BEGIN
               (n.version, n.created_at, n.updated_at, n.given_name, n.family_name, n.nickname, n.company_name,
                n.email_address, n.phone_number, n.birthday, n.reference_id, n.note, n.creation_source,
                n.email_unsubscribed, n.address, n.tax_ids, n.group_ids));
-    -- A plain delete later learned to be a merge (rare). Row by row on purpose: each is an exact primary-key
-    -- probe, whatever the planner's statistics on the transition tables say.
+    -- A tombstone that learns more about its delete (rare): a plain delete later learned to be a merge, or a
+    -- deletion time the mirror observed replaced by the time Square stated (worker/sql/tombstone_customers.sql,
+    -- worker.store.apply_merge). The state the delete ended says the same, so history does not depend on
+    -- which the mirror learned first. Row by row on purpose: each is an exact primary-key probe, whatever the
+    -- planner's statistics on the transition tables say.
     FOR c IN
-        SELECT n.merchant_id, n.id
+        SELECT n.merchant_id, n.id, n.merged_into IS NOT NULL AS merged, n.deleted_at
         FROM new_rows n
         JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.id = n.id
-        WHERE o.deleted_at IS NOT NULL AND o.merged_into IS NULL AND n.merged_into IS NOT NULL
+        WHERE o.deleted_at IS NOT NULL AND n.deleted_at IS NOT NULL
+          AND ((o.merged_into IS NULL AND n.merged_into IS NOT NULL) OR o.deleted_at <> n.deleted_at)
     LOOP
-        UPDATE square.customer_versions_closed SET closed_reason = 'merged'
-        WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason = 'deleted';
+        UPDATE square.customer_versions_closed
+        SET closed_reason = CASE WHEN c.merged THEN 'merged' ELSE closed_reason END,
+            valid_to = greatest(valid_from, c.deleted_at)
+        WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason IN ('deleted', 'merged');
     END LOOP;
     RETURN NULL;
 END

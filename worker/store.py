@@ -96,13 +96,21 @@ async def tombstone_customers(
     *,
     merged_into: str | None = None,
     version: int | None = None,
+    stated: bool = False,
 ) -> set[str]:
-    """Mark customers deleted (or merged away); returns the IDs whose tombstone is new or newly merge-linked."""
+    """Mark customers deleted (or merged away); returns the IDs whose tombstone is new or changed.
+
+    ``stated``: ``deleted_at`` is the time Square gave this delete (a customer.deleted event's created_at), which
+    replaces a time the mirror observed (a 404 or a redirect, ``stated=False``); ``version`` is the last version
+    Square gave the profile, when known. So the tombstone ends the same whichever the mirror learned first
+    (the rule is worker/sql/tombstone_customers.sql).
+    """
     ids = sorted({c for c in customer_ids if c and c != merged_into})
     if not ids:
         return set()
     async with _transaction(conn):
-        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version)
+        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version,
+                                stated)
         await conn.execute(sql("drop_memberships"), merchant_id, ids)
     return {r["id"] for r in rows}
 

@@ -11,6 +11,7 @@ from arq.worker import Retry
 
 from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import harness
+from worker.inbox import parse_time
 
 
 async def test_created_event_is_fetched_applied_and_a_replay_is_a_duplicate(
@@ -93,6 +94,43 @@ async def test_a_tombstone_ends_with_the_version_square_gave_the_deleted_profile
             assert [await h.run(created), await h.run(deleted)] == ["deleted", "deleted"]
         row = await h.customer(rec.id)
         assert row is not None and row["deleted_at"] is not None and row["version"] == 1
+
+
+@pytest.mark.parametrize(("updates", "deleted_first"), [(0, True), (0, False), (1, True), (1, False)])
+async def test_a_plain_delete_is_dated_by_its_event_whatever_the_mirror_observed_first(
+    db_pool: asyncpg.Pool, redis_url: str, updates: int, deleted_first: bool
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        rec, _ = h.state.create_customer({"given_name": "A"})
+        for n in range(updates):
+            h.state.update_customer(rec.id, {"family_name": f"F{n}"}, None, clear_null=True)
+        h.state.delete_customer(rec.id, None)
+        *changes, deleted = h.payloads()
+        # Changes first: their fetch meets a 404, so the mirror observes the delete before its event arrives.
+        for payload in [deleted, *changes] if deleted_first else [*changes, deleted]:
+            await h.run(payload)
+        row = await h.customer(rec.id)
+        assert row is not None
+        assert (row["deleted_at"], row["version"]) == (parse_time(deleted["created_at"]), updates)
+
+
+async def test_the_history_of_a_deleted_customer_ends_when_square_says_it_was_deleted(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        rec, _ = h.state.create_customer({"given_name": "A"})
+        [created] = h.payloads()
+        assert await h.run(created) == "applied"  # the mirror holds version 0 live
+        h.state.update_customer(rec.id, {"family_name": "B"}, None, clear_null=True)
+        h.state.delete_customer(rec.id, None)
+        _, updated, deleted = h.payloads()
+        assert await h.run(updated) == "deleted"  # the fetch meets a 404: version 0 ends when that was observed
+        assert await h.run(deleted) == "deleted"  # ... until Square's own time of the delete arrives
+        stated = parse_time(deleted["created_at"])
+        row = await h.customer(rec.id)
+        assert row is not None and (row["deleted_at"], row["version"]) == (stated, 1)
+        closed = await db_pool.fetch("SELECT version, valid_to, closed_reason FROM square.customer_versions_closed")
+        assert [tuple(r) for r in closed] == [(0, stated, "deleted")]
 
 
 @pytest.mark.parametrize("order", ["created_first", "deleted_first", "shuffled"])

@@ -121,6 +121,9 @@ class MergeResult:
     tombstoned: set[str]
 
 
+STATED_MERGE_SOURCES: Final = ("webhook", "events_api")  # event_context.merge; 'retrieve' is inferred
+
+
 async def apply_merge(
     conn: Conn,
     merchant_id: str,
@@ -133,11 +136,19 @@ async def apply_merge(
 ) -> MergeResult:
     """The merge rule: record from -> to lineage and tombstone every merged-away ID with merged_into.
 
-    Lineage is written once and tombstones are final, so replaying any merge event, or learning the same
-    merge from a RetrieveCustomer redirect, changes nothing. One exception: a redirect names the end of a
-    merge chain (A -> C -> E answers E for A), so lineage stated by a webhook (``source='webhook'``)
-    replaces lineage inferred from a redirect (``'retrieve'``), tombstone link included. The target is
-    never tombstoned here; syncing its profile is the caller's next step.
+    Square states a merge's lineage on every one of its events (the target's customer.created and each
+    source's customer.deleted, ``source='webhook'`` or ``'events_api'``), each with its own event ID and time;
+    a RetrieveCustomer redirect (``'retrieve'``) only infers it, at a time the mirror observed, and names the
+    end of a merge chain (A -> C -> E answers E for A). Whatever the order they arrive in, the lineage row and
+    the tombstones end the same (worker/sql/record_merges.sql):
+    - a stated lineage replaces an inferred one, tombstone link included;
+    - between stated ones the earliest event wins (least ``merged_at``, then event ID), not the first to arrive;
+    - an inferred lineage never replaces anything;
+    - a source's tombstone is dated by its merge's ``merged_at`` (worker/sql/link_merged_tombstones.sql), and its
+      version is raised to the one Square gave the deleted profile by the caller (from its customer.deleted).
+    So replaying any merge event, or learning the same merge from a redirect, changes nothing once the
+    earliest event has been applied. The target is never tombstoned here; syncing its profile is the caller's
+    next step.
     """
     sources = sorted({f for f in from_customer_ids if f and f != to_customer_id})
     if not sources:
@@ -147,14 +158,9 @@ async def apply_merge(
     )
     recorded = {r["from_customer_id"] for r in rows}
     tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
-    if source == "webhook" and recorded:
-        relinked = await conn.fetch(
-            "UPDATE square.customers SET merged_into = $3, synced_at = now()"
-            " WHERE merchant_id = $1 AND id = ANY ($2::text[]) AND deleted_at IS NOT NULL"
-            " AND merged_into IS DISTINCT FROM $3 RETURNING id",
-            merchant_id, sorted(recorded), to_customer_id,
-        )
-        tombstoned |= {r["id"] for r in relinked}
+    if source in STATED_MERGE_SOURCES:
+        linked = await conn.fetch(sql("link_merged_tombstones"), merchant_id, sources)
+        tombstoned |= {r["id"] for r in linked}
     return MergeResult(recorded, tombstoned)
 
 

@@ -133,6 +133,37 @@ async def test_the_history_of_a_deleted_customer_ends_when_square_says_it_was_de
         assert [tuple(r) for r in closed] == [(0, stated, "deleted")]
 
 
+@pytest.mark.parametrize("order", ["redirect_first", "created_first", "deleted_first"])
+async def test_a_merge_leaves_the_same_lineage_and_tombstones_in_every_delivery_order(
+    db_pool: asyncpg.Pool, redis_url: str, order: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        a, _ = h.state.create_customer({"given_name": "A"})
+        b, _ = h.state.create_customer({"given_name": "B"})
+        h.state.update_customer(a.id, {"family_name": "F"}, None, clear_null=True)
+        changes = h.payloads()  # A created, B created, A updated (A's last version is 1)
+        target = h.state.merge([a.id, b.id])
+        merge_events = h.payloads()[len(changes):]  # the target's created, then each source's deleted
+        if order == "redirect_first":  # A's fetch is redirected to the target: the merge as observed
+            sequence = [changes[0], *merge_events, *changes[1:]]
+        elif order == "created_first":
+            sequence = [*merge_events, *changes]
+        else:
+            sequence = [*reversed(merge_events), *changes]
+        for payload in sequence:
+            await h.run(payload)
+        # Each of the three events states the lineage; the row names the earliest (ties: the least event ID).
+        merged_at, event_id = min((parse_time(p["created_at"]), p["event_id"]) for p in merge_events)
+        lineage = await db_pool.fetch("SELECT from_customer_id, to_customer_id, merged_at, source, event_id"
+                                      " FROM square.customer_merges ORDER BY 1")
+        assert [tuple(r) for r in lineage] == sorted(
+            (cid, target.id, merged_at, "webhook", event_id) for cid in (a.id, b.id))
+        rows = {r["id"]: r for r in await db_pool.fetch("SELECT * FROM square.customers")}
+        for cid, version in ((a.id, 1), (b.id, 0)):  # a merged-away customer was deleted when it was merged
+            assert (rows[cid]["deleted_at"], rows[cid]["merged_into"], rows[cid]["version"]) == (
+                merged_at, target.id, version)
+
+
 @pytest.mark.parametrize("order", ["created_first", "deleted_first", "shuffled"])
 async def test_merge_events_record_lineage_tombstone_sources_and_sync_the_target(
     db_pool: asyncpg.Pool, redis_url: str, order: str

@@ -20,7 +20,10 @@ CREATE TABLE IF NOT EXISTS square.merchants (
 );
 
 -- Live customers and tombstones. A deleted or merged-away customer keeps its row with deleted_at set
--- (and merged_into for merges); customers_current hides them.
+-- (and merged_into for merges); customers_current hides them. A tombstone's deleted_at is the time Square stated
+-- (the customer.deleted event's created_at; for a merged-away customer its merge's merged_at), or, until an event
+-- says it, when the mirror observed the delete; its version is the one Square gave the deleted profile once the
+-- event arrives (worker/sql/tombstone_customers.sql), so it does not depend on the delivery order.
 -- version/updated_at/created_at are Square's; observed_at is when the mirror fetched this state from Square
 -- (segment membership changes without a version bump, so equal versions are ordered by observed_at);
 -- synced_at is when the row was last written.
@@ -105,7 +108,9 @@ CREATE INDEX IF NOT EXISTS customer_segment_members_customer_idx
     ON square.customer_segment_members (merchant_id, customer_id);
 
 -- Merge lineage: each merged-away ID points at the profile it became. source says how the mirror learned it:
--- 'webhook' (event_context.merge), 'retrieve' (RetrieveCustomer answered with another ID) or 'backfill'.
+-- stated by the merge's events ('webhook', or 'events_api' replayed from SearchEvents; merged_at and event_id
+-- are those of the earliest of them, whichever arrived first) or inferred ('retrieve': RetrieveCustomer answered
+-- with another ID, merged_at when the mirror observed it) until a stated one replaces it (worker/sql/record_merges.sql).
 CREATE TABLE IF NOT EXISTS square.customer_merges (
     merchant_id       text NOT NULL,
     from_customer_id  text NOT NULL,

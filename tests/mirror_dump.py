@@ -16,7 +16,9 @@ import orjson
 
 # table -> columns left out: the mirror's own observation and write times, identities (insertion order)
 OBSERVED: dict[str, tuple[str, ...]] = {
-    "customers": ("observed_at", "synced_at"),
+    # listed_at (schema version 3): when a list or search answer first showed the profile, an observation too;
+    # removing a key a row does not have is a no-op, so the dump works on either schema
+    "customers": ("observed_at", "synced_at", "listed_at"),
     "customer_merges": ("recorded_at",),
     "customer_groups": ("synced_at",),
     "customer_segments": ("synced_at",),

@@ -87,7 +87,7 @@ async def _example(dsns: dict[str, str], redis_url: str, data: st.DataObject) ->
     pools = {m: await create_pool(dsn, min_size=1, max_size=8) for m, dsn in dsns.items()}
     try:
         for pool in pools.values():
-            await pool.execute("TRUNCATE " + ", ".join(f"square.{t}" for t in OBSERVED))
+            await pool.execute("TRUNCATE " + ", ".join(f"square.{t}" for t in (*OBSERVED, "merchants")))
         async with run_emulator(EmulatorConfig(seed=data.draw(st.integers(1, 10_000), label="seed"))) as emu:
             await emu.set_faults(latency_ms=1.0)  # fetches stay in flight while other jobs run
             settings_ = worker_settings(emu.base_url, emu.token, redis_url, worker_fetch_window_ms=1.0)

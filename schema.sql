@@ -28,7 +28,10 @@ ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_enabled_at timestam
 ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_error text;
 
 -- Live customers and tombstones. A deleted or merged-away customer keeps its row with deleted_at set
--- (and merged_into for merges); customers_current hides them.
+-- (and merged_into for merges); customers_current hides them. A tombstone's deleted_at is the time Square stated
+-- (the customer.deleted event's created_at; for a merged-away customer its merge's merged_at), or, until an event
+-- says it, when the mirror observed the delete; its version is the one Square gave the deleted profile once the
+-- event arrives (worker/sql/tombstone_customers.sql), so it does not depend on the delivery order.
 -- version/updated_at/created_at are Square's; observed_at is when the mirror fetched this state from Square
 -- (segment membership changes without a version bump, so equal versions are ordered by observed_at);
 -- synced_at is when the row was last written; listed_at is when a ListCustomers/SearchCustomers answer first
@@ -116,7 +119,9 @@ CREATE INDEX IF NOT EXISTS customer_segment_members_customer_idx
     ON square.customer_segment_members (merchant_id, customer_id);
 
 -- Merge lineage: each merged-away ID points at the profile it became. source says how the mirror learned it:
--- 'webhook' (event_context.merge), 'retrieve' (RetrieveCustomer answered with another ID) or 'backfill'.
+-- stated by the merge's events ('webhook', or 'events_api' replayed from SearchEvents; merged_at and event_id
+-- are those of the earliest of them, whichever arrived first) or inferred ('retrieve': RetrieveCustomer answered
+-- with another ID, merged_at when the mirror observed it) until a stated one replaces it (worker/sql/record_merges.sql).
 CREATE TABLE IF NOT EXISTS square.customer_merges (
     merchant_id       text NOT NULL,
     from_customer_id  text NOT NULL,
@@ -450,16 +455,22 @@ BEGIN
               (n.version, n.created_at, n.updated_at, n.given_name, n.family_name, n.nickname, n.company_name,
                n.email_address, n.phone_number, n.birthday, n.reference_id, n.note, n.creation_source,
                n.email_unsubscribed, n.address, n.tax_ids, n.group_ids));
-    -- A plain delete later learned to be a merge (rare). Row by row on purpose: each is an exact primary-key
-    -- probe, whatever the planner's statistics on the transition tables say.
+    -- A tombstone that learns more about its delete (rare): a plain delete later learned to be a merge, or a
+    -- deletion time the mirror observed replaced by the time Square stated (worker/sql/tombstone_customers.sql,
+    -- worker.store.apply_merge). The state the delete ended says the same, so history does not depend on
+    -- which the mirror learned first. Row by row on purpose: each is an exact primary-key probe, whatever the
+    -- planner's statistics on the transition tables say.
     FOR c IN
-        SELECT n.merchant_id, n.id
+        SELECT n.merchant_id, n.id, n.merged_into IS NOT NULL AS merged, n.deleted_at
         FROM new_rows n
         JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.id = n.id
-        WHERE o.deleted_at IS NOT NULL AND o.merged_into IS NULL AND n.merged_into IS NOT NULL
+        WHERE o.deleted_at IS NOT NULL AND n.deleted_at IS NOT NULL
+          AND ((o.merged_into IS NULL AND n.merged_into IS NOT NULL) OR o.deleted_at <> n.deleted_at)
     LOOP
-        UPDATE square.customer_versions_closed SET closed_reason = 'merged'
-        WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason = 'deleted';
+        UPDATE square.customer_versions_closed
+        SET closed_reason = CASE WHEN c.merged THEN 'merged' ELSE closed_reason END,
+            valid_to = greatest(valid_from, c.deleted_at)
+        WHERE merchant_id = c.merchant_id AND customer_id = c.id AND closed_reason IN ('deleted', 'merged');
     END LOOP;
     RETURN NULL;
 END

@@ -196,9 +196,10 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
             await store.apply_merge(conn, job.merchant_id, from_ids, to_id, event_time, source="webhook",
                                     event_id=job.event_id)
             if deleted:  # with the version Square gave it; an ID the merge context does not name is plainly deleted
+                merged_away = customer_id in from_ids  # then apply_merge dated it by the merge
                 await store.tombstone_customers(conn, job.merchant_id, [customer_id], event_time,
-                                                merged_into=to_id if customer_id in from_ids else None,
-                                                version=job.version)
+                                                merged_into=to_id if merged_away else None,
+                                                version=job.version, stated=not merged_away)
         target_version = job.version if customer_id == to_id else None
         stored = (await store.stored_customers(pool, job.merchant_id, [to_id])).get(to_id)
         if not target_is_synced(stored, target_version):
@@ -210,8 +211,9 @@ async def handle_event(ctx: dict[str, Any], job: EventJob, payload: dict[str, An
 
     if job.type == "customer.deleted":
         async with pool.acquire() as conn, conn.transaction():
-            new = await store.tombstone_customers(conn, job.merchant_id, [customer_id], _event_time(job),
-                                                  version=job.version)
+            stated_at = inbox.parse_time(job.created_at)  # Square's time of the delete
+            new = await store.tombstone_customers(conn, job.merchant_id, [customer_id], stated_at or utcnow(),
+                                                  version=job.version, stated=stated_at is not None)
             outcome = Outcome.DELETED if new else Outcome.STALE
             await inbox.finish(conn, job.merchant_id, job.event_id, outcome)
         return _count(ctx, job, outcome)

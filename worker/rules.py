@@ -13,20 +13,21 @@ from worker.store import StoredCustomer
 def event_is_stale(stored: StoredCustomer | None, job: EventJob) -> bool:
     """True when the mirror already reflects this event, so it needs no API call and no write.
 
-    - A tombstone is final: nothing an event says can bring a deleted or merged-away customer back. Only a
-      ``customer.deleted`` stating a higher version than the tombstone holds is news: the version Square gave
-      the profile it deleted (a tombstone written from a 404 knew none), so every delivery order ends with the
-      same tombstone.
-    - A ``customer.deleted`` is otherwise never stale (the delete itself is the news).
+    - A ``customer.deleted`` is never stale here: it costs no API call, and whether it changes anything is
+      decided by the tombstone write (``worker/sql/tombstone_customers.sql``), in the same transaction as the
+      outcome. A tombstone the mirror wrote from what it observed (a 404 or a redirect) knew neither the time
+      Square gives the delete nor the version of the deleted profile; the event brings both, so every delivery
+      order ends with the same tombstone. Deciding it here, from the version alone, skipped the event whenever
+      the tombstone already held that version (a profile deleted at version 0, or the mirror had fetched its
+      last version before the 404) and left the observed time in the row.
+    - A tombstone is otherwise final: nothing an event says can bring a deleted or merged-away customer back.
     - Otherwise the event is stale when the mirror holds the customer at a version >= the event's: that row
       was fetched after the event's change was committed. An event without a version is never stale.
     """
-    if stored is None:
+    if job.type == "customer.deleted" or stored is None:
         return False
     if stored.deleted:
-        return not (job.type == "customer.deleted" and job.version is not None and job.version > stored.version)
-    if job.type == "customer.deleted":
-        return False
+        return True
     return job.version is not None and stored.version >= job.version
 
 

@@ -101,13 +101,21 @@ async def tombstone_customers(
     *,
     merged_into: str | None = None,
     version: int | None = None,
+    stated: bool = False,
 ) -> set[str]:
-    """Mark customers deleted (or merged away); returns the IDs whose tombstone is new or newly merge-linked."""
+    """Mark customers deleted (or merged away); returns the IDs whose tombstone is new or changed.
+
+    ``stated``: ``deleted_at`` is the time Square gave this delete (a customer.deleted event's created_at), which
+    replaces a time the mirror observed (a 404 or a redirect, ``stated=False``); ``version`` is the last version
+    Square gave the profile, when known. So the tombstone ends the same whichever the mirror learned first
+    (the rule is worker/sql/tombstone_customers.sql).
+    """
     ids = sorted({c for c in customer_ids if c and c != merged_into})
     if not ids:
         return set()
     async with _transaction(conn):
-        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version)
+        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version,
+                                stated)
         await conn.execute(sql("drop_memberships"), merchant_id, ids)
     return {r["id"] for r in rows}
 
@@ -116,6 +124,9 @@ async def tombstone_customers(
 class MergeResult:
     recorded: set[str]
     tombstoned: set[str]
+
+
+STATED_MERGE_SOURCES: Final = ("webhook", "events_api")  # event_context.merge; 'retrieve' is inferred
 
 
 async def apply_merge(
@@ -130,11 +141,19 @@ async def apply_merge(
 ) -> MergeResult:
     """The merge rule: record from -> to lineage and tombstone every merged-away ID with merged_into.
 
-    Lineage is written once and tombstones are final, so replaying any merge event, or learning the same
-    merge from a RetrieveCustomer redirect, changes nothing. One exception: a redirect names the end of a
-    merge chain (A -> C -> E answers E for A), so lineage stated by a webhook (``source='webhook'``)
-    replaces lineage inferred from a redirect (``'retrieve'``), tombstone link included. The target is
-    never tombstoned here; syncing its profile is the caller's next step.
+    Square states a merge's lineage on every one of its events (the target's customer.created and each
+    source's customer.deleted, ``source='webhook'`` or ``'events_api'``), each with its own event ID and time;
+    a RetrieveCustomer redirect (``'retrieve'``) only infers it, at a time the mirror observed, and names the
+    end of a merge chain (A -> C -> E answers E for A). Whatever the order they arrive in, the lineage row and
+    the tombstones end the same (worker/sql/record_merges.sql):
+    - a stated lineage replaces an inferred one, tombstone link included;
+    - between stated ones the earliest event wins (least ``merged_at``, then event ID), not the first to arrive;
+    - an inferred lineage never replaces anything;
+    - a source's tombstone is dated by its merge's ``merged_at`` (worker/sql/link_merged_tombstones.sql), and its
+      version is raised to the one Square gave the deleted profile by the caller (from its customer.deleted).
+    So replaying any merge event, or learning the same merge from a redirect, changes nothing once the
+    earliest event has been applied. The target is never tombstoned here; syncing its profile is the caller's
+    next step.
     """
     sources = sorted({f for f in from_customer_ids if f and f != to_customer_id})
     if not sources:
@@ -144,14 +163,9 @@ async def apply_merge(
     )
     recorded = {r["from_customer_id"] for r in rows}
     tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
-    if source == "webhook" and recorded:
-        relinked = await conn.fetch(
-            "UPDATE square.customers SET merged_into = $3, synced_at = now()"
-            " WHERE merchant_id = $1 AND id = ANY ($2::text[]) AND deleted_at IS NOT NULL"
-            " AND merged_into IS DISTINCT FROM $3 RETURNING id",
-            merchant_id, sorted(recorded), to_customer_id,
-        )
-        tombstoned |= {r["id"] for r in relinked}
+    if source in STATED_MERGE_SOURCES:
+        linked = await conn.fetch(sql("link_merged_tombstones"), merchant_id, sources)
+        tombstoned |= {r["id"] for r in linked}
     return MergeResult(recorded, tombstoned)
 
 

@@ -11,6 +11,7 @@ from arq.worker import Retry
 
 from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import harness
+from worker.inbox import parse_time
 
 
 async def test_created_event_is_fetched_applied_and_a_replay_is_a_duplicate(
@@ -93,6 +94,74 @@ async def test_a_tombstone_ends_with_the_version_square_gave_the_deleted_profile
             assert [await h.run(created), await h.run(deleted)] == ["deleted", "deleted"]
         row = await h.customer(rec.id)
         assert row is not None and row["deleted_at"] is not None and row["version"] == 1
+
+
+@pytest.mark.parametrize(("updates", "deleted_first"), [(0, True), (0, False), (1, True), (1, False)])
+async def test_a_plain_delete_is_dated_by_its_event_whatever_the_mirror_observed_first(
+    db_pool: asyncpg.Pool, redis_url: str, updates: int, deleted_first: bool
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        rec, _ = h.state.create_customer({"given_name": "A"})
+        for n in range(updates):
+            h.state.update_customer(rec.id, {"family_name": f"F{n}"}, None, clear_null=True)
+        h.state.delete_customer(rec.id, None)
+        *changes, deleted = h.payloads()
+        # Changes first: their fetch meets a 404, so the mirror observes the delete before its event arrives.
+        for payload in [deleted, *changes] if deleted_first else [*changes, deleted]:
+            await h.run(payload)
+        row = await h.customer(rec.id)
+        assert row is not None
+        assert (row["deleted_at"], row["version"]) == (parse_time(deleted["created_at"]), updates)
+
+
+async def test_the_history_of_a_deleted_customer_ends_when_square_says_it_was_deleted(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        rec, _ = h.state.create_customer({"given_name": "A"})
+        [created] = h.payloads()
+        assert await h.run(created) == "applied"  # the mirror holds version 0 live
+        h.state.update_customer(rec.id, {"family_name": "B"}, None, clear_null=True)
+        h.state.delete_customer(rec.id, None)
+        _, updated, deleted = h.payloads()
+        assert await h.run(updated) == "deleted"  # the fetch meets a 404: version 0 ends when that was observed
+        assert await h.run(deleted) == "deleted"  # ... until Square's own time of the delete arrives
+        stated = parse_time(deleted["created_at"])
+        row = await h.customer(rec.id)
+        assert row is not None and (row["deleted_at"], row["version"]) == (stated, 1)
+        closed = await db_pool.fetch("SELECT version, valid_to, closed_reason FROM square.customer_versions_closed")
+        assert [tuple(r) for r in closed] == [(0, stated, "deleted")]
+
+
+@pytest.mark.parametrize("order", ["redirect_first", "created_first", "deleted_first"])
+async def test_a_merge_leaves_the_same_lineage_and_tombstones_in_every_delivery_order(
+    db_pool: asyncpg.Pool, redis_url: str, order: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        a, _ = h.state.create_customer({"given_name": "A"})
+        b, _ = h.state.create_customer({"given_name": "B"})
+        h.state.update_customer(a.id, {"family_name": "F"}, None, clear_null=True)
+        changes = h.payloads()  # A created, B created, A updated (A's last version is 1)
+        target = h.state.merge([a.id, b.id])
+        merge_events = h.payloads()[len(changes):]  # the target's created, then each source's deleted
+        if order == "redirect_first":  # A's fetch is redirected to the target: the merge as observed
+            sequence = [changes[0], *merge_events, *changes[1:]]
+        elif order == "created_first":
+            sequence = [*merge_events, *changes]
+        else:
+            sequence = [*reversed(merge_events), *changes]
+        for payload in sequence:
+            await h.run(payload)
+        # Each of the three events states the lineage; the row names the earliest (ties: the least event ID).
+        merged_at, event_id = min((parse_time(p["created_at"]), p["event_id"]) for p in merge_events)
+        lineage = await db_pool.fetch("SELECT from_customer_id, to_customer_id, merged_at, source, event_id"
+                                      " FROM square.customer_merges ORDER BY 1")
+        assert [tuple(r) for r in lineage] == sorted(
+            (cid, target.id, merged_at, "webhook", event_id) for cid in (a.id, b.id))
+        rows = {r["id"]: r for r in await db_pool.fetch("SELECT * FROM square.customers")}
+        for cid, version in ((a.id, 1), (b.id, 0)):  # a merged-away customer was deleted when it was merged
+            assert (rows[cid]["deleted_at"], rows[cid]["merged_into"], rows[cid]["version"]) == (
+                merged_at, target.id, version)
 
 
 @pytest.mark.parametrize("order", ["created_first", "deleted_first", "shuffled"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import asyncpg
 import pytest
@@ -177,7 +178,7 @@ async def test_merge_records_lineage_once_and_links_tombstones(db_pool: asyncpg.
     assert a is not None
     assert b is not None
     assert (a["merged_into"], b["merged_into"]) == ("C", "C")
-    assert b["deleted_at"] == at(2)
+    assert b["deleted_at"] == at(3)  # deleted by its merge: the merge's stated time replaces the observed one
     merges = await db_pool.fetch("SELECT from_customer_id, to_customer_id, source FROM square.customer_merges")
     assert {(m["from_customer_id"], m["to_customer_id"], m["source"]) for m in merges} == {
         ("A", "C", "webhook"), ("B", "C", "webhook")}
@@ -200,6 +201,32 @@ async def test_stated_lineage_replaces_a_redirect_that_skipped_a_merge_chain_lin
     merges = await db_pool.fetch("SELECT from_customer_id, to_customer_id, source FROM square.customer_merges")
     assert {(m["from_customer_id"], m["to_customer_id"], m["source"]) for m in merges} == {
         ("A", "C", "webhook"), ("B", "C", "webhook")}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+async def test_merge_lineage_and_tombstones_end_the_same_in_every_order(db_pool: asyncpg.Pool,
+                                                                       order: tuple[int, ...]) -> None:
+    """One merge A, B -> C stated by three events (C's created and each source's deleted, their times a second
+    apart), and a redirect observed before any of them: the earliest stated event wins, in any order."""
+    # The redirect's observed time may even be earlier: the fetch left before Square merged (it is taken then).
+    statements = [(at(300), "webhook", "E-created"), (at(301), "webhook", "E-deleted-a"),
+                  (at(301), "events_api", "E-deleted-b"), (at(200), "retrieve", None)]
+    async with db_pool.acquire() as conn:
+        await upsert_customers(conn, M, [customer("A", version=1)], at(0))
+        for n in order:
+            merged_at, source, event_id = statements[n]
+            ids = ["A"] if source == "retrieve" else ["A", "B"]
+            async with conn.transaction():
+                await apply_merge(conn, M, ids, "C", merged_at, source=source, event_id=event_id)
+    merges = await db_pool.fetch("SELECT from_customer_id, to_customer_id, merged_at, source, event_id"
+                                 " FROM square.customer_merges ORDER BY 1")
+    assert [tuple(r) for r in merges] == [("A", "C", at(300), "webhook", "E-created"),
+                                          ("B", "C", at(300), "webhook", "E-created")]
+    tombstones = await db_pool.fetch("SELECT id, deleted_at, merged_into FROM square.customers ORDER BY id")
+    assert [tuple(r) for r in tombstones] == [("A", at(300), "C"), ("B", at(300), "C")]
+    closed = await db_pool.fetch("SELECT customer_id, version, valid_to, closed_reason"
+                                 " FROM square.customer_versions_closed")
+    assert [tuple(r) for r in closed] == [("A", 1, at(300), "merged")]
 
 
 async def test_group_definitions_upsert_and_tombstone_clear_memberships(db_pool: asyncpg.Pool) -> None:

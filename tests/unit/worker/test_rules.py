@@ -26,10 +26,10 @@ TOMB = StoredCustomer(version=2, deleted=True, merged_into=None)
         (LIVE_5, "customer.updated", None, False),  # no version: cannot tell
         (TOMB, "customer.created", 0, True),  # tombstones are final
         (TOMB, "customer.updated", 9, True),
-        (LIVE_5, "customer.deleted", 3, False),  # a delete is never stale on a live row
-        (TOMB, "customer.deleted", 2, True),  # ... unless it already is a tombstone
-        (TOMB, "customer.deleted", None, True),
-        (TOMB, "customer.deleted", 3, False),  # which learns the version Square gave the deleted profile
+        (LIVE_5, "customer.deleted", 3, False),  # a delete is never stale: it costs no API call, and ...
+        (TOMB, "customer.deleted", 2, False),  # ... a tombstone written from a 404 learns Square's time of it
+        (TOMB, "customer.deleted", None, False),
+        (TOMB, "customer.deleted", 3, False),  # and the version Square gave the deleted profile
         (None, "customer.deleted", 3, False),
     ],
 )

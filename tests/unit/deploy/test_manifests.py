@@ -131,10 +131,3 @@ def test_systemd_environment_example_names_only_settings() -> None:
     for line in (DEPLOY / "systemd" / "square-mirror.env.example").read_text().splitlines():
         if line and not line.startswith("#"):
             assert line.split("=")[0] in KNOWN_ENV
-
-
-def test_readme_configuration_table_matches_the_settings() -> None:
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
-    read_by_code = KNOWN_ENV - {"INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL"}
-    assert read_by_code - documented == set(), "settings missing from the README's configuration table"

@@ -1,9 +1,9 @@
-"""The README's first Quickstart command, end to end, and the README's SQL against what it leaves behind."""
+"""The README's first Quickstart command, end to end, and every SQL example of the docs (the tutorial, the schema
+reference, the how-to guides) against what it leaves behind."""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.docs_examples import WITH_SQL, is_role_statement, sql_blocks
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -24,17 +24,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _readme_sql() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    statements: list[str] = []
-    for block in re.findall(r"```sql\n(.*?)```", readme, flags=re.DOTALL):
-        text = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
-        statements.extend(s.strip() for s in text.split(";") if s.strip())
-    return statements
+def _docs_sql() -> list[str]:
+    return [statement for path in WITH_SQL for block in sql_blocks(path) for statement in block]
 
 
 @pytest.mark.slow
-async def test_demo_converges_and_every_readme_query_runs_on_what_it_filled(db_dsn: str, redis_url: str) -> None:
+async def test_demo_converges_and_every_docs_query_runs_on_what_it_filled(db_dsn: str, redis_url: str) -> None:
     result = subprocess.run([sys.executable, "-m", "square_mirror", "demo", "--customers", "120"],
                             env=_env(DATABASE_URL=db_dsn, REDIS_URL=redis_url), capture_output=True, text=True,
                             timeout=240)
@@ -47,11 +42,11 @@ async def test_demo_converges_and_every_readme_query_runs_on_what_it_filled(db_d
         assert await conn.fetchval("SELECT count(*) FROM square.customer_merges") >= 2
         assert await conn.fetchval("SELECT count(*) FROM square.customer_segment_memberships"
                                    " WHERE segment_name = 'Lunch regulars'") == 1
-        statements = _readme_sql()
-        assert len(statements) >= 6
+        statements = _docs_sql()
+        assert len(statements) >= 20
         for statement in statements:
-            if statement.upper().startswith(("CREATE ROLE", "GRANT")):
-                continue  # role management examples, not analytics queries
+            if is_role_statement(statement):
+                continue  # role management examples (tests/integration/test_docs.py runs them, rolled back)
             await conn.fetch(statement)
     finally:
         await conn.close()

@@ -8,6 +8,7 @@ registries (type and labels), every command and flag of the CLI.
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,14 +93,13 @@ def _exported_metrics() -> dict[str, tuple[str, set[str]]]:
     import prometheus_client
     from prometheus_client.metrics import MetricWrapperBase
 
-    import square_mirror.metrics
-    import worker.metrics
     from webhooks.metrics import WebhookMetrics
 
+    # import_module, not ``import square_mirror.metrics``: another test may have deleted the package attribute.
+    modules = [importlib.import_module(name) for name in ("square_mirror.metrics", "worker.metrics")]
     receiver = WebhookMetrics()
     receiver.observe_request("enqueued", "customer.updated", 0.001)  # its custom collector has samples only then
-    wrappers = [v for module in (square_mirror.metrics, worker.metrics) for v in vars(module).values()
-                if isinstance(v, MetricWrapperBase)]
+    wrappers = [v for module in modules for v in vars(module).values() if isinstance(v, MetricWrapperBase)]
     wrappers += [v for v in vars(receiver).values() if isinstance(v, MetricWrapperBase)]
     label_names = {w._name: set(w._labelnames) for w in wrappers}
     exported: dict[str, tuple[str, set[str]]] = {}

@@ -57,7 +57,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             timeout=timeout,
             init=init_connection,
             server_settings=SERVER_SETTINGS,
-            # pgbouncer in transaction mode cannot keep prepared statements across transactions.
+            # Prepared statements are kept: behind pgbouncer use transaction pooling with max_prepared_statements
+            # set (pgbouncer 1.21+), which tracks them per client (see the README's pgbouncer notes).
             statement_cache_size=100,
             max_inactive_connection_lifetime=300.0,
         )

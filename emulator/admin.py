@@ -5,34 +5,19 @@ No authentication; JSON in and out. Errors use the Square envelope so clients pa
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import validation
-from .app import EMULATOR, Emulator, json_response
 from .config import PERSONAL, TOKEN_KINDS
+from .emulator import Emulator, load_snapshot_if_exists, save_snapshot
 from .errors import SquareError, bad_request
+from .keys import EMULATOR, json_response
 from .seeding import seed_merchant
 from .state import MerchantState
 from .validation import UPDATE_FIELDS, parse_json, reject_unknown
-
-
-def save_snapshot(emulator: Emulator, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(emulator.snapshot()))
-    os.replace(tmp, path)
-
-
-def load_snapshot_if_exists(emulator: Emulator, path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    with open(path, "rb") as fh:
-        emulator.restore(orjson.loads(fh.read()))
-    return True
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import orjson
 from aiohttp import web
 
 from . import clock, errors, validation
-from .app import json_response, merchant_of
 from .errors import SquareError, bad_request, error
+from .keys import json_response, merchant_of
 from .state import MerchantState
 from .validation import normalise_birthday, parse_json, parse_limit, reject_unknown
 

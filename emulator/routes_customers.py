@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .app import EMULATOR, json_response, merchant_of
 from .errors import SquareError, bad_request, customer_not_found, error
+from .keys import EMULATOR, json_response, merchant_of
 from .search import EmptyResult, compile_filter
 from .state import CustomerRec, MerchantState
 from .validation import (

@@ -1,15 +1,16 @@
 """Events API (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
-RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is in ``app``."""
+RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is
+``Emulator.authenticate``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from . import clock
-from .app import EMULATOR, json_response, merchant_of, principal_of
 from .config import CUSTOMER_EVENT_TYPES
 from .errors import SquareError, error
 from .events import EventLog, search_events
+from .keys import EMULATOR, json_response, merchant_of, principal_of
 from .validation import parse_json
 
 

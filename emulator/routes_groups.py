@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .app import json_response, merchant_of
 from .errors import SquareError, error, invalid_cursor, segment_not_found_error
+from .keys import json_response, merchant_of
 from .validation import parse_json, parse_limit, reject_unknown
 
 GROUP_FIELDS = frozenset(("id", "name", "created_at", "updated_at"))

@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin, routes_customers, routes_events, routes_groups
-from . import custom_attributes as attrs
 from .config import EmulatorConfig
 from .emulator import Emulator, load_snapshot_if_exists, save_snapshot
 from .errors import SquareError
 from .keys import EMULATOR, MERCHANT_KEY, PRINCIPAL_KEY, json_response
+from .routes import setup_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -70,12 +69,6 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
         load_snapshot_if_exists(emulator, config.snapshot_path)
     app = web.Application(middlewares=[square_middleware], client_max_size=16 * 1024 * 1024)
     app[EMULATOR] = emulator
-    routes_customers.register(app)
-    routes_groups.register(app)
-    attrs.register_literal(app)
-    routes_customers.register_item_routes(app)
-    attrs.register_item(app)
-    routes_events.register(app)
-    admin.register(app)
+    setup_routes(app)
     app.on_cleanup.append(_on_cleanup)
     return app

@@ -63,11 +63,3 @@ async def retrieve_merchant(request: web.Request) -> web.Response:
     return json_response({"merchant": {"id": state.merchant_id, "business_name": state.business_name,
                                        "country": "US", "language_code": "en-US", "currency": "USD",
                                        "status": "ACTIVE"}})
-
-
-def register(app: web.Application) -> None:
-    app.router.add_post("/v2/events", search, name="SearchEvents")
-    app.router.add_get("/v2/events/types", list_event_types, name="ListEventTypes")
-    app.router.add_put("/v2/events/enable", enable_events, name="EnableEvents")
-    app.router.add_put("/v2/events/disable", disable_events, name="DisableEvents")
-    app.router.add_get("/v2/merchants/{merchant_id}", retrieve_merchant, name="RetrieveMerchant")

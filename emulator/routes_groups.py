@@ -92,14 +92,3 @@ async def retrieve_segment(request: web.Request) -> web.Response:
     if segment is None:
         raise segment_not_found_error(sid)
     return json_response({"segment": segment})
-
-
-def register(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/v2/customers/groups", list_groups, name="ListCustomerGroups")
-    r.add_post("/v2/customers/groups", create_group, name="CreateCustomerGroup")
-    r.add_get("/v2/customers/groups/{group_id}", retrieve_group, name="RetrieveCustomerGroup")
-    r.add_put("/v2/customers/groups/{group_id}", update_group, name="UpdateCustomerGroup")
-    r.add_delete("/v2/customers/groups/{group_id}", delete_group, name="DeleteCustomerGroup")
-    r.add_get("/v2/customers/segments", list_segments, name="ListCustomerSegments")
-    r.add_get("/v2/customers/segments/{segment_id}", retrieve_segment, name="RetrieveCustomerSegment")

@@ -8,7 +8,7 @@ admin routes need no token.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -54,21 +54,29 @@ async def square_middleware(request: web.Request, handler: Handler) -> web.Strea
                                           "category": "INVALID_REQUEST_ERROR"}]}, exc.status)
 
 
-async def _on_cleanup(app: web.Application) -> None:
+async def webhook_deliveries(app: web.Application) -> AsyncIterator[None]:
+    """Deliveries still in flight are cancelled, and their HTTP session closed, when the app stops."""
+    yield
+    await app[EMULATOR].webhooks.close()
+
+
+async def snapshot_file(app: web.Application) -> AsyncIterator[None]:
+    """``EmulatorConfig.snapshot_path`` (``--snapshot``): restored at start if the file exists, saved at stop."""
     emulator = app[EMULATOR]
-    if emulator.config.snapshot_path:
-        save_snapshot(emulator, emulator.config.snapshot_path)
-    await emulator.webhooks.close()
+    path = emulator.config.snapshot_path
+    if path:
+        load_snapshot_if_exists(emulator, path)
+    yield
+    if path:
+        save_snapshot(emulator, path)
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
     """Build the emulator application (used by the CLI, ``testing.run_emulator`` and tests)."""
-    config = config or EmulatorConfig()
-    emulator = Emulator(config)
-    if config.snapshot_path:
-        load_snapshot_if_exists(emulator, config.snapshot_path)
     app = web.Application(middlewares=[square_middleware], client_max_size=16 * 1024 * 1024)
-    app[EMULATOR] = emulator
+    app[EMULATOR] = Emulator(config or EmulatorConfig())
     setup_routes(app)
-    app.on_cleanup.append(_on_cleanup)
+    # Cleanup runs in reverse: the snapshot is saved before the deliveries stop.
+    app.cleanup_ctx.append(webhook_deliveries)
+    app.cleanup_ctx.append(snapshot_file)
     return app

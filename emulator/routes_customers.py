@@ -10,8 +10,9 @@ from aiohttp import web
 
 from .errors import SquareError, bad_request, customer_not_found, error
 from .keys import EMULATOR, json_response, merchant_of
+from .records import CustomerRec
 from .search import EmptyResult, compile_filter
-from .state import CustomerRec, MerchantState
+from .state import MerchantState
 from .validation import (
     CREATE_FIELDS,
     CUSTOMER_INPUT_FIELDS,

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin
+from . import admin, customers, events_api, groups
 from . import custom_attributes as attrs
-from . import routes_customers as customers
-from . import routes_events as events
-from . import routes_groups as groups
 
 
 def setup_routes(app: web.Application) -> None:
@@ -74,11 +71,11 @@ def setup_routes(app: web.Application) -> None:
                  name="DeleteCustomerCustomAttribute")
 
     # Events API and Merchants API.
-    r.add_post("/v2/events", events.search, name="SearchEvents")
-    r.add_get("/v2/events/types", events.list_event_types, name="ListEventTypes")
-    r.add_put("/v2/events/enable", events.enable_events, name="EnableEvents")
-    r.add_put("/v2/events/disable", events.disable_events, name="DisableEvents")
-    r.add_get("/v2/merchants/{merchant_id}", events.retrieve_merchant, name="RetrieveMerchant")
+    r.add_post("/v2/events", events_api.search, name="SearchEvents")
+    r.add_get("/v2/events/types", events_api.list_event_types, name="ListEventTypes")
+    r.add_put("/v2/events/enable", events_api.enable_events, name="EnableEvents")
+    r.add_put("/v2/events/disable", events_api.disable_events, name="DisableEvents")
+    r.add_get("/v2/merchants/{merchant_id}", events_api.retrieve_merchant, name="RetrieveMerchant")
 
     # Admin API: what only the Square Dashboard can do, plus test control.
     r.add_post("/_emulator/reset", admin.reset)

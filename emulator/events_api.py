@@ -1,4 +1,4 @@
-"""Events API (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
+"""Events API handlers (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
 RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is
 ``Emulator.authenticate``."""
 

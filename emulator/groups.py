@@ -1,4 +1,4 @@
-"""Customer Groups API (CRUD, idempotent create) and Customer Segments API (read-only)."""
+"""Customer Groups API (CRUD, idempotent create) and Customer Segments API (read-only) handlers."""
 
 from __future__ import annotations
 

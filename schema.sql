@@ -1,6 +1,7 @@
 -- square-mirror analytics schema: the contract analysts query.
 -- Re-applicable: running it twice is a no-op (square-mirror migrate). Every primary key starts with
--- merchant_id, so one database can mirror many sellers.
+-- merchant_id, so one database can mirror many sellers. This file is the current schema; what an older
+-- database needs first (renames, new columns, data moves) is in migrations/, which migrate runs before it.
 
 CREATE SCHEMA IF NOT EXISTS square;
 
@@ -16,16 +17,16 @@ CREATE TABLE IF NOT EXISTS square.merchants (
     auth_error       text,
     auth_changed_at  timestamptz,
     first_seen_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    events_searchable_since  timestamptz,
+    events_enabled_at        timestamptz,
+    events_error             text
 );
 -- Square's Events API finds only events that occurred while events were enabled (all are disabled by default,
 -- and a disabled period stays unsearchable after re-enabling). events_searchable_since: when the current enabled
 -- period began, as far as the mirror knows (set by its first successful EnableEvents, reset when the events lane
 -- finds events missing); events_enabled_at: the last successful EnableEvents; events_error: why the Events API
 -- last refused this seller (it takes personal access tokens only), NULL once it answers again.
-ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_searchable_since timestamptz;
-ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_enabled_at timestamptz;
-ALTER TABLE square.merchants ADD COLUMN IF NOT EXISTS events_error text;
 
 -- Live customers and tombstones. A deleted or merged-away customer keeps its row with deleted_at set
 -- (and merged_into for merges); customers_current hides them. A tombstone's deleted_at is the time Square stated
@@ -65,7 +66,6 @@ CREATE TABLE IF NOT EXISTS square.customers (
     listed_at           timestamptz,
     PRIMARY KEY (merchant_id, id)
 );
-ALTER TABLE square.customers ADD COLUMN IF NOT EXISTS listed_at timestamptz;
 CREATE INDEX IF NOT EXISTS customers_email_idx ON square.customers (merchant_id, lower(email_address));
 CREATE INDEX IF NOT EXISTS customers_phone_idx ON square.customers (merchant_id, phone_number);
 CREATE INDEX IF NOT EXISTS customers_reference_idx ON square.customers (merchant_id, reference_id);
@@ -298,38 +298,6 @@ LEFT JOIN square.customer_segments s ON s.merchant_id = m.merchant_id AND s.id =
 -- time is unknown; valid_to is the next state's valid_from, or the deletion time. Membership joined_at /
 -- left_at are observation times (see the README).
 -- SET square_mirror.history = 'off' in a session stops storing ended states for that session (benchmarks).
-
--- Schema 1 stored open rows in the history tables too: keep their closed rows, drop the open ones (the
--- current-state tables hold them), and let the views below take the old names.
-DO $$
-DECLARE
-    t record;
-BEGIN
-    FOR t IN SELECT * FROM (VALUES
-        ('customer_versions', 'customer_versions_closed', 'valid_to', 'customer_versions_open_idx'),
-        ('customer_group_membership_history', 'customer_group_membership_closed', 'left_at',
-         'group_membership_history_open_idx'),
-        ('customer_segment_membership_history', 'customer_segment_membership_closed', 'left_at',
-         'segment_membership_history_open_idx')
-    ) AS v (old_name, new_name, end_column, open_index)
-    LOOP
-        IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = 'square' AND c.relname = t.old_name AND c.relkind = 'r') THEN
-            EXECUTE format('DELETE FROM square.%I WHERE %I IS NULL', t.old_name, t.end_column);
-            EXECUTE format('ALTER TABLE square.%I RENAME TO %I', t.old_name, t.new_name);
-            EXECUTE format('ALTER TABLE square.%I RENAME CONSTRAINT %I TO %I', t.new_name, t.old_name || '_pkey',
-                           t.new_name || '_pkey');
-            EXECUTE format('ALTER TABLE square.%I ALTER COLUMN %I SET NOT NULL', t.new_name, t.end_column);
-            EXECUTE format('DROP INDEX IF EXISTS square.%I', t.open_index);
-        END IF;
-    END LOOP;
-END
-$$;
-DROP TRIGGER IF EXISTS customer_history_insert ON square.customers;
-DROP TRIGGER IF EXISTS group_membership_history_insert ON square.customer_group_members;
-DROP TRIGGER IF EXISTS segment_membership_history_insert ON square.customer_segment_members;
-DROP FUNCTION IF EXISTS square.customer_history_on_insert();
-DROP FUNCTION IF EXISTS square.membership_history_on_insert();
 
 -- Superseded, deleted and merged-away customer states: [valid_from, valid_to), valid_to never NULL.
 CREATE TABLE IF NOT EXISTS square.customer_versions_closed (
@@ -600,21 +568,6 @@ BEGIN
     END IF;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'grants to square_mirror_reader skipped: insufficient privilege';
-END
-$$;
-
--- Version 3 adds customers.listed_at. Rows written before it were listed by the backfill that wrote them unless
--- they hold no public field, so they start as listed (once): otherwise every segments pass would read the whole
--- directory by ID until the next sweep.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM square.schema_version WHERE version = 3)
-       AND EXISTS (SELECT 1 FROM square.schema_version) THEN
-        UPDATE square.customers SET listed_at = observed_at
-        WHERE listed_at IS NULL AND deleted_at IS NULL
-          AND coalesce(given_name, '') || coalesce(family_name, '') || coalesce(company_name, '')
-              || coalesce(email_address, '') || coalesce(phone_number, '') <> '';
-    END IF;
 END
 $$;
 

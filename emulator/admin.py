@@ -5,34 +5,19 @@ No authentication; JSON in and out. Errors use the Square envelope so clients pa
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import validation
-from .app import EMULATOR, Emulator, json_response
 from .config import PERSONAL, TOKEN_KINDS
+from .emulator import Emulator, load_snapshot_if_exists, save_snapshot
 from .errors import SquareError, bad_request
+from .keys import EMULATOR, json_response
 from .seeding import seed_merchant
 from .state import MerchantState
 from .validation import UPDATE_FIELDS, parse_json, reject_unknown
-
-
-def save_snapshot(emulator: Emulator, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(emulator.snapshot()))
-    os.replace(tmp, path)
-
-
-def load_snapshot_if_exists(emulator: Emulator, path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    with open(path, "rb") as fh:
-        emulator.restore(orjson.loads(fh.read()))
-    return True
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -261,32 +246,3 @@ async def restore(request: web.Request) -> web.Response:
     else:
         emulator.restore(body)
     return json_response({"ok": True})
-
-
-def register(app: web.Application) -> None:
-    r = app.router
-    p = "/_emulator"
-    r.add_post(f"{p}/reset", reset)
-    r.add_post(f"{p}/seed", seed)
-    r.add_get(f"{p}/state", state)
-    r.add_post(f"{p}/merge", merge)
-    r.add_post(f"{p}/instant-profiles", instant_profile)
-    r.add_post(f"{p}/segments", create_segment)
-    r.add_delete(f"{p}/segments/{{segment_id}}", delete_segment)
-    r.add_put(f"{p}/segments/{{segment_id}}/members/{{customer_id}}", segment_member)
-    r.add_delete(f"{p}/segments/{{segment_id}}/members/{{customer_id}}", segment_member)
-    r.add_get(f"{p}/faults", get_faults)
-    r.add_put(f"{p}/faults", put_faults)
-    r.add_post(f"{p}/subscriptions", add_subscription)
-    r.add_get(f"{p}/subscriptions", list_subscriptions)
-    r.add_delete(f"{p}/subscriptions/{{subscription_id}}", delete_subscription)
-    r.add_patch(f"{p}/customers/{{customer_id}}", dashboard_update)
-    r.add_get(f"{p}/deliveries", deliveries)
-    r.add_post(f"{p}/deliveries/drain", drain)
-    r.add_get(f"{p}/sellers", sellers)
-    r.add_post(f"{p}/sellers", add_seller)
-    r.add_post(f"{p}/sellers/{{merchant_id}}/{{action:revoke|restore}}", revoke)
-    r.add_get(f"{p}/application", get_application)
-    r.add_put(f"{p}/application", put_application)
-    r.add_post(f"{p}/snapshot", snapshot)
-    r.add_post(f"{p}/restore", restore)

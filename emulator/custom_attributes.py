@@ -1,4 +1,4 @@
-"""Customer Custom Attributes API: definitions and per-customer values, plus the search filter.
+"""Customer Custom Attributes API: definitions and per-customer values (their search filter is in ``search.py``).
 
 Kept apart from the core Customers API because the mirror does not sync custom attributes; the emulator
 serves them so that every non-deprecated operation of the spec answers with a valid body. Changes to
@@ -16,8 +16,8 @@ import orjson
 from aiohttp import web
 
 from . import clock, errors, validation
-from .app import json_response, merchant_of
 from .errors import SquareError, bad_request, error
+from .keys import json_response, merchant_of
 from .state import MerchantState
 from .validation import normalise_birthday, parse_json, parse_limit, reject_unknown
 
@@ -272,30 +272,3 @@ async def bulk_upsert(request: web.Request) -> web.Response:
         except SquareError as exc:
             out[rid] = {"customer_id": cid, "errors": exc.errors} if cid else {"errors": exc.errors}
     return json_response({"values": out})
-
-
-def register_literal(app: web.Application) -> None:
-    """Literal paths, registered before ``/v2/customers/{customer_id}``."""
-    r = app.router
-    r.add_get("/v2/customers/custom-attribute-definitions", list_definitions,
-              name="ListCustomerCustomAttributeDefinitions")
-    r.add_post("/v2/customers/custom-attribute-definitions", create_definition,
-               name="CreateCustomerCustomAttributeDefinition")
-    r.add_get("/v2/customers/custom-attribute-definitions/{key}", retrieve_definition,
-              name="RetrieveCustomerCustomAttributeDefinition")
-    r.add_put("/v2/customers/custom-attribute-definitions/{key}", update_definition,
-              name="UpdateCustomerCustomAttributeDefinition")
-    r.add_delete("/v2/customers/custom-attribute-definitions/{key}", delete_definition,
-                 name="DeleteCustomerCustomAttributeDefinition")
-    r.add_post("/v2/customers/custom-attributes/bulk-upsert", bulk_upsert, name="BulkUpsertCustomerCustomAttributes")
-
-
-def register_item(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/v2/customers/{customer_id}/custom-attributes", list_attributes, name="ListCustomerCustomAttributes")
-    r.add_get("/v2/customers/{customer_id}/custom-attributes/{key}", retrieve_attribute,
-              name="RetrieveCustomerCustomAttribute")
-    r.add_post("/v2/customers/{customer_id}/custom-attributes/{key}", upsert_attribute,
-               name="UpsertCustomerCustomAttribute")
-    r.add_delete("/v2/customers/{customer_id}/custom-attributes/{key}", delete_attribute,
-                 name="DeleteCustomerCustomAttribute")

@@ -20,7 +20,7 @@ from typing import Any
 
 from .clock import parse_rfc3339
 from .errors import SquareError, bad_request, error
-from .validation import e164
+from .validation import e164, reject_unknown
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -143,8 +143,6 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
                    raw: bytes, custom: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None,
                    ) -> list[Predicate]:
     """Turn a CustomerFilter into predicates over customer records; raise EmptyResult for ``{}``."""
-    from .validation import reject_unknown
-
     if flt is None:
         return []
     reject_unknown(flt, FILTER_FIELDS, raw)
@@ -217,8 +215,6 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
 def _custom_attribute_preds(spec: Any, defs: dict[str, Any], values: dict[str, dict[str, Any]],
                             raw: bytes) -> list[Predicate]:
     """CustomerCustomAttributeFilters: up to 10 filters, ANDed; each on one defined key."""
-    from .validation import reject_unknown
-
     reject_unknown(spec, frozenset(("filters",)), raw)
     filters = spec.get("filters") or []
     if not isinstance(filters, list) or len(filters) > 10:

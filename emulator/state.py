@@ -1,17 +1,14 @@
-"""In-memory truth for each seller: customers, tombstones, merges, groups, segments, memberships.
+"""In-memory truth for each seller: customers, tombstones, merges, groups, segments, memberships, custom
+attributes and the Events API's state.
 
-Customer records are immutable: every committed change builds a new record (doc + cached JSON bytes +
-sort keys), which lets the list/search index lag behind the truth (eventual consistency) by simply
-holding on to older records, and makes Retrieve/List cheap (cached serialised bytes).
+Every committed change of a customer is a new immutable record (``records.py``), staged into the list/search
+index (``index.py``), which may show it only ``index_lag_seconds`` later.
 """
 
 from __future__ import annotations
 
-import base64
-import bisect
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,166 +22,18 @@ from .errors import (
     customer_not_found_error,
     error,
     group_not_found_error,
-    invalid_cursor,
     segment_not_found_error,
 )
 from .events import EventLog, customer_event
+from .index import CustomerIndex
+from .records import CustomerRec
 from .search import Predicate
 from .validation import PUBLIC_FIELDS, has_identity
 
-FIELD_ORDER = ("id", "created_at", "updated_at", "given_name", "family_name", "nickname", "company_name",
-               "email_address", "address", "phone_number", "birthday", "reference_id", "note", "preferences",
-               "creation_source", "group_ids", "segment_ids", "version", "tax_ids")
 _NOTE_LABELS = {"given_name": "First Name", "family_name": "Last Name", "company_name": "Company",
                 "email_address": "Email", "phone_number": "Phone"}
 EventSink = Callable[[str, dict[str, Any]], None]
 EVENTS_CHANGES_MAX = 1000  # EnableEvents/DisableEvents calls kept per seller in the truth dump
-
-
-class CustomerRec:
-    """One committed version of a customer profile."""
-
-    __slots__ = ("ckey", "created_ts", "dkey", "doc", "public", "search_cache", "updated_ts")
-
-    def __init__(self, doc: dict[str, Any], created_ts: float, updated_ts: float, *, ordered: bool = False) -> None:
-        if not ordered:
-            doc = {k: doc[k] for k in FIELD_ORDER if k in doc and doc[k] is not None}
-        self.doc = doc
-        self.created_ts = created_ts
-        self.updated_ts = updated_ts
-        self.search_cache: dict[str, str] | None = None  # normalised email/phone, filled by the first search
-        self.public = any(doc.get(f) for f in PUBLIC_FIELDS)
-        self.dkey = (default_sort_text(doc), doc["id"])
-        self.ckey = (doc["created_at"], doc["id"])
-
-    @property
-    def raw(self) -> bytes:
-        """Serialised on demand: orjson is fast enough, and not caching bytes saves ~30% of RSS."""
-        return orjson.dumps(self.doc)
-
-    @property
-    def id(self) -> str:
-        return str(self.doc["id"])
-
-    @property
-    def version(self) -> int:
-        return int(self.doc["version"])
-
-
-def default_sort_text(doc: dict[str, Any]) -> str:
-    """Given+family name; else company, email, phone (documented DEFAULT order). Case-insensitive."""
-    name = " ".join(p for p in (doc.get("given_name"), doc.get("family_name")) if p)
-    for candidate in (name, doc.get("company_name"), doc.get("email_address"), doc.get("phone_number")):
-        if candidate:
-            return str(candidate).casefold()
-    return ""
-
-
-def _created_slice(keys: list[tuple[str, str]], start: float | None, end: float | None) -> list[tuple[str, str]]:
-    """The part of ``by_created`` that can hold creation times in ``[start, end)``: a superset, found by bisection.
-
-    ``created_at`` is always ``clock.rfc3339_ms`` of the record's ``created_ts`` (fixed width, floor to the
-    millisecond), so ``start <= created_ts`` implies ``rfc3339_ms(start) <= created_at`` and ``created_ts < end``
-    implies ``created_at <= rfc3339_ms(end)``; the predicate still decides exactly. Without this a partitioned
-    backfill's every first page walked the index from the beginning (O(customers) per partition and page).
-    """
-    low, high = _sortable_ms(start), _sortable_ms(end)
-    lo = bisect.bisect_left(keys, (low,)) if low is not None else 0
-    hi = bisect.bisect_left(keys, (high + "\x00",)) if high is not None else len(keys)
-    return keys if (lo, hi) == (0, len(keys)) else keys[lo:hi]
-
-
-def _sortable_ms(ts: float | None) -> str | None:
-    """``rfc3339_ms(ts)`` when it sorts like the stored ``created_at`` strings (years 1000-9999), else None."""
-    if ts is None:
-        return None
-    try:
-        text = clock.rfc3339_ms(ts)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return text if len(text) == 24 and text[:4].isdigit() else None
-
-
-class CustomerIndex:
-    """What ListCustomers/SearchCustomers see: public profiles, possibly ``index_lag_seconds`` behind."""
-
-    def __init__(self) -> None:
-        self.visible: dict[str, CustomerRec] = {}
-        self.by_default: list[tuple[str, str]] = []
-        self.by_created: list[tuple[str, str]] = []
-        self.by_updated: list[tuple[float, str]] = []  # narrows updated_at range searches (incremental sync)
-        self.pending: deque[tuple[float, str, CustomerRec | None]] = deque()
-        self.generation = 0
-
-    def stage(self, due: float, cid: str, rec: CustomerRec | None) -> None:
-        self.pending.append((due, cid, rec))
-
-    def catch_up(self, now: float) -> None:
-        pending = self.pending
-        if not pending or pending[0][0] > now:
-            return
-        due: list[tuple[str, CustomerRec | None]] = []
-        while pending and pending[0][0] <= now:
-            _, cid, rec = pending.popleft()
-            due.append((cid, rec))
-        self.generation += 1
-        if len(due) > 256:
-            for cid, rec in due:
-                if rec is not None and rec.public:
-                    self.visible[cid] = rec
-                else:
-                    self.visible.pop(cid, None)
-            self.by_default = sorted(r.dkey for r in self.visible.values())
-            self.by_created = sorted(r.ckey for r in self.visible.values())
-            self.by_updated = sorted((r.updated_ts, r.id) for r in self.visible.values())
-            return
-        for cid, rec in due:
-            old = self.visible.pop(cid, None)
-            if old is not None:
-                _remove(self.by_default, old.dkey)
-                _remove(self.by_created, old.ckey)
-                _remove_u(self.by_updated, (old.updated_ts, cid))
-            if rec is not None and rec.public:
-                self.visible[cid] = rec
-                bisect.insort(self.by_default, rec.dkey)
-                bisect.insort(self.by_created, rec.ckey)
-                bisect.insort(self.by_updated, (rec.updated_ts, cid))
-
-    def updated_between(self, start: float | None, end: float | None) -> set[str] | None:
-        """IDs whose updated_at is in [start, end), or None when the range is too wide to be worth it."""
-        keys = self.by_updated
-        lo = bisect.bisect_left(keys, (start, "")) if start is not None else 0
-        hi = bisect.bisect_left(keys, (end, "")) if end is not None else len(keys)
-        if hi - lo > len(keys) // 2:
-            return None
-        return {k[1] for k in keys[lo:hi]}
-
-
-def _remove(keys: list[tuple[str, str]], key: tuple[str, str]) -> None:
-    i = bisect.bisect_left(keys, key)
-    if i < len(keys) and keys[i] == key:
-        del keys[i]
-
-
-def _remove_u(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
-    i = bisect.bisect_left(keys, key)
-    if i < len(keys) and keys[i] == key:
-        del keys[i]
-
-
-def encode_cursor(payload: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        out = orjson.loads(base64.urlsafe_b64decode(padded))
-        if not isinstance(out, dict):
-            raise TypeError
-        return out
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise invalid_cursor() from None
 
 
 class MerchantState:
@@ -531,63 +380,9 @@ class MerchantState:
     def page(self, *, sort_field: str, order: str, limit: int, cursor: str | None, fingerprint: str,
              predicates: list[Predicate] | None, count: bool) -> tuple[list[CustomerRec], str | None, int | None]:
         """One page of the (possibly lagging) index with keyset cursors tied to the query fingerprint."""
-        now = clock.now()
-        index = self.index
-        index.catch_up(now)
-        keys: list[tuple[str, str]] = index.by_created if sort_field == "CREATED_AT" else index.by_default
-        visible = index.visible
-        for pred in predicates or ():
-            if getattr(pred, "range_attr", None) == "updated_ts":
-                # A narrow updated_at range (incremental sync) walks only its candidates, in sort order.
-                ids = index.updated_between(pred.range_start, pred.range_end)  # type: ignore[attr-defined]
-                if ids is not None:
-                    by_created = sort_field == "CREATED_AT"
-                    keys = sorted(visible[i].ckey if by_created else visible[i].dkey for i in ids)
-            elif getattr(pred, "range_attr", None) == "created_ts" and keys is index.by_created:
-                keys = _created_slice(keys, pred.range_start, pred.range_end)  # type: ignore[attr-defined]
-        desc = order == "DESC"
-        start: int
-        if cursor:
-            cur = decode_cursor(cursor)
-            ttl = self.knobs.cursor_ttl_seconds
-            if cur.get("q") != fingerprint or (ttl > 0 and now - float(cur.get("t", 0)) > ttl):
-                raise invalid_cursor()
-            last = tuple(cur.get("k") or ())
-            if len(last) != 2:
-                raise invalid_cursor()
-            start = bisect.bisect_left(keys, last) - 1 if desc else bisect.bisect_right(keys, last)
-            issued = float(cur.get("t", now))
-        else:
-            start = len(keys) - 1 if desc else 0
-            issued = now
-        out: list[CustomerRec] = []
-        i = start
-        step = -1 if desc else 1
-        n = len(keys)
-        last_key: tuple[str, str] | None = None
-        while 0 <= i < n and len(out) < limit:
-            key = keys[i]
-            rec = visible[key[1]]
-            if predicates is None or all(p(rec) for p in predicates):
-                out.append(rec)
-                last_key = key
-            i += step
-        more = False
-        if len(out) == limit:
-            j = i
-            while 0 <= j < n:
-                rec = visible[keys[j][1]]
-                if predicates is None or all(p(rec) for p in predicates):
-                    more = True
-                    break
-                j += step
-        next_cursor = encode_cursor({"k": list(last_key), "q": fingerprint, "t": issued}) \
-            if more and last_key else None
-        total = None
-        if count:
-            total = len(keys) if predicates is None else sum(
-                1 for k in keys if all(p(visible[k[1]]) for p in predicates))
-        return out, next_cursor, total
+        return self.index.page(clock.now(), sort_field=sort_field, order=order, limit=limit, cursor=cursor,
+                               fingerprint=fingerprint, predicates=predicates, count=count,
+                               cursor_ttl=self.knobs.cursor_ttl_seconds)
 
     # ---- groups ---------------------------------------------------------------------------------
     def create_group(self, name: str, idempotency_key: str | None) -> dict[str, Any]:
@@ -719,8 +514,4 @@ class MerchantState:
 
     def reindex(self, records: Iterable[CustomerRec] | None = None) -> None:
         """Rebuild the list/search index from the truth at once (seeding, restore)."""
-        self.index = CustomerIndex()
-        self.index.visible = {r.id: r for r in (records or self.customers.values()) if r.public}
-        self.index.by_default = sorted(r.dkey for r in self.index.visible.values())
-        self.index.by_created = sorted(r.ckey for r in self.index.visible.values())
-        self.index.by_updated = sorted((r.updated_ts, r.id) for r in self.index.visible.values())
+        self.index = CustomerIndex(records or self.customers.values())

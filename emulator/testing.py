@@ -10,8 +10,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .app import EMULATOR, Emulator, create_app
+from .app import create_app
 from .config import EmulatorConfig
+from .emulator import Emulator
+from .keys import EMULATOR
 
 
 class ManualClock:

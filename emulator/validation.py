@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .errors import SquareError, bad_request, error, unrecognized_field
+from .errors import SquareError, bad_request, error, limit_error, unrecognized_field
 
 STRING_FIELDS = ("given_name", "family_name", "company_name", "nickname", "email_address", "phone_number",
                  "reference_id", "note", "birthday")
@@ -189,8 +189,6 @@ def has_identity(fields: dict[str, Any]) -> bool:
 
 
 def parse_limit(value: Any, *, low: int, high: int, default: int) -> int:
-    from .errors import limit_error
-
     if value is None:
         return default
     try:

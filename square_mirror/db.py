@@ -22,12 +22,27 @@ class DatabaseUnavailable(RuntimeError):
     """DATABASE_URL is set but the server cannot be reached; never silently replaced by a fallback."""
 
 
-def schema_sql() -> str:
-    """schema.sql from the installed wheel, or from the source tree in a development checkout."""
-    packaged = resources.files("square_mirror").joinpath("sql/schema.sql")
+def _sql_file(name: str) -> str:
+    """A file of the schema's SQL (schema.sql, migrations/NNNN_*.sql) from the installed wheel, or from the source
+    tree in a development checkout."""
+    packaged = resources.files("square_mirror").joinpath(f"sql/{name}")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / name).read_text(encoding="utf-8")
+
+
+def schema_sql() -> str:
+    """The current schema: idempotent for a new database or one at the current version."""
+    return _sql_file("schema.sql")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, SQL) of every upgrade step, oldest first: what a database below that version needs before
+    schema.sql applies (renames, new columns, data moves)."""
+    packaged = resources.files("square_mirror").joinpath("sql/migrations")
+    folder = packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "migrations"
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    return [(int(name.split("_", 1)[0]), _sql_file(f"migrations/{name}")) for name in names]
 
 
 def _dumps(value: Any) -> str:
@@ -57,7 +72,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             timeout=timeout,
             init=init_connection,
             server_settings=SERVER_SETTINGS,
-            # pgbouncer in transaction mode cannot keep prepared statements across transactions.
+            # Prepared statements are kept: behind pgbouncer use transaction pooling with max_prepared_statements
+            # set (pgbouncer 1.21+), which tracks them per client (see the README's pgbouncer notes).
             statement_cache_size=100,
             max_inactive_connection_lifetime=300.0,
         )
@@ -68,18 +84,33 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
 
 
 async def migrate(dsn: str) -> int:
-    """Apply schema.sql (idempotent) under an advisory lock; returns the schema version now in place."""
+    """Bring the database to the current schema under an advisory lock, in one transaction: the upgrade steps
+    of migrations/ it has not had, then schema.sql (idempotent). Returns the schema version now in place."""
     conn = await connect(dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK_KEY)
         try:
-            await conn.execute(schema_sql())
+            async with conn.transaction():  # an upgrade lands whole or not at all
+                current = await _applied_version(conn)
+                for step_version, step in migrations():
+                    if 0 < current < step_version:
+                        await conn.execute(step)
+                await conn.execute(schema_sql())
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_KEY)
         version: int = await conn.fetchval("SELECT max(version) FROM square.schema_version")
         return version
     finally:
         await conn.close()
+
+
+async def _applied_version(conn: asyncpg.Connection) -> int:
+    """The version a database is at; 0 for one without the schema (schema.sql creates it whole)."""
+    exists = await conn.fetchval("SELECT to_regclass('square.schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    version: int | None = await conn.fetchval("SELECT max(version) FROM square.schema_version")
+    return version or 0
 
 
 async def describe_schema(dsn: str) -> list[tuple[str, str, list[str]]]:

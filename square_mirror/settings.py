@@ -114,7 +114,9 @@ class Settings:
         env = os.environ if environ is None else environ
         return cls(
             database_url=_url(env, "DATABASE_URL", ("postgres", "postgresql")),
-            redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
+            # No unix://: arq's settings and the receiver's own connection take a host and port, so a socket
+            # path would silently connect to 127.0.0.1:6379 instead.
+            redis_url=_url(env, "REDIS_URL", ("redis", "rediss")),
             square_base_url=_base_url(env),
             square_version=_square_version(env),
             square_access_token=_token(env),
@@ -159,7 +161,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> Secret 
     parts = urlsplit(value)
     if parts.scheme not in schemes:
         raise SettingsError(f"{name} must be a URL with scheme {' or '.join(schemes)}, got scheme {parts.scheme!r}")
-    if parts.scheme != "unix" and not parts.netloc and "host=" not in parts.query:
+    if not parts.netloc and "host=" not in parts.query:
         raise SettingsError(f"{name} has no host")
     return Secret(value)
 

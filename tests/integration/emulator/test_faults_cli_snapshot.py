@@ -153,6 +153,20 @@ async def test_admin_snapshot_restore_round_trip() -> None:
         assert await emu.truth() == truth
 
 
+async def test_snapshot_path_is_restored_when_the_app_starts_and_saved_when_it_stops(tmp_path: Path) -> None:
+    snap = tmp_path / "snap.json"
+    cfg = EmulatorConfig(seed=5, sellers={"M1": "t1"}, snapshot_path=str(snap))
+    async with run_emulator(cfg) as emu:
+        assert not snap.exists()
+        await emu.seed(7)
+        await emu.admin("POST", "sellers", {"merchant_id": "M2", "token": "t2"})
+        truth = await emu.truth()
+    assert snap.exists()
+    async with run_emulator(cfg) as emu:
+        assert emu.sellers == {"M1": "t1", "M2": "t2"}
+        assert await emu.truth() == truth
+
+
 def test_cli_prints_json_line_serves_and_saves_snapshot_on_sigterm(tmp_path: Path) -> None:
     snap = tmp_path / "snap.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

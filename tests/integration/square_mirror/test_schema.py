@@ -127,3 +127,22 @@ async def test_upgrade_from_schema_1_keeps_every_history_row_and_keeps_recording
         assert await migrate(db_dsn) == SCHEMA_VERSION  # and the upgraded schema re-applies cleanly
     finally:
         await conn.close()
+
+
+async def test_an_upgrade_that_fails_leaves_the_old_database_untouched(db_dsn: str) -> None:
+    conn = await connect(db_dsn)
+    try:
+        await conn.execute("DROP SCHEMA square CASCADE")
+        await conn.execute((Path(__file__).parents[2] / "data" / "schema_v1.sql").read_text())
+        # A v1 database holding a function schema.sql cannot replace: the upgrade fails after its steps ran.
+        await conn.execute("CREATE FUNCTION square.customer_is_hidden(text, text, text, text, text, timestamptz)"
+                           " RETURNS integer LANGUAGE sql AS 'SELECT 1'")
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'square' ORDER BY 1")
+        with pytest.raises(asyncpg.PostgresError):
+            await migrate(db_dsn)
+        assert await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'square' ORDER BY 1") == tables
+        assert await conn.fetchval("SELECT max(version) FROM square.schema_version") == 1
+        assert not await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'square'"
+                                       " AND column_name = 'listed_at'")
+    finally:
+        await conn.close()

@@ -70,8 +70,9 @@ def test_seeded_profiles_keep_square_field_order_and_are_deterministic() -> None
     import random
 
     from emulator.config import Knobs
+    from emulator.records import FIELD_ORDER
     from emulator.seeding import seed_merchant
-    from emulator.state import FIELD_ORDER, MerchantState
+    from emulator.state import MerchantState
 
     def build() -> MerchantState:
         st = MerchantState("M", "t", random.Random(1), Knobs(), lambda m, e: None)

@@ -27,6 +27,7 @@ def test_require_database_url_names_the_variable() -> None:
     [
         ("DATABASE_URL", "mysql://x@y/z"),
         ("REDIS_URL", "http://localhost"),
+        ("REDIS_URL", "unix:///var/run/redis/redis.sock"),  # would connect to 127.0.0.1 instead
         ("SQUARE_BASE_URL", "ftp://connect.squareup.com"),
         ("SQUARE_BASE_URL", "https://connect.squareup.com/v2"),
         ("SQUARE_VERSION", "2025-8-20"),

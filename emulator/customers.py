@@ -1,8 +1,4 @@
-"""Customers API handlers (every non-deprecated operation of the spec).
-
-Literal paths (``/search``, ``/bulk-*``, ``/groups``, ``/segments``) are registered before
-``/{customer_id}`` because they share its prefix.
-"""
+"""Customers API handlers (every non-deprecated operation of the spec); their routes are in ``routes.py``."""
 
 from __future__ import annotations
 
@@ -12,10 +8,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .app import EMULATOR, json_response, merchant_of
 from .errors import SquareError, bad_request, customer_not_found, error
+from .keys import EMULATOR, json_response, merchant_of
+from .records import CustomerRec
 from .search import EmptyResult, compile_filter
-from .state import CustomerRec, MerchantState
+from .state import MerchantState
 from .validation import (
     CREATE_FIELDS,
     CUSTOMER_INPUT_FIELDS,
@@ -242,24 +239,3 @@ async def remove_group(request: web.Request) -> web.Response:
     state = merchant_of(request)
     state.set_group(request.match_info["customer_id"], request.match_info["group_id"], False)
     return json_response(EMPTY)
-
-
-def register(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/v2/customers", list_customers, name="ListCustomers")
-    r.add_post("/v2/customers", create_customer, name="CreateCustomer")
-    r.add_post("/v2/customers/search", search_customers, name="SearchCustomers")
-    r.add_post("/v2/customers/bulk-create", bulk_create, name="BulkCreateCustomers")
-    r.add_post("/v2/customers/bulk-update", bulk_update, name="BulkUpdateCustomers")
-    r.add_post("/v2/customers/bulk-retrieve", bulk_retrieve, name="BulkRetrieveCustomers")
-    r.add_post("/v2/customers/bulk-delete", bulk_delete, name="BulkDeleteCustomers")
-
-
-def register_item_routes(app: web.Application) -> None:
-    """Registered after the groups/segments literal paths so they win over ``{customer_id}``."""
-    r = app.router
-    r.add_get("/v2/customers/{customer_id}", retrieve_customer, name="RetrieveCustomer")
-    r.add_put("/v2/customers/{customer_id}", update_customer, name="UpdateCustomer")
-    r.add_delete("/v2/customers/{customer_id}", delete_customer, name="DeleteCustomer")
-    r.add_put("/v2/customers/{customer_id}/groups/{group_id}", add_group, name="AddGroupToCustomer")
-    r.add_delete("/v2/customers/{customer_id}/groups/{group_id}", remove_group, name="RemoveGroupFromCustomer")

@@ -1,15 +1,16 @@
-"""Events API (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
-RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is in ``app``."""
+"""Events API handlers (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
+RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is
+``Emulator.authenticate``."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from . import clock
-from .app import EMULATOR, json_response, merchant_of, principal_of
 from .config import CUSTOMER_EVENT_TYPES
 from .errors import SquareError, error
 from .events import EventLog, search_events
+from .keys import EMULATOR, json_response, merchant_of, principal_of
 from .validation import parse_json
 
 
@@ -62,11 +63,3 @@ async def retrieve_merchant(request: web.Request) -> web.Response:
     return json_response({"merchant": {"id": state.merchant_id, "business_name": state.business_name,
                                        "country": "US", "language_code": "en-US", "currency": "USD",
                                        "status": "ACTIVE"}})
-
-
-def register(app: web.Application) -> None:
-    app.router.add_post("/v2/events", search, name="SearchEvents")
-    app.router.add_get("/v2/events/types", list_event_types, name="ListEventTypes")
-    app.router.add_put("/v2/events/enable", enable_events, name="EnableEvents")
-    app.router.add_put("/v2/events/disable", disable_events, name="DisableEvents")
-    app.router.add_get("/v2/merchants/{merchant_id}", retrieve_merchant, name="RetrieveMerchant")

@@ -1,4 +1,4 @@
-"""Customer Groups API (CRUD, idempotent create) and Customer Segments API (read-only)."""
+"""Customer Groups API (CRUD, idempotent create) and Customer Segments API (read-only) handlers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .app import json_response, merchant_of
 from .errors import SquareError, error, invalid_cursor, segment_not_found_error
+from .keys import json_response, merchant_of
 from .validation import parse_json, parse_limit, reject_unknown
 
 GROUP_FIELDS = frozenset(("id", "name", "created_at", "updated_at"))
@@ -92,14 +92,3 @@ async def retrieve_segment(request: web.Request) -> web.Response:
     if segment is None:
         raise segment_not_found_error(sid)
     return json_response({"segment": segment})
-
-
-def register(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/v2/customers/groups", list_groups, name="ListCustomerGroups")
-    r.add_post("/v2/customers/groups", create_group, name="CreateCustomerGroup")
-    r.add_get("/v2/customers/groups/{group_id}", retrieve_group, name="RetrieveCustomerGroup")
-    r.add_put("/v2/customers/groups/{group_id}", update_group, name="UpdateCustomerGroup")
-    r.add_delete("/v2/customers/groups/{group_id}", delete_group, name="DeleteCustomerGroup")
-    r.add_get("/v2/customers/segments", list_segments, name="ListCustomerSegments")
-    r.add_get("/v2/customers/segments/{segment_id}", retrieve_segment, name="RetrieveCustomerSegment")

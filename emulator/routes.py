@@ -1,0 +1,104 @@
+"""The routing table: every path the emulator serves, public and admin, in one place.
+
+Public routes (``/v2/...``) are named by Square's operation IDs: ``app.square_middleware`` authenticates and
+injects faults by that name (knob ``endpoint_latency_ms``, the Events API's token rules). Admin routes
+(``/_emulator/...``) need no token and have no name.
+
+Order matters in one place. The literal paths under ``/v2/customers/`` (``search``, ``bulk-*``, ``groups``,
+``segments``, ``custom-attribute-definitions``, ``custom-attributes/bulk-upsert``) are registered before the
+``/v2/customers/{customer_id}`` routes, whose ``{customer_id}`` would match them too: aiohttp 3.9 (allowed by
+pyproject) tries resources in registration order. From 3.10 on, aiohttp tries the longest literal prefix first,
+so there the order changes nothing.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import admin, customers, events_api, groups
+from . import custom_attributes as attrs
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+
+    # Customers API: the literal paths first (see the module docstring).
+    r.add_get("/v2/customers", customers.list_customers, name="ListCustomers")
+    r.add_post("/v2/customers", customers.create_customer, name="CreateCustomer")
+    r.add_post("/v2/customers/search", customers.search_customers, name="SearchCustomers")
+    r.add_post("/v2/customers/bulk-create", customers.bulk_create, name="BulkCreateCustomers")
+    r.add_post("/v2/customers/bulk-update", customers.bulk_update, name="BulkUpdateCustomers")
+    r.add_post("/v2/customers/bulk-retrieve", customers.bulk_retrieve, name="BulkRetrieveCustomers")
+    r.add_post("/v2/customers/bulk-delete", customers.bulk_delete, name="BulkDeleteCustomers")
+
+    # Customer Groups and Customer Segments APIs.
+    r.add_get("/v2/customers/groups", groups.list_groups, name="ListCustomerGroups")
+    r.add_post("/v2/customers/groups", groups.create_group, name="CreateCustomerGroup")
+    r.add_get("/v2/customers/groups/{group_id}", groups.retrieve_group, name="RetrieveCustomerGroup")
+    r.add_put("/v2/customers/groups/{group_id}", groups.update_group, name="UpdateCustomerGroup")
+    r.add_delete("/v2/customers/groups/{group_id}", groups.delete_group, name="DeleteCustomerGroup")
+    r.add_get("/v2/customers/segments", groups.list_segments, name="ListCustomerSegments")
+    r.add_get("/v2/customers/segments/{segment_id}", groups.retrieve_segment, name="RetrieveCustomerSegment")
+
+    # Customer Custom Attributes API: definitions and bulk upsert (literal paths).
+    r.add_get("/v2/customers/custom-attribute-definitions", attrs.list_definitions,
+              name="ListCustomerCustomAttributeDefinitions")
+    r.add_post("/v2/customers/custom-attribute-definitions", attrs.create_definition,
+               name="CreateCustomerCustomAttributeDefinition")
+    r.add_get("/v2/customers/custom-attribute-definitions/{key}", attrs.retrieve_definition,
+              name="RetrieveCustomerCustomAttributeDefinition")
+    r.add_put("/v2/customers/custom-attribute-definitions/{key}", attrs.update_definition,
+              name="UpdateCustomerCustomAttributeDefinition")
+    r.add_delete("/v2/customers/custom-attribute-definitions/{key}", attrs.delete_definition,
+                 name="DeleteCustomerCustomAttributeDefinition")
+    r.add_post("/v2/customers/custom-attributes/bulk-upsert", attrs.bulk_upsert,
+               name="BulkUpsertCustomerCustomAttributes")
+
+    # One customer: every path from here on starts with /v2/customers/{customer_id}.
+    r.add_get("/v2/customers/{customer_id}", customers.retrieve_customer, name="RetrieveCustomer")
+    r.add_put("/v2/customers/{customer_id}", customers.update_customer, name="UpdateCustomer")
+    r.add_delete("/v2/customers/{customer_id}", customers.delete_customer, name="DeleteCustomer")
+    r.add_put("/v2/customers/{customer_id}/groups/{group_id}", customers.add_group, name="AddGroupToCustomer")
+    r.add_delete("/v2/customers/{customer_id}/groups/{group_id}", customers.remove_group,
+                 name="RemoveGroupFromCustomer")
+    r.add_get("/v2/customers/{customer_id}/custom-attributes", attrs.list_attributes,
+              name="ListCustomerCustomAttributes")
+    r.add_get("/v2/customers/{customer_id}/custom-attributes/{key}", attrs.retrieve_attribute,
+              name="RetrieveCustomerCustomAttribute")
+    r.add_post("/v2/customers/{customer_id}/custom-attributes/{key}", attrs.upsert_attribute,
+               name="UpsertCustomerCustomAttribute")
+    r.add_delete("/v2/customers/{customer_id}/custom-attributes/{key}", attrs.delete_attribute,
+                 name="DeleteCustomerCustomAttribute")
+
+    # Events API and Merchants API.
+    r.add_post("/v2/events", events_api.search, name="SearchEvents")
+    r.add_get("/v2/events/types", events_api.list_event_types, name="ListEventTypes")
+    r.add_put("/v2/events/enable", events_api.enable_events, name="EnableEvents")
+    r.add_put("/v2/events/disable", events_api.disable_events, name="DisableEvents")
+    r.add_get("/v2/merchants/{merchant_id}", events_api.retrieve_merchant, name="RetrieveMerchant")
+
+    # Admin API: what only the Square Dashboard can do, plus test control.
+    r.add_post("/_emulator/reset", admin.reset)
+    r.add_post("/_emulator/seed", admin.seed)
+    r.add_get("/_emulator/state", admin.state)
+    r.add_post("/_emulator/merge", admin.merge)
+    r.add_post("/_emulator/instant-profiles", admin.instant_profile)
+    r.add_post("/_emulator/segments", admin.create_segment)
+    r.add_delete("/_emulator/segments/{segment_id}", admin.delete_segment)
+    r.add_put("/_emulator/segments/{segment_id}/members/{customer_id}", admin.segment_member)
+    r.add_delete("/_emulator/segments/{segment_id}/members/{customer_id}", admin.segment_member)
+    r.add_get("/_emulator/faults", admin.get_faults)
+    r.add_put("/_emulator/faults", admin.put_faults)
+    r.add_post("/_emulator/subscriptions", admin.add_subscription)
+    r.add_get("/_emulator/subscriptions", admin.list_subscriptions)
+    r.add_delete("/_emulator/subscriptions/{subscription_id}", admin.delete_subscription)
+    r.add_patch("/_emulator/customers/{customer_id}", admin.dashboard_update)
+    r.add_get("/_emulator/deliveries", admin.deliveries)
+    r.add_post("/_emulator/deliveries/drain", admin.drain)
+    r.add_get("/_emulator/sellers", admin.sellers)
+    r.add_post("/_emulator/sellers", admin.add_seller)
+    r.add_post("/_emulator/sellers/{merchant_id}/{action:revoke|restore}", admin.revoke)
+    r.add_get("/_emulator/application", admin.get_application)
+    r.add_put("/_emulator/application", admin.put_application)
+    r.add_post("/_emulator/snapshot", admin.snapshot)
+    r.add_post("/_emulator/restore", admin.restore)

@@ -72,8 +72,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeou
             timeout=timeout,
             init=init_connection,
             server_settings=SERVER_SETTINGS,
-            # Prepared statements are kept: behind pgbouncer use transaction pooling with max_prepared_statements
-            # set (pgbouncer 1.21+), which tracks them per client (see the README's pgbouncer notes).
+            # Prepared statements are kept, and runs and migrate hold session-level advisory locks across
+            # transactions: behind pgbouncer, use session pooling (docs/how-to/pgbouncer.md).
             statement_cache_size=100,
             max_inactive_connection_lifetime=300.0,
         )

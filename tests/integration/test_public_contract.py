@@ -74,14 +74,13 @@ def _environment() -> list[str]:
 
 
 def _metrics() -> list[str]:
+    import importlib
+
     import prometheus_client
 
-    import square_mirror.metrics
-    import webhooks.metrics
-    import worker.metrics
-
-    del square_mirror.metrics, worker.metrics  # imported for their registrations in the default registry
-    receiver = webhooks.metrics.WebhookMetrics()  # the receiver's own registry
+    for module in ("square_mirror.metrics", "worker.metrics"):  # registered in the default registry on import
+        importlib.import_module(module)
+    receiver = importlib.import_module("webhooks.metrics").WebhookMetrics()  # the receiver's own registry
     collected = [*prometheus_client.REGISTRY.collect(), *receiver.registry.collect()]
     return sorted({f"{m.name} {m.type}" for m in collected if m.name.startswith("square_mirror")})
 

@@ -3,7 +3,7 @@
 Keys every job may use (backfill and reconcile jobs run in the same process):
 ``settings``, ``pool`` (asyncpg), ``client`` (SquareClient with the shared Redis rate limit and the
 unauthorized hook), ``sync`` (worker.sync.SyncContext), ``redis`` (arq's own connection), plus
-``coalescer`` (worker.coalescer.FetchCoalescer), ``inbox`` (worker.inbox.Inbox, batched inbox writes) and
+``coalescer`` (worker.events.coalescer.FetchCoalescer), ``inbox`` (worker.events.inbox.Inbox, batched inbox writes) and
 ``mark_unauthorized`` / ``mark_authorized``.
 """
 
@@ -21,8 +21,8 @@ from square_mirror.ratelimit import RateLimiter
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareClient
 from worker import store
-from worker.coalescer import FetchCoalescer
-from worker.inbox import Inbox
+from worker.events.coalescer import FetchCoalescer
+from worker.events.inbox import Inbox
 from worker.metrics import MERCHANT_UNAUTHORIZED, QUEUE_DEPTH, start_metrics_server
 from worker.sync import SyncContext
 

@@ -36,7 +36,7 @@ from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import worker_ctx, worker_settings
 from tests.services import Services, with_database, with_redis_db
 from worker import runs
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.reconcile import run_lane
 from worker.sync import sync_customers
 

@@ -49,7 +49,7 @@ from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import worker_ctx, worker_settings
 from tests.mirror_dump import OBSERVED, dump_differences, dump_mirror
 from tests.services import Services, with_database, with_redis_db
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.sync import sync_customers
 
 MIRRORS = ("reference", "sequential", "concurrent")

@@ -16,7 +16,7 @@ from emulator.state import MerchantState
 from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.jobs import build_event_job
 from square_mirror.settings import Secret, Settings
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.runtime import shutdown, startup
 
 _job_tries = itertools.count()

@@ -39,7 +39,7 @@ from tests.integration.worker.support import worker_ctx, worker_settings
 from tests.mirror_check import emulator_client
 from worker import runs
 from worker.backfill import backfill
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.sync import SyncContext
 
 MARK = "CORRUPT"

@@ -41,7 +41,7 @@ from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import worker_ctx, worker_settings
 from worker import runs
 from worker.backfill import backfill
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.reconcile import run_lane
 
 SELLERS = {"MLHIDDEN001": "EAAAhiddenTokenOne0000000000", "MLHIDDEN002": "EAAAhiddenTokenTwo0000000000"}

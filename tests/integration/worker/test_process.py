@@ -11,7 +11,7 @@ from arq.worker import Retry
 
 from square_mirror.jobs import build_event_job
 from tests.integration.worker.support import harness
-from worker.inbox import parse_time
+from worker.events.inbox import parse_time
 
 
 async def test_created_event_is_fetched_applied_and_a_replay_is_a_duplicate(
@@ -266,7 +266,7 @@ async def test_transient_errors_retry_then_fail_on_the_last_try_and_redrive_reco
 
     from square_mirror.queue import deserialize_job, redis_settings, serialize_job
     from square_mirror.square_api import RetryPolicy
-    from worker.redrive import redrive
+    from worker.commands.redrive import redrive
 
     async with harness(db_pool, redis_url) as h:
         h.ctx["client"].retry = RetryPolicy(attempts=1)
@@ -317,8 +317,8 @@ async def test_redrive_finds_events_whose_job_was_lost(db_pool: asyncpg.Pool, re
 
     from square_mirror.jobs import read_event_job
     from square_mirror.queue import deserialize_job, redis_settings, serialize_job
-    from worker import inbox
-    from worker.redrive import redrive
+    from worker.commands.redrive import redrive
+    from worker.events import inbox
 
     async with harness(db_pool, redis_url) as h:
         h.state.create_customer({"given_name": "A"})

@@ -19,8 +19,8 @@ from square_mirror.square_api import SquareClient
 from tests.mirror_check import assert_mirror_matches, emulator_client, square_call
 from worker import runs
 from worker.backfill import backfill
-from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.reconcile import run_lane
+from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.sync import SyncContext, sync_customers
 
 
@@ -342,7 +342,7 @@ async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle,
 
     from arq import create_pool
 
-    from worker.lanes import backfill_job, reconcile_incremental, reconcile_lane_job
+    from worker.reconcile.jobs import backfill_job, reconcile_incremental, reconcile_lane_job
 
     await emu.seed(customers=2000, groups=2, segments=2)
     await emu.set_faults(endpoint_latency_ms={"SearchCustomers": 400})

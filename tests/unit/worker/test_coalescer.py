@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from worker.coalescer import FetchCoalescer
+from worker.events.coalescer import FetchCoalescer
 from worker.sync import Outcome, SyncContext, SyncResult
 
 

@@ -4,7 +4,7 @@ Order of business for every run of a job:
 1. Record the event in the inbox; an event already processed is a duplicate and stops there.
 2. Merge lineage from ``event_context.merge`` is recorded first (it is the only place Square states it),
    merged-away IDs are tombstoned with ``merged_into``, and the merge target becomes the customer to sync.
-3. The event gate (:func:`worker.rules.event_is_stale`): the mirror already reflects the event -> ``stale``,
+3. The event gate (:func:`worker.events.rules.event_is_stale`): the mirror already reflects the event -> ``stale``,
    no API call.
 4. A plain ``customer.deleted`` tombstones the customer; anything else is fetched through the coalescer
    (BulkRetrieveCustomers batches) and written by the version-guarded upsert.
@@ -39,11 +39,12 @@ from square_mirror.square_api import (
     SquareUnauthorized,
     SquareUnavailable,
 )
-from worker import inbox, store
-from worker.coalescer import FetchCoalescer
-from worker.inbox import Outcome
+from worker import store
+from worker.events import inbox
+from worker.events.coalescer import FetchCoalescer
+from worker.events.inbox import Outcome
+from worker.events.rules import event_is_stale, target_is_synced
 from worker.metrics import EVENT_LAG_SECONDS, EVENTS, JOB_SECONDS, JOBS_RUNNING, RETRIES
-from worker.rules import event_is_stale, target_is_synced
 
 log = get_logger(__name__)
 

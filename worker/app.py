@@ -10,7 +10,7 @@ Why each setting (measured on arq 0.28, see the worker issue):
 - ``max_jobs`` / ``poll_delay`` from settings (defaults 200 / 0.05 s: ~750 no-op jobs/s instead of ~20).
 - ``job_completion_wait``: on SIGTERM stop picking jobs and let running ones finish before cancelling.
 
-Other rooms add their jobs by extending ``FUNCTIONS`` / ``CRON_JOBS`` (e.g. ``worker.lanes.ARQ_FUNCTIONS``).
+Other rooms add their jobs by extending ``FUNCTIONS`` / ``CRON_JOBS`` (e.g. ``worker.reconcile.jobs.ARQ_FUNCTIONS``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from square_mirror.constants import HEALTH_KEY, PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Settings
-from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
-from worker.process import process_event
+from worker.events.process import process_event
+from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.runtime import shutdown, startup
 
 FUNCTIONS: list[Function | Any] = [

@@ -4,7 +4,7 @@ Phases, each recorded in the run's checkpoint (``square.sync_runs.checkpoint``):
 
 1. ``definitions``: ListCustomerGroups and ListCustomerSegments, every page; definitions are upserted and, once
    the listing is complete, the ones Square no longer lists are tombstoned.
-2. ``customers``: the customer space is split into ``created_at`` ranges (:mod:`worker.partition`) fetched
+2. ``customers``: the customer space is split into ``created_at`` ranges (:mod:`worker.backfill.partition`) fetched
    concurrently with SearchCustomers (sort ``CREATED_AT ASC``, 100 per page). Every page is written at once
    through :func:`worker.store.upsert_customers` (version guard, tombstones final) with ``observed_at`` = when
    its request was sent. A partition's checkpoint is the ``created_at`` of the last customer of its last
@@ -36,8 +36,8 @@ from square_mirror.square_api import (
     SquareUnauthorized,
 )
 from worker import runs, store
-from worker.partition import Partition, Planner, created_ms, plan_partitions
-from worker.progress import Progress, Reporter
+from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
+from worker.backfill.progress import Progress, Reporter
 from worker.sync import Outcome, SyncContext, sync_customers, utcnow
 
 log = get_logger(__name__)

@@ -17,7 +17,7 @@ from square_mirror.jobs import InvalidEnvelope, read_event_job
 from square_mirror.logs import configure_logging, get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Settings
-from worker import inbox
+from worker.events import inbox
 from worker.store import Conn
 
 log = get_logger(__name__)

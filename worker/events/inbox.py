@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from square_mirror.jobs import EventJob
-from worker.batching import MicroBatcher
+from worker.events.batching import MicroBatcher
 from worker.store import Conn, StoredCustomer
 
 ERROR_MAX_CHARS: Final = 300

@@ -39,8 +39,8 @@ from square_mirror.square_api import (
     SquareUnauthorized,
 )
 from worker import runs, store
-from worker.backfill import SWEEP, backfill, list_all, sync_definitions
-from worker.partition import created_ms, rfc3339_ms
+from worker.backfill.partition import created_ms, rfc3339_ms
+from worker.backfill.phases import SWEEP, backfill, list_all, sync_definitions
 from worker.sync import Outcome, SyncContext, sync_customers, sync_missing_definitions, utcnow
 
 log = get_logger(__name__)

@@ -27,8 +27,8 @@ from arq import Retry, cron
 
 from square_mirror.logs import get_logger
 from worker import runs
-from worker.backfill import BACKFILL, backfill, summarize
-from worker.reconcile import LANES, run_lane
+from worker.backfill.phases import BACKFILL, backfill, summarize
+from worker.reconcile.lanes import LANES, run_lane
 from worker.sync import SyncContext
 
 log = get_logger(__name__)

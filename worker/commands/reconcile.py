@@ -13,9 +13,9 @@ import orjson
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareError
 from worker import runs
-from worker.backfill import summarize
-from worker.backfill_runtime import Runtime, cancellable, open_runtime, resolve_merchants, setup_logging
-from worker.reconcile import LANES, run_lane
+from worker.backfill.phases import summarize
+from worker.context import Runtime, cancellable, open_runtime, resolve_merchants, setup_logging
+from worker.reconcile.lanes import LANES, run_lane
 
 HELP = (
     "Run reconcile lanes once for each merchant: incremental (customers updated since the watermark), segments "

@@ -11,9 +11,9 @@ import orjson
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareError
 from worker import runs
-from worker.backfill import BACKFILL, backfill, summarize
-from worker.backfill_runtime import cancellable, open_runtime, resolve_merchants, setup_logging
-from worker.progress import terminal_reporter
+from worker.backfill.phases import BACKFILL, backfill, summarize
+from worker.backfill.progress import terminal_reporter
+from worker.context import cancellable, open_runtime, resolve_merchants, setup_logging
 
 HELP = (
     "Copy every group, segment and customer of each merchant into the mirror, then infer deletes and merges "

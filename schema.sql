@@ -133,6 +133,24 @@ CREATE TABLE IF NOT EXISTS square.customer_merges (
     PRIMARY KEY (merchant_id, from_customer_id)
 );
 CREATE INDEX IF NOT EXISTS customer_merges_to_idx ON square.customer_merges (merchant_id, to_customer_id);
+-- The one vocabulary of source (worker.store.MergeSource), added once to a database made before it. Rows that
+-- predate it and say anything else keep the constraint NOT VALID (new rows are checked all the same).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'customer_merges_source_check'
+                   AND conrelid = 'square.customer_merges'::regclass) THEN
+        ALTER TABLE square.customer_merges ADD CONSTRAINT customer_merges_source_check
+            CHECK (source IN ('webhook', 'events_api', 'retrieve')) NOT VALID;
+        BEGIN
+            ALTER TABLE square.customer_merges VALIDATE CONSTRAINT customer_merges_source_check;
+        EXCEPTION WHEN check_violation THEN
+            RAISE NOTICE 'customer_merges_source_check left NOT VALID: older rows name another source';
+        END;
+    END IF;
+EXCEPTION WHEN duplicate_object THEN
+    NULL;  -- added concurrently by another migration
+END
+$$;
 
 -- The inbox: idempotency authority and audit trail of every event the worker saw (webhook or Events API).
 -- payload is the small PII-free job envelope, not Square's full body.

@@ -1,8 +1,9 @@
-"""arq wiring for backfill and the reconcile lanes: ``ARQ_FUNCTIONS`` and ``ARQ_CRON_JOBS``.
+"""The arq jobs of backfill and the reconcile lanes: ``ARQ_FUNCTIONS`` and ``ARQ_CRON_JOBS``.
 
-The event worker's settings add these to its own ``FUNCTIONS`` / ``CRON_JOBS``. Jobs use the worker's ctx:
-``ctx["pool"]``, ``ctx["client"]``, ``ctx["sync"]``, ``ctx["settings"]`` and ``ctx["redis"]`` (arq's ArqRedis,
-through which the events lane queues replayed events exactly as the receiver does).
+The worker (worker/app.py) runs these next to ``process_event``. Jobs read the worker's context
+(:func:`worker.context.worker_context`); its ``arq_redis`` is arq's own connection, through which the events
+lane queues replayed events exactly as the receiver does. Job names and IDs are square_mirror/constants.py's,
+retry delays square_mirror/retry.py's.
 
 - Each cron job (``unique``: one instance across all workers per scheduled time) only fans out: it queues one
   ``reconcile_lane_job`` per merchant with the job ID ``reconcile:<lane>:<merchant>``, so a lane never runs twice
@@ -25,60 +26,46 @@ from typing import Any, Final
 
 from arq import Retry, cron
 
+from square_mirror.constants import (
+    BACKFILL_JOB,
+    QUEUE_NAME,
+    RECONCILE_LANE_JOB,
+    backfill_job_id,
+    continuation_job_id,
+    cron_job_name,
+    reconcile_job_id,
+)
 from square_mirror.logs import get_logger
+from square_mirror.retry import BACKFILL_RETRY_DELAY_SECONDS, BACKFILL_TRIES, LANE_TRIES, lane_retry_delay
 from worker import runs
 from worker.backfill.phases import BACKFILL, backfill, summarize
+from worker.context import WorkerContext, job_id, job_try, worker_context
+from worker.merchants import known_merchants
 from worker.reconcile.lanes import LANES, run_lane
-from worker.sync import SyncContext
 
 log = get_logger(__name__)
 
-LANE_TRIES: Final = 3
-BACKFILL_TRIES: Final = 5
 SLICE_MARGIN_SECONDS: Final = 5.0
-DEFAULT_SLICE_SECONDS: Final = 25.0
+BUSY: Final = "busy"  # not a run status: another process holds the run's lock (runs.RunBusy)
 
 
-def _sync(ctx: Mapping[str, Any]) -> SyncContext:
-    sync = ctx.get("sync")
-    return sync if isinstance(sync, SyncContext) else SyncContext(ctx["pool"], ctx["client"])
-
-
-def time_slice(ctx: Mapping[str, Any]) -> float:
+def time_slice(wc: WorkerContext) -> float:
     """Seconds one job may work: just under the worker's uniform job timeout."""
-    timeout = getattr(ctx.get("settings"), "worker_job_timeout_seconds", None)
-    if timeout is None:
-        return DEFAULT_SLICE_SECONDS
-    return max(3.0, float(timeout) - SLICE_MARGIN_SECONDS)
+    return max(3.0, wc.settings.worker_job_timeout_seconds - SLICE_MARGIN_SECONDS)
 
 
-async def known_merchants(ctx: Mapping[str, Any]) -> list[str]:
-    """Merchants in configuration (tokens file / SQUARE_MERCHANT_ID) plus those the mirror knows; with only
-    SQUARE_ACCESS_TOKEN and none known, the token's own merchant."""
-    sync = _sync(ctx)
-    known = set(sync.client.tokens.merchants())
-    known.update(r["merchant_id"] for r in await sync.pool.fetch("SELECT merchant_id FROM square.merchants"))
-    token = getattr(ctx.get("settings"), "square_access_token", None)
-    if not known and token is not None:
-        known.add(await sync.client.retrieve_own_merchant_id(token.reveal()))
-    return sorted(known)
-
-
-async def _enqueue(ctx: Mapping[str, Any], function: str, *args: Any, job_id: str, defer: float = 0.0) -> bool:
-    redis = ctx.get("redis")
-    if redis is None or not hasattr(redis, "enqueue_job"):
+async def _enqueue(wc: WorkerContext, function: str, *args: Any, job_id: str, defer: float = 0.0) -> bool:
+    if wc.arq_redis is None:
         return False
-    from square_mirror.constants import QUEUE_NAME
-
-    job = await redis.enqueue_job(function, *args, _job_id=job_id, _queue_name=QUEUE_NAME,
-                                  _defer_by=defer or None)
+    job = await wc.arq_redis.enqueue_job(function, *args, _job_id=job_id, _queue_name=QUEUE_NAME,
+                                         _defer_by=defer or None)
     return job is not None
 
 
-async def _sliced(ctx: Mapping[str, Any], work: Callable[[], Awaitable[runs.Run]]) -> runs.Run | None:
+async def _sliced(wc: WorkerContext, work: Callable[[], Awaitable[runs.Run]]) -> runs.Run | None:
     """Run ``work`` for one time slice; None when the slice ran out (the run is then recorded interrupted)."""
     try:
-        async with asyncio.timeout(time_slice(ctx)):
+        async with asyncio.timeout(time_slice(wc)):
             return await work()
     except TimeoutError:
         return None
@@ -88,50 +75,51 @@ async def reconcile_lane_job(ctx: dict[str, Any], lane: str, merchant_id: str) -
     """One lane for one merchant, one time slice; continues itself in a new job when the slice runs out."""
     if lane not in LANES:
         raise ValueError(f"unknown lane {lane!r}")
+    wc = worker_context(ctx)
     try:
-        run = await _sliced(ctx, lambda: run_lane(ctx, merchant_id, lane))
+        run = await _sliced(wc, lambda: run_lane(wc, merchant_id, lane))
     except runs.RunBusy:
-        return {"merchant_id": merchant_id, "lane": lane, "status": "busy"}
+        return {"merchant_id": merchant_id, "lane": lane, "status": BUSY}
     if run is None:
-        queued = await _enqueue(ctx, "reconcile_lane_job", lane, merchant_id,
-                                job_id=f"reconcile:{lane}:{merchant_id}:continued:{ctx.get('job_id', '')}", defer=1)
+        queued = await _enqueue(wc, RECONCILE_LANE_JOB, lane, merchant_id, defer=1,
+                                job_id=continuation_job_id(reconcile_job_id(lane, merchant_id), job_id(ctx)))
         log.info("lane_continued", merchant_id=merchant_id, lane=lane, queued=queued)
         return {"merchant_id": merchant_id, "lane": lane, "status": runs.INTERRUPTED, "continued": queued}
     refused = run.counts.get("events_refused", 0)  # a token the Events API refuses: retrying changes nothing
-    if run.status in (runs.PARTIAL, runs.FAILED) and not refused and int(ctx.get("job_try", 1)) < LANE_TRIES:
-        raise Retry(defer=30 * int(ctx.get("job_try", 1)))
+    if run.status in (runs.PARTIAL, runs.FAILED) and not refused and job_try(ctx) < LANE_TRIES:
+        raise Retry(defer=lane_retry_delay(job_try(ctx)))
     return dict(summarize(run))
 
 
 async def backfill_job(ctx: dict[str, Any], merchant_id: str | None = None, full: bool = False) -> dict[str, Any]:
-    """Enqueueable backfill: ``enqueue_job("backfill_job", merchant_id, full)``; without a merchant, one job per
+    """Enqueueable backfill: ``enqueue_job(BACKFILL_JOB, merchant_id, full)``; without a merchant, one job per
     known merchant is queued. Time-sliced like the lanes; a continuation resumes from the checkpoint."""
+    wc = worker_context(ctx)
     if merchant_id is None:
-        merchants = await known_merchants(ctx)
+        merchants = await known_merchants(wc)
         for mid in merchants:
-            await _enqueue(ctx, "backfill_job", mid, full, job_id=f"backfill:{mid}")
+            await _enqueue(wc, BACKFILL_JOB, mid, full, job_id=backfill_job_id(mid))
         return {"queued": merchants}
-    settings = ctx.get("settings")
-    concurrency = int(getattr(settings, "backfill_concurrency", 8))
+    concurrency = wc.settings.backfill_concurrency
     try:
-        run = await _sliced(ctx, lambda: backfill(_sync(ctx), merchant_id, full=full, concurrency=concurrency,
-                                                  kind=BACKFILL))
+        run = await _sliced(wc, lambda: backfill(wc.sync, merchant_id, full=full, concurrency=concurrency,
+                                                 kind=BACKFILL))
     except runs.RunBusy:
-        return {"merchant_id": merchant_id, "status": "busy"}
+        return {"merchant_id": merchant_id, "status": BUSY}
     if run is None:  # continue from the checkpoint (never with full=True again: that would start over)
-        queued = await _enqueue(ctx, "backfill_job", merchant_id, False,
-                                job_id=f"backfill:{merchant_id}:continued:{ctx.get('job_id', '')}", defer=1)
+        queued = await _enqueue(wc, BACKFILL_JOB, merchant_id, False, defer=1,
+                                job_id=continuation_job_id(backfill_job_id(merchant_id), job_id(ctx)))
         return {"merchant_id": merchant_id, "status": runs.INTERRUPTED, "continued": queued}
-    if run.status == runs.PARTIAL and int(ctx.get("job_try", 1)) < BACKFILL_TRIES:
-        raise Retry(defer=60)  # rate limit / outage: resume later from the checkpoint
+    if run.status == runs.PARTIAL and job_try(ctx) < BACKFILL_TRIES:
+        raise Retry(defer=BACKFILL_RETRY_DELAY_SECONDS)  # rate limit / outage: resume later from the checkpoint
     return dict(summarize(run))
 
 
-async def _fan_out(ctx: dict[str, Any], lane: str) -> dict[str, Any]:
-    merchants = await known_merchants(ctx)
+async def _fan_out(ctx: Mapping[str, Any], lane: str) -> dict[str, Any]:
+    wc = worker_context(ctx)
     queued = {}
-    for mid in merchants:
-        queued[mid] = await _enqueue(ctx, "reconcile_lane_job", lane, mid, job_id=f"reconcile:{lane}:{mid}")
+    for mid in await known_merchants(wc):
+        queued[mid] = await _enqueue(wc, RECONCILE_LANE_JOB, lane, mid, job_id=reconcile_job_id(lane, mid))
     return {"lane": lane, "queued": queued}
 
 
@@ -155,18 +143,20 @@ async def reconcile_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _fan_out(ctx, "sweep")
 
 
+# arq names a job by its function: BACKFILL_JOB and RECONCILE_LANE_JOB (tests/test_architecture.py compares them).
 ARQ_FUNCTIONS: Final = [backfill_job, reconcile_lane_job]
 
 ARQ_CRON_JOBS: Final = [
     # every minute
-    cron(reconcile_incremental, name="reconcile_incremental", second=5, unique=True, max_tries=LANE_TRIES),
+    cron(reconcile_incremental, name=cron_job_name("incremental"), second=5, unique=True, max_tries=LANE_TRIES),
     # every 5 minutes, staggered
-    cron(reconcile_segments, name="reconcile_segments", minute=set(range(1, 60, 5)), second=15, unique=True,
+    cron(reconcile_segments, name=cron_job_name("segments"), minute=set(range(1, 60, 5)), second=15, unique=True,
          max_tries=LANE_TRIES),
-    cron(reconcile_groups, name="reconcile_groups", minute=set(range(2, 60, 5)), second=25, unique=True,
+    cron(reconcile_groups, name=cron_job_name("groups"), minute=set(range(2, 60, 5)), second=25, unique=True,
          max_tries=LANE_TRIES),
-    cron(reconcile_events, name="reconcile_events", minute=set(range(3, 60, 5)), second=35, unique=True,
+    cron(reconcile_events, name=cron_job_name("events"), minute=set(range(3, 60, 5)), second=35, unique=True,
          max_tries=LANE_TRIES),
     # daily
-    cron(reconcile_sweep, name="reconcile_sweep", hour=3, minute=17, second=0, unique=True, max_tries=LANE_TRIES),
+    cron(reconcile_sweep, name=cron_job_name("sweep"), hour=3, minute=17, second=0, unique=True,
+         max_tries=LANE_TRIES),
 ]

@@ -6,7 +6,8 @@ import io
 import itertools
 from datetime import UTC, datetime
 
-from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions, rfc3339_ms
+from square_mirror.timefmt import rfc3339_ms
+from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
 from worker.backfill.progress import Progress, _PlainBar, terminal_reporter
 from worker.runs import FAILED, INTERRUPTED, PARTIAL, SUCCEEDED, status_for
 

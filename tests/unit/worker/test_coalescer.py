@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from worker.events.coalescer import FetchCoalescer
-from worker.sync import Outcome, SyncContext, SyncResult
+from worker.outcome import Outcome
+from worker.sync import SyncContext, SyncResult
 
 
 class FakeSquare:

@@ -34,7 +34,7 @@ from redis.commands.core import AsyncScript
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME, WORKER_HEALTH_KEY
 from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
-from square_mirror.retry import REDIS_TRANSIENT
+from square_mirror.retry import redis_transient
 from square_mirror.settings import Settings
 from worker.context import CONTEXT_KEY, build_context, worker_context
 from worker.events.process import process_event
@@ -72,6 +72,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 # incr_score, keep_in_progress.
 _FinishArgs = tuple[str, bool, bytes | None, float | None, bool, int | None, float | None]
 log = get_logger(__name__)
+REDIS_TROUBLE = redis_transient()  # redis is loaded here (above): its connection errors and timeouts
 
 # KEYS[1] the queue, KEYS[1 + i] the in-progress key of job ARGV[3 + i]; ARGV[1] now (ms), ARGV[2] the
 # in-progress key's lifetime (ms), ARGV[3] how many jobs to claim at most. Returns id, score, id, score, ...
@@ -141,7 +142,7 @@ class RedisTolerantWorker(Worker):
             claimed = await self._claim(candidates, taken)
         except BaseException as exc:
             self._give_back_slots(taken)
-            if isinstance(exc, REDIS_TRANSIENT):
+            if isinstance(exc, REDIS_TROUBLE):
                 log.warning("redis_trouble_claiming_job", error=type(exc).__name__)  # the jobs stay queued
                 return
             raise
@@ -242,7 +243,7 @@ class RedisTolerantWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except REDIS_TRANSIENT as exc:
+        except REDIS_TROUBLE as exc:
             log.warning("redis_trouble_polling", error=type(exc).__name__)
             await asyncio.sleep(1.0)
 

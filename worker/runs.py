@@ -39,6 +39,7 @@ FAILED: Final = "failed"
 INTERRUPTED: Final = "interrupted"
 RUNNING: Final = "running"
 FINAL_STATUSES: Final = frozenset({SUCCEEDED, PARTIAL, FAILED, INTERRUPTED})
+BUSY: Final = "busy"  # not a run's status: what a command or job reports when another process holds its lock
 COUNT_KEYS: Final = ("pages", "upserted", "stale_skipped", "tombstoned", "merges", "errors")
 
 

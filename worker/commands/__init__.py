@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import orjson
 
 T = TypeVar("T")
-BUSY = "busy"  # not a run status: another process holds the run's lock (worker.runs.RunBusy)
 
 
 async def cancellable(coro: Coroutine[Any, Any, T]) -> T:

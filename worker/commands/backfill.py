@@ -12,7 +12,7 @@ from square_mirror.settings import Settings
 from worker import runs
 from worker.backfill.phases import BACKFILL, backfill, summarize
 from worker.backfill.progress import terminal_reporter
-from worker.commands import BUSY, cancellable, print_summary
+from worker.commands import cancellable, print_summary
 from worker.context import open_context
 from worker.merchants import resolve_merchants
 
@@ -58,7 +58,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                                         kind=BACKFILL, reporter=reporter)
                 summary = dict(summarize(result))
             except runs.RunBusy as exc:
-                summary = {"merchant_id": merchant_id, "kind": BACKFILL, "status": BUSY, "error": str(exc)}
+                summary = {"merchant_id": merchant_id, "kind": BACKFILL, "status": runs.BUSY, "error": str(exc)}
             except asyncio.CancelledError:
                 print_summary({"merchant_id": merchant_id, "status": runs.INTERRUPTED})
                 return 130

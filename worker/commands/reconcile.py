@@ -11,7 +11,7 @@ from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
 from worker import runs
 from worker.backfill.phases import summarize
-from worker.commands import BUSY, cancellable, print_summary
+from worker.commands import cancellable, print_summary
 from worker.context import WorkerContext, open_context
 from worker.merchants import resolve_merchants
 from worker.reconcile.lanes import LANES, run_lane
@@ -59,7 +59,7 @@ async def _lanes(context: WorkerContext, merchant: str | None, lanes: list[str])
             try:
                 summary = dict(summarize(await run_lane(context, merchant_id, lane)))
             except runs.RunBusy as exc:
-                summary = {"merchant_id": merchant_id, "kind": lane, "status": BUSY, "error": str(exc)}
+                summary = {"merchant_id": merchant_id, "kind": lane, "status": runs.BUSY, "error": str(exc)}
             except asyncio.CancelledError:
                 print_summary({"merchant_id": merchant_id, "kind": lane, "status": runs.INTERRUPTED})
                 return failures + 1

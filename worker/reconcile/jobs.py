@@ -46,7 +46,6 @@ from worker.reconcile.lanes import LANES, run_lane
 log = get_logger(__name__)
 
 SLICE_MARGIN_SECONDS: Final = 5.0
-BUSY: Final = "busy"  # not a run status: another process holds the run's lock (runs.RunBusy)
 
 
 def time_slice(wc: WorkerContext) -> float:
@@ -79,7 +78,7 @@ async def reconcile_lane_job(ctx: dict[str, Any], lane: str, merchant_id: str) -
     try:
         run = await _sliced(wc, lambda: run_lane(wc, merchant_id, lane))
     except runs.RunBusy:
-        return {"merchant_id": merchant_id, "lane": lane, "status": BUSY}
+        return {"merchant_id": merchant_id, "lane": lane, "status": runs.BUSY}
     if run is None:
         queued = await _enqueue(wc, RECONCILE_LANE_JOB, lane, merchant_id, defer=1,
                                 job_id=continuation_job_id(reconcile_job_id(lane, merchant_id), job_id(ctx)))
@@ -105,7 +104,7 @@ async def backfill_job(ctx: dict[str, Any], merchant_id: str | None = None, full
         run = await _sliced(wc, lambda: backfill(wc.sync, merchant_id, full=full, concurrency=concurrency,
                                                  kind=BACKFILL))
     except runs.RunBusy:
-        return {"merchant_id": merchant_id, "status": BUSY}
+        return {"merchant_id": merchant_id, "status": runs.BUSY}
     if run is None:  # continue from the checkpoint (never with full=True again: that would start over)
         queued = await _enqueue(wc, BACKFILL_JOB, merchant_id, False, defer=1,
                                 job_id=continuation_job_id(backfill_job_id(merchant_id), job_id(ctx)))

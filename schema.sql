@@ -127,7 +127,8 @@ CREATE TABLE IF NOT EXISTS square.customer_merges (
     from_customer_id  text NOT NULL,
     to_customer_id    text NOT NULL,
     merged_at         timestamptz,
-    source            text NOT NULL DEFAULT 'webhook',
+    source            text NOT NULL DEFAULT 'webhook'
+                      CONSTRAINT customer_merges_source_check CHECK (source IN ('webhook', 'events_api', 'retrieve')),
     event_id          text,
     recorded_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (merchant_id, from_customer_id)
@@ -571,4 +572,4 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2), (3) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4) ON CONFLICT (version) DO NOTHING;

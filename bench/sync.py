@@ -65,7 +65,7 @@ def noop_worker(kind: str) -> int:
     from arq.worker import Worker, func
 
     from square_mirror.settings import Settings
-    from worker.arq_settings import RedisTolerantWorker, worker_options
+    from worker.app import RedisTolerantWorker, worker_options
 
     async def process_event(_ctx: dict[str, Any], _payload: dict[str, Any]) -> None:
         return None

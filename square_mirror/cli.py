@@ -22,11 +22,12 @@ from square_mirror.settings import SettingsError
 # command -> (module, one-line help). Modules own their flags.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "migrate": ("square_mirror.commands.migrate", "apply schema.sql to DATABASE_URL (idempotent)"),
-    "worker": ("worker.cli", "run the sync worker (arq): webhook events to committed rows"),
-    "redrive": ("worker.redrive", "re-enqueue webhook events recorded as failed"),
+    "worker": ("worker.commands.worker", "run the sync worker (arq): webhook events to committed rows"),
+    "redrive": ("worker.commands.redrive", "re-enqueue webhook events recorded as failed"),
     "webhooks": ("webhooks.cli", "run the Square webhook receiver (HTTP, queues events to Redis)"),
-    "backfill": ("worker.cli_backfill", "copy every group, segment and customer; infer deletes and merges"),
-    "reconcile": ("worker.cli_reconcile", "run reconcile lanes once (incremental, segments, groups, events, sweep)"),
+    "backfill": ("worker.commands.backfill", "copy every group, segment and customer; infer deletes and merges"),
+    "reconcile": ("worker.commands.reconcile",
+                  "run reconcile lanes once (incremental, segments, groups, events, sweep)"),
     "status": ("square_mirror.commands.status", "health per merchant; exit 1 when unhealthy (a probe)"),
     "demo": ("square_mirror.commands.demo", "the whole pipeline on embedded defaults, with a story and a check"),
     "prune-history": ("square_mirror.commands.prune_history", "delete closed history rows older than a period"),

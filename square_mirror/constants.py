@@ -1,6 +1,7 @@
-"""Names shared by the receiver and the worker: Redis keys, queue names, job names, pinned defaults.
+"""Names shared by the receiver and the worker: Redis keys, queue names, job names and IDs, pinned defaults.
 
-They live here, and only here, so the two sides can never disagree about where a job is queued.
+They live here, and only here, so the two sides can never disagree about where a job is queued or what it is
+called (tests/test_architecture.py keeps job names and job-ID schemes out of every other module).
 """
 
 from typing import Final
@@ -15,10 +16,33 @@ CUSTOMER_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated",
 QUEUE_NAME: Final = "square-mirror:queue"
 PROCESS_EVENT_JOB: Final = "process_event"
 RECONCILE_LANE_JOB: Final = "reconcile_lane_job"
+BACKFILL_JOB: Final = "backfill_job"
 JOB_PAYLOAD_VERSION: Final = 1
+# A process_event job's ID is the event ID: a duplicate delivery while the job is queued collapses into it.
+
+
+def cron_job_name(lane: str) -> str:
+    """The cron entry that fans a reconcile lane out to every merchant."""
+    return f"reconcile_{lane}"
+
+
+def reconcile_job_id(lane: str, merchant_id: str) -> str:
+    """One lane of one merchant: arq refuses a second job with this ID while one is queued or running."""
+    return f"reconcile:{lane}:{merchant_id}"
+
+
+def backfill_job_id(merchant_id: str) -> str:
+    return f"backfill:{merchant_id}"
+
+
+def continuation_job_id(job_id: str, continues: str) -> str:
+    """The job that continues ``continues`` (a job ID) after its time slice ran out."""
+    return f"{job_id}:continued:{continues}"
+
 
 # Redis key prefixes (everything the project writes to Redis starts with this)
 REDIS_PREFIX: Final = "square-mirror:"
 RATE_LIMIT_KEY: Final = REDIS_PREFIX + "ratelimit:"  # + merchant_id
 UNAUTHORIZED_KEY: Final = REDIS_PREFIX + "unauthorized:"  # + merchant_id
 HEALTH_KEY: Final = REDIS_PREFIX + "health:"  # + process name
+WORKER_HEALTH_KEY: Final = HEALTH_KEY + "worker"

@@ -9,7 +9,7 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # Arbitrary constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK_KEY: Final = 0x5371_4D69
 # Re-plan every execution: a generic plan cached while the tables were small keeps scanning whole tables

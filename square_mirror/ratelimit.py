@@ -50,7 +50,6 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst if burst is not None else max(1, int(rate))
         self._script: Any = redis.register_script(_BUCKET_SCRIPT) if redis is not None and rate > 0 else None
-        self.waited_seconds = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -64,7 +63,6 @@ class RateLimiter:
         while True:
             wait_ms = int(await self._script(keys=[RATE_LIMIT_KEY + merchant_id], args=[self.rate, self.burst, cost]))
             if wait_ms <= 0:
-                self.waited_seconds += waited
                 return waited
             delay = min(wait_ms / 1000.0, 5.0)
             waited += delay

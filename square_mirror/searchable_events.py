@@ -14,12 +14,13 @@ and the other lanes carry on healing the mirror without it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
 from square_mirror.logs import get_logger
 from square_mirror.square_api import SquareClient, SquareError, SquareUnauthorized
+from square_mirror.timefmt import utcnow
 
 log = get_logger(__name__)
 
@@ -72,7 +73,7 @@ async def enable(pool: Executor, client: SquareClient, merchant_id: str, *, rest
         level("events_api_refused", merchant_id=merchant_id, error=str(refused))
         raise refused from None
     _REFUSALS_SAID.discard(merchant_id)
-    since: datetime = await pool.fetchval(_RECORD_ENABLED, merchant_id, datetime.now(UTC), restarted)
+    since: datetime = await pool.fetchval(_RECORD_ENABLED, merchant_id, utcnow(), restarted)
     return Searchable(since)
 
 

@@ -10,21 +10,28 @@ Bad answers (HTML error pages, truncated JSON, a 200 carrying ``errors``, oversi
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import aiohttp
 import orjson
 
+from square_mirror.errors import SquareBadResponse as SquareBadResponse
+from square_mirror.errors import SquareError as SquareError
+from square_mirror.errors import SquareInvalidRequest as SquareInvalidRequest
+from square_mirror.errors import SquareNotFound as SquareNotFound
+from square_mirror.errors import SquareRateLimited as SquareRateLimited
+from square_mirror.errors import SquareUnauthorized as SquareUnauthorized
+from square_mirror.errors import SquareUnavailable as SquareUnavailable
 from square_mirror.logs import get_logger
 from square_mirror.metrics import RATE_LIMIT_WAIT_SECONDS, SQUARE_RATE_LIMITED, SQUARE_REQUEST_SECONDS, SQUARE_REQUESTS
 from square_mirror.ratelimit import RateLimiter
+from square_mirror.retry import SQUARE_RETRIED
+from square_mirror.retry import RetryPolicy as RetryPolicy
 from square_mirror.settings import Settings
+from square_mirror.timefmt import is_timestamp
 from square_mirror.tokens import NoToken, TokenSource
 
 log = get_logger(__name__)
@@ -47,67 +54,9 @@ BULK_RETRIEVE_LIMIT: Final = 100
 GROUPS_PAGE_LIMIT: Final = 50
 SEGMENTS_PAGE_LIMIT: Final = 50
 EVENTS_PAGE_LIMIT: Final = 100
-SEGMENT_FILTER_LIMIT: Final = 3
 
 MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 RETRY_AFTER_CAP_SECONDS: Final = 60.0
-
-
-class SquareError(Exception):
-    """Square answered with an error, or an answer the client cannot use."""
-
-    def __init__(self, message: str, *, status: int | None = None, errors: list[dict[str, Any]] | None = None,
-                 endpoint: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.errors = errors or []
-        self.endpoint = endpoint
-
-    @property
-    def codes(self) -> list[str]:
-        return [str(e.get("code")) for e in self.errors]
-
-
-class SquareNotFound(SquareError):
-    pass
-
-
-class SquareUnauthorized(SquareError):
-    def __init__(self, message: str, *, merchant_id: str, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.merchant_id = merchant_id
-
-
-class SquareRateLimited(SquareError):
-    """429 after every retry; ``retry_after`` is Square's hint in seconds, when it sent one."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
-
-
-class SquareUnavailable(SquareError):
-    """5xx, timeouts or connection failures that outlasted the retries: transient, try again later."""
-
-
-class SquareBadResponse(SquareError):
-    """An answer that is not the JSON object Square documents (HTML page, truncated body, 200 with errors)."""
-
-
-class SquareInvalidRequest(SquareError):
-    """A 4xx other than 401/403/404/429: the request itself is wrong (e.g. INVALID_CURSOR, BAD_REQUEST)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6
-    base_delay: float = 0.2
-    max_delay: float = 20.0
-    deadline: float = 60.0  # total seconds one call may spend, retries included
-
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -227,7 +176,7 @@ class SquareClient:
             try:
                 return await self._attempt(merchant_id, method, url, endpoint, headers, params, data,
                                            report_unauthorized)
-            except (SquareRateLimited, SquareUnavailable, SquareBadResponse) as exc:
+            except SQUARE_RETRIED as exc:
                 attempt += 1
                 delay = self.retry.backoff(attempt)
                 if isinstance(exc, SquareRateLimited) and exc.retry_after is not None:
@@ -428,16 +377,6 @@ def _malformed(endpoint: str, what: str) -> SquareBadResponse:
     return SquareBadResponse(f"{endpoint}: malformed answer ({what})", endpoint=endpoint)
 
 
-def _is_time(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
-
-
 def check_customer(doc: Any, endpoint: str) -> dict[str, Any]:
     """``doc`` if it is a Customer object whose fields have the types Square documents, else SquareBadResponse.
 
@@ -451,15 +390,7 @@ def check_customer(doc: Any, endpoint: str) -> dict[str, Any]:
     version = doc.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise _malformed(endpoint, f"customer {cid}: version is not an integer")
-    for key in _CUSTOMER_STRINGS:
-        if doc.get(key) is not None and not isinstance(doc[key], str):
-            raise _malformed(endpoint, f"customer {cid}: {key} is not a string")
-    for key in _CUSTOMER_TIMES:
-        if doc.get(key) is not None and not _is_time(doc[key]):
-            raise _malformed(endpoint, f"customer {cid}: {key} is not a timestamp")
-    for key in _CUSTOMER_OBJECTS:
-        if doc.get(key) is not None and not isinstance(doc[key], dict):
-            raise _malformed(endpoint, f"customer {cid}: {key} is not an object")
+    _check_field_types(doc, cid, endpoint)
     unsubscribed = (doc.get("preferences") or {}).get("email_unsubscribed")
     if unsubscribed is not None and not isinstance(unsubscribed, bool):
         raise _malformed(endpoint, f"customer {cid}: preferences.email_unsubscribed is not a boolean")
@@ -468,6 +399,18 @@ def check_customer(doc: Any, endpoint: str) -> dict[str, Any]:
         if ids is not None and (not isinstance(ids, list) or not all(isinstance(x, str) for x in ids)):
             raise _malformed(endpoint, f"customer {cid}: {key} is not a list of IDs")
     return doc
+
+
+def _check_field_types(doc: dict[str, Any], cid: str, endpoint: str) -> None:
+    for key in _CUSTOMER_STRINGS:
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not a string")
+    for key in _CUSTOMER_TIMES:
+        if doc.get(key) is not None and not is_timestamp(doc[key]):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not a timestamp")
+    for key in _CUSTOMER_OBJECTS:
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise _malformed(endpoint, f"customer {cid}: {key} is not an object")
 
 
 def check_listed_customer(doc: Any, endpoint: str) -> dict[str, Any]:
@@ -486,7 +429,7 @@ def check_definition(doc: Any, endpoint: str) -> dict[str, Any]:
     if doc.get("name") is not None and not isinstance(doc["name"], str):
         raise _malformed(endpoint, f"{doc['id']}: name is not a string")
     for key in _CUSTOMER_TIMES:
-        if doc.get(key) is not None and not _is_time(doc[key]):
+        if doc.get(key) is not None and not is_timestamp(doc[key]):
             raise _malformed(endpoint, f"{doc['id']}: {key} is not a timestamp")
     return doc
 

@@ -29,7 +29,6 @@ class TokenSource:
         self._tokens: dict[str, Secret] = {}
         self._mtime: float | None = None
         self._checked = 0.0
-        self.generation = 0  # bumped on every reload, so callers can notice a replaced token
         if path is not None:
             self._reload(force=True)
 
@@ -66,7 +65,6 @@ class TokenSource:
             self._mtime = mtime
             return
         self._tokens, self._mtime = tokens, mtime
-        self.generation += 1
         log.info("tokens_file_loaded", merchants=len(tokens))
 
     def token_for(self, merchant_id: str) -> str:
@@ -85,10 +83,6 @@ class TokenSource:
         if self._application is not None:
             return self._application.reveal()
         return self.token_for(merchant_id)
-
-    @property
-    def has_application_token(self) -> bool:
-        return self._application is not None
 
     def merchants(self) -> list[str]:
         """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token)."""

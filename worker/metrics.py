@@ -1,4 +1,4 @@
-"""Prometheus metrics of the sync worker, and the tiny ``/metrics`` server inside the worker process.
+"""Prometheus metrics of the sync worker (served by the worker process, worker/app.py).
 
 Names start with ``square_mirror_worker_``; the Square client's own ``square_mirror_square_*`` metrics live in
 square_mirror/metrics.py and are served by the same endpoint (one process-wide registry).
@@ -6,15 +6,9 @@ square_mirror/metrics.py and are served by the same endpoint (one process-wide r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Final
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-
-from square_mirror.logs import get_logger
-
-log = get_logger(__name__)
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS: Final = Counter(
     "square_mirror_worker_events_total",
@@ -58,46 +52,6 @@ MERCHANT_UNAUTHORIZED: Final = Gauge(
     ["merchant_id"],
 )
 
-ALL_METRIC_NAMES: Final = (
-    "square_mirror_worker_events_total",
-    "square_mirror_worker_job_seconds",
-    "square_mirror_worker_event_lag_seconds",
-    "square_mirror_worker_fetch_batch_size",
-    "square_mirror_worker_fetches_total",
-    "square_mirror_worker_retries_total",
-    "square_mirror_worker_queue_depth",
-    "square_mirror_worker_jobs_running",
-    "square_mirror_worker_merchant_unauthorized",
-)
-
-
-async def start_metrics_server(
-    port: int, *, host: str = "0.0.0.0", before_scrape: Callable[[], Awaitable[None]] | None = None
-) -> web.AppRunner | None:
-    """Serve ``/metrics`` on ``port`` (0 disables); ``before_scrape`` refreshes sampled gauges."""
-    if port == 0:
-        return None
-
-    async def metrics(_request: web.Request) -> web.Response:
-        if before_scrape is not None:
-            try:
-                await before_scrape()
-            except Exception as exc:  # a scrape must not fail because Redis hiccuped
-                log.warning("metrics_refresh_failed", error=type(exc).__name__)
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("worker_metrics_listening", port=port)
-    return runner
 SYNC_RUNS: Final = Counter(
     "square_mirror_sync_runs_total",
     "Backfill and reconcile runs finished, by kind and final status (succeeded, partial, failed, interrupted)",

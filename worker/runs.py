@@ -4,6 +4,9 @@ A run starts as ``running`` and ends as exactly one of ``succeeded``, ``partial`
 ``interrupted``. Only :meth:`Run.finish` writes a final status, and :func:`status_for` is the one rule that maps
 how a run ended to its status, so a run that raised, was cancelled or was rate-limited is never ``succeeded``.
 
+:func:`recorded` is the one life of a run, for the backfill and every lane alike: lock, merchant row, start,
+and the final status however the work ends (returned, raised, cancelled).
+
 One run per (merchant, kind) at a time: :func:`exclusive` holds a Postgres advisory lock on its own connection
 for the whole run. A process that dies (even by SIGKILL) drops its connection and with it the lock, so the
 next run that takes the lock knows that any row still ``running`` is dead and marks it ``interrupted``; its
@@ -13,7 +16,7 @@ checkpoint is what a resumed backfill continues from.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,8 +24,11 @@ from typing import Any, Final
 
 import asyncpg
 
+from square_mirror.errors import SquareUnauthorized
 from square_mirror.logs import get_logger
-from square_mirror.square_api import SquareRateLimited, SquareUnauthorized, SquareUnavailable
+from square_mirror.retry import is_outage
+from square_mirror.timefmt import parse_time
+from worker import store
 from worker.metrics import SYNC_RUNS
 
 log = get_logger(__name__)
@@ -33,6 +39,7 @@ FAILED: Final = "failed"
 INTERRUPTED: Final = "interrupted"
 RUNNING: Final = "running"
 FINAL_STATUSES: Final = frozenset({SUCCEEDED, PARTIAL, FAILED, INTERRUPTED})
+BUSY: Final = "busy"  # not a run's status: what a command or job reports when another process holds its lock
 COUNT_KEYS: Final = ("pages", "upserted", "stale_skipped", "tombstoned", "merges", "errors")
 
 
@@ -48,7 +55,7 @@ def status_for(exc: BaseException | None, counts: Mapping[str, int]) -> str:
         return INTERRUPTED
     if isinstance(exc, SquareUnauthorized):
         return FAILED
-    if isinstance(exc, SquareRateLimited | SquareUnavailable):
+    if is_outage(exc):
         # Progress was committed (and checkpointed); the run is resumable but not complete.
         return PARTIAL if counts.get("pages", 0) else FAILED
     return FAILED
@@ -110,6 +117,45 @@ async def start_run(pool: asyncpg.Pool, merchant_id: str, kind: str,
     run._last_flush = time.monotonic()
     log.info("run_started", merchant_id=merchant_id, kind=kind, run_id=run.run_id)
     return run
+
+
+ERROR_MAX_CHARS: Final = 2000
+Prepare = Callable[[], Awaitable[Mapping[str, Any]]]
+ErrorNote = Callable[["Run", Exception], bool]
+
+
+@asynccontextmanager
+async def recorded(pool: asyncpg.Pool, merchant_id: str, kind: str, *, prepare: Prepare | None = None,
+                   on_error: ErrorNote | None = None, marks_unauthorized: bool = True) -> AsyncIterator[Run]:
+    """One recorded run of ``kind`` for ``merchant_id``, under its lock (:class:`RunBusy` when taken).
+
+    ``prepare`` runs once the lock and the merchant's row are there, before the run starts, and gives its
+    initial checkpoint. The body's work ends the run: returning -> ``succeeded`` (``partial`` with counted
+    errors); an exception -> the status :func:`status_for` gives, recorded and logged (``run_failed``), and not
+    raised (the caller returns the run); cancellation -> ``interrupted``, raised. A rejected token also marks the
+    merchant unauthorized (unless ``marks_unauthorized`` is off); ``on_error`` may count the error and return
+    True to keep it out of the log (it was said elsewhere).
+    """
+    async with exclusive(pool, merchant_id, kind):
+        await store.ensure_merchant(pool, merchant_id)
+        checkpoint = await prepare() if prepare is not None else None
+        run = await start_run(pool, merchant_id, kind, checkpoint)
+        try:
+            yield run
+        except Exception as exc:
+            if marks_unauthorized and isinstance(exc, SquareUnauthorized):
+                await store.set_merchant_auth(pool, merchant_id, ok=False, error=str(exc))
+            run.add(errors=1)
+            status = status_for(exc, run.counts)
+            if on_error is None or not on_error(run, exc):
+                log.error("run_failed", merchant_id=merchant_id, kind=kind, run_id=run.run_id, status=status,
+                          error=str(exc), error_type=type(exc).__name__)
+            await run.finish(status, error=f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS])
+        except BaseException as exc:
+            await run.finish(status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
+            raise
+        else:
+            await run.finish(status_for(None, run.counts))
 
 
 def _lock_key(merchant_id: str, kind: str) -> str:
@@ -201,8 +247,8 @@ async def last_succeeded_start(pool: asyncpg.Pool, merchant_id: str, kinds: tupl
     )
     if row is None:
         return None
-    listing = (row["checkpoint"] or {}).get("listing_started_at")
-    if isinstance(listing, str):
-        return datetime.fromisoformat(listing)
+    listing = parse_time((row["checkpoint"] or {}).get("listing_started_at"))
+    if listing is not None:
+        return listing
     started: datetime = row["started_at"]
     return started

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -126,7 +127,18 @@ class MergeResult:
     tombstoned: set[str]
 
 
-STATED_MERGE_SOURCES: Final = ("webhook", "events_api")  # event_context.merge; 'retrieve' is inferred
+class MergeSource(StrEnum):
+    """How the mirror learned a merge's lineage (``square.customer_merges.source``, whose CHECK constraint in
+    schema.sql lists exactly these values; the SQL files' stated sources are compared by
+    tests/test_architecture.py)."""
+
+    WEBHOOK = "webhook"  # stated: event_context.merge of a delivered event (also one replayed through the worker)
+    EVENTS_API = "events_api"  # stated: event_context.merge of an event replayed by ID, without the worker
+    RETRIEVE = "retrieve"  # inferred: RetrieveCustomer answered with another ID
+
+    @property
+    def stated(self) -> bool:
+        return self is not MergeSource.RETRIEVE
 
 
 async def apply_merge(
@@ -136,7 +148,7 @@ async def apply_merge(
     to_customer_id: str,
     merged_at: datetime,
     *,
-    source: str,
+    source: MergeSource | str,
     event_id: str | None = None,
 ) -> MergeResult:
     """The merge rule: record from -> to lineage and tombstone every merged-away ID with merged_into.
@@ -155,6 +167,7 @@ async def apply_merge(
     earliest event has been applied. The target is never tombstoned here; syncing its profile is the caller's
     next step.
     """
+    source = MergeSource(source)  # the one vocabulary: an unknown source is refused here, and by the CHECK
     sources = sorted({f for f in from_customer_ids if f and f != to_customer_id})
     if not sources:
         return MergeResult(set(), set())
@@ -163,7 +176,7 @@ async def apply_merge(
     )
     recorded = {r["from_customer_id"] for r in rows}
     tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
-    if source in STATED_MERGE_SOURCES:
+    if source.stated:
         linked = await conn.fetch(sql("link_merged_tombstones"), merchant_id, sources)
         tombstoned |= {r["id"] for r in linked}
     return MergeResult(recorded, tombstoned)

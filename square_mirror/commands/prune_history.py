@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Final
 
 from square_mirror.db import connect
 from square_mirror.settings import Settings
+from square_mirror.timefmt import utcnow
 
 HELP = (
     "Delete ended history (customer versions whose valid_to, and membership periods whose left_at, is older "
@@ -38,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 async def prune(
     dsn: str, older_than: timedelta, *, batch_size: int = 5000, merchant: str | None = None
 ) -> dict[str, int]:
-    cutoff = datetime.now(UTC) - older_than
+    cutoff = utcnow() - older_than
     removed: dict[str, int] = {}
     conn = await connect(dsn)
     try:

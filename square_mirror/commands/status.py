@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.db import DatabaseUnavailable, connect
 from square_mirror.settings import Settings
+from square_mirror.timefmt import iso, utcnow
 
 HELP = (
     "Per merchant: last event processed and its lag, failed events, last backfill and reconcile runs, token "
@@ -63,12 +64,12 @@ ORDER BY merchant_id, kind, started_at DESC
 
 
 def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    return iso(value) if isinstance(value, datetime) else value
 
 
 async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tuple[dict[str, Any], int]:
     problems: list[str] = []
-    report: dict[str, Any] = {"checked_at": datetime.now(UTC).isoformat(), "merchants": {}, "queue": None}
+    report: dict[str, Any] = {"checked_at": iso(utcnow()), "merchants": {}, "queue": None}
     try:
         conn = await connect(settings.require_database_url())
     except DatabaseUnavailable as exc:

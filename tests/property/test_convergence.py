@@ -33,10 +33,11 @@ from emulator.testing import run_emulator
 from square_mirror.convergence import PUBLIC_FIELDS, mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.jobs import build_event_job
-from tests.integration.worker.support import worker_ctx, worker_settings
+from tests.integration.worker.support import job_ctx, worker_ctx, worker_settings
 from tests.services import Services, with_database, with_redis_db
 from worker import runs
-from worker.process import process_event
+from worker.context import WorkerContext
+from worker.events.process import process_event
 from worker.reconcile import run_lane
 from worker.sync import sync_customers
 
@@ -88,7 +89,7 @@ async def _example(dsn: str, redis_url: str, data: st.DataObject) -> None:
         await pool.close()
 
 
-async def _play(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool, data: st.DataObject) -> None:
+async def _play(emu: Any, ctx: WorkerContext, pool: asyncpg.Pool, data: st.DataObject) -> None:
     running: set[asyncio.Task[Any]] = set()
     try:
         await _play_history(emu, ctx, data, running)
@@ -98,7 +99,7 @@ async def _play(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool, data: st.Data
         await asyncio.gather(*list(running), return_exceptions=True)
 
 
-async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, running: set[asyncio.Task[Any]]) -> None:
+async def _play_history(emu: Any, ctx: WorkerContext, data: st.DataObject, running: set[asyncio.Task[Any]]) -> None:
     state = emu.emulator.merchants[emu.merchant_id]
     groups = [state.create_group(f"G{n}", None)["id"] for n in range(2)]
     segments = [state.create_segment(f"S{n}")["id"] for n in range(2)]
@@ -128,21 +129,21 @@ async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, runn
             pending.append(payload)  # arq runs it again after the deferral
 
     async def _deliver(payload: dict[str, Any], mode: str) -> None:
-        job_ctx = {**ctx, "job_try": 1}
+        arq_ctx = job_ctx(ctx, 1)
         if mode == "twin":
-            results = await asyncio.gather(process_event(job_ctx, payload), process_event(job_ctx, payload),
+            results = await asyncio.gather(process_event(arq_ctx, payload), process_event(arq_ctx, payload),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
         elif mode == "killed":
-            task = asyncio.ensure_future(process_event(job_ctx, payload))
+            task = asyncio.ensure_future(process_event(arq_ctx, payload))
             await asyncio.sleep(data.draw(st.sampled_from([0, 0.0005, 0.002, 0.005]), label="kill after"))
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             pending.append(payload)  # arq runs a crashed job again
         else:
-            await process_event(job_ctx, payload)
+            await process_event(arq_ctx, payload)
 
     steps = data.draw(st.lists(st.sampled_from(OPS), min_size=3, max_size=25), label="steps")
     for step in steps:
@@ -208,10 +209,10 @@ async def _play_history(emu: Any, ctx: dict[str, Any], data: st.DataObject, runn
             await deliver(pending.pop(), "normal")
         await asyncio.gather(*list(running))
     assert not pending
-    await ctx["coalescer"].close()
+    await ctx.coalescer.close()
 
 
-async def _compare(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool) -> None:
+async def _compare(emu: Any, ctx: WorkerContext, pool: asyncpg.Pool) -> None:
     merchant = emu.merchant_id
     truth = await emu.truth()
     await _assert_equal(pool, merchant, truth, segments=False)  # events alone get everything but segments
@@ -225,7 +226,7 @@ async def _compare(emu: Any, ctx: dict[str, Any], pool: asyncpg.Pool) -> None:
     live = [r["id"] for r in await pool.fetch("SELECT id FROM square.customers_current WHERE merchant_id = $1",
                                               merchant)]
     for start in range(0, len(live), 100):  # the segment refresh: a full refetch observes segment membership
-        await sync_customers(ctx["sync"], merchant, live[start:start + 100])
+        await sync_customers(ctx.sync, merchant, live[start:start + 100])
     await _assert_equal(pool, merchant, truth, segments=True)
 
 

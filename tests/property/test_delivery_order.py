@@ -46,10 +46,11 @@ from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.jobs import build_event_job
-from tests.integration.worker.support import worker_ctx, worker_settings
+from tests.integration.worker.support import job_ctx, worker_ctx, worker_settings
 from tests.mirror_dump import OBSERVED, dump_differences, dump_mirror
 from tests.services import Services, with_database, with_redis_db
-from worker.process import process_event
+from worker.context import WorkerContext
+from worker.events.process import process_event
 from worker.sync import sync_customers
 
 MIRRORS = ("reference", "sequential", "concurrent")
@@ -182,11 +183,11 @@ def _schedule(rng: random.Random, emitted: list[dict[str, Any]],
     return order
 
 
-async def _deliver(ctx: dict[str, Any], payload: dict[str, Any] | None, everyone: tuple[str, list[str]]) -> None:
+async def _deliver(ctx: WorkerContext, payload: dict[str, Any] | None, everyone: tuple[str, list[str]]) -> None:
     if payload is None:  # what backfill's and the sweep's deletion and merge inference do
         for _ in range(5):
             try:
-                await sync_customers(ctx["sync"], *everyone)
+                await sync_customers(ctx.sync, *everyone)
                 return
             except asyncpg.exceptions.DeadlockDetectedError:  # transient: the lanes run again
                 await asyncio.sleep(0.01)
@@ -195,9 +196,9 @@ async def _deliver(ctx: dict[str, Any], payload: dict[str, Any] | None, everyone
         await _run(ctx, payload)
 
 
-async def _killed(ctx: dict[str, Any], payload: dict[str, Any], after: float) -> None:
+async def _killed(ctx: WorkerContext, payload: dict[str, Any], after: float) -> None:
     """A run cancelled at a random point (its worker was killed), then run to the end, as arq re-runs it."""
-    task = asyncio.ensure_future(process_event({**ctx, "job_try": 1}, payload))
+    task = asyncio.ensure_future(process_event(job_ctx(ctx, 1), payload))
     await asyncio.sleep(after)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -208,11 +209,11 @@ def _payloads(state: Any) -> list[dict[str, Any]]:
     return [build_event_job(event) for _ts, event in state.events.entries]
 
 
-async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+async def _run(ctx: WorkerContext, payload: dict[str, Any]) -> None:
     """One job, run again after a deferral as arq would (a deadlock or a lost connection is transient)."""
     for job_try in range(1, 6):
         try:
-            await process_event({**ctx, "job_try": job_try}, payload)
+            await process_event(job_ctx(ctx, job_try), payload)
             return
         except Retry:
             await asyncio.sleep(0.01)

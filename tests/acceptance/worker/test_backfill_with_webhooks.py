@@ -17,7 +17,7 @@ from tests.integration.worker.support import worker_settings
 from tests.mirror_check import assert_mirror_matches, emulator_client
 from webhooks.app import create_app
 from worker import runs
-from worker.arq_settings import build_worker
+from worker.app import build_worker
 from worker.backfill import backfill
 from worker.sync import SyncContext
 

@@ -13,7 +13,7 @@ from square_mirror.embedded import free_port
 from square_mirror.settings import Secret, Settings
 from tests.integration.worker.support import worker_settings
 from webhooks.app import create_app
-from worker.arq_settings import build_worker
+from worker.app import build_worker
 
 KEY = "end-to-end-signature-key"
 

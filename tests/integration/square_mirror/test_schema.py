@@ -28,7 +28,8 @@ async def test_schema_applies_twice_and_creates_every_table_view_and_the_reader_
             "SELECT table_name FROM information_schema.views WHERE table_schema='square'")}
         assert tables >= TABLES
         assert views >= VIEWS
-        assert await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM square.schema_version") == [1, 2, 3]
+        versions = await conn.fetchval("SELECT array_agg(version ORDER BY version) FROM square.schema_version")
+        assert versions == [1, 2, 3, 4]
         assert await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'square_mirror_reader'") == 1
         assert await conn.fetchval(
             "SELECT has_table_privilege('square_mirror_reader', 'square.customers', 'SELECT')")
@@ -144,5 +145,24 @@ async def test_an_upgrade_that_fails_leaves_the_old_database_untouched(db_dsn: s
         assert await conn.fetchval("SELECT max(version) FROM square.schema_version") == 1
         assert not await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'square'"
                                        " AND column_name = 'listed_at'")
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_to_4_checks_merge_sources_and_keeps_older_rows_that_name_another(db_dsn: str) -> None:
+    await migrate(db_dsn)
+    conn = await connect(db_dsn)
+    try:  # a version-3 database holding a lineage row from a source the vocabulary no longer has
+        await conn.execute("ALTER TABLE square.customer_merges DROP CONSTRAINT customer_merges_source_check")
+        await conn.execute("DELETE FROM square.schema_version WHERE version = 4")
+        await conn.execute("INSERT INTO square.customer_merges (merchant_id, from_customer_id, to_customer_id, source)"
+                           " VALUES ('M', 'A', 'B', 'backfill')")
+        assert await migrate(db_dsn) == SCHEMA_VERSION
+        valid = await conn.fetchval(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'customer_merges_source_check'")
+        assert valid is False and await conn.fetchval("SELECT count(*) FROM square.customer_merges") == 1
+        with pytest.raises(asyncpg.CheckViolationError):  # new rows are checked all the same
+            await conn.execute("INSERT INTO square.customer_merges (merchant_id, from_customer_id, to_customer_id,"
+                               " source) VALUES ('M', 'C', 'B', 'backfill')")
     finally:
         await conn.close()

@@ -1,4 +1,4 @@
-"""Helpers for worker tests: an emulator seller, the worker ctx built by the real startup, event payloads."""
+"""Helpers for worker tests: an emulator seller, the worker context built as the worker builds it, event payloads."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ from emulator.state import MerchantState
 from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.jobs import build_event_job
 from square_mirror.settings import Secret, Settings
-from worker.process import process_event
-from worker.runtime import shutdown, startup
+from worker.context import CONTEXT_KEY, WorkerContext, open_context
+from worker.events.process import process_event
 
 _job_tries = itertools.count()
+
+
+def job_ctx(context: WorkerContext, job_try: int = 1, **arq_values: Any) -> dict[str, Any]:
+    """What arq hands one job: a fresh dict with the worker's context and the job's own values."""
+    return {CONTEXT_KEY: context, "job_try": job_try, **arq_values}
 
 
 @dataclass
 class Harness:
     emu: EmulatorHandle
-    ctx: dict[str, Any]
+    context: WorkerContext
     pool: asyncpg.Pool
 
     @property
@@ -38,7 +43,7 @@ class Harness:
 
     @property
     def api_calls(self) -> int:
-        return int(self.ctx["client"].requests_made)
+        return int(self.context.client.requests_made)
 
     def events(self) -> list[dict[str, Any]]:
         return [event for _ts, event in self.state.events.entries]
@@ -47,7 +52,7 @@ class Harness:
         return [build_event_job(event) for event in self.events()]
 
     async def run(self, payload: dict[str, Any], *, job_try: int = 1) -> str:
-        return await process_event({**self.ctx, "job_try": job_try}, payload)
+        return await process_event(job_ctx(self.context, job_try), payload)
 
     async def outcome(self, event_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
@@ -71,14 +76,13 @@ def worker_settings(base_url: str, token: str, redis_url: str, **overrides: Any)
 
 
 @asynccontextmanager
-async def worker_ctx(pool: asyncpg.Pool, redis_url: str, settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def worker_ctx(pool: asyncpg.Pool, redis_url: str, settings: Settings) -> AsyncIterator[WorkerContext]:
+    """The worker's context on a test's pool, with a plain Redis connection (so no job is queued from it)."""
     redis = aioredis.Redis.from_url(redis_url)
-    ctx: dict[str, Any] = {"settings": settings, "redis": redis, "pool": pool}
-    await startup(ctx)
     try:
-        yield ctx
+        async with open_context(settings, worker=True, pool=pool, redis=redis) as context:
+            yield context
     finally:
-        await shutdown(ctx)
         await redis.aclose()
 
 
@@ -87,5 +91,5 @@ async def harness(pool: asyncpg.Pool, redis_url: str, config: EmulatorConfig | N
                   **overrides: Any) -> AsyncIterator[Harness]:
     async with run_emulator(config) as emu:
         settings = worker_settings(emu.base_url, emu.token, redis_url, **overrides)
-        async with worker_ctx(pool, redis_url, settings) as ctx:
-            yield Harness(emu, ctx, pool)
+        async with worker_ctx(pool, redis_url, settings) as context:
+            yield Harness(emu, context, pool)

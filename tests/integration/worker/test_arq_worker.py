@@ -1,4 +1,4 @@
-"""The real arq Worker built by worker.arq_settings: jobs enqueued under their event IDs, run in burst mode."""
+"""The real arq Worker built by worker.app: jobs enqueued under their event IDs, run in burst mode."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from square_mirror.jobs import build_event_job
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings
 from tests.integration.worker.support import worker_settings
-from worker.arq_settings import FUNCTIONS, build_worker, worker_options
+from worker.app import FUNCTIONS, build_worker, worker_options
 
 
 def test_worker_options_follow_the_issue() -> None:

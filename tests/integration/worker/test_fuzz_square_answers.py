@@ -35,11 +35,12 @@ from square_mirror.db import create_pool
 from square_mirror.jobs import build_event_job
 from square_mirror.logs import configure_logging
 from square_mirror.square_api import MAX_RESPONSE_BYTES, RetryPolicy
-from tests.integration.worker.support import worker_ctx, worker_settings
+from tests.integration.worker.support import job_ctx, worker_ctx, worker_settings
 from tests.mirror_check import emulator_client
 from worker import runs
 from worker.backfill import backfill
-from worker.process import process_event
+from worker.context import WorkerContext
+from worker.events.process import process_event
 from worker.sync import SyncContext
 
 MARK = "CORRUPT"
@@ -217,7 +218,7 @@ class World:
     merchant_id: str
     customer_ids: list[str]
     events: list[dict[str, Any]]
-    worker: dict[str, Any]
+    worker: WorkerContext
     sync: SyncContext
     log: io.StringIO
 
@@ -258,7 +259,7 @@ def world(db_dsn: str, redis_url: str) -> Iterator[World]:
         stack.push_async_callback(pool.close)
         settings = worker_settings(proxy.url, emu.token, redis_url, worker_max_tries=1)
         ctx = await stack.enter_async_context(worker_ctx(pool, redis_url, settings))
-        ctx["client"].retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05, deadline=5.0)
+        ctx.client.retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05, deadline=5.0)
         client = emulator_client(replace_base(emu, proxy.url), attempts=2, deadline=5.0)
         stack.push_async_callback(client.close)
         events = [event for _ts, event in state.events.entries]
@@ -337,7 +338,7 @@ def test_event_jobs_against_a_misbehaving_square_fail_clearly_and_write_no_bad_r
             # is never answered from the mirror as stale: the worker must ask Square, and Square answers badly.
             payload["version"] = 10**6 + n
             payloads.append(payload)
-        ctx = {**world.worker, "job_try": world.worker["settings"].worker_max_tries}
+        ctx = job_ctx(world.worker, world.worker.settings.worker_max_tries)
         ids = [p["customer_id"] for p in payloads]
         query = "SELECT id, version, raw FROM square.customers WHERE id = ANY($1::text[]) ORDER BY id"
         before = world.runner.run(world.pool.fetch(query, ids))

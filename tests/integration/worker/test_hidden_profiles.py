@@ -38,10 +38,10 @@ from emulator import EmulatorConfig
 from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.convergence import PUBLIC_FIELDS, mirror_diff
 from square_mirror.jobs import build_event_job
-from tests.integration.worker.support import worker_ctx, worker_settings
+from tests.integration.worker.support import job_ctx, worker_ctx, worker_settings
 from worker import runs
 from worker.backfill import backfill
-from worker.process import process_event
+from worker.events.process import process_event
 from worker.reconcile import run_lane
 
 SELLERS = {"MLHIDDEN001": "EAAAhiddenTokenOne0000000000", "MLHIDDEN002": "EAAAhiddenTokenTwo0000000000"}
@@ -254,7 +254,7 @@ async def test_hidden_profiles_converge_through_backfill_webhooks_and_reconcile(
     rng = random.Random(f"hidden:{webhooks}")
     async with worker_ctx(db_pool, redis_url, settings) as ctx, aiohttp.ClientSession() as session:
         for mid in SELLERS:
-            run = await backfill(ctx["sync"], mid, concurrency=2)
+            run = await backfill(ctx.sync, mid, concurrency=2)
             assert run.status == runs.SUCCEEDED, run.error
         marks = {mid: len(emu.emulator.merchants[mid].events.entries) for mid in SELLERS}
         sellers = [Seller(emu, session, mid, random.Random(f"{mid}:{webhooks}")) for mid in SELLERS]
@@ -275,11 +275,11 @@ async def test_hidden_profiles_converge_through_backfill_webhooks_and_reconcile(
         for event in events:
             payload = build_event_job(event)
             try:
-                await process_event({**ctx, "job_try": 1}, payload)
+                await process_event(job_ctx(ctx, 1), payload)
             except Retry:
                 retry.append(payload)
         for payload in retry:
-            await process_event({**ctx, "job_try": 2}, payload)
+            await process_event(job_ctx(ctx, 2), payload)
 
         report: list[str] = []
         for when, lanes in (("reconcile", LANES), ("then_periodic", PERIODIC_LANES)):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import asyncpg
 import pytest
 from arq.worker import Retry
 
 from square_mirror.jobs import build_event_job
+from square_mirror.timefmt import parse_time
 from tests.integration.worker.support import harness
-from worker.inbox import parse_time
 
 
 async def test_created_event_is_fetched_applied_and_a_replay_is_a_duplicate(
@@ -266,10 +267,10 @@ async def test_transient_errors_retry_then_fail_on_the_last_try_and_redrive_reco
 
     from square_mirror.queue import deserialize_job, redis_settings, serialize_job
     from square_mirror.square_api import RetryPolicy
-    from worker.redrive import redrive
+    from worker.commands.redrive import redrive
 
     async with harness(db_pool, redis_url) as h:
-        h.ctx["client"].retry = RetryPolicy(attempts=1)
+        h.context.client.retry = RetryPolicy(attempts=1)
         rec, _ = h.state.create_customer({"given_name": "A"})
         [payload] = h.payloads()
         await h.emu.set_faults(error_503_rate=1.0)
@@ -317,13 +318,14 @@ async def test_redrive_finds_events_whose_job_was_lost(db_pool: asyncpg.Pool, re
 
     from square_mirror.jobs import read_event_job
     from square_mirror.queue import deserialize_job, redis_settings, serialize_job
-    from worker import inbox
-    from worker.redrive import redrive
+    from worker.commands.redrive import redrive
+    from worker.events import inbox
 
     async with harness(db_pool, redis_url) as h:
         h.state.create_customer({"given_name": "A"})
         [payload] = h.payloads()
-        await inbox.record(db_pool, read_event_job(payload), payload)  # a run that crashed on its last try
+        job = read_event_job(payload)
+        await inbox.record_many(db_pool, {(job.merchant_id, job.event_id): (job, payload)})  # a run that crashed
         await db_pool.execute("UPDATE square.webhook_events SET received_at = now() - interval '1 hour'")
         arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
                                       job_deserializer=deserialize_job)
@@ -405,8 +407,8 @@ async def test_the_merchant_row_is_written_once_per_worker_not_once_per_job(
     async with harness(db_pool, redis_url) as h:
         h.state.create_customer({"given_name": "A"})
         [payload] = h.payloads()
-        assert await h.run(payload) == "applied"  # run with a copy of ctx, as arq runs every job
-        assert h.ctx["ensured_merchants"] == {payload["merchant_id"]}
+        assert await h.run(payload) == "applied"  # run with a fresh ctx, as arq runs every job
+        assert h.context.ensured_merchants == {payload["merchant_id"]}
 
 
 async def test_a_seller_whose_events_were_never_enabled_gets_its_events_pass_queued_once(
@@ -421,7 +423,7 @@ async def test_a_seller_whose_events_were_never_enabled_gets_its_events_pass_que
                                   job_deserializer=deserialize_job)
     try:
         async with harness(db_pool, redis_url) as h:
-            h.ctx["redis"] = arq_redis  # what arq hands a running worker's jobs
+            h.context = replace(h.context, arq_redis=arq_redis)  # what arq hands a running worker's jobs
             for name in ("A", "B"):
                 h.state.create_customer({"given_name": name})
             outcomes = [await h.run(p) for p in h.payloads()]

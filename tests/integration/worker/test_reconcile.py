@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,8 +20,9 @@ from square_mirror.square_api import SquareClient
 from tests.mirror_check import assert_mirror_matches, emulator_client, square_call
 from worker import runs
 from worker.backfill import backfill
-from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
+from worker.context import CONTEXT_KEY, WorkerContext, build_context
 from worker.reconcile import run_lane
+from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.sync import SyncContext, sync_customers
 
 
@@ -31,21 +33,21 @@ async def emu() -> AsyncIterator[EmulatorHandle]:
 
 
 @pytest.fixture
-async def ctx(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> AsyncIterator[dict[str, Any]]:
+async def ctx(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> AsyncIterator[WorkerContext]:
     client: SquareClient = emulator_client(emu)
-    yield {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    yield await build_context(Settings(), pool=db_pool, client=client)
     await client.close()
 
 
-async def _mirrored(emu: EmulatorHandle, ctx: dict[str, Any], customers: int = 300) -> dict[str, Any]:
+async def _mirrored(emu: EmulatorHandle, ctx: WorkerContext, customers: int = 300) -> dict[str, Any]:
     await emu.seed(customers=customers, groups=3, segments=3)
-    run = await backfill(ctx["sync"], emu.merchant_id, concurrency=2)
+    run = await backfill(ctx.sync, emu.merchant_id, concurrency=2)
     assert run.status == runs.SUCCEEDED, run.error
     truth: dict[str, Any] = await emu.truth()
     return truth
 
 
-async def test_segments_lane_heals_membership_changes(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_segments_lane_heals_membership_changes(emu: EmulatorHandle, ctx: WorkerContext,
                                                       db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     segment_id = sorted(truth["segments"])[0]
@@ -67,7 +69,7 @@ async def test_segments_lane_heals_membership_changes(emu: EmulatorHandle, ctx: 
     assert row is not None and row["status"] == "succeeded"
 
 
-async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHandle, ctx: WorkerContext,
                                                                db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     gids = sorted(truth["groups"])
@@ -80,21 +82,21 @@ async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHand
     await assert_mirror_matches(db_pool, emu)
 
 
-async def _instant_profile(emu: EmulatorHandle, ctx: dict[str, Any]) -> str:
+async def _instant_profile(emu: EmulatorHandle, ctx: WorkerContext) -> str:
     """An instant profile the mirror learned of by ID (as from its customer.created webhook)."""
     cid: str = (await emu.admin("POST", "instant-profiles", {"merchant_id": emu.merchant_id}))["customer"]["id"]
-    await sync_customers(ctx["sync"], emu.merchant_id, [cid])
+    await sync_customers(ctx.sync, emu.merchant_id, [cid])
     return cid
 
 
-async def test_segments_lane_keeps_and_heals_hidden_profiles_memberships(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_segments_lane_keeps_and_heals_hidden_profiles_memberships(emu: EmulatorHandle, ctx: WorkerContext,
                                                                        db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     stay, join, leave = sorted(truth["segments"])[:3]
     hidden = await _instant_profile(emu, ctx)
     for segment_id in (stay, leave):
         await emu.admin("PUT", f"segments/{segment_id}/members/{hidden}?merchant_id={emu.merchant_id}")
-    await sync_customers(ctx["sync"], emu.merchant_id, [hidden])
+    await sync_customers(ctx.sync, emu.merchant_id, [hidden])
     # Segment changes send no webhook: only the lane can see these two.
     await emu.admin("PUT", f"segments/{join}/members/{hidden}?merchant_id={emu.merchant_id}")
     await emu.admin("DELETE", f"segments/{leave}/members/{hidden}?merchant_id={emu.merchant_id}")
@@ -108,7 +110,7 @@ async def test_segments_lane_keeps_and_heals_hidden_profiles_memberships(emu: Em
 
 
 async def test_groups_lane_reads_hidden_profiles_by_id_and_shares_a_recent_refresh(
-        emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+        emu: EmulatorHandle, ctx: WorkerContext, db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     group_id = sorted(truth["groups"])[0]
     hidden = await _instant_profile(emu, ctx)
@@ -125,19 +127,19 @@ async def test_groups_lane_reads_hidden_profiles_by_id_and_shares_a_recent_refre
 
 
 async def test_a_profile_hidden_by_an_update_keeps_its_memberships_through_every_lane(
-        emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+        emu: EmulatorHandle, ctx: WorkerContext, db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     cid = next(c for c in sorted(truth["customers"]) if truth["customers"][c].get("segment_ids"))
     cleared = dict.fromkeys(("given_name", "family_name", "company_name", "email_address", "phone_number"))
     await emu.admin("PATCH", f"customers/{cid}", {"merchant_id": emu.merchant_id, **cleared})
-    await sync_customers(ctx["sync"], emu.merchant_id, [cid])  # its customer.updated webhook
+    await sync_customers(ctx.sync, emu.merchant_id, [cid])  # its customer.updated webhook
     for lane in ("sweep", "incremental", "groups", "segments"):  # the sweep reads it by ID; the others must not undo it
         run = await run_lane(ctx, emu.merchant_id, lane)
         assert run.status == runs.SUCCEEDED, (lane, run.error)
     await assert_mirror_matches(db_pool, emu)
 
 
-async def test_incremental_lane_with_expiring_cursors(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_incremental_lane_with_expiring_cursors(emu: EmulatorHandle, ctx: WorkerContext,
                                                       db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx, customers=600)
     ids = sorted(truth["customers"])[:250]
@@ -160,13 +162,13 @@ async def test_incremental_lane_with_expiring_cursors(emu: EmulatorHandle, ctx: 
     assert await runs.get_watermark(db_pool, emu.merchant_id, "incremental") > first_watermark  # type: ignore[operator]
 
 
-async def test_incremental_lane_does_not_advance_after_a_failed_window(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_incremental_lane_does_not_advance_after_a_failed_window(emu: EmulatorHandle, ctx: WorkerContext,
                                                                        db_pool: asyncpg.Pool) -> None:
     await _mirrored(emu, ctx)
     await emu.set_faults(error_503_rate=1.0)
     client: SquareClient = emulator_client(emu, attempts=2, deadline=1.0)
     try:
-        failing = {**ctx, "client": client, "sync": SyncContext(db_pool, client)}
+        failing = replace(ctx, client=client, sync=SyncContext(db_pool, client))
         run = await run_lane(failing, emu.merchant_id, "incremental")
     finally:
         await client.close()
@@ -174,7 +176,7 @@ async def test_incremental_lane_does_not_advance_after_a_failed_window(emu: Emul
     assert await runs.get_watermark(db_pool, emu.merchant_id, "incremental") is None
 
 
-async def test_events_lane_replays_missed_deletes_and_merges(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_events_lane_replays_missed_deletes_and_merges(emu: EmulatorHandle, ctx: WorkerContext,
                                                              db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     ids = sorted(truth["customers"])
@@ -207,7 +209,7 @@ async def test_events_start_disabled_the_mirror_enables_them_and_replays_lost_we
         square_emu: EmulatorHandle, db_pool: asyncpg.Pool) -> None:
     emu = square_emu
     client = emulator_client(emu)
-    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    ctx = await build_context(Settings(), pool=db_pool, client=client)
     try:
         truth = await _mirrored(emu, ctx, customers=40)  # the backfill enables events first
         since = await _searchable_since(db_pool, emu.merchant_id)
@@ -230,7 +232,7 @@ async def test_events_lane_says_when_its_window_reaches_before_events_were_searc
         square_emu: EmulatorHandle, db_pool: asyncpg.Pool, db_dsn: str) -> None:
     emu = square_emu
     client = emulator_client(emu)
-    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    ctx = await build_context(Settings(), pool=db_pool, client=client)
     try:
         await emu.seed(customers=5)
         cid = sorted((await emu.truth())["customers"])[0]
@@ -249,7 +251,7 @@ async def test_events_lane_finds_events_disabled_enables_them_again_and_restarts
         square_emu: EmulatorHandle, db_pool: asyncpg.Pool) -> None:
     emu = square_emu
     client = emulator_client(emu)
-    ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+    ctx = await build_context(Settings(), pool=db_pool, client=client)
     try:
         await run_lane(ctx, emu.merchant_id, "events")
         first = datetime.now(UTC) - timedelta(minutes=10)  # as if enabled a while ago
@@ -280,7 +282,7 @@ async def test_an_oauth_seller_replays_events_only_with_the_applications_token(
                             token_kinds={"MLEMULATOR001": "oauth"}, application_token="EAAAApplicationPersonalToken")
     async with run_emulator(config) as emu:
         client = emulator_client(emu, application_token=application_token)
-        ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+        ctx = await build_context(Settings(), pool=db_pool, client=client)
         try:
             truth = await _mirrored(emu, ctx, customers=20)
             await square_call(emu, "DELETE", f"/v2/customers/{sorted(truth['customers'])[0]}")  # webhook lost
@@ -304,7 +306,7 @@ async def test_an_oauth_seller_replays_events_only_with_the_applications_token(
         assert "searchable since" in render(report) and code == 0
 
 
-async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ctx: WorkerContext,
                                                          redis_url: str) -> None:
     from arq import create_pool
 
@@ -314,7 +316,7 @@ async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ct
     arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
                                   job_deserializer=deserialize_job)
     try:
-        ctx = {**ctx, "redis": arq_redis}
+        ctx = replace(ctx, arq_redis=arq_redis)
         run = await run_lane(ctx, emu.merchant_id, "events")
         assert run.status == runs.SUCCEEDED and run.counts["events_queued"] == 3
         jobs = await arq_redis.queued_jobs(queue_name="square-mirror:queue")
@@ -328,7 +330,7 @@ async def test_events_lane_queues_jobs_like_the_receiver(emu: EmulatorHandle, ct
         await arq_redis.aclose()
 
 
-async def test_sweep_lane_infers_deletes(emu: EmulatorHandle, ctx: dict[str, Any], db_pool: asyncpg.Pool) -> None:
+async def test_sweep_lane_infers_deletes(emu: EmulatorHandle, ctx: WorkerContext, db_pool: asyncpg.Pool) -> None:
     truth = await _mirrored(emu, ctx)
     await square_call(emu, "DELETE", f"/v2/customers/{sorted(truth['customers'])[5]}")
     run = await run_lane(ctx, emu.merchant_id, "sweep")
@@ -336,21 +338,19 @@ async def test_sweep_lane_infers_deletes(emu: EmulatorHandle, ctx: dict[str, Any
     await assert_mirror_matches(db_pool, emu)
 
 
-async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle, ctx: dict[str, Any],
+async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle, ctx: WorkerContext,
                                                             db_pool: asyncpg.Pool, redis_url: str) -> None:
-    from types import SimpleNamespace
-
     from arq import create_pool
 
-    from worker.lanes import backfill_job, reconcile_incremental, reconcile_lane_job
+    from worker.reconcile.jobs import backfill_job, reconcile_incremental, reconcile_lane_job
 
     await emu.seed(customers=2000, groups=2, segments=2)
     await emu.set_faults(endpoint_latency_ms={"SearchCustomers": 400})
     arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
                                   job_deserializer=deserialize_job)
-    settings = SimpleNamespace(worker_job_timeout_seconds=8.0, backfill_concurrency=2, reconcile_overlap_seconds=120,
-                               square_access_token=None)
-    job_ctx = {**ctx, "redis": arq_redis, "settings": settings, "job_try": 1, "job_id": "first"}
+    settings = replace(Settings(), worker_job_timeout_seconds=8.0, backfill_concurrency=2,
+                       reconcile_overlap_seconds=120, square_access_token=None)
+    job_ctx = {CONTEXT_KEY: replace(ctx, arq_redis=arq_redis, settings=settings), "job_try": 1, "job_id": "first"}
     try:
         first = await backfill_job(job_ctx, emu.merchant_id)  # 2000 customers at 400 ms a page: > a 3 s slice
         assert first["status"] == "interrupted" and first["continued"] is True
@@ -392,7 +392,7 @@ async def test_events_lane_refused_token_fails_without_marking_the_merchant(emu:
     client: SquareClient = emulator_client(emu, token="not-a-personal-access-token")
     client.on_unauthorized = on_unauthorized
     try:
-        ctx = {"pool": db_pool, "client": client, "sync": SyncContext(db_pool, client), "settings": None}
+        ctx = await build_context(Settings(), pool=db_pool, client=client)
         run = await run_lane(ctx, emu.merchant_id, "events")
     finally:
         await client.close()

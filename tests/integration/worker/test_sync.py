@@ -7,7 +7,8 @@ from square_mirror.square_api import RetryPolicy, SquareClient
 from square_mirror.tokens import TokenSource
 from tests.factories import customer, group
 from tests.scripted_square import ScriptedSquare, json_reply
-from worker.sync import Outcome, SyncContext, sync_customers
+from worker.outcome import Outcome
+from worker.sync import SyncContext, sync_customers
 
 M = "MERCHANT1"
 

@@ -110,14 +110,14 @@ def test_an_operators_own_malloc_setting_is_left_alone(monkeypatch: pytest.Monke
 def test_worker_and_receiver_pin_the_threshold_and_the_receiver_caps_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     import square_mirror.logs
     import webhooks.cli
-    import worker.cli
+    import worker.commands.worker
 
-    monkeypatch.setattr(worker.cli, "configure_logging", lambda *_a, **_k: None)
+    monkeypatch.setattr(worker.commands.worker, "configure_logging", lambda *_a, **_k: None)
     monkeypatch.setattr(square_mirror.logs, "configure_logging", lambda *_a, **_k: None)
     calls: list[str] = []
     monkeypatch.setattr(allocator, "pin_mmap_threshold", lambda: calls.append("receiver") or True)
     monkeypatch.setattr(allocator, "cap_socket_reads", lambda: calls.append("receiver reads") or True)
-    monkeypatch.setattr(worker.cli, "pin_mmap_threshold", lambda: calls.append("worker") or True)
+    monkeypatch.setattr(worker.commands.worker, "pin_mmap_threshold", lambda: calls.append("worker") or True)
 
     class Stop(Exception):
         pass
@@ -125,11 +125,11 @@ def test_worker_and_receiver_pin_the_threshold_and_the_receiver_caps_its_reads(m
     def stop(*_a: object, **_k: object) -> None:
         raise Stop
 
-    monkeypatch.setattr(worker.cli, "build_worker", stop)
+    monkeypatch.setattr(worker.commands.worker, "build_worker", stop)
     monkeypatch.setenv("DATABASE_URL", "postgresql://nowhere/db")
     monkeypatch.setenv("REDIS_URL", "redis://nowhere:6379/0")
     with pytest.raises(Stop):
-        worker.cli.run(argparse.Namespace(burst=False))
+        worker.commands.worker.run(argparse.Namespace(burst=False))
     assert calls == ["worker"]
 
     import webhooks.app

@@ -6,8 +6,9 @@ import io
 import itertools
 from datetime import UTC, datetime
 
-from worker.partition import Partition, Planner, created_ms, plan_partitions, rfc3339_ms
-from worker.progress import Progress, _PlainBar, terminal_reporter
+from square_mirror.timefmt import rfc3339_ms
+from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
+from worker.backfill.progress import Progress, _PlainBar, terminal_reporter
 from worker.runs import FAILED, INTERRUPTED, PARTIAL, SUCCEEDED, status_for
 
 

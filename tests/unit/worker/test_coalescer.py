@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from worker.coalescer import FetchCoalescer
-from worker.sync import Outcome, SyncContext, SyncResult
+from worker.events.coalescer import FetchCoalescer
+from worker.outcome import Outcome
+from worker.sync import SyncContext, SyncResult
 
 
 class FakeSquare:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from square_mirror.jobs import EventJob
-from worker.rules import event_is_stale, target_is_synced
+from worker.events.rules import event_is_stale, target_is_synced
 from worker.store import StoredCustomer
 
 

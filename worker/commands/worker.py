@@ -8,7 +8,7 @@ import asyncio
 from square_mirror.allocator import pin_mmap_threshold
 from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
-from worker.arq_settings import build_worker
+from worker.app import build_worker
 
 HELP = (
     "Run the sync worker: consume the event jobs the webhook receiver enqueues (and backfill / reconcile jobs), "

@@ -4,7 +4,7 @@ Phases, each recorded in the run's checkpoint (``square.sync_runs.checkpoint``):
 
 1. ``definitions``: ListCustomerGroups and ListCustomerSegments, every page; definitions are upserted and, once
    the listing is complete, the ones Square no longer lists are tombstoned.
-2. ``customers``: the customer space is split into ``created_at`` ranges (:mod:`worker.partition`) fetched
+2. ``customers``: the customer space is split into ``created_at`` ranges (:mod:`worker.backfill.partition`) fetched
    concurrently with SearchCustomers (sort ``CREATED_AT ASC``, 100 per page). Every page is written at once
    through :func:`worker.store.upsert_customers` (version guard, tombstones final) with ``observed_at`` = when
    its request was sent. A partition's checkpoint is the ``created_at`` of the last customer of its last
@@ -23,22 +23,19 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from square_mirror import searchable_events
 from square_mirror.logs import get_logger
-from square_mirror.square_api import (
-    BULK_RETRIEVE_LIMIT,
-    CUSTOMERS_PAGE_LIMIT,
-    SquareError,
-    SquareInvalidRequest,
-    SquareUnauthorized,
-)
+from square_mirror.pagination import Pages
+from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT
+from square_mirror.timefmt import iso, require_time, utcnow
 from worker import runs, store
-from worker.partition import Partition, Planner, created_ms, plan_partitions
-from worker.progress import Progress, Reporter
-from worker.sync import Outcome, SyncContext, sync_customers, utcnow
+from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
+from worker.backfill.progress import Progress, Reporter
+from worker.outcome import Outcome
+from worker.sync import SyncContext, sync_customers, sync_definitions
 
 log = get_logger(__name__)
 
@@ -54,55 +51,6 @@ WRITE_DEPTH: Final = 3
 # Customers per upsert statement (pages queued together are written together).
 WRITE_BATCH_ROWS: Final = 1000
 ProgressFactory = Callable[[str, str], Reporter | None]
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat()
-
-
-# -- definitions ------------------------------------------------------------------------------------------
-
-async def list_all(fetch: Callable[..., Awaitable[dict[str, Any]]], merchant_id: str, key: str,
-                   run: runs.Run | None = None) -> list[dict[str, Any]]:
-    """Every item of a cursor-paged list; an expired cursor restarts the listing (the lists are small)."""
-    items: dict[str, dict[str, Any]] = {}
-    cursor: str | None = None
-    restarts = 0
-    while True:
-        try:
-            page = await fetch(merchant_id, cursor=cursor)
-        except SquareInvalidRequest as exc:
-            if cursor and "INVALID_CURSOR" in exc.codes and restarts < 5:
-                restarts += 1
-                cursor = None
-                continue
-            raise
-        if run is not None:
-            run.add(pages=1)
-        for item in page.get(key) or []:
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                items[item["id"]] = item
-        cursor = page.get("cursor") or None
-        if not cursor:
-            return list(items.values())
-
-
-async def sync_definitions(ctx: SyncContext, merchant_id: str, run: runs.Run | None = None) -> dict[str, list[str]]:
-    """List groups and segments completely, upsert them, tombstone the ones no longer listed."""
-    groups = await list_all(ctx.client.list_groups, merchant_id, "groups", run)
-    segments = await list_all(ctx.client.list_segments, merchant_id, "segments", run)
-    now = utcnow()
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        gone: dict[str, set[str]] = {}
-        for kind, listed in (("groups", groups), ("segments", segments)):
-            known = await store.known_definition_ids(conn, merchant_id, kind)  # type: ignore[arg-type]
-            await store.upsert_definitions(conn, merchant_id, kind, listed)  # type: ignore[arg-type]
-            missing = sorted(known - {d["id"] for d in listed})
-            gone[kind] = await store.tombstone_definitions(conn, merchant_id, kind, missing, now)  # type: ignore[arg-type]
-    if run is not None:
-        run.add(groups=len(groups), segments=len(segments), groups_tombstoned=len(gone["groups"]),
-                segments_tombstoned=len(gone["segments"]))
-    return {"groups": sorted(d["id"] for d in groups), "segments": sorted(d["id"] for d in segments)}
 
 
 # -- customers ------------------------------------------------------------------------------------------------
@@ -213,68 +161,85 @@ class Listing:
         one; the partition's position (its checkpoint) moves only once a page's write committed, page by page in
         order (a later page committed first moves nothing until the earlier one has committed too)."""
         client, mid = self.ctx.client, self.merchant_id
-        pending: deque[tuple[asyncio.Task[set[str]], list[dict[str, Any]], float]] = deque()
-
-        async def settle(keep: int = 0) -> None:
-            """Wait for the oldest pending writes until at most ``keep`` remain, advancing the position."""
-            while len(pending) > keep:
-                task, customers, queued = pending[0]
-                written = await task
-                pending.popleft()
-                unique = len({c["id"] for c in customers})
-                self.run.add(pages=1, listed=len(customers), upserted=len(written),
-                             stale_skipped=unique - len(written), write_ms=round((time.perf_counter() - queued) * 1000))
-                part.advance(created_ms(customers[-1]), len(customers))
-                self.progress.advance(len(customers), pages=self.run.counts["pages"])
-
-        cursor: str | None = None
+        writes = _PartitionWrites(self, part)
         body = search_body(part)
+        observed_at = utcnow()
+
+        async def fetch(cursor: str | None) -> dict[str, Any]:
+            nonlocal observed_at
+            request = dict(body)
+            if cursor:
+                request["cursor"] = cursor
+            observed_at = utcnow()  # taken before the request: the page is at least this fresh
+            return await client.search_customers(mid, request)
+
+        pages = Pages(fetch)
         try:
             while True:
                 if part.restart:  # the planner split this partition: continue from pos with the narrower range
-                    await settle()
+                    await writes.settle()
                     part.restart = False
-                    cursor, body = None, search_body(part)
-                if not cursor:
-                    await settle()  # pos is the committed position: the test below and a new query start there
-                if not cursor and part.pos is not None and part.end is not None and part.pos >= part.end:
-                    part.done = True  # already read past the (narrowed) end
-                    return
-                request = dict(body)
-                if cursor:
-                    request["cursor"] = cursor
-                observed_at = utcnow()  # taken before the request: the page is at least this fresh
+                    pages.restart()
+                    body = search_body(part)
+                if not pages.cursor:
+                    await writes.settle()  # pos is the committed position: the test below and a new query start there
+                    if part.pos is not None and part.end is not None and part.pos >= part.end:
+                        part.done = True  # already read past the (narrowed) end
+                        return
                 began = time.perf_counter()
-                try:
-                    page = await client.search_customers(mid, request)
-                except SquareInvalidRequest as exc:
-                    if cursor and "INVALID_CURSOR" in exc.codes:
-                        self.run.add(cursor_restarts=1)
-                        log.info("backfill_cursor_expired", merchant_id=mid, partition=part.describe())
-                        await settle()
-                        cursor, body = None, search_body(part)
-                        continue
-                    raise
+                page = await pages.next()
+                if page is None:  # the cursor expired: continue from the committed position
+                    self.run.add(cursor_restarts=1)
+                    log.info("backfill_cursor_expired", merchant_id=mid, partition=part.describe())
+                    await writes.settle()
+                    body = search_body(part)
+                    continue
                 self.run.add(fetch_ms=round((time.perf_counter() - began) * 1000))
-                await settle(keep=WRITE_DEPTH - 1)  # at most WRITE_DEPTH pages of this partition being written
-                customers = [c for c in page.get("customers") or []
-                             if isinstance(c, dict) and isinstance(c.get("id"), str)]
-                if customers:
-                    task = asyncio.create_task(self.writer.write(customers, observed_at))
-                    pending.append((task, customers, time.perf_counter()))
-                else:
-                    self.run.add(pages=1)
-                cursor = page.get("cursor") or None
-                if not cursor:
-                    await settle()
+                await writes.settle(keep=WRITE_DEPTH - 1)  # at most WRITE_DEPTH pages of this partition being written
+                writes.write([c for c in page.get("customers") or []
+                              if isinstance(c, dict) and isinstance(c.get("id"), str)], observed_at)
+                if pages.done:
+                    await writes.settle()
                     part.done = True  # a finished partition is checkpointed at once: a resumed run never redoes it
                     await self.run.flush(checkpoint=self._checkpoint())
                     return
                 await self.run.flush(checkpoint=self._checkpoint(), force=False)
         finally:
-            for task, _, _ in pending:
-                if not task.done():
-                    task.cancel()
+            writes.cancel()
+
+
+class _PartitionWrites:
+    """The page writes of one partition still pending, oldest first; settling them advances its position."""
+
+    def __init__(self, listing: Listing, part: Partition) -> None:
+        self.listing = listing
+        self.part = part
+        self.pending: deque[tuple[asyncio.Task[set[str]], list[dict[str, Any]], float]] = deque()
+
+    def write(self, customers: list[dict[str, Any]], observed_at: datetime) -> None:
+        if customers:
+            task = asyncio.create_task(self.listing.writer.write(customers, observed_at))
+            self.pending.append((task, customers, time.perf_counter()))
+        else:
+            self.listing.run.add(pages=1)
+
+    async def settle(self, keep: int = 0) -> None:
+        """Wait for the oldest pending writes until at most ``keep`` remain, advancing the position."""
+        run = self.listing.run
+        while len(self.pending) > keep:
+            task, customers, queued = self.pending[0]
+            written = await task
+            self.pending.popleft()
+            unique = len({c["id"] for c in customers})
+            run.add(pages=1, listed=len(customers), upserted=len(written), stale_skipped=unique - len(written),
+                    write_ms=round((time.perf_counter() - queued) * 1000))
+            self.part.advance(created_ms(customers[-1]), len(customers))
+            self.listing.progress.advance(len(customers), pages=run.counts["pages"])
+
+    def cancel(self) -> None:
+        for task, _, _ in self.pending:
+            if not task.done():
+                task.cancel()
 
 
 async def probe(ctx: SyncContext, merchant_id: str, run: runs.Run) -> tuple[int | None, int | None, int | None]:
@@ -340,41 +305,30 @@ async def backfill(
     status :func:`worker.runs.status_for` gives (the run is returned, the error is not raised); cancellation
     records ``interrupted`` and propagates. Raises :class:`worker.runs.RunBusy` if the same run is in progress.
     """
-    async with runs.exclusive(ctx.pool, merchant_id, kind):
+    checkpoint: dict[str, Any] = {}
+    requests_before = 0
+
+    async def prepare() -> dict[str, Any]:
+        nonlocal requests_before
         previous = None if full else await runs.resumable_checkpoint(ctx.pool, merchant_id, kind)
-        checkpoint: dict[str, Any] = {}
         if previous is not None and previous[1].get("v") == CHECKPOINT_VERSION:
-            checkpoint = dict(previous[1])
+            checkpoint.update(previous[1])
             checkpoint["resumed_from"] = previous[0]
-        await store.ensure_merchant(ctx.pool, merchant_id)
-        # As early as possible: events that occur before this are never searchable (worker.searchable_events).
+        # As early as possible: events that occur before this are never searchable (square_mirror.searchable_events).
         await searchable_events.ensure_enabled(ctx.pool, ctx.client, merchant_id)
-        run = await runs.start_run(ctx.pool, merchant_id, kind, checkpoint)
         requests_before = ctx.client.requests_made
+        return checkpoint
+
+    async with runs.recorded(ctx.pool, merchant_id, kind, prepare=prepare) as run:
         bar = reporter(f"{kind} {merchant_id}", merchant_id) if reporter is not None else None
         progress = Progress(label=kind, merchant_id=merchant_id, reporter=bar, log_every=log_every)
         try:
             await _run_phases(ctx, merchant_id, run, checkpoint, concurrency=concurrency, progress=progress)
-        except Exception as exc:
-            if isinstance(exc, SquareUnauthorized):
-                await store.set_merchant_auth(ctx.pool, merchant_id, ok=False, error=str(exc))
-            run.add(errors=1)
-            run.counts["square_requests"] = ctx.client.requests_made - requests_before
-            status = runs.status_for(exc, run.counts)
-            log.error("run_failed", merchant_id=merchant_id, kind=kind, run_id=run.run_id, status=status,
-                      error=str(exc), error_type=type(exc).__name__)
-            await run.finish(status, error=f"{type(exc).__name__}: {exc}"[:2000])
-            return run
-        except BaseException as exc:
-            run.counts["square_requests"] = ctx.client.requests_made - requests_before
-            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
-            raise
         finally:
             progress.close()
             progress.log_line(f"{kind}_progress_final")
             run.counts["square_requests"] = ctx.client.requests_made - requests_before
-        await run.finish(runs.status_for(None, run.counts))
-        return run
+    return run
 
 
 async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpoint: dict[str, Any], *,
@@ -413,7 +367,7 @@ async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpo
         await run.flush(checkpoint=checkpoint)
 
     if checkpoint["phase"] == "inference":
-        started = datetime.fromisoformat(checkpoint["listing_started_at"])
+        started = require_time(checkpoint["listing_started_at"])
 
         async def saved(after: str) -> None:
             checkpoint["inference_after"] = after
@@ -429,6 +383,3 @@ async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpo
 def summarize(run: runs.Run) -> Mapping[str, Any]:
     return {"merchant_id": run.merchant_id, "kind": run.kind, "run_id": run.run_id, "status": run.status,
             "counts": run.counts, "error": run.error}
-
-
-__all__ = ["BACKFILL", "SWEEP", "SquareError", "backfill", "infer_deletions", "summarize", "sync_definitions"]

@@ -8,45 +8,21 @@ event can be rebuilt and re-enqueued by ``square-mirror redrive``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import asyncpg
 import orjson
 
 from square_mirror.jobs import EventJob
-from worker.batching import MicroBatcher
+from square_mirror.timefmt import parse_time
+from worker.events.batching import MicroBatcher
 from worker.store import Conn, StoredCustomer
 
 ERROR_MAX_CHARS: Final = 300
 V = TypeVar("V")
 R = TypeVar("R")
-_FRACTION_RE: Final = re.compile(r"(\.\d{6})\d+")
-
-
-class Outcome:
-    APPLIED: Final = "applied"
-    STALE: Final = "stale"
-    DUPLICATE: Final = "duplicate"
-    DELETED: Final = "deleted"
-    MERGED: Final = "merged"
-    IGNORED: Final = "ignored"
-    FAILED: Final = "failed"
-    UNAUTHORIZED: Final = "unauthorized"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 timestamp from Square (any number of fraction digits, ``Z`` or an offset), else None."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(_FRACTION_RE.sub(r"\1", value.strip()).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +31,6 @@ class Sighting:
     outcome: str | None
     attempts: int
     stored: StoredCustomer | None = None  # the event's customer as the mirror held it, read in the same statement
-
-
-_RECORD_SQL: Final = """
-INSERT INTO square.webhook_events AS e
-    (merchant_id, event_id, type, customer_id, version, created_at, received_at, attempts, source, payload)
-VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), 1, $8, $9)
-ON CONFLICT (merchant_id, event_id) DO UPDATE SET attempts = e.attempts + 1
-RETURNING processed_at IS NOT NULL AS processed, outcome, attempts
-"""
-
-
-async def record(conn: Conn | asyncpg.Pool, job: EventJob, payload: dict[str, Any]) -> Sighting:
-    """Write the event on first sight (or count another run of it); tells whether it was already processed."""
-    row = await conn.fetchrow(
-        _RECORD_SQL, job.merchant_id, job.event_id, job.type, job.customer_id, job.version,
-        parse_time(job.created_at), parse_time(job.received_at), job.source, payload,
-    )
-    assert row is not None
-    return Sighting(bool(row["processed"]), row["outcome"], int(row["attempts"]))
 
 
 async def finish(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str, outcome: str,
@@ -125,7 +82,8 @@ LEFT JOIN square.customers c ON c.merchant_id = i.merchant_id AND c.id = i.custo
 async def record_many(
     conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[EventJob, dict[str, Any]]]
 ) -> dict[EventKey, Sighting]:
-    """:func:`record` for many events in one statement, with each event's stored customer (the gate's input)."""
+    """Write each event on first sight (or count another run of it), in one statement; tells whether each was
+    already processed, with the event's customer as the mirror holds it (the gate's input)."""
     keys = sorted(items)
     jobs = [items[k][0] for k in keys]
     rows = await conn.fetch(

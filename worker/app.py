@@ -1,6 +1,9 @@
-"""arq configuration of ``square-mirror worker``: the job list, the cron list and the Worker builder.
+"""The worker process: arq's job list and cron list, the Worker it runs, its start-up and shut-down.
 
-Why each setting (measured on arq 0.28, see the worker issue):
+Start-up builds the one :class:`worker.context.WorkerContext` (:func:`worker.context.build_context`) and puts it
+in arq's ctx, and serves ``/metrics`` and ``/healthz`` on WORKER_METRICS_PORT.
+
+Why each setting (measured on arq 0.28):
 - job ID = event ID (set by the receiver); ``keep_result=0`` so a finished job's ID can be enqueued again
   (arq refuses an ID while a result is kept) and ``keep_result_forever`` is never on (it crashes the worker
   once tries run out).
@@ -10,29 +13,33 @@ Why each setting (measured on arq 0.28, see the worker issue):
 - ``max_jobs`` / ``poll_delay`` from settings (defaults 200 / 0.05 s: ~750 no-op jobs/s instead of ~20).
 - ``job_completion_wait``: on SIGTERM stop picking jobs and let running ones finish before cancelling.
 
-Other rooms add their jobs by extending ``FUNCTIONS`` / ``CRON_JOBS`` (e.g. ``worker.lanes.ARQ_FUNCTIONS``).
+``FUNCTIONS`` and ``CRON_JOBS`` list the event job and the backfill / reconcile jobs (worker/reconcile/jobs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp import web
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function, Worker, func
-from redis import exceptions as redis_exceptions
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from square_mirror.constants import HEALTH_KEY, PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME, WORKER_HEALTH_KEY
 from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from square_mirror.retry import redis_transient
 from square_mirror.settings import Settings
-from worker.lanes import ARQ_CRON_JOBS, ARQ_FUNCTIONS
-from worker.process import process_event
-from worker.runtime import shutdown, startup
+from worker.context import CONTEXT_KEY, build_context, worker_context
+from worker.events.process import process_event
+from worker.metrics import QUEUE_DEPTH
+from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 
 FUNCTIONS: list[Function | Any] = [
     func(process_event, name=PROCESS_EVENT_JOB, keep_result=0),
@@ -56,7 +63,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "keep_result_forever": False,
         "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "health_check_interval": 30,
-        "health_check_key": HEALTH_KEY + "worker",
+        "health_check_key": WORKER_HEALTH_KEY,
         "log_results": False,
     }
 
@@ -64,8 +71,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 # finish_job's arguments after self: job_id, finish, result_data, result_timeout_s, keep_result_forever,
 # incr_score, keep_in_progress.
 _FinishArgs = tuple[str, bool, bytes | None, float | None, bool, int | None, float | None]
-_REDIS_TROUBLE = (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)
 log = get_logger(__name__)
+REDIS_TROUBLE = redis_transient()  # redis is loaded here (above): its connection errors and timeouts
 
 # KEYS[1] the queue, KEYS[1 + i] the in-progress key of job ARGV[3 + i]; ARGV[1] now (ms), ARGV[2] the
 # in-progress key's lifetime (ms), ARGV[3] how many jobs to claim at most. Returns id, score, id, score, ...
@@ -135,7 +142,7 @@ class RedisTolerantWorker(Worker):
             claimed = await self._claim(candidates, taken)
         except BaseException as exc:
             self._give_back_slots(taken)
-            if isinstance(exc, _REDIS_TROUBLE):
+            if isinstance(exc, REDIS_TROUBLE):
                 log.warning("redis_trouble_claiming_job", error=type(exc).__name__)  # the jobs stay queued
                 return
             raise
@@ -236,7 +243,7 @@ class RedisTolerantWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except _REDIS_TROUBLE as exc:
+        except REDIS_TROUBLE as exc:
             log.warning("redis_trouble_polling", error=type(exc).__name__)
             await asyncio.sleep(1.0)
 
@@ -266,3 +273,61 @@ def build_worker(
         ctx={"settings": settings, **(ctx or {})},
         **options,
     )
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """arq ``on_startup``: ctx arrives with ``settings`` and ``redis`` (and a test's ``pool``, if it seeds one)."""
+    settings: Settings = ctx["settings"]
+    redis = ctx["redis"]
+    context = await build_context(settings, worker=True, pool=ctx.get("pool"), redis=redis, arq_redis=redis)
+    ctx[CONTEXT_KEY] = context
+
+    async def sample_queue_depth() -> None:
+        QUEUE_DEPTH.set(await redis.zcard(QUEUE_NAME))
+
+    try:
+        runner = await start_metrics_server(settings.worker_metrics_port, before_scrape=sample_queue_depth)
+    except BaseException:
+        await context.aclose()
+        raise
+    if runner is not None:
+        context.exit_stack.push_async_callback(runner.cleanup)
+    log.info("worker_started", max_jobs=settings.worker_max_jobs, poll_delay=settings.worker_poll_delay,
+             job_timeout=settings.worker_job_timeout_seconds, max_tries=settings.worker_max_tries)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq ``on_shutdown``: finish batches in flight, then close what start-up opened."""
+    if CONTEXT_KEY in ctx:
+        await worker_context(ctx).aclose()
+    log.info("worker_stopped")
+
+
+async def start_metrics_server(
+    port: int, *, host: str = "0.0.0.0", before_scrape: Callable[[], Awaitable[None]] | None = None
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` (the process-wide registry) and ``/healthz`` on ``port`` (0 disables);
+    ``before_scrape`` refreshes sampled gauges."""
+    if port == 0:
+        return None
+
+    async def metrics(_request: web.Request) -> web.Response:
+        if before_scrape is not None:
+            try:
+                await before_scrape()
+            except Exception as exc:  # a scrape must not fail because Redis hiccuped
+                log.warning("metrics_refresh_failed", error=type(exc).__name__)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("worker_metrics_listening", port=port)
+    return runner

@@ -1,8 +1,8 @@
 """Progress of a long run: a live bar on a terminal, periodic structured log lines otherwise.
 
-On a TTY the bar uses ``rich`` when installed, else ``tqdm``, else a plain one-line ``\\r`` bar on stderr, so
-the backfill never depends on either package. Off a TTY (containers, cron, arq) a JSON log line is written
-every ``log_every`` seconds with the counts, the rate and the ETA.
+On a TTY the bar uses ``rich`` (a dependency; without it, a plain one-line ``\\r`` bar on stderr). Off a TTY
+(containers, cron, arq) a JSON log line is written every ``log_every`` seconds with the counts, the rate and
+the ETA.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class _PlainBar:
         self.stream.flush()
 
 
-class _RichBar:  # pragma: no cover - depends on an optional package
+class _RichBar:  # pragma: no cover - needs a terminal
     def __init__(self, label: str, rich_progress: Any) -> None:
         columns = rich_progress
         self._progress = columns.Progress(
@@ -129,29 +129,13 @@ class _RichBar:  # pragma: no cover - depends on an optional package
         self._progress.stop()
 
 
-class _TqdmBar:  # pragma: no cover - depends on an optional package
-    def __init__(self, label: str, tqdm_module: Any) -> None:
-        self._bar = tqdm_module.tqdm(desc=label, unit="cust", total=None)
-
-    def update(self, done: int, total: int | None, fields: dict[str, Any]) -> None:
-        if total is not None and self._bar.total != total:
-            self._bar.total = total
-        self._bar.update(done - self._bar.n)
-        self._bar.set_postfix(fields, refresh=False)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
 def terminal_reporter(label: str, stream: TextIO | None = None) -> Reporter | None:
     """A live bar when ``stream`` (stderr) is a terminal, else None (log lines are used instead)."""
     stream = stream or sys.stderr
     if not stream.isatty():
         return None
-    for name, factory in (("rich.progress", _RichBar), ("tqdm", _TqdmBar)):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        return factory(label, module)
-    return _PlainBar(label, stream)
+    try:
+        module = importlib.import_module("rich.progress")
+    except ImportError:  # pragma: no cover - rich is a dependency; a broken install still gets a bar
+        return _PlainBar(label, stream)
+    return _RichBar(label, module)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from square_mirror.square_api import CUSTOMERS_PAGE_LIMIT
+from square_mirror.timefmt import epoch_ms, rfc3339_ms
 
 # Partitions small enough that a split would cost more (a restarted query) than it saves.
 MIN_SPLIT_CUSTOMERS: Final = 3 * CUSTOMERS_PAGE_LIMIT
@@ -34,11 +34,7 @@ def created_ms(customer: dict[str, Any]) -> int:
     value = customer.get("created_at")
     if not isinstance(value, str):
         raise ValueError("customer without created_at")
-    return math.floor(datetime.fromisoformat(value).timestamp() * 1000)
-
-
-def rfc3339_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return epoch_ms(value)
 
 
 @dataclass
@@ -88,7 +84,6 @@ class Planner:
     def __init__(self, partitions: Sequence[Partition], bounds: tuple[int | None, int | None] | None) -> None:
         self.partitions = list(partitions)
         self.bounds = bounds
-        self.splits = 0
 
     def remaining(self) -> int:
         return sum(1 for p in self.partitions if not p.done)
@@ -132,7 +127,6 @@ class Planner:
         part.end = mid
         part.restart = True
         self.partitions.append(upper)
-        self.splits += 1
         return upper
 
     def to_checkpoint(self) -> list[list[Any]]:

@@ -1,7 +1,8 @@
 """Reconcile lanes: what heals the mirror when webhooks cannot (or did not) tell.
 
-Each lane runs for one merchant as one run in ``sync_runs`` (kind ``reconcile:<lane>``) under the same
-per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.store` / :mod:`worker.sync`:
+Each lane runs for one merchant as one run in ``sync_runs`` (kind ``reconcile:<lane>``, :func:`worker.runs.recorded`)
+under the same per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.store` /
+:mod:`worker.sync`:
 
 - ``incremental``: SearchCustomers on ``updated_at >= watermark - overlap``; an ``INVALID_CURSOR`` restarts the
   window; the watermark moves (to when the window began) only after a complete window.
@@ -10,7 +11,8 @@ per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.
   every hidden profile is read by ID (:func:`refresh_hidden`), since no search can show it.
 - ``groups``: ListCustomerGroups, then each group's members through SearchCustomers ``group_ids any [group]``;
   customers whose membership differs are re-fetched by ID; hidden profiles are read by ID unless the segments
-  lane read them within the last interval.
+  lane read them within the last interval. Both are one membership lane (:func:`memberships`), which differs
+  per kind in one step (:data:`SEGMENTS`, :data:`GROUPS`).
   Neither lane reads a hidden profile's absence from a search as news (``square.customer_is_hidden``).
 - ``events``: EnableEvents (only events that occur while enabled are searchable,
   :mod:`square_mirror.searchable_events`), then SearchEvents from the last processed event time (at most 28 days
@@ -18,113 +20,95 @@ per-(merchant, kind) lock as the backfill, and writes only through :mod:`worker.
   the event worker exactly like a webhook (job ID = event ID, so duplicates collapse; the worker deduplicates
   by event ID in ``webhook_events``): a receiver outage or a lost Redis queue heals itself.
 - ``sweep``: a full listing plus deletion/merge inference (:func:`worker.backfill.backfill` of kind ``sweep``).
+
+Lanes take the :class:`worker.context.WorkerContext`; their arq jobs are worker/reconcile/jobs.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from square_mirror import searchable_events
 from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, QUEUE_NAME
-from square_mirror.jobs import InvalidEnvelope, build_event_job
+from square_mirror.errors import SquareInvalidRequest
+from square_mirror.jobs import EventJob, InvalidEnvelope, build_event_job, read_event_job
 from square_mirror.logs import get_logger
-from square_mirror.square_api import (
-    BULK_RETRIEVE_LIMIT,
-    CUSTOMERS_PAGE_LIMIT,
-    EVENTS_PAGE_LIMIT,
-    SquareInvalidRequest,
-    SquareUnauthorized,
-)
+from square_mirror.pagination import Pages
+from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT, EVENTS_PAGE_LIMIT
+from square_mirror.timefmt import parse_time, require_time, rfc3339, rfc3339_ms, utcnow
 from worker import runs, store
-from worker.backfill import SWEEP, backfill, list_all, sync_definitions
-from worker.partition import created_ms, rfc3339_ms
-from worker.sync import Outcome, SyncContext, sync_customers, sync_missing_definitions, utcnow
+from worker.backfill.partition import created_ms
+from worker.backfill.phases import SWEEP, backfill
+from worker.context import WorkerContext
+from worker.outcome import Outcome
+from worker.sync import SyncContext, sync_customers, sync_definitions, sync_missing_definitions
 
 log = get_logger(__name__)
 
 LANES: Final = ("incremental", "segments", "groups", "events", "sweep")
 EVENTS_RETENTION: Final = timedelta(days=28)
 EVENTS_RETENTION_MARGIN: Final = timedelta(minutes=10)
-MAX_WINDOW_RESTARTS: Final = 5
+EVENTS_MAX_RESTARTS: Final = 5  # one window of events: an expired cursor starts it over, five times at most
 DEFINITION_CONCURRENCY: Final = 4
 HIDDEN_REFRESH: Final = "hidden_refresh"  # sync_state lane: when the last complete refresh of hidden profiles began
 HIDDEN_REFRESH_SHARE: Final = timedelta(minutes=5)  # the lanes' interval: a refresh this recent serves both
 
-
-def rfc3339(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+OnPage = Callable[[list[dict[str, Any]], datetime], Awaitable[None]]
 
 
-def parse_time(value: str) -> datetime:
-    dt = datetime.fromisoformat(value)
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _sync(ctx: Mapping[str, Any]) -> SyncContext:
-    sync = ctx.get("sync")
-    if isinstance(sync, SyncContext):
-        return sync
-    return SyncContext(ctx["pool"], ctx["client"])
-
-
-def _overlap(ctx: Mapping[str, Any]) -> timedelta:
-    settings = ctx.get("settings")
-    seconds = getattr(settings, "reconcile_overlap_seconds", 120.0)
-    return timedelta(seconds=float(seconds))
+def lane_kind(lane: str) -> str:
+    """The run kind of a lane in ``square.sync_runs`` (the sweep is a backfill of kind ``sweep``)."""
+    return SWEEP if lane == "sweep" else f"reconcile:{lane}"
 
 
 async def search_all(sync: SyncContext, merchant_id: str, body: Mapping[str, Any], run: runs.Run,
-                     on_page: Callable[[list[dict[str, Any]], datetime], Awaitable[None]]) -> None:
+                     on_page: OnPage) -> None:
     """Every page of one SearchCustomers query sorted by ``CREATED_AT ASC``.
 
-    An expired cursor (``INVALID_CURSOR``) restarts the same query narrowed to ``created_at`` from the last
-    customer already handled (one millisecond earlier, inclusive-safe), so long windows still finish when
-    cursors expire quickly; five restarts in a row without a new page end the run as failed.
+    An expired cursor restarts the same query narrowed to ``created_at`` from the last customer already handled
+    (one millisecond earlier, inclusive-safe), so long windows still finish when cursors expire quickly.
     """
     query = dict(body.get("query") or {})
-    cursor: str | None = None
-    stalled = 0
     last_created: int | None = None
     request_body = dict(body)
-    while True:
+    observed_at = utcnow()
+
+    async def fetch(cursor: str | None) -> dict[str, Any]:
+        nonlocal observed_at
         request = dict(request_body)
         if cursor:
             request["cursor"] = cursor
         observed_at = utcnow()
-        try:
-            page = await sync.client.search_customers(merchant_id, request)
-        except SquareInvalidRequest as exc:
-            if cursor and "INVALID_CURSOR" in exc.codes and stalled < MAX_WINDOW_RESTARTS:
-                stalled += 1
-                run.add(cursor_restarts=1)
-                cursor = None
-                if last_created is not None:
-                    flt = dict(query.get("filter") or {})
-                    flt["created_at"] = {"start_at": rfc3339_ms(last_created - 1)}
-                    request_body = {**body, "query": {**query, "filter": flt}}
-                continue
-            raise
-        stalled = 0
+        return await sync.client.search_customers(merchant_id, request)
+
+    pages = Pages(fetch)
+    while not pages.done:
+        page = await pages.next()
+        if page is None:
+            run.add(cursor_restarts=1)
+            if last_created is not None:
+                flt = dict(query.get("filter") or {})
+                flt["created_at"] = {"start_at": rfc3339_ms(last_created - 1)}
+                request_body = {**body, "query": {**query, "filter": flt}}
+            continue
         run.add(pages=1)
         customers = [c for c in page.get("customers") or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
         await on_page(customers, observed_at)
         if customers and customers[-1].get("created_at"):
             last_created = created_ms(customers[-1])
-        cursor = page.get("cursor") or None
-        if not cursor:
-            return
 
 
 # -- incremental --------------------------------------------------------------------------------------------
 
-async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+async def incremental(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
     """One window of changes. A window cut short (time slice, crash, rate limit) is resumed by the next run from
     its last committed page (the same ``updated_at`` window narrowed by ``created_at``), so the watermark only
     moves once a whole window is in the mirror."""
-    sync = _sync(ctx)
+    sync = wc.sync
     previous = await runs.resumable_checkpoint(sync.pool, merchant_id, run.kind)
     if previous is not None and previous[1].get("phase") == "window":
         state = dict(previous[1])
@@ -133,8 +117,9 @@ async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -
         watermark = await runs.get_watermark(sync.pool, merchant_id, "incremental")
         if watermark is None:
             watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
+        overlap = timedelta(seconds=wc.settings.reconcile_overlap_seconds)
         state = {"phase": "window", "window_began": rfc3339(utcnow()),
-                 "window_start": rfc3339(watermark - _overlap(ctx)) if watermark is not None else None}
+                 "window_start": rfc3339(watermark - overlap) if watermark is not None else None}
     query: dict[str, Any] = {"sort": {"field": "CREATED_AT", "order": "ASC"}}
     flt: dict[str, Any] = {}
     if state.get("window_start"):
@@ -157,13 +142,13 @@ async def incremental(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -
         await run.flush(checkpoint=state, force=False)
 
     await search_all(sync, merchant_id, {"limit": CUSTOMERS_PAGE_LIMIT, "query": query}, run, write)
-    await runs.set_watermark(sync.pool, merchant_id, "incremental", parse_time(state["window_began"]))
+    await runs.set_watermark(sync.pool, merchant_id, "incremental", require_time(state["window_began"]))
     state["phase"] = "done"
     state["watermark"] = state["window_began"]
     run.checkpoint = state
 
 
-# -- segments and groups -------------------------------------------------------------------------------
+# -- segments and groups: one membership lane ---------------------------------------------------------------
 
 async def _resume_done(sync: SyncContext, merchant_id: str, run: runs.Run, phase: str) -> set[str]:
     """Definitions already reconciled by an unfinished previous run of this lane (they are skipped)."""
@@ -234,108 +219,133 @@ async def refresh_hidden(sync: SyncContext, merchant_id: str, run: runs.Run, obs
 def _hidden_threshold(run: runs.Run, began: datetime) -> datetime:
     """The refresh threshold of this pass: its own start, or the one of the unfinished pass it resumes."""
     held = run.checkpoint.get("hidden_before")
-    threshold = parse_time(held) if isinstance(held, str) else began
+    threshold = parse_time(held) if isinstance(held, str) else None
+    threshold = threshold or began
     run.checkpoint["hidden_before"] = rfc3339(threshold)
     return threshold
 
 
-async def segments(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
-    sync = _sync(ctx)
-    done = await _resume_done(sync, merchant_id, run, "segments")
-    hidden_before = _hidden_threshold(run, utcnow())
-    listed = await sync_definitions(sync, merchant_id, run)
-    semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
-
-    async def one(segment_id: str) -> None:
-        async with semaphore:
-            began = utcnow()
-            try:
-                members = await _members(sync, merchant_id, run, "segment_ids", segment_id)
-            except SquareInvalidRequest as exc:
-                if "BAD_REQUEST" in exc.codes:  # the segment disappeared since it was listed
-                    run.add(segments_vanished=1)
-                    return
-                raise
-            async with sync.pool.acquire() as conn, conn.transaction():
-                diff = await store.replace_segment_members(conn, merchant_id, segment_id, sorted(members), began)
-                # The diff skips customers written since `began` (fresher state wins), which includes customers
-                # whose membership of another segment this lane changed a moment ago, and hidden ones (their
-                # absence says nothing). Whatever still differs is re-fetched by ID below, so Square's answer
-                # decides instead of waiting for the next run; hidden members are read by refresh_hidden.
-                rows = await conn.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_segment_members",
-                                                                     key="segment_id"), merchant_id, segment_id)
-            run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
-            refetch = sorted((members ^ {r["customer_id"] for r in rows}) | set(diff.unknown))
-            await _refetch(sync, merchant_id, run, refetch, "refetched")
-            done.add(segment_id)
-            run.checkpoint["done"] = sorted(done)
-            await run.flush(force=False)
-
-    await asyncio.gather(*(one(sid) for sid in listed["segments"] if sid not in done))
-    await refresh_hidden(sync, merchant_id, run, hidden_before)
-    run.checkpoint["phase"] = "done"
+# The one step where the kinds differ: what a definition's listed members change in the mirror, and which
+# customers must then be read by ID. Arguments: sync, merchant, definition ID, listed members, when the search
+# began, the run.
+MemberDiff = Callable[[SyncContext, str, str, set[str], datetime, runs.Run], Awaitable[list[str]]]
 
 
-async def groups(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
-    sync = _sync(ctx)
-    done = await _resume_done(sync, merchant_id, run, "groups")
+async def _diff_segment(sync: SyncContext, merchant_id: str, segment_id: str, members: set[str], began: datetime,
+                        run: runs.Run) -> list[str]:
+    """Segment changes bump no version and fire no webhook: the listing is applied to the mirror directly."""
+    async with sync.pool.acquire() as conn, conn.transaction():
+        diff = await store.replace_segment_members(conn, merchant_id, segment_id, sorted(members), began)
+        # The diff skips customers written since `began` (fresher state wins), which includes customers whose
+        # membership of another segment this lane changed a moment ago, and hidden ones (their absence says
+        # nothing). Whatever still differs is re-fetched by ID, so Square's answer decides instead of waiting for
+        # the next run; hidden members are read by refresh_hidden.
+        rows = await conn.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_segment_members", key="segment_id"),
+                                merchant_id, segment_id)
+    run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
+    return sorted((members ^ {r["customer_id"] for r in rows}) | set(diff.unknown))
+
+
+async def _diff_group(sync: SyncContext, merchant_id: str, group_id: str, members: set[str], began: datetime,
+                      run: runs.Run) -> list[str]:
+    """Group changes bump the customer's version: whoever differs is re-fetched by ID, nothing else is written."""
+    await store.mark_listed(sync.pool, merchant_id, sorted(members), began)
+    rows = await sync.pool.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_group_members", key="group_id"),
+                                 merchant_id, group_id)
+    differ = sorted(members ^ {r["customer_id"] for r in rows})
+    run.add(group_membership_differences=len(differ))
+    return differ
+
+
+@dataclass(frozen=True)
+class Membership:
+    """How the membership lane treats one kind of definition."""
+
+    kind: str  # the sync_definitions key, and the checkpoint's phase
+    search_field: str  # the SearchCustomers filter naming a definition's members
+    diff: MemberDiff
+    refetch_counter: str | None  # the run count of customers re-fetched after the diff, if counted
+    vanished_counter: str | None  # a definition gone since it was listed answers BAD_REQUEST: counted, skipped
+    shares_hidden_refresh: bool  # a recent refresh of hidden profiles by the other lane serves this one too
+
+
+SEGMENTS: Final = Membership("segments", "segment_ids", _diff_segment, refetch_counter="refetched",
+                             vanished_counter="segments_vanished", shares_hidden_refresh=False)
+# Group changes also fire webhooks, so this lane is the backstop, not the only witness: it shares the segments
+# lane's refresh of hidden profiles when that ran within one lane interval.
+GROUPS: Final = Membership("groups", "group_ids", _diff_group, refetch_counter=None, vanished_counter=None,
+                           shares_hidden_refresh=True)
+
+
+async def memberships(wc: WorkerContext, merchant_id: str, run: runs.Run, membership: Membership) -> None:
+    """Every definition's members listed and brought into the mirror, then every hidden profile read by ID."""
+    sync = wc.sync
+    done = await _resume_done(sync, merchant_id, run, membership.kind)
     began = utcnow()
-    # Share the segments lane's refresh when it ran within one lane interval: profiles it read since need no
-    # second read. Group changes also fire webhooks, so this lane is the backstop, not the only witness.
-    shared = await runs.get_watermark(sync.pool, merchant_id, HIDDEN_REFRESH)
+    shared = await runs.get_watermark(sync.pool, merchant_id, HIDDEN_REFRESH) \
+        if membership.shares_hidden_refresh else None
     hidden_before = _hidden_threshold(
         run, shared if shared is not None and began - shared <= HIDDEN_REFRESH_SHARE else began)
     listed = await sync_definitions(sync, merchant_id, run)
     semaphore = asyncio.Semaphore(DEFINITION_CONCURRENCY)
 
-    async def one(group_id: str) -> None:
+    async def one(definition_id: str) -> None:
         async with semaphore:
             searched = utcnow()
-            members = await _members(sync, merchant_id, run, "group_ids", group_id)
-            await store.mark_listed(sync.pool, merchant_id, sorted(members), searched)
-            rows = await sync.pool.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_group_members", key="group_id"),
-                                         merchant_id, group_id)
-            differ = sorted(members ^ {r["customer_id"] for r in rows})
-            run.add(group_membership_differences=len(differ))
-            await _refetch(sync, merchant_id, run, differ)
-            done.add(group_id)
+            try:
+                members = await _members(sync, merchant_id, run, membership.search_field, definition_id)
+            except SquareInvalidRequest as exc:
+                if membership.vanished_counter is not None and "BAD_REQUEST" in exc.codes:
+                    run.add(**{membership.vanished_counter: 1})  # the definition disappeared since it was listed
+                    return
+                raise
+            refetch = await membership.diff(sync, merchant_id, definition_id, members, searched, run)
+            await _refetch(sync, merchant_id, run, refetch, membership.refetch_counter)
+            done.add(definition_id)
             run.checkpoint["done"] = sorted(done)
             await run.flush(force=False)
 
-    await asyncio.gather(*(one(gid) for gid in listed["groups"] if gid not in done))
+    await asyncio.gather(*(one(d) for d in listed[membership.kind] if d not in done))
     await refresh_hidden(sync, merchant_id, run, hidden_before)
     run.checkpoint["phase"] = "done"
 
 
+async def segments(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
+    await memberships(wc, merchant_id, run, SEGMENTS)
+
+
+async def groups(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
+    await memberships(wc, merchant_id, run, GROUPS)
+
+
 # -- events replay ------------------------------------------------------------------------------------------
 
-EventHandler = Callable[[dict[str, Any]], Awaitable[bool]]
+EventHandler = Callable[[dict[str, Any], EventJob], Awaitable[bool]]
 
 
-async def _event_handler(ctx: Mapping[str, Any], merchant_id: str) -> tuple[EventHandler, str]:
+def _event_handler(wc: WorkerContext, merchant_id: str) -> tuple[EventHandler, str]:
     """How replayed events reach the event worker: through arq exactly as the receiver queues them (inside the
     worker, or from the CLI when REDIS_URL is set), else applied here by ID (no worker, no Redis)."""
-    arq_redis = ctx.get("arq_redis") or ctx.get("redis")
-    if arq_redis is not None and hasattr(arq_redis, "enqueue_job"):
-        async def enqueue(payload: dict[str, Any]) -> bool:
-            job = await arq_redis.enqueue_job(PROCESS_EVENT_JOB, payload, _job_id=payload["event_id"],
-                                              _queue_name=QUEUE_NAME)
-            return job is not None
+    arq_redis = wc.arq_redis
+    if arq_redis is not None:
+        async def enqueue(payload: dict[str, Any], job: EventJob) -> bool:
+            queued = await arq_redis.enqueue_job(PROCESS_EVENT_JOB, payload, _job_id=job.event_id,
+                                                 _queue_name=QUEUE_NAME)
+            return queued is not None
 
         return enqueue, "arq"
-    sync = _sync(ctx)
+    sync = wc.sync
 
-    async def by_id(payload: dict[str, Any]) -> bool:
+    async def by_id(_payload: dict[str, Any], job: EventJob) -> bool:
         """Without a worker: apply the merge lineage, then bring every named customer in line by ID."""
-        ids = [payload["customer_id"]] if payload.get("customer_id") else []
-        merge = (payload.get("event_context") or {}).get("merge")
-        if isinstance(merge, dict) and isinstance(merge.get("to_customer_id"), str):
-            sources = [s for s in merge.get("from_customer_ids") or [] if isinstance(s, str)]
-            merged_at = parse_time(payload["created_at"]) if payload.get("created_at") else utcnow()
+        ids = [job.customer_id] if job.customer_id else []
+        if job.merge is not None:
+            sources, target = job.merge
+            merged_at = parse_time(job.created_at) or utcnow()
             async with sync.pool.acquire() as conn, conn.transaction():
-                await store.apply_merge(conn, merchant_id, sources, merge["to_customer_id"], merged_at,
-                                        source="events_api", event_id=payload["event_id"])
-            ids.append(merge["to_customer_id"])
+                await store.apply_merge(conn, merchant_id, sources, target, merged_at,
+                                        source=store.MergeSource.EVENTS_API, event_id=job.event_id)
+            ids.append(target)
         if ids:
             await sync_customers(sync, merchant_id, ids)
         return True
@@ -353,18 +363,19 @@ WHERE merchant_id = $1 AND source = 'webhook' AND type = ANY ($2::text[])
 """
 
 
-async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> None:
+async def events(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
     """Replay the window's events. Events are enabled first, every pass (one request): a seller or another app
     may have disabled them, and only events that occur while enabled are ever searchable."""
-    sync = _sync(ctx)
+    sync = wc.sync
     searchable = await searchable_events.enable(sync.pool, sync.client, merchant_id)
     now = utcnow()
     oldest = now - EVENTS_RETENTION + EVENTS_RETENTION_MARGIN
     watermark = await runs.get_watermark(sync.pool, merchant_id, "events")
     if watermark is None:  # events older than a completed listing are already reflected in the mirror
         watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
-    start = max(oldest, watermark - _overlap(ctx)) if watermark is not None else oldest
-    handle, how = await _event_handler(ctx, merchant_id)
+    overlap = timedelta(seconds=wc.settings.reconcile_overlap_seconds)
+    start = max(oldest, watermark - overlap) if watermark is not None else oldest
+    handle, how = _event_handler(wc, merchant_id)
     run.checkpoint.update(window_start=rfc3339(start), delivery=how, searchable_since=rfc3339(searchable.since))
     needed_from = max(oldest, watermark) if watermark is not None else oldest  # the overlap is only a margin
     if needed_from < searchable.since:
@@ -375,45 +386,41 @@ async def events(ctx: Mapping[str, Any], merchant_id: str, run: runs.Run) -> Non
     query = {"filter": {"event_types": sorted(CUSTOMER_EVENT_TYPES), "merchant_ids": [merchant_id],
                         "created_at": {"start_at": rfc3339(start)}},
              "sort": {"field": "DEFAULT", "order": "ASC"}}
-    cursor: str | None = None
-    newest: datetime | None = None
-    restarts = 0
-    seen: set[str] = set()
-    while True:
+
+    async def fetch(cursor: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"limit": EVENTS_PAGE_LIMIT, "query": query}
         if cursor:
             body["cursor"] = cursor
-        try:
-            page = await sync.client.search_events(merchant_id, body)
-        except SquareInvalidRequest as exc:
-            if cursor and "INVALID_CURSOR" in exc.codes and restarts < MAX_WINDOW_RESTARTS:
-                restarts += 1
-                run.add(cursor_restarts=1)
-                cursor = None
-                continue
-            raise
+        return await sync.client.search_events(merchant_id, body)
+
+    newest: datetime | None = None
+    seen: set[str] = set()
+    pages = Pages(fetch, max_restarts=EVENTS_MAX_RESTARTS)
+    while not pages.done:
+        page = await pages.next()
+        if page is None:
+            run.add(cursor_restarts=1)
+            continue
         run.add(pages=1)
         for event in page.get("events") or []:
             if not isinstance(event, dict) or event.get("type") not in CUSTOMER_EVENT_TYPES:
                 continue
             try:
                 payload = build_event_job(event, received_at=rfc3339(utcnow()), source="events_api")
+                job = read_event_job(payload)
             except InvalidEnvelope as exc:
                 run.add(errors=1)
                 log.warning("replayed_event_invalid", merchant_id=merchant_id, error=str(exc))
                 continue
-            seen.add(payload["event_id"])
-            queued = await handle(payload)
+            seen.add(job.event_id)
+            queued = await handle(payload, job)
             run.add(events=1, events_queued=int(queued))
-            if payload.get("created_at"):
-                created = parse_time(payload["created_at"])
+            created = parse_time(job.created_at)
+            if created is not None:
                 newest = created if newest is None or created > newest else newest
         if newest is not None:  # events come oldest first: everything up to here was handed over
             await runs.set_watermark(sync.pool, merchant_id, "events", newest)
         await run.flush(force=False)
-        cursor = page.get("cursor") or None
-        if not cursor:
-            break
     await _check_searchable(sync, merchant_id, run, max(start, searchable.since), now - EVENTS_SEARCH_LAG, seen)
     # The whole window was handed over: next time start from the newest event seen (or from now - overlap).
     await runs.set_watermark(sync.pool, merchant_id, "events", newest or now)
@@ -437,7 +444,7 @@ async def _check_searchable(sync: SyncContext, merchant_id: str, run: runs.Run, 
 
 # -- running a lane -----------------------------------------------------------------------------------------
 
-Lane = Callable[[Mapping[str, Any], str, runs.Run], Awaitable[None]]
+Lane = Callable[[WorkerContext, str, runs.Run], Awaitable[None]]
 LANE_FUNCTIONS: Final[dict[str, Lane]] = {
     "incremental": incremental,
     "segments": segments,
@@ -446,38 +453,23 @@ LANE_FUNCTIONS: Final[dict[str, Lane]] = {
 }
 
 
-async def run_lane(ctx: Mapping[str, Any], merchant_id: str, lane: str) -> runs.Run:
+def _quiet_refusal(run: runs.Run, exc: Exception) -> bool:
+    if isinstance(exc, searchable_events.EventsRefused):
+        run.add(events_refused=1)  # said once, when it was first refused (searchable_events.enable)
+        return True
+    return False
+
+
+async def run_lane(wc: WorkerContext, merchant_id: str, lane: str) -> runs.Run:
     """One lane for one merchant as one recorded run; Square errors end the run (recorded), not the caller."""
-    sync = _sync(ctx)
+    sync = wc.sync
     if lane == "sweep":
-        settings = ctx.get("settings")
-        return await backfill(sync, merchant_id, kind=SWEEP,
-                              concurrency=int(getattr(settings, "backfill_concurrency", 8)))
+        return await backfill(sync, merchant_id, kind=SWEEP, concurrency=wc.settings.backfill_concurrency)
     function = LANE_FUNCTIONS[lane]
-    kind = f"reconcile:{lane}"
-    async with runs.exclusive(sync.pool, merchant_id, kind):
-        await store.ensure_merchant(sync.pool, merchant_id)
-        run = await runs.start_run(sync.pool, merchant_id, kind)
-        try:
-            if lane != "events":  # that lane enables events at every pass
-                await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
-            await function(ctx, merchant_id, run)
-        except Exception as exc:
-            if isinstance(exc, SquareUnauthorized) and lane != "events":
-                await store.set_merchant_auth(sync.pool, merchant_id, ok=False, error=str(exc))
-            run.add(errors=1)
-            if isinstance(exc, searchable_events.EventsRefused):
-                run.add(events_refused=1)  # said once, when it was first refused (searchable_events.enable)
-            else:
-                log.error("lane_failed", merchant_id=merchant_id, lane=lane, error=str(exc),
-                          error_type=type(exc).__name__)
-            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: {exc}"[:2000])
-            return run
-        except BaseException as exc:
-            await run.finish(runs.status_for(exc, run.counts), error=f"{type(exc).__name__}: cancelled")
-            raise
-        await run.finish(runs.status_for(None, run.counts))
-        return run
-
-
-__all__ = ["LANES", "list_all", "run_lane"]
+    # The Events API refuses OAuth tokens: its refusal says nothing about the merchant's token (never unauthorized).
+    async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,
+                             marks_unauthorized=lane != "events") as run:
+        if lane != "events":  # that lane enables events at every pass
+            await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
+        await function(wc, merchant_id, run)
+    return run

@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import sys
 
-import orjson
-
+from square_mirror.errors import SquareError
+from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
-from square_mirror.square_api import SquareError
 from worker import runs
-from worker.backfill import BACKFILL, backfill, summarize
-from worker.backfill_runtime import cancellable, open_runtime, resolve_merchants, setup_logging
-from worker.progress import terminal_reporter
+from worker.backfill.phases import BACKFILL, backfill, summarize
+from worker.backfill.progress import terminal_reporter
+from worker.commands import cancellable, print_summary
+from worker.context import open_context
+from worker.merchants import resolve_merchants
 
 HELP = (
     "Copy every group, segment and customer of each merchant into the mirror, then infer deletes and merges "
@@ -37,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings)
+    configure_logging(settings.log_level, secrets=settings.secrets())
     return await cancellable(_run(settings, args))
 
 
@@ -45,23 +46,23 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     concurrency = args.concurrency or settings.backfill_concurrency
     reporter = None if args.no_progress else (lambda label, _mid: terminal_reporter(label))
     failures = 0
-    async with open_runtime(settings, concurrency=concurrency) as rt:
+    async with open_context(settings, concurrency=concurrency) as context:
         try:
-            merchants = await resolve_merchants(rt, args.merchant)
+            merchants = await resolve_merchants(context, args.merchant)
         except SquareError as exc:
             print(f"square-mirror: error: cannot find the merchant of SQUARE_ACCESS_TOKEN: {exc}", file=sys.stderr)
             return 2
         for merchant_id in merchants:
             try:
-                result = await backfill(rt.sync, merchant_id, full=args.full, concurrency=concurrency,
+                result = await backfill(context.sync, merchant_id, full=args.full, concurrency=concurrency,
                                         kind=BACKFILL, reporter=reporter)
                 summary = dict(summarize(result))
             except runs.RunBusy as exc:
-                summary = {"merchant_id": merchant_id, "kind": BACKFILL, "status": "busy", "error": str(exc)}
+                summary = {"merchant_id": merchant_id, "kind": BACKFILL, "status": runs.BUSY, "error": str(exc)}
             except asyncio.CancelledError:
-                print(orjson.dumps({"merchant_id": merchant_id, "status": runs.INTERRUPTED}).decode(), flush=True)
+                print_summary({"merchant_id": merchant_id, "status": runs.INTERRUPTED})
                 return 130
             if summary["status"] != runs.SUCCEEDED:
                 failures += 1
-            print(orjson.dumps(summary).decode(), file=sys.stdout, flush=True)
+            print_summary(summary)
     return 1 if failures else 0

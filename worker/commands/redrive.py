@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
-from square_mirror.db import create_pool as create_db_pool
 from square_mirror.jobs import InvalidEnvelope, read_event_job
 from square_mirror.logs import configure_logging, get_logger
-from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Settings
-from worker import inbox
+from worker.context import open_context
+from worker.events import inbox
 from worker.store import Conn
 
 log = get_logger(__name__)
@@ -76,17 +75,14 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
     configure_logging(settings.log_level, secrets=settings.secrets())
-    pool = await create_db_pool(settings.require_database_url(), min_size=1, max_size=2)
-    redis = await create_pool(redis_settings(settings.require_redis_url()), job_serializer=serialize_job,
-                              job_deserializer=deserialize_job, default_queue_name=QUEUE_NAME)
-    try:
+    settings.require_database_url()
+    settings.require_redis_url()
+    async with open_context(settings, concurrency=1, enqueue=True) as context:
+        assert context.arq_redis is not None  # REDIS_URL is set
         enqueued, skipped = await redrive(
-            pool, redis, merchant_id=args.merchant, event_ids=None if args.all_failed else args.event,
-            dry_run=args.dry_run, unfinished_older_than=args.unfinished_older_than,
-            failed=bool(args.all_failed or args.event))
-    finally:
-        await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
-        await pool.close()
+            context.pool, context.arq_redis, merchant_id=args.merchant,
+            event_ids=None if args.all_failed else args.event, dry_run=args.dry_run,
+            unfinished_older_than=args.unfinished_older_than, failed=bool(args.all_failed or args.event))
     verb = "would re-enqueue" if args.dry_run else "re-enqueued"
     print(f"{verb} {enqueued} event(s); {skipped} skipped")
     return 0

@@ -1,10 +1,14 @@
-"""A micro-batcher: many concurrent jobs' small statements become one statement per few milliseconds.
+"""The micro-batcher: many concurrent jobs' small requests become one request per few milliseconds.
 
 Each job ``submit``s a keyed item and awaits its own result; a batch is run after ``window`` seconds (or at
-``max_batch`` items), with at most ``max_in_flight`` batches running at once, so under load batches grow with
-the load instead of the number of round trips. ``run`` may answer an exception for one key: only that
-item's waiters see it. Used for the inbox (record + gate, finish): at hundreds of
-events per second, one statement per job would make Postgres round trips the bottleneck.
+``max_batch`` items, at once), with at most ``max_in_flight`` batches running at once, so under load batches
+grow with the load instead of the number of round trips. A key already pending shares that item's result.
+``run`` may answer an exception for one key: only that item's waiters see it.
+
+Used for the inbox (record + gate, finish: one statement per batch) and, one batcher per merchant, for the
+fetch coalescer (one BulkRetrieveCustomers per batch), which also lets a job share a batch already running
+(:meth:`MicroBatcher.running`). At hundreds of events per second, one round trip per job would be the
+bottleneck.
 """
 
 from __future__ import annotations
@@ -33,15 +37,18 @@ class MicroBatcher(Generic[K, V, R]):
         self.max_in_flight = max(1, max_in_flight)
         self._items: dict[K, V] = {}
         self._futures: dict[K, asyncio.Future[R]] = {}
+        self._running_futures: dict[K, asyncio.Future[R]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._due = False
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.items = 0
 
     async def submit(self, key: K, item: V) -> R:
         """Run ``item`` in the next batch; a key already pending shares that item's result."""
+        return await asyncio.shield(self.join(key, item))
+
+    def join(self, key: K, item: V) -> asyncio.Future[R]:
+        """:meth:`submit` without waiting: the future of ``key``'s result in the next batch."""
         future = self._futures.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
@@ -52,12 +59,16 @@ class MicroBatcher(Generic[K, V, R]):
                 self._timer = loop.call_later(self.window, self._window_passed)
             if len(self._items) >= self.max_batch:
                 self._flush()
-        return await asyncio.shield(future)
+        return future
+
+    def running(self, key: K) -> asyncio.Future[R] | None:
+        """The future of ``key`` in a batch already running, if any (a caller may decide to share it)."""
+        return self._running_futures.get(key)
 
     def _window_passed(self) -> None:
         self._timer = None
         if self._running >= self.max_in_flight:
-            self._due = True
+            self._due = True  # sent when a batch in flight comes back
         else:
             self._flush()
 
@@ -70,8 +81,7 @@ class MicroBatcher(Generic[K, V, R]):
             return
         items, futures = self._items, self._futures
         self._items, self._futures = {}, {}
-        self.batches += 1
-        self.items += len(items)
+        self._running_futures.update(futures)
         self._running += 1
         task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._tasks.add(task)
@@ -87,6 +97,7 @@ class MicroBatcher(Generic[K, V, R]):
         try:
             results = await self._run_batch(items)
         except BaseException as exc:
+            self._forget(futures)
             error = exc if isinstance(exc, Exception) else RuntimeError("batch cancelled")
             for future in futures.values():
                 if not future.done():
@@ -94,6 +105,7 @@ class MicroBatcher(Generic[K, V, R]):
             if not isinstance(exc, Exception):
                 raise
             return
+        self._forget(futures)
         for key, future in futures.items():
             if not future.done():
                 if key not in results:
@@ -105,7 +117,13 @@ class MicroBatcher(Generic[K, V, R]):
                 else:
                     future.set_result(result)
 
+    def _forget(self, futures: dict[K, asyncio.Future[R]]) -> None:
+        for key, future in futures.items():
+            if self._running_futures.get(key) is future:
+                del self._running_futures[key]
+
     async def close(self) -> None:
+        """Send what is pending and wait for every batch in flight."""
         self._flush()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -113,4 +131,4 @@ class MicroBatcher(Generic[K, V, R]):
 
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
-        future.exception()
+        future.exception()  # retrieved here so a batch whose waiters all left does not log "never retrieved"

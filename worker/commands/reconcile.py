@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from contextlib import suppress
-from typing import Any
 
-import orjson
-
+from square_mirror.errors import SquareError
+from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
-from square_mirror.square_api import SquareError
 from worker import runs
-from worker.backfill import summarize
-from worker.backfill_runtime import Runtime, cancellable, open_runtime, resolve_merchants, setup_logging
-from worker.reconcile import LANES, run_lane
+from worker.backfill.phases import summarize
+from worker.commands import cancellable, print_summary
+from worker.context import WorkerContext, open_context
+from worker.merchants import resolve_merchants
+from worker.reconcile.lanes import LANES, run_lane
 
 HELP = (
     "Run reconcile lanes once for each merchant: incremental (customers updated since the watermark), segments "
@@ -36,56 +35,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings)
+    configure_logging(settings.log_level, secrets=settings.secrets())
     return await cancellable(_run(settings, args))
-
-
-async def _arq_pool(settings: Settings) -> Any:
-    """An arq pool for the events lane when REDIS_URL is set (jobs go to the event worker's queue)."""
-    if settings.redis_url is None:
-        return None
-    from arq import create_pool
-
-    from square_mirror.queue import deserialize_job, redis_settings, serialize_job
-
-    return await create_pool(redis_settings(settings.redis_url.reveal()), job_serializer=serialize_job,
-                             job_deserializer=deserialize_job)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     lanes = args.lanes or list(DEFAULT_LANES)
-    failures = 0
-    async with open_runtime(settings) as rt:
-        arq_redis = await _arq_pool(settings) if "events" in lanes else None
-        try:
-            ctx = rt.as_ctx()
-            ctx["arq_redis"] = arq_redis
-            failures = await _lanes(rt, ctx, args.merchant, lanes)
-        finally:
-            if arq_redis is not None:
-                with suppress(Exception):
-                    await arq_redis.aclose()
+    # With REDIS_URL, the events lane queues replayed events for the event worker (else it applies them by ID).
+    async with open_context(settings, enqueue="events" in lanes) as context:
+        failures = await _lanes(context, args.merchant, lanes)
     return 1 if failures else 0
 
 
-async def _lanes(rt: Runtime, ctx: dict[str, Any], merchant: str | None, lanes: list[str]) -> int:
+async def _lanes(context: WorkerContext, merchant: str | None, lanes: list[str]) -> int:
     failures = 0
     try:
-        merchants = await resolve_merchants(rt, merchant)
+        merchants = await resolve_merchants(context, merchant)
     except SquareError as exc:
         print(f"square-mirror: error: cannot find the merchant of SQUARE_ACCESS_TOKEN: {exc}", file=sys.stderr)
         return 1
     for merchant_id in merchants:
         for lane in lanes:
             try:
-                summary = dict(summarize(await run_lane(ctx, merchant_id, lane)))
+                summary = dict(summarize(await run_lane(context, merchant_id, lane)))
             except runs.RunBusy as exc:
-                summary = {"merchant_id": merchant_id, "kind": lane, "status": "busy", "error": str(exc)}
+                summary = {"merchant_id": merchant_id, "kind": lane, "status": runs.BUSY, "error": str(exc)}
             except asyncio.CancelledError:
-                print(orjson.dumps({"merchant_id": merchant_id, "kind": lane, "status": runs.INTERRUPTED}).decode(),
-                      flush=True)
+                print_summary({"merchant_id": merchant_id, "kind": lane, "status": runs.INTERRUPTED})
                 return failures + 1
             if summary["status"] != runs.SUCCEEDED:
                 failures += 1
-            print(orjson.dumps(summary).decode(), flush=True)
+            print_summary(summary)
     return failures

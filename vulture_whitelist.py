@@ -1,0 +1,23 @@
+"""Names vulture (./dev lint) reports as unused that are used all the same: by a framework, or only by tests."""
+
+# ruff: noqa: B018
+from square_mirror import db, logs, square_api
+from webhooks import resp, signature
+from worker import app, runs
+
+# Framework callbacks: asyncio calls a Protocol's methods, arq calls its Worker's.
+resp._Protocol.connection_made
+resp._Protocol.data_received
+resp._Protocol.connection_lost
+app.RedisTolerantWorker.start_jobs
+app.RedisTolerantWorker.finish_job
+
+# Used by the tests only.
+db.SCHEMA_VERSION
+square_api.SquareClient.list_customers  # the client's ListCustomers (the backfill lists with SearchCustomers)
+runs.last_run
+signature.compute_signature
+
+# square_mirror/logs.py belongs to the logging rework (the review lists both as dead; that work removes them).
+logs.bind_context
+logs.clear_context

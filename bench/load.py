@@ -28,29 +28,7 @@ Figures printed:
 ``--find-max`` steps the rate up (x1.5 per step, each step ``--step-seconds`` then a drain) until the p99 lag
 reaches 1 s or the driver cannot keep up, and prints the highest rate whose p99 stayed under 1 s.
 
-Results on the shared 2-core development machine (2026-11-23; driver, emulator, receiver, worker, Postgres and
-Redis on the same two cores; 3,000 customers, 50 ms API latency, 1 receiver + 1 worker):
-
-* ``--minutes 5 --rate 150 --sample-seconds 15``: 45,000 events at 150.0/s, receipt-to-row lag p50 199 ms,
-  p99 1,468 ms, max 2,116 ms; queue depth 13-30 for the first 105 s, then 20-270 (the machine was shared with
-  another engineer's test suite from then on); 0 errors of every kind, mirror equal to the emulator's truth.
-  RSS start -> end: receiver 60.7 -> 62.9 MiB (flat), worker 61.8 -> 81.8 MiB (a steady ~4 MiB/min: glibc
-  heap fragmentation from asyncio's 256 KiB read buffers, see square_mirror/allocator.py), emulator 47.6 ->
-  146.6 MiB (by design: it keeps every event for SearchEvents and every delivery in its log).
-* The same command after the allocator fix (2026-11-23, machine busy with other runs): p50 377 ms, p99 19.3 s,
-  max 19.8 s (queue 15-32 for the first 135 s, then up to 3,500: shared machine); 0 errors, mirror equal to
-  the truth; RSS receiver 52.7 -> 54.8 MiB, worker 53.4 -> 58.5 MiB (55.4-55.9 MiB from t = 75 s until the
-  backlog, then a step up with it).
-* ``--minutes 2 --rate 100`` with the machine busy: p50 114 ms, p99 3,733 ms; the queue stayed at ~10 until
-  a reconcile lane's cron job ran in the same worker (t = 95 s), then grew to 380: the lanes share the
-  worker's slots, event loop and database with event jobs.
-* ``--find-max --start-rate 25 --step-seconds 30``, machine quiet: 25, 38, 56, 84, 127, 190 and 285/s
-  sustained (p99 132-488 ms), 427/s sustained (p50 168 ms, p99 317 ms), 641/s not (p99 7.1 s): **~430
-  events/s for one receiver and one worker with p99 < 1 s**. With the machine busy the same search stopped at
-  100/s (p99 2.0 s), so this figure moves with whatever else runs.
-* 2026-11-24, with jobs claimed and finished in batches, ``--find-max --start-rate 100 --step-seconds 30``:
-  100-338/s sustained (p99 131-139 ms), 506/s (p99 246 ms), 759/s (p50 123 ms, p99 418 ms), 1,139/s not
-  (p99 8.6 s; the emulator reached only 1,072 edits/s): **~760 events/s**.
+Its figures, with the commands that produced them, are in docs/performance.md (Soak and load).
 """
 
 # ruff: noqa: E402

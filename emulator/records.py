@@ -36,7 +36,7 @@ class CustomerRec:
 
     @property
     def raw(self) -> bytes:
-        """Serialised on demand: orjson is fast enough, and not caching bytes saves ~30% of RSS."""
+        """Serialised on demand: orjson is fast enough, and not caching the bytes saves memory (docs/performance.md)."""
         return orjson.dumps(self.doc)
 
     @property

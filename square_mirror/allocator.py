@@ -6,23 +6,20 @@ read. The first such buffer is above glibc's initial mmap threshold (128 KiB), s
 glibc raise its *dynamic* mmap threshold above 256 KiB, and from then on every read's buffer is carved out of the
 brk heap and shrunk in place. Whenever something longer-lived is allocated behind a shrunk buffer, the hole left
 when the buffer goes is too small for the next 256 KiB buffer, which therefore extends the heap again. Nothing
-leaks (malloc's bytes in use stay flat) but the heap's *free* memory keeps growing. Measured with glibc's
-``mallinfo2`` inside the worker during bench/load.py (150 events/s): heap 13.9 -> 25.5 MiB in 3 minutes with
-12.4 MiB in use throughout (free chunks 1.5 -> 13.0 MiB); at 80 events/s for 12 minutes the heap reached
-29.7 MiB and was still growing, worker RSS +24 MiB (see cpython#85451 for the same allocator regime).
+leaks (malloc's bytes in use stay flat) but the heap's *free* memory keeps growing (see cpython#85451 for the
+same allocator regime; the measurements are in docs/performance.md, "Memory, in detail").
 
 Pinning ``M_MMAP_THRESHOLD`` at 128 KiB switches that dynamic adjustment off: every 256 KiB read buffer is
-mmapped and returned to the system when freed, so the heap no longer fragments (the same 12-minute run: heap
-12.8 -> 13.9 MiB, free chunks about 1 MiB, RSS +5.5 MiB, most of it in the first minutes). Setting the threshold
+mmapped and returned to the system when freed, so the heap no longer fragments. Setting the threshold
 explicitly is what ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment does; an operator's own
 ``MALLOC_MMAP_THRESHOLD_`` is left alone.
 
 The pin has a price where reads are many and small, as in the receiver: each 256 KiB buffer that the heap
-cannot hold costs an ``mmap``, an ``mremap`` and a ``munmap`` (three system calls and a page fault per read).
-Whether the heap can hold one depends on what the process happened to allocate before, so the same server
-measured 26 or 40-46 us of CPU per request from one start to the next. :func:`cap_socket_reads` makes
-asyncio read at most 64 KiB at a time: below the threshold, so a read buffer is always an ordinary heap
-chunk, shrunk in place, never mmapped. Webhook deliveries are a few KiB; a larger body just takes more reads.
+cannot hold costs an ``mmap``, an ``mremap`` and a ``munmap`` (three system calls and a page fault per read),
+and whether the heap can hold one depends on what the process happened to allocate before, so the same server's
+CPU per request changed from one start to the next. :func:`cap_socket_reads` makes asyncio read at most 64 KiB at
+a time: below the threshold, so a read buffer is always an ordinary heap chunk, shrunk in place, never mmapped.
+Webhook deliveries are a few KiB; a larger body just takes more reads.
 """
 
 from __future__ import annotations

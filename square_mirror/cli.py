@@ -41,9 +41,9 @@ PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser, or with ``only`` just that command's flags (the others are listed by name).
 
-    Importing every command module costs about a second of CPU (arq, redis, aiohttp, ...), paid before the
-    command starts: `square-mirror backfill` measured 0.9 CPU s of start-up, a fifth of a 100k backfill's wall
-    time at the goal rate. ``main`` passes the command it was given, so a run imports only its own module.
+    Importing every command module costs a noticeable share of a short command's CPU (arq, redis, aiohttp, ...),
+    paid before the command starts (docs/performance.md, start-up). ``main`` passes the command it was given, so
+    a run imports only its own module.
     """
     parser = argparse.ArgumentParser(
         prog="square-mirror",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
-if TYPE_CHECKING:  # only the type: importing redis costs ~0.2 CPU s, which a run without REDIS_URL never needs
+if TYPE_CHECKING:  # only the type: a run without REDIS_URL never pays for importing redis
     from redis.asyncio import Redis
 
 from square_mirror.constants import RATE_LIMIT_KEY

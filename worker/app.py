@@ -10,7 +10,8 @@ Why each setting (measured on arq 0.28):
 - Only ``Retry`` and cancellation are retried by arq; process_event turns every transient error into
   ``Retry(defer=backoff)`` itself, and finishes the last try as ``failed`` in the inbox.
 - A short, uniform ``job_timeout``: a SIGKILLed job is re-run only after the longest function timeout + 10 s.
-- ``max_jobs`` / ``poll_delay`` from settings (defaults 200 / 0.05 s: ~750 no-op jobs/s instead of ~20).
+- ``max_jobs`` / ``poll_delay`` from settings (defaults 200 / 0.05 s; arq's own defaults run an order of magnitude
+  fewer no-op jobs per second: docs/performance.md, Worker).
 - ``job_completion_wait``: on SIGTERM stop picking jobs and let running ones finish before cancelling.
 
 ``FUNCTIONS`` and ``CRON_JOBS`` list the event job and the backfill / reconcile jobs (worker/reconcile/jobs.py).

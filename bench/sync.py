@@ -10,7 +10,8 @@ What runs where:
   Postgres (``--database-url``), both removed at the end;
 - the baseline is the same arq settings running a no-op ``process_event`` in a subprocess: stock arq (the
   baseline the goal is stated against), and also the project's own Worker subclass, whose batched job claims
-  and finishes make a no-op job cheaper (the second ratio says what the real work costs on top of the worker's own machinery).
+  and finishes make a no-op job cheaper (the second ratio says what the real work costs on top of the
+  worker's own machinery).
 
 Scenarios:
 - burst: ``customers x updates`` update events made in the emulator, then enqueued at once (what a backlog

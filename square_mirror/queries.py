@@ -23,6 +23,17 @@ from pathlib import Path
 from string import Formatter
 from typing import Final
 
+# The tables of the two definition kinds: the only identifiers ever templated into a named query.
+DEFINITIONS: Final[dict[str, dict[str, str]]] = {
+    "groups": {
+        "table": "customer_groups", "members": "customer_group_members", "member_key": "group_id",
+        "array_column": "group_ids",
+    },
+    "segments": {
+        "table": "customer_segments", "members": "customer_segment_members", "member_key": "segment_id",
+        "array_column": "segment_ids",
+    },
+}
 _HEADER: Final = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*--\s*$", re.M)
 
 
@@ -124,3 +135,8 @@ def _description(text: str) -> str:
 
 def _statement(body: str) -> str:
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--")).strip()
+
+
+# The shared code's queries. (In a wheel, square_mirror/sql also holds schema.sql and migrations/: not named
+# queries, so the file is named rather than the folder.)
+queries: Final = Queries(Path(__file__).with_name("sql") / "queries.sql", templates=DEFINITIONS)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from square_mirror import searchable_events
 from worker.queries import queries
 
 # A plain connection or one borrowed from a pool; every function runs in the caller's transaction.
@@ -257,5 +258,4 @@ async def set_merchant_auth(
 async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> bool:
     """Record the merchant; True when its events were enabled already (square_mirror.searchable_events)."""
     await conn.execute(queries.get("ensure_merchant"), merchant_id)
-    enabled: bool = await conn.fetchval(queries.get("merchant_events_enabled"), merchant_id)
-    return enabled
+    return await searchable_events.events_enabled(conn, merchant_id)

@@ -25,10 +25,6 @@ WHERE m.auth_status IS DISTINCT FROM EXCLUDED.auth_status OR m.auth_error IS DIS
 -- Record the merchant if new. $1 merchant_id.
 INSERT INTO square.merchants (merchant_id) VALUES ($1) ON CONFLICT (merchant_id) DO NOTHING
 
--- name: merchant_events_enabled --
--- Whether the merchant's events were enabled already (square_mirror.searchable_events). $1 merchant_id.
-SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1
-
 -- name: known_merchants --
 -- Every merchant the mirror knows (worker/merchants.py).
 SELECT merchant_id FROM square.merchants

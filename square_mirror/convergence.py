@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from square_mirror.queries import queries
+
 PUBLIC_FIELDS = ("given_name", "family_name", "company_name", "email_address", "phone_number")
 _COLUMNS = ("version", "given_name", "family_name", "nickname", "company_name", "email_address", "phone_number",
             "birthday", "reference_id", "note", "creation_source")
@@ -36,7 +38,7 @@ def _strip(doc: dict[str, Any]) -> dict[str, Any]:
 async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: str, *,
                       require_invisible: bool = False, check_memberships: bool = True) -> list[str]:
     diffs: list[str] = []
-    rows = await pool.fetch("SELECT * FROM square.customers WHERE merchant_id = $1", merchant_id)
+    rows = await pool.fetch(queries.get("mirror_customers"), merchant_id)
     mirror = {r["id"]: r for r in rows}
     live = {cid: r for cid, r in mirror.items() if r["deleted_at"] is None}
     truth_live: dict[str, dict[str, Any]] = truth["customers"]
@@ -76,18 +78,15 @@ async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: st
         if (stone.get("merged_into") or None) != row["merged_into"]:
             diffs.append(f"customer {cid}: merged_into {row['merged_into']} != {stone.get('merged_into')}")
 
-    merges = await pool.fetch("SELECT from_customer_id, to_customer_id FROM square.customer_merges"
-                              " WHERE merchant_id = $1", merchant_id)
+    merges = await pool.fetch(queries.get("mirror_merges"), merchant_id)
     recorded = {r["from_customer_id"]: r["to_customer_id"] for r in merges}
     for merge in truth.get("merges", []):
         source = merge["from_customer_id"]
         if source in mirror and recorded.get(source) != merge["to_customer_id"]:
             diffs.append(f"merge {source} -> {merge['to_customer_id']} not recorded (mirror: {recorded.get(source)})")
 
-    for kind, table, deleted_key in (("groups", "customer_groups", "deleted_groups"),
-                                     ("segments", "customer_segments", "deleted_segments")):
-        defs = await pool.fetch(f"SELECT id, name, deleted_at FROM square.{table} WHERE merchant_id = $1",  # noqa: S608
-                                merchant_id)
+    for kind, deleted_key in (("groups", "deleted_groups"), ("segments", "deleted_segments")):
+        defs = await pool.fetch(queries.get("mirror_definitions", kind), merchant_id)
         live_defs = {r["id"]: r["name"] for r in defs if r["deleted_at"] is None}
         want = {d["id"]: d.get("name") for d in truth[kind].values()}
         if live_defs != want:
@@ -97,10 +96,8 @@ async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: st
                 diffs.append(f"{kind[:-1]} {did}: deleted in truth, live in mirror")
 
     if check_memberships:
-        for kind, table, key in (("group_members", "customer_group_members", "group_id"),
-                                 ("segment_members", "customer_segment_members", "segment_id")):
-            got_rows = await pool.fetch(
-                f"SELECT {key} AS d, customer_id FROM square.{table} WHERE merchant_id = $1", merchant_id)  # noqa: S608
+        for kind, definitions in (("group_members", "groups"), ("segment_members", "segments")):
+            got_rows = await pool.fetch(queries.get("mirror_memberships", definitions), merchant_id)
             got = {(r["d"], r["customer_id"]) for r in got_rows}
             want_pairs = {(d, c) for d, members in truth[kind].items() for c in members
                           if c in live or (require_invisible and c in truth_live)}

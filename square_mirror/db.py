@@ -9,6 +9,8 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
+from square_mirror.queries import queries
+
 SCHEMA_VERSION: Final = 4
 # Arbitrary constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK_KEY: Final = 0x5371_4D69
@@ -88,7 +90,7 @@ async def migrate(dsn: str) -> int:
     of migrations/ it has not had, then schema.sql (idempotent). Returns the schema version now in place."""
     conn = await connect(dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK_KEY)
+        await conn.execute(queries.get("migrate_lock"), _MIGRATE_LOCK_KEY)
         try:
             async with conn.transaction():  # an upgrade lands whole or not at all
                 current = await _applied_version(conn)
@@ -97,8 +99,8 @@ async def migrate(dsn: str) -> int:
                         await conn.execute(step)
                 await conn.execute(schema_sql())
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK_KEY)
-        version: int = await conn.fetchval("SELECT max(version) FROM square.schema_version")
+            await conn.execute(queries.get("migrate_unlock"), _MIGRATE_LOCK_KEY)
+        version: int = await conn.fetchval(queries.get("schema_version"))
         return version
     finally:
         await conn.close()
@@ -106,10 +108,10 @@ async def migrate(dsn: str) -> int:
 
 async def _applied_version(conn: asyncpg.Connection) -> int:
     """The version a database is at; 0 for one without the schema (schema.sql creates it whole)."""
-    exists = await conn.fetchval("SELECT to_regclass('square.schema_version') IS NOT NULL")
+    exists = await conn.fetchval(queries.get("schema_exists"))
     if not exists:
         return 0
-    version: int | None = await conn.fetchval("SELECT max(version) FROM square.schema_version")
+    version: int | None = await conn.fetchval(queries.get("schema_version"))
     return version or 0
 
 
@@ -117,18 +119,7 @@ async def describe_schema(dsn: str) -> list[tuple[str, str, list[str]]]:
     """(kind, name, columns) of every table and view in schema square, for `migrate --print`."""
     conn = await connect(dsn)
     try:
-        rows = await conn.fetch(
-            """
-            SELECT c.relname, CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind,
-                   array_agg(a.attname ORDER BY a.attnum) AS columns
-            FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-            WHERE n.nspname = 'square' AND c.relkind IN ('r', 'v')
-            GROUP BY c.relname, c.relkind
-            ORDER BY kind, c.relname
-            """
-        )
+        rows = await conn.fetch(queries.get("describe_schema"))
         return [(r["kind"], r["relname"], list(r["columns"])) for r in rows]
     finally:
         await conn.close()

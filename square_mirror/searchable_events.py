@@ -17,32 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from square_mirror.logs import get_logger
+from square_mirror.queries import queries
 from square_mirror.square_api import SquareClient, SquareError, SquareUnauthorized
 from square_mirror.timefmt import utcnow
 
 log = get_logger(__name__)
 
 _REFUSALS_SAID: set[str] = set()  # merchants whose refusal this process already logged at WARNING
-
-_RECORD_ENABLED = """
-INSERT INTO square.merchants AS m (merchant_id, events_enabled_at, events_searchable_since, events_error)
-VALUES ($1, $2, $2, NULL)
-ON CONFLICT (merchant_id) DO UPDATE SET
-    events_enabled_at = EXCLUDED.events_enabled_at,
-    events_searchable_since = CASE WHEN $3 OR m.events_searchable_since IS NULL THEN EXCLUDED.events_enabled_at
-                                   ELSE m.events_searchable_since END,
-    events_error = NULL,
-    updated_at = now()
-RETURNING events_searchable_since
-"""
-
-_RECORD_REFUSAL = """
-INSERT INTO square.merchants AS m (merchant_id, events_error) VALUES ($1, $2)
-ON CONFLICT (merchant_id) DO UPDATE SET events_error = EXCLUDED.events_error, updated_at = now()
-WHERE m.events_error IS DISTINCT FROM EXCLUDED.events_error
-"""
 
 
 class EventsRefused(SquareUnauthorized):
@@ -54,7 +38,7 @@ class Searchable:
     since: datetime  # events that occurred before this cannot be found by SearchEvents
 
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 async def enable(pool: Executor, client: SquareClient, merchant_id: str, *, restarted: bool = False) -> Searchable:
@@ -67,22 +51,20 @@ async def enable(pool: Executor, client: SquareClient, merchant_id: str, *, rest
             f"{exc} (the Events API takes personal access tokens only: set SQUARE_APPLICATION_ACCESS_TOKEN_FILE "
             "for sellers connected with OAuth; webhooks and the other reconcile lanes still heal the mirror)",
             merchant_id=merchant_id, status=exc.status, errors=exc.errors, endpoint=exc.endpoint)
-        await pool.execute(_RECORD_REFUSAL, merchant_id, str(refused)[:500])
+        await pool.execute(queries.get("record_events_refusal"), merchant_id, str(refused)[:500])
         level = log.debug if merchant_id in _REFUSALS_SAID else log.warning
         _REFUSALS_SAID.add(merchant_id)
         level("events_api_refused", merchant_id=merchant_id, error=str(refused))
         raise refused from None
     _REFUSALS_SAID.discard(merchant_id)
-    since: datetime = await pool.fetchval(_RECORD_ENABLED, merchant_id, utcnow(), restarted)
+    since: datetime = await pool.fetchval(queries.get("record_events_enabled"), merchant_id, utcnow(), restarted)
     return Searchable(since)
 
 
 async def ensure_enabled(pool: Executor, client: SquareClient, merchant_id: str) -> bool:
     """Enable events for a seller the mirror has never enabled them for; never fails its caller. True when
     they are enabled (now or before)."""
-    enabled = await pool.fetchval(
-        "SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1", merchant_id)
-    if enabled:
+    if await events_enabled(pool, merchant_id):
         return True
     try:
         await enable(pool, client, merchant_id)
@@ -92,4 +74,10 @@ async def ensure_enabled(pool: Executor, client: SquareClient, merchant_id: str)
     return True
 
 
-__all__ = ["EventsRefused", "Searchable", "enable", "ensure_enabled"]
+async def events_enabled(pool: Executor, merchant_id: str) -> bool:
+    """Whether the mirror ever enabled this seller's events."""
+    enabled: bool | None = await pool.fetchval(queries.get("events_enabled"), merchant_id)
+    return bool(enabled)
+
+
+__all__ = ["EventsRefused", "Searchable", "enable", "ensure_enabled", "events_enabled"]

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from square_mirror import constants
+from square_mirror.queries import queries as shared_queries
 from worker.outcome import Outcome
+from worker.queries import queries as worker_queries
 from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.store import MergeSource
 
@@ -65,7 +67,11 @@ def _defines(kind: type[ast.AST], name: str) -> object:
 
 
 def _sql(path: Path) -> str:
-    return "\n".join(line.split("--", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    return _without_comments(path.read_text(encoding="utf-8"))
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
 
 
 # -- one definition each ------------------------------------------------------------------------------------
@@ -177,10 +183,26 @@ def test_transient_errors_are_classified_in_one_module() -> None:
 
 def test_the_staleness_rule_guards_the_upsert_only() -> None:
     """square.customer_snapshot_wins (schema.sql) is called by the upsert's guard and by nothing else."""
-    sql = sorted(p.name for p in (ROOT / "worker" / "sql").glob("*.sql") if "customer_snapshot_wins" in _sql(p))
-    assert sql == ["upsert_customers.sql"]
+    files = sorted(p.relative_to(ROOT).as_posix() for package in SHIPPED for p in (ROOT / package).rglob("*.sql")
+                   if "customer_snapshot_wins" in _sql(p))
+    assert files == ["worker/sql/upsert_customers.sql"]
+    named = sorted(name for loader in (shared_queries, worker_queries) for name in loader.names()
+                   if "customer_snapshot_wins" in _without_comments(loader.query(name).text))
+    assert named == ["upsert_customers"]
     in_python = sorted({rel for rel, tree in _modules() if any("customer_snapshot_wins" in s for s in _strings(tree))})
     assert in_python == []  # docstrings may name it
+
+
+# Statements built from identifiers (a table name per loop turn) cannot be named queries; EXAMPLE_SQL is text
+# the demo prints for people to paste.
+INLINE_SQL = {"square_mirror/commands/prune_history.py", "square_mirror/commands/demo.py"}
+_STATEMENT = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE|DELETE\s+FROM|WITH)\s+\S")
+
+
+def test_sql_lives_in_sql_files() -> None:
+    """Statements are named queries in .sql files (square_mirror.queries loads them), not Python strings."""
+    homes = sorted({rel for rel, tree in _modules() for s in _strings(tree) if _STATEMENT.match(s)})
+    assert homes == sorted(INLINE_SQL)
 
 
 def test_runs_start_and_end_in_one_place() -> None:
@@ -238,7 +260,7 @@ def test_merge_sources_match_the_check_and_the_stated_lineage_rule() -> None:
     check = _check_values(r"customer_merges_source_check\s+CHECK \(source IN \(([^)]*)\)")
     assert {s.value for s in MergeSource} == check
     stated = {s.value for s in MergeSource if s.stated}
-    for name in ("record_merges.sql", "tombstone_customers.sql"):
-        lists = re.findall(r"source (?:NOT )?IN \(([^)]*)\)", _sql(ROOT / "worker" / "sql" / name))
+    for name in ("record_merges", "tombstone_customers"):
+        lists = re.findall(r"source (?:NOT )?IN \(([^)]*)\)", _without_comments(worker_queries.get(name)))
         assert lists, name
         assert all(set(re.findall(r"'([a-z_]+)'", found)) == stated for found in lists), name

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from square_mirror.settings import SettingsError
 from worker.context import WorkerContext
-
-_KNOWN_SQL = "SELECT merchant_id FROM square.merchants"
+from worker.queries import queries
 
 
 async def known_merchants(context: WorkerContext) -> list[str]:
     known = set(context.client.tokens.merchants())
-    known.update(r["merchant_id"] for r in await context.pool.fetch(_KNOWN_SQL))
+    known.update(r["merchant_id"] for r in await context.pool.fetch(queries.get("known_merchants")))
     settings = context.settings
     if settings.square_access_token is not None and not settings.square_merchant_id:
         known.add(await _own_merchant(context, settings.square_access_token.reveal()))

@@ -30,6 +30,7 @@ from square_mirror.retry import is_outage
 from square_mirror.timefmt import parse_time
 from worker import store
 from worker.metrics import SYNC_RUNS
+from worker.queries import queries
 
 log = get_logger(__name__)
 
@@ -87,8 +88,7 @@ class Run:
             return
         self._last_flush = now
         await self.pool.execute(
-            "UPDATE square.sync_runs SET counts = $3::jsonb, checkpoint = $4::jsonb, heartbeat_at = now()"
-            " WHERE merchant_id = $1 AND run_id = $2",
+            queries.get("flush_run"),
             self.merchant_id, self.run_id, self.counts, self.checkpoint,
         )
 
@@ -97,9 +97,7 @@ class Run:
             raise ValueError(f"not a final status: {status}")
         self.status, self.error = status, error
         await self.pool.execute(
-            "UPDATE square.sync_runs SET status = $3, finished_at = now(), heartbeat_at = now(),"
-            " counts = $4::jsonb, checkpoint = $5::jsonb, error = $6"
-            " WHERE merchant_id = $1 AND run_id = $2",
+            queries.get("finish_run"),
             self.merchant_id, self.run_id, status, self.counts, self.checkpoint, error,
         )
         SYNC_RUNS.labels(self.kind, status).inc()
@@ -110,7 +108,7 @@ class Run:
 async def start_run(pool: asyncpg.Pool, merchant_id: str, kind: str,
                     checkpoint: Mapping[str, Any] | None = None) -> Run:
     run_id = await pool.fetchval(
-        "INSERT INTO square.sync_runs (merchant_id, kind, checkpoint) VALUES ($1, $2, $3::jsonb) RETURNING run_id",
+        queries.get("start_run"),
         merchant_id, kind, dict(checkpoint or {}),
     )
     run = Run(pool, merchant_id, kind, int(run_id), checkpoint=dict(checkpoint or {}))
@@ -171,22 +169,19 @@ async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str) -> AsyncIte
     """
     conn = await pool.acquire()
     try:
-        got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _lock_key(merchant_id, kind))
+        got = await conn.fetchval(queries.get("try_run_lock"), _lock_key(merchant_id, kind))
         if not got:
             raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
         try:
             dead = await conn.fetch(
-                "UPDATE square.sync_runs SET status = 'interrupted', finished_at = now(),"
-                " error = COALESCE(error, 'process ended without finishing the run')"
-                " WHERE merchant_id = $1 AND kind = $2 AND status = 'running' RETURNING run_id",
-                merchant_id, kind,
+                queries.get("interrupt_dead_runs"), merchant_id, kind,
             )
             if dead:
                 log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
                             run_ids=[r["run_id"] for r in dead])
             yield
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", _lock_key(merchant_id, kind))
+            await conn.execute(queries.get("release_run_lock"), _lock_key(merchant_id, kind))
     finally:
         await pool.release(conn)
 
@@ -194,9 +189,7 @@ async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str) -> AsyncIte
 async def resumable_checkpoint(pool: asyncpg.Pool, merchant_id: str, kind: str) -> tuple[int, dict[str, Any]] | None:
     """(run_id, checkpoint) of the newest unfinished run of this kind, unless a later run succeeded."""
     row = await pool.fetchrow(
-        "SELECT run_id, status, checkpoint FROM square.sync_runs WHERE merchant_id = $1 AND kind = $2"
-        " AND status <> 'running' ORDER BY run_id DESC LIMIT 1",
-        merchant_id, kind,
+        queries.get("newest_ended_run"), merchant_id, kind,
     )
     if row is None or row["status"] == SUCCEEDED or not row["checkpoint"]:
         return None
@@ -208,8 +201,7 @@ async def resumable_checkpoint(pool: asyncpg.Pool, merchant_id: str, kind: str) 
 
 async def last_run(pool: asyncpg.Pool, merchant_id: str, kind: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
-        "SELECT * FROM square.sync_runs WHERE merchant_id = $1 AND kind = $2 ORDER BY run_id DESC LIMIT 1",
-        merchant_id, kind,
+        queries.get("last_run"), merchant_id, kind,
     )
 
 
@@ -217,7 +209,7 @@ async def last_run(pool: asyncpg.Pool, merchant_id: str, kind: str) -> asyncpg.R
 
 async def get_watermark(pool: asyncpg.Pool, merchant_id: str, lane: str) -> datetime | None:
     value: datetime | None = await pool.fetchval(
-        "SELECT watermark FROM square.sync_state WHERE merchant_id = $1 AND lane = $2", merchant_id, lane
+        queries.get("get_watermark"), merchant_id, lane
     )
     return value
 
@@ -226,24 +218,14 @@ async def set_watermark(pool: asyncpg.Pool, merchant_id: str, lane: str, waterma
                         state: Mapping[str, Any] | None = None) -> None:
     """Move a lane's watermark forward (never backwards)."""
     await pool.execute(
-        """
-        INSERT INTO square.sync_state AS s (merchant_id, lane, watermark, state, updated_at)
-        VALUES ($1, $2, $3, $4::jsonb, now())
-        ON CONFLICT (merchant_id, lane) DO UPDATE SET
-            watermark = GREATEST(s.watermark, EXCLUDED.watermark),
-            state = s.state || EXCLUDED.state,
-            updated_at = now()
-        """,
-        merchant_id, lane, watermark, dict(state or {}),
+        queries.get("set_watermark"), merchant_id, lane, watermark, dict(state or {}),
     )
 
 
 async def last_succeeded_start(pool: asyncpg.Pool, merchant_id: str, kinds: tuple[str, ...]) -> datetime | None:
     """When the newest succeeded run of these kinds began its listing (its checkpoint says, else started_at)."""
     row = await pool.fetchrow(
-        "SELECT started_at, checkpoint FROM square.sync_runs WHERE merchant_id = $1 AND kind = ANY ($2::text[])"
-        " AND status = 'succeeded' ORDER BY run_id DESC LIMIT 1",
-        merchant_id, list(kinds),
+        queries.get("last_succeeded_run"), merchant_id, list(kinds),
     )
     if row is None:
         return None

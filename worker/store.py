@@ -1,8 +1,9 @@
 """Every write the worker, backfill and reconcile make to the mirror, each one idempotent and version-guarded.
 
-The SQL lives in ``worker/sql/*.sql``. Webhook jobs, backfill pages and reconcile lanes all write through
-these functions, so the staleness rule (``square.customer_snapshot_wins`` in schema.sql) and the merge rule
-(:func:`apply_merge`) hold whoever writes and whatever the interleaving of workers.
+The SQL lives in ``worker/sql/*.sql``, read by name through :mod:`worker.queries`. Webhook jobs, backfill pages
+and reconcile lanes all write through these functions, so the staleness rule (``square.customer_snapshot_wins``
+in schema.sql) and the merge rule (:func:`apply_merge`) hold whoever writes and whatever the interleaving of
+workers.
 """
 
 from __future__ import annotations
@@ -12,33 +13,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from functools import cache
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-_SQL_DIR: Final = Path(__file__).with_name("sql")
+from square_mirror import searchable_events
+from worker.queries import queries
+
 # A plain connection or one borrowed from a pool; every function runs in the caller's transaction.
 Conn = asyncpg.Connection | PoolConnectionProxy
 DefinitionKind = Literal["groups", "segments"]
-_DEFINITIONS: Final[dict[str, dict[str, str]]] = {
-    "groups": {
-        "table": "customer_groups", "members": "customer_group_members", "member_key": "group_id",
-        "array_column": "group_ids",
-    },
-    "segments": {
-        "table": "customer_segments", "members": "customer_segment_members", "member_key": "segment_id",
-        "array_column": "segment_ids",
-    },
-}
-
-
-@cache
-def sql(name: str, kind: str | None = None) -> str:
-    text = (_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
-    return text.format(**_DEFINITIONS[kind]) if kind else text
 
 
 def latest_per_id(customers: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -67,9 +52,10 @@ async def upsert_customers(
     if not batch:
         return set()
     async with _transaction(conn):
-        rows = await conn.fetch(sql("upsert_customers"), merchant_id, batch, observed_at, listed)
+        rows = await conn.fetch(queries.get("upsert_customers"), merchant_id, batch, observed_at, listed)
         if rows:
-            await conn.execute(sql("replace_memberships"), merchant_id, *_membership_arguments(rows), observed_at)
+            await conn.execute(queries.get("replace_memberships"), merchant_id, *_membership_arguments(rows),
+                               observed_at)
     return {r["id"] for r in rows}
 
 
@@ -115,9 +101,9 @@ async def tombstone_customers(
     if not ids:
         return set()
     async with _transaction(conn):
-        rows = await conn.fetch(sql("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version,
+        rows = await conn.fetch(queries.get("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version,
                                 stated)
-        await conn.execute(sql("drop_memberships"), merchant_id, ids)
+        await conn.execute(queries.get("drop_memberships"), merchant_id, ids)
     return {r["id"] for r in rows}
 
 
@@ -172,12 +158,12 @@ async def apply_merge(
     if not sources:
         return MergeResult(set(), set())
     rows = await conn.fetch(
-        sql("record_merges"), merchant_id, sources, to_customer_id, merged_at, source, event_id
+        queries.get("record_merges"), merchant_id, sources, to_customer_id, merged_at, source, event_id
     )
     recorded = {r["from_customer_id"] for r in rows}
     tombstoned = await tombstone_customers(conn, merchant_id, sources, merged_at, merged_into=to_customer_id)
     if source.stated:
-        linked = await conn.fetch(sql("link_merged_tombstones"), merchant_id, sources)
+        linked = await conn.fetch(queries.get("link_merged_tombstones"), merchant_id, sources)
         tombstoned |= {r["id"] for r in linked}
     return MergeResult(recorded, tombstoned)
 
@@ -188,7 +174,7 @@ async def upsert_definitions(
     unique = {d["id"]: d for d in definitions if isinstance(d.get("id"), str)}
     if not unique:
         return set()
-    rows = await conn.fetch(sql("upsert_definitions", kind), merchant_id, [unique[k] for k in sorted(unique)])
+    rows = await conn.fetch(queries.get("upsert_definitions", kind), merchant_id, [unique[k] for k in sorted(unique)])
     return {r["id"] for r in rows}
 
 
@@ -197,7 +183,7 @@ async def tombstone_definitions(
 ) -> set[str]:
     if not ids:
         return set()
-    rows = await conn.fetch(sql("tombstone_definitions", kind), merchant_id, sorted(set(ids)), deleted_at)
+    rows = await conn.fetch(queries.get("tombstone_definitions", kind), merchant_id, sorted(set(ids)), deleted_at)
     return {r["id"] for r in rows}
 
 
@@ -213,9 +199,9 @@ async def replace_segment_members(
 ) -> SegmentDiff:
     members = sorted(set(member_ids))
     async with _transaction(conn):
-        await conn.execute(sql("lock_segment_customers"), merchant_id, segment_id, members)
+        await conn.execute(queries.get("lock_segment_customers"), merchant_id, segment_id, members)
         await mark_listed(conn, merchant_id, members, observed_at)  # they were in a search answer
-        row = await conn.fetchrow(sql("replace_segment_members"), merchant_id, segment_id, members, observed_at)
+        row = await conn.fetchrow(queries.get("replace_segment_members"), merchant_id, segment_id, members, observed_at)
     assert row is not None
     return SegmentDiff(int(row["removed"]), int(row["added"]), list(row["unknown"]))
 
@@ -224,18 +210,17 @@ async def mark_listed(conn: Conn | asyncpg.Pool, merchant_id: str, customer_ids:
                       listed_at: datetime) -> None:
     """Customers a search answer named (a segment's or group's members) are listed: the absence rule may apply."""
     if customer_ids:
-        await conn.execute(sql("mark_listed"), merchant_id, sorted(set(customer_ids)), listed_at)
+        await conn.execute(queries.get("mark_listed"), merchant_id, sorted(set(customer_ids)), listed_at)
 
 
 async def hidden_customers(conn: Conn | asyncpg.Pool, merchant_id: str, observed_before: datetime) -> list[str]:
     """Live customers the absence rule calls hidden, not observed since ``observed_before``: read them by ID."""
-    rows = await conn.fetch(sql("hidden_customers"), merchant_id, observed_before)
+    rows = await conn.fetch(queries.get("hidden_customers"), merchant_id, observed_before)
     return [r["id"] for r in rows]
 
 
 async def known_definition_ids(conn: Conn, merchant_id: str, kind: DefinitionKind) -> set[str]:
-    table = _DEFINITIONS[kind]["table"]
-    rows = await conn.fetch(f"SELECT id FROM square.{table} WHERE merchant_id = $1", merchant_id)  # noqa: S608
+    rows = await conn.fetch(queries.get("definition_ids", kind), merchant_id)
     return {r["id"] for r in rows}
 
 
@@ -250,8 +235,7 @@ async def stored_customers(
     conn: Conn | asyncpg.Pool, merchant_id: str, customer_ids: Sequence[str]
 ) -> dict[str, StoredCustomer]:
     rows = await conn.fetch(
-        "SELECT id, version, deleted_at IS NOT NULL AS deleted, merged_into FROM square.customers"
-        " WHERE merchant_id = $1 AND id = ANY ($2::text[])",
+        queries.get("stored_customers"),
         merchant_id,
         list(customer_ids),
     )
@@ -264,16 +248,7 @@ async def set_merchant_auth(
     """Record whether the merchant's token works; status and metrics read it, a replaced token clears it."""
     status = "ok" if ok else "unauthorized"
     await conn.execute(
-        """
-        INSERT INTO square.merchants AS m (merchant_id, auth_status, auth_error, auth_changed_at)
-        VALUES ($1, $2, $3, now())
-        ON CONFLICT (merchant_id) DO UPDATE SET
-            auth_status = EXCLUDED.auth_status,
-            auth_error = EXCLUDED.auth_error,
-            auth_changed_at = CASE WHEN m.auth_status = EXCLUDED.auth_status THEN m.auth_changed_at ELSE now() END,
-            updated_at = now()
-        WHERE m.auth_status IS DISTINCT FROM EXCLUDED.auth_status OR m.auth_error IS DISTINCT FROM EXCLUDED.auth_error
-        """,
+        queries.get("set_merchant_auth"),
         merchant_id,
         status,
         error,
@@ -282,9 +257,5 @@ async def set_merchant_auth(
 
 async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> bool:
     """Record the merchant; True when its events were enabled already (square_mirror.searchable_events)."""
-    await conn.execute(
-        "INSERT INTO square.merchants (merchant_id) VALUES ($1) ON CONFLICT (merchant_id) DO NOTHING", merchant_id
-    )
-    enabled: bool = await conn.fetchval(
-        "SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1", merchant_id)
-    return enabled
+    await conn.execute(queries.get("ensure_merchant"), merchant_id)
+    return await searchable_events.events_enabled(conn, merchant_id)

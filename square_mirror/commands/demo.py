@@ -33,6 +33,7 @@ from square_mirror.constants import DEFAULT_SQUARE_VERSION
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool, migrate
 from square_mirror.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, tcp_reachable
+from square_mirror.queries import queries
 
 HELP = (
     "Start Postgres and Redis (embedded unless DATABASE_URL / REDIS_URL are set), the Square emulator, the "
@@ -204,15 +205,11 @@ async def _story(square: Square, stack: Stack, env: dict[str, str], say: Any) ->
 
 
 async def _summary(pool: asyncpg.Pool, mid: str, diffs: list[str], converge_s: float) -> str:
-    outcomes = await pool.fetch("SELECT type, outcome, count(*) AS n FROM square.webhook_events"
-                                " WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2", mid)
-    lag = await pool.fetchrow(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, percentile_cont(0.99) WITHIN GROUP"
-        " (ORDER BY s) AS p99 FROM (SELECT extract(epoch FROM processed_at - received_at) AS s"
-        " FROM square.webhook_events WHERE merchant_id = $1 AND processed_at IS NOT NULL AND source = 'webhook') x",
-        mid)
+    outcomes = await pool.fetch(queries.get("demo_outcomes"), mid)
+    lag = await pool.fetchrow(queries.get("demo_lag"), mid)
     tables = ("customers_current", "customers", "customer_groups", "customer_segments", "customer_group_members",
               "customer_segment_members", "customer_merges", "webhook_events", "sync_runs", "customer_versions")
+    # Inline on purpose: one statement per table name, built from the fixed list above.
     counts = {t: await pool.fetchval(f"SELECT count(*) FROM square.{t}") for t in tables}  # noqa: S608
     lines = ["", "== summary =="]
     lines.append("events processed by outcome:")

@@ -46,6 +46,7 @@ async def prune(
         for table, column in _TABLES:
             total = 0
             while True:
+                # Inline on purpose, not a named query: the table and column are identifiers from _TABLES.
                 deleted = await conn.fetchval(
                     f"""
                     WITH doomed AS (

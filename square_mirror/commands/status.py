@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.db import DatabaseUnavailable, connect
+from square_mirror.queries import queries
 from square_mirror.settings import Settings
 from square_mirror.timefmt import iso, utcnow
 
@@ -29,40 +30,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="failed events (see redrive) also make it unhealthy")
 
 
-_MERCHANTS_SQL = """
-WITH known AS (
-    SELECT merchant_id FROM square.merchants
-    UNION SELECT DISTINCT merchant_id FROM square.sync_runs
-    UNION SELECT DISTINCT merchant_id FROM square.webhook_events
-)
-SELECT k.merchant_id,
-       m.auth_status, m.auth_error, m.auth_changed_at,
-       m.events_searchable_since, m.events_enabled_at, m.events_error,
-       e.last_processed_at, e.last_event_created_at, e.last_lag_seconds,
-       (SELECT count(*) FROM square.webhook_events f WHERE f.merchant_id = k.merchant_id AND f.outcome = 'failed')
-           AS failed_events,
-       (SELECT count(*) FROM square.customers c WHERE c.merchant_id = k.merchant_id AND c.deleted_at IS NULL)
-           AS live_customers
-FROM known k
-LEFT JOIN square.merchants m ON m.merchant_id = k.merchant_id
-LEFT JOIN LATERAL (
-    SELECT w.processed_at AS last_processed_at, w.created_at AS last_event_created_at,
-           extract(epoch FROM (w.processed_at - coalesce(w.created_at, w.received_at))) AS last_lag_seconds
-    FROM square.webhook_events w
-    WHERE w.merchant_id = k.merchant_id AND w.processed_at IS NOT NULL
-    ORDER BY w.processed_at DESC
-    LIMIT 1
-) e ON true
-ORDER BY k.merchant_id
-"""
-
-_RUNS_SQL = """
-SELECT DISTINCT ON (merchant_id, kind) merchant_id, kind, run_id, status, started_at, finished_at, counts, error
-FROM square.sync_runs
-ORDER BY merchant_id, kind, started_at DESC
-"""
-
-
 def _iso(value: Any) -> Any:
     return iso(value) if isinstance(value, datetime) else value
 
@@ -75,8 +42,8 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     except DatabaseUnavailable as exc:
         return {"error": str(exc)}, 2
     try:
-        merchant_rows = await conn.fetch(_MERCHANTS_SQL)
-        run_rows = await conn.fetch(_RUNS_SQL)
+        merchant_rows = await conn.fetch(queries.get("merchant_status"))
+        run_rows = await conn.fetch(queries.get("latest_runs"))
     finally:
         await conn.close()
     for row in merchant_rows:

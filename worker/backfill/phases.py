@@ -35,6 +35,7 @@ from worker import runs, store
 from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
 from worker.backfill.progress import Progress, Reporter
 from worker.outcome import Outcome
+from worker.queries import queries
 from worker.sync import SyncContext, sync_customers, sync_definitions
 
 log = get_logger(__name__)
@@ -273,8 +274,7 @@ async def infer_deletions(ctx: SyncContext, merchant_id: str, run: runs.Run, lis
 
     while True:
         rows = await ctx.pool.fetch(
-            "SELECT id FROM square.customers WHERE merchant_id = $1 AND deleted_at IS NULL AND observed_at < $2"
-            " AND id > $3 ORDER BY id LIMIT $4",
+            queries.get("unobserved_live_customers"),
             merchant_id, listing_started_at, after, INFERENCE_BATCH,
         )
         if not rows:

@@ -18,6 +18,7 @@ import orjson
 from square_mirror.jobs import EventJob
 from square_mirror.timefmt import parse_time
 from worker.events.batching import MicroBatcher
+from worker.queries import queries
 from worker.store import Conn, StoredCustomer
 
 ERROR_MAX_CHARS: Final = 300
@@ -37,9 +38,7 @@ async def finish(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str, out
                  error: str | None = None) -> bool:
     """Mark the event processed; the first run to finish wins (a concurrent twin does not overwrite it)."""
     status = await conn.execute(
-        "UPDATE square.webhook_events SET processed_at = now(), outcome = $3, error = $4"
-        " WHERE merchant_id = $1 AND event_id = $2 AND processed_at IS NULL",
-        merchant_id, event_id, outcome, _short(error),
+        queries.get("finish_event"), merchant_id, event_id, outcome, _short(error),
     )
     return bool(status.endswith(" 1"))
 
@@ -48,35 +47,11 @@ async def note_pending(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: st
                        error: str | None) -> None:
     """An unfinished run: keep the reason (e.g. ``unauthorized``, the last transient error) without finishing."""
     await conn.execute(
-        "UPDATE square.webhook_events SET outcome = $3, error = $4"
-        " WHERE merchant_id = $1 AND event_id = $2 AND processed_at IS NULL",
-        merchant_id, event_id, outcome, _short(error),
+        queries.get("note_event_pending"), merchant_id, event_id, outcome, _short(error),
     )
 
 
 EventKey = tuple[str, str]  # (merchant_id, event_id)
-
-_RECORD_MANY_SQL: Final = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
-                         $7::timestamptz[], $8::text[], $9::text[])
-        AS t(merchant_id, event_id, type, customer_id, version, created_at, received_at, source, payload)
-), ins AS (
-    INSERT INTO square.webhook_events AS e
-        (merchant_id, event_id, type, customer_id, version, created_at, received_at, attempts, source, payload)
-    SELECT merchant_id, event_id, type, customer_id, version, created_at, COALESCE(received_at, now()), 1, source,
-           payload::jsonb
-    FROM input
-    ORDER BY merchant_id, event_id
-    ON CONFLICT (merchant_id, event_id) DO UPDATE SET attempts = e.attempts + 1
-    RETURNING e.merchant_id, e.event_id, e.processed_at IS NOT NULL AS processed, e.outcome, e.attempts
-)
-SELECT ins.*, c.id IS NOT NULL AS known, c.version AS stored_version, c.deleted_at IS NOT NULL AS stored_deleted,
-       c.merged_into AS stored_merged_into
-FROM ins
-JOIN input i ON i.merchant_id = ins.merchant_id AND i.event_id = ins.event_id
-LEFT JOIN square.customers c ON c.merchant_id = i.merchant_id AND c.id = i.customer_id
-"""
 
 
 async def record_many(
@@ -87,7 +62,7 @@ async def record_many(
     keys = sorted(items)
     jobs = [items[k][0] for k in keys]
     rows = await conn.fetch(
-        _RECORD_MANY_SQL,
+        queries.get("record_events"),
         [j.merchant_id for j in jobs], [j.event_id for j in jobs], [j.type for j in jobs],
         [j.customer_id for j in jobs], [j.version for j in jobs], [parse_time(j.created_at) for j in jobs],
         [parse_time(j.received_at) for j in jobs], [j.source for j in jobs],
@@ -107,11 +82,7 @@ async def finish_many(conn: Conn | asyncpg.Pool, items: Mapping[EventKey, tuple[
     """:func:`finish` for many events in one statement."""
     keys = sorted(items)
     await conn.execute(
-        """
-        UPDATE square.webhook_events e SET processed_at = now(), outcome = u.outcome, error = u.error
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(merchant_id, event_id, outcome, error)
-        WHERE e.merchant_id = u.merchant_id AND e.event_id = u.event_id AND e.processed_at IS NULL
-        """,
+        queries.get("finish_events"),
         [k[0] for k in keys], [k[1] for k in keys], [items[k][0] for k in keys],
         [_short(items[k][1]) for k in keys],
     )
@@ -183,15 +154,7 @@ async def failed_events(
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """(merchant_id, event_id, payload) of events whose outcome is ``failed``, oldest first."""
     rows = await conn.fetch(
-        """
-        SELECT merchant_id, event_id, payload FROM square.webhook_events
-        WHERE outcome = 'failed' AND payload IS NOT NULL
-          AND ($1::text IS NULL OR merchant_id = $1)
-          AND ($2::text[] IS NULL OR event_id = ANY ($2::text[]))
-        ORDER BY received_at, event_id
-        LIMIT $3
-        """,
-        merchant_id, event_ids, limit,
+        queries.get("failed_events"), merchant_id, event_ids, limit,
     )
     return [(r["merchant_id"], r["event_id"], dict(r["payload"])) for r in rows]
 
@@ -201,15 +164,7 @@ async def unfinished_events(
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """Events never finished (their job was lost: a crash on the last try, or an expired job), oldest first."""
     rows = await conn.fetch(
-        """
-        SELECT merchant_id, event_id, payload FROM square.webhook_events
-        WHERE processed_at IS NULL AND payload IS NOT NULL
-          AND received_at < now() - make_interval(secs => $1)
-          AND ($2::text IS NULL OR merchant_id = $2)
-        ORDER BY received_at, event_id
-        LIMIT $3
-        """,
-        older_than_seconds, merchant_id, limit,
+        queries.get("unfinished_events"), older_than_seconds, merchant_id, limit,
     )
     return [(r["merchant_id"], r["event_id"], dict(r["payload"])) for r in rows]
 
@@ -217,8 +172,6 @@ async def unfinished_events(
 async def reopen(conn: Conn | asyncpg.Pool, merchant_id: str, event_id: str) -> bool:
     """Clear a failed event's finish so the re-enqueued job processes it instead of calling it a duplicate."""
     status = await conn.execute(
-        "UPDATE square.webhook_events SET processed_at = NULL, outcome = NULL"
-        " WHERE merchant_id = $1 AND event_id = $2 AND outcome = 'failed'",
-        merchant_id, event_id,
+        queries.get("reopen_event"), merchant_id, event_id,
     )
     return bool(status.endswith(" 1"))

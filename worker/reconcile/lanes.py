@@ -45,6 +45,7 @@ from worker.backfill.partition import created_ms
 from worker.backfill.phases import SWEEP, backfill
 from worker.context import WorkerContext
 from worker.outcome import Outcome
+from worker.queries import queries
 from worker.sync import SyncContext, sync_customers, sync_definitions, sync_missing_definitions
 
 log = get_logger(__name__)
@@ -175,16 +176,6 @@ async def _members(sync: SyncContext, merchant_id: str, run: runs.Run, field: st
     return members
 
 
-# Stored members a search answer can speak for: live and not hidden (square.customer_is_hidden, the absence rule).
-_LISTABLE_MEMBERS_SQL: Final = (
-    "SELECT m.customer_id FROM square.{table} m JOIN square.customers c"
-    " ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL"
-    " AND NOT square.customer_is_hidden(c.given_name, c.family_name, c.company_name, c.email_address,"
-    " c.phone_number, c.listed_at)"
-    " WHERE m.merchant_id = $1 AND m.{key} = $2"
-)
-
-
 async def _refetch(sync: SyncContext, merchant_id: str, run: runs.Run, ids: Sequence[str],
                    count_as: str | None = None) -> None:
     """Bring these customers in line by ID (BulkRetrieveCustomers, 100 at a time): Square's answer decides."""
@@ -240,7 +231,7 @@ async def _diff_segment(sync: SyncContext, merchant_id: str, segment_id: str, me
         # membership of another segment this lane changed a moment ago, and hidden ones (their absence says
         # nothing). Whatever still differs is re-fetched by ID, so Square's answer decides instead of waiting for
         # the next run; hidden members are read by refresh_hidden.
-        rows = await conn.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_segment_members", key="segment_id"),
+        rows = await conn.fetch(queries.get("listable_members", "segments"),
                                 merchant_id, segment_id)
     run.add(segment_members_added=diff.added, segment_members_removed=diff.removed)
     return sorted((members ^ {r["customer_id"] for r in rows}) | set(diff.unknown))
@@ -250,7 +241,7 @@ async def _diff_group(sync: SyncContext, merchant_id: str, group_id: str, member
                       run: runs.Run) -> list[str]:
     """Group changes bump the customer's version: whoever differs is re-fetched by ID, nothing else is written."""
     await store.mark_listed(sync.pool, merchant_id, sorted(members), began)
-    rows = await sync.pool.fetch(_LISTABLE_MEMBERS_SQL.format(table="customer_group_members", key="group_id"),
+    rows = await sync.pool.fetch(queries.get("listable_members", "groups"),
                                  merchant_id, group_id)
     differ = sorted(members ^ {r["customer_id"] for r in rows})
     run.add(group_membership_differences=len(differ))
@@ -356,12 +347,6 @@ def _event_handler(wc: WorkerContext, merchant_id: str) -> tuple[EventHandler, s
 # Webhook events older than this that SearchEvents did not return mean events were off for part of the window.
 EVENTS_SEARCH_LAG: Final = timedelta(seconds=60)
 
-_MISSING_FROM_SEARCH_SQL: Final = """
-SELECT count(*) FROM square.webhook_events
-WHERE merchant_id = $1 AND source = 'webhook' AND type = ANY ($2::text[])
-  AND created_at >= $3 AND created_at < $4 AND NOT (event_id = ANY ($5::text[]))
-"""
-
 
 async def events(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
     """Replay the window's events. Events are enabled first, every pass (one request): a seller or another app
@@ -432,8 +417,8 @@ async def _check_searchable(sync: SyncContext, merchant_id: str, run: runs.Run, 
     have been enabled again at this pass's start, so the searchable period starts over from then."""
     if until <= since:
         return
-    missing = int(await sync.pool.fetchval(_MISSING_FROM_SEARCH_SQL, merchant_id, sorted(CUSTOMER_EVENT_TYPES),
-                                           since, until, sorted(seen)))
+    missing = int(await sync.pool.fetchval(queries.get("missing_from_search"), merchant_id,
+                                           sorted(CUSTOMER_EVENT_TYPES), since, until, sorted(seen)))
     if missing:
         run.add(events_missing_from_search=missing)
         restarted = await searchable_events.enable(sync.pool, sync.client, merchant_id, restarted=True)

@@ -1,0 +1,112 @@
+-- The shared code's statements (square_mirror/*): the migration, searchable events, status, the convergence check.
+-- In an installed wheel this folder also holds schema.sql and migrations/ (pyproject.toml): those are run whole
+-- by square_mirror/db.py, not named queries.
+
+-- name: migrate_lock --
+-- Serialise concurrent migrate runs (session-level). $1 lock key.
+SELECT pg_advisory_lock($1)
+
+-- name: migrate_unlock --
+-- Release the migrate lock. $1 lock key.
+SELECT pg_advisory_unlock($1)
+
+-- name: schema_exists --
+-- Whether the database has the schema at all.
+SELECT to_regclass('square.schema_version') IS NOT NULL
+
+-- name: schema_version --
+-- The schema version in place.
+SELECT max(version) FROM square.schema_version
+
+-- name: describe_schema --
+-- Every table and view of schema square with its columns, for `migrate --print`.
+SELECT c.relname, CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind,
+       array_agg(a.attname ORDER BY a.attnum) AS columns
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = 'square' AND c.relkind IN ('r', 'v')
+GROUP BY c.relname, c.relkind
+ORDER BY kind, c.relname
+
+-- name: record_events_enabled --
+-- EnableEvents succeeded: the searchable period starts now unless it had started already and is not restarted.
+-- $1 merchant_id, $2 now, $3 restarted. Returns events_searchable_since.
+INSERT INTO square.merchants AS m (merchant_id, events_enabled_at, events_searchable_since, events_error)
+VALUES ($1, $2, $2, NULL)
+ON CONFLICT (merchant_id) DO UPDATE SET
+    events_enabled_at = EXCLUDED.events_enabled_at,
+    events_searchable_since = CASE WHEN $3 OR m.events_searchable_since IS NULL THEN EXCLUDED.events_enabled_at
+                                   ELSE m.events_searchable_since END,
+    events_error = NULL,
+    updated_at = now()
+RETURNING events_searchable_since
+
+-- name: record_events_refusal --
+-- The Events API refused the merchant's token: keep why. $1 merchant_id, $2 error.
+INSERT INTO square.merchants AS m (merchant_id, events_error) VALUES ($1, $2)
+ON CONFLICT (merchant_id) DO UPDATE SET events_error = EXCLUDED.events_error, updated_at = now()
+WHERE m.events_error IS DISTINCT FROM EXCLUDED.events_error
+
+-- name: events_enabled --
+-- Whether the merchant's events were ever enabled. $1 merchant_id.
+SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1
+
+-- name: merchant_status --
+-- One row per known merchant for `status`: auth, events, the newest processed event and its lag, counts.
+WITH known AS (
+    SELECT merchant_id FROM square.merchants
+    UNION SELECT DISTINCT merchant_id FROM square.sync_runs
+    UNION SELECT DISTINCT merchant_id FROM square.webhook_events
+)
+SELECT k.merchant_id,
+       m.auth_status, m.auth_error, m.auth_changed_at,
+       m.events_searchable_since, m.events_enabled_at, m.events_error,
+       e.last_processed_at, e.last_event_created_at, e.last_lag_seconds,
+       (SELECT count(*) FROM square.webhook_events f WHERE f.merchant_id = k.merchant_id AND f.outcome = 'failed')
+           AS failed_events,
+       (SELECT count(*) FROM square.customers c WHERE c.merchant_id = k.merchant_id AND c.deleted_at IS NULL)
+           AS live_customers
+FROM known k
+LEFT JOIN square.merchants m ON m.merchant_id = k.merchant_id
+LEFT JOIN LATERAL (
+    SELECT w.processed_at AS last_processed_at, w.created_at AS last_event_created_at,
+           extract(epoch FROM (w.processed_at - coalesce(w.created_at, w.received_at))) AS last_lag_seconds
+    FROM square.webhook_events w
+    WHERE w.merchant_id = k.merchant_id AND w.processed_at IS NOT NULL
+    ORDER BY w.processed_at DESC
+    LIMIT 1
+) e ON true
+ORDER BY k.merchant_id
+
+-- name: latest_runs --
+-- The newest run of each (merchant, kind), for `status`.
+SELECT DISTINCT ON (merchant_id, kind) merchant_id, kind, run_id, status, started_at, finished_at, counts, error
+FROM square.sync_runs
+ORDER BY merchant_id, kind, started_at DESC
+
+-- name: mirror_customers --
+-- Every customer row of a merchant, tombstones included (the convergence check). $1 merchant_id.
+SELECT * FROM square.customers WHERE merchant_id = $1
+
+-- name: mirror_merges --
+-- The merge lineage of a merchant (the convergence check). $1 merchant_id.
+SELECT from_customer_id, to_customer_id FROM square.customer_merges WHERE merchant_id = $1
+
+-- name: mirror_definitions --
+-- Every group or segment of a merchant, tombstones included (the convergence check). $1 merchant_id.
+SELECT id, name, deleted_at FROM square.{table} WHERE merchant_id = $1
+
+-- name: mirror_memberships --
+-- Every (group or segment, customer) membership of a merchant (the convergence check). $1 merchant_id.
+SELECT {member_key} AS d, customer_id FROM square.{members} WHERE merchant_id = $1
+
+-- name: demo_outcomes --
+-- The demo's summary: events by type and outcome. $1 merchant_id.
+SELECT type, outcome, count(*) AS n FROM square.webhook_events WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: demo_lag --
+-- The demo's summary: receipt-to-row lag of webhook deliveries, p50 and p99 in seconds. $1 merchant_id.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99
+FROM (SELECT extract(epoch FROM processed_at - received_at) AS s
+      FROM square.webhook_events WHERE merchant_id = $1 AND processed_at IS NOT NULL AND source = 'webhook') x

@@ -1,0 +1,24 @@
+-- The reconcile lanes' and the backfill's reads (worker/reconcile/lanes.py, worker/backfill/phases.py).
+
+-- name: listable_members --
+-- Stored members of one group or segment a search answer can speak for: live and not hidden
+-- (square.customer_is_hidden, the absence rule). $1 merchant_id, $2 group or segment ID.
+SELECT m.customer_id FROM square.{members} m JOIN square.customers c
+    ON c.merchant_id = m.merchant_id AND c.id = m.customer_id AND c.deleted_at IS NULL
+    AND NOT square.customer_is_hidden(c.given_name, c.family_name, c.company_name, c.email_address,
+                                      c.phone_number, c.listed_at)
+WHERE m.merchant_id = $1 AND m.{member_key} = $2
+
+-- name: missing_from_search --
+-- Webhook events of the window that SearchEvents did not return. $1 merchant_id, $2 text[] event types,
+-- $3 window start, $4 window end, $5 text[] event IDs the search returned.
+SELECT count(*) FROM square.webhook_events
+WHERE merchant_id = $1 AND source = 'webhook' AND type = ANY ($2::text[])
+  AND created_at >= $3 AND created_at < $4 AND NOT (event_id = ANY ($5::text[]))
+
+-- name: unobserved_live_customers --
+-- The backfill's inference: live customers the listing did not observe, in ID pages. $1 merchant_id,
+-- $2 listing started at, $3 after this ID, $4 limit.
+SELECT id FROM square.customers WHERE merchant_id = $1 AND deleted_at IS NULL AND observed_at < $2
+    AND id > $3 ORDER BY id LIMIT $4
+

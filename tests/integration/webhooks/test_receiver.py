@@ -132,10 +132,9 @@ async def test_other_event_types_get_200_and_are_not_queued(
         b'{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c",'
         b'"created_at":"2022-07-13T20:30:59Z","data":{"type":"webhooks","id":"bc368e64"}}'
     )
-    custom_attribute = orjson.dumps(
-        {"merchant_id": "M1", "type": "customer.custom_attribute.owned.updated", "event_id": "ca-1",
-         "data": {"id": "app:key:CUSTOMER:C1", "object": {"key": "app:key", "value": "x"}}}
-    )
+    custom_attribute = webhook_body(merchant_id="M1", event_type="customer.custom_attribute.owned.updated",
+                                    event_id="ca-1", data={"id": "app:key:CUSTOMER:C1",
+                                                           "object": {"key": "app:key", "value": "x"}})
     for body in (test_notification, custom_attribute):
         assert await post(http, receiver, body, signed_headers(body)) == (200, '{"status":"ignored"}')
     assert await queued_jobs(redis_url) == []

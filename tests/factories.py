@@ -4,6 +4,7 @@
 - :func:`event`: a Square webhook event envelope about one customer (the body Square POSTs, the item
   SearchEvents returns); :func:`event_job`: the job payload the receiver queues for it;
 - :func:`webhook_body`: that envelope as the bytes Square sends, and :func:`signed_headers` to sign them;
+- :func:`stored_customer`: a ``square.customers`` row as the mirror stores it, written through its own write path;
 - :func:`group`: a customer group definition; :func:`at`: a point in (test) time.
 """
 
@@ -14,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 from types import EllipsisType
 from typing import Any
 
+import asyncpg
 import orjson
 
 from square_mirror.jobs import build_event_job
 from webhooks.signature import compute_signature
+from worker.store import tombstone_customers, upsert_customers
 
 _counter = itertools.count(1)
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
@@ -124,3 +127,27 @@ def signed_headers(body: bytes, key: str = SIGNATURE_KEY, url: str = NOTIFICATIO
     if environment is not None:
         headers["square-environment"] = environment
     return headers
+
+
+async def stored_customer(
+    db: asyncpg.Pool | asyncpg.Connection,
+    cid: str | None = None,
+    *,
+    merchant_id: str = "M",
+    observed_at: datetime = BASE_TIME,
+    deleted: bool = False,
+    merged_into: str | None = None,
+    **customer_fields: Any,
+) -> dict[str, Any]:
+    """A ``square.customers`` row as the mirror stores it, written through the mirror's own write path
+    (``worker.store``): :func:`customer` ``(cid, **customer_fields)`` upserted, then tombstoned when ``deleted``
+    (merged away when ``merged_into`` is given). Returns the Square customer object it stored."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await stored_customer(conn, cid, merchant_id=merchant_id, observed_at=observed_at,
+                                         deleted=deleted, merged_into=merged_into, **customer_fields)
+    body = customer(cid, **customer_fields)
+    await upsert_customers(db, merchant_id, [body], observed_at)
+    if deleted or merged_into:
+        await tombstone_customers(db, merchant_id, [body["id"]], observed_at, merged_into=merged_into)
+    return body

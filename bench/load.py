@@ -5,8 +5,8 @@
 
 What runs: the Square emulator (``latency_ms=50`` on every API call), one ``square-mirror webhooks`` and
 ``--workers`` ``square-mirror worker`` processes, started as real processes exactly as ``square-mirror demo``
-starts them (its ``Stack``), on a private Redis (so the shared one's queue is never touched) and a fresh database
-on the local Postgres (``--database-url``), both removed at the end. The mirror is backfilled first.
+starts them (``square_mirror.devstack``), on a private Redis (so the shared one's queue is never touched) and a fresh
+database on the local Postgres (``--database-url``), both removed at the end. The mirror is backfilled first.
 
 How events are made: this process edits customers through the emulator's Dashboard API (``PATCH
 /_emulator/customers/{id}``) on a fixed open-loop schedule of ``--rate`` edits/s, each a random customer out of
@@ -59,10 +59,10 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from square_mirror.commands.demo import Square, Stack, _cli, _run_cli, _wait_for
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool, migrate
+from square_mirror.devstack import EmulatorClient, Stack, cli_command, run_cli, wait_for
 from square_mirror.embedded import EmbeddedRedis, free_port, tcp_reachable
 
 ROOT = os.path.dirname(_HERE)
@@ -107,7 +107,7 @@ class Pipeline:
     """The started processes and how to reach them."""
 
     stack: Stack
-    square: Square
+    square: EmulatorClient
     dsn: str
     redis: Redis
     receiver_port: int
@@ -242,11 +242,11 @@ async def start_pipeline(stack: Stack, session: aiohttp.ClientSession, opts: arg
     emulator_port, receiver_port = free_port(), free_port()
     key = secrets.token_urlsafe(24)
     hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
-    emulator = stack.start("emulator", _cli(
+    emulator = stack.start("emulator", cli_command(
         "emulator", "--port", str(emulator_port), "--seed", "11", "--customers", str(opts.customers),
         "--webhook-url", hook_url, f"--signature-key={key}", "--latency-ms", str(opts.latency_ms)),
         {**os.environ, "PYTHONPATH": ROOT})
-    await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", timeout=60, proc=emulator)
+    await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", timeout=60, proc=emulator)
     seller = orjson.loads((stack.workdir / "emulator.log").read_text().splitlines()[0])["sellers"][0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUARE_")}
     env.update({
@@ -256,19 +256,20 @@ async def start_pipeline(stack: Stack, session: aiohttp.ClientSession, opts: arg
         "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url, "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
         "LOG_LEVEL": "WARNING",
     })
-    square = Square(session, f"http://127.0.0.1:{emulator_port}", seller["token"], seller["merchant_id"])
+    square = EmulatorClient(session, f"http://127.0.0.1:{emulator_port}", seller["token"], seller["merchant_id"])
     pipe = Pipeline(stack, square, dsn, Redis.from_url(redis_url), receiver_port, {"emulator": emulator.pid})
-    code = await _run_cli(stack, "backfill", ["backfill", "--merchant", seller["merchant_id"], "--no-progress"], env)
+    code = await run_cli(stack, "backfill", ["backfill", "--merchant", seller["merchant_id"], "--no-progress"], env)
     if code != 0:
         raise RuntimeError(f"backfill failed (exit {code})")
-    receiver = stack.start("receiver", _cli("webhooks", "--host", "127.0.0.1", "--port", str(receiver_port)), env)
+    receiver = stack.start("receiver", cli_command("webhooks", "--host", "127.0.0.1", "--port", str(receiver_port)),
+                           env)
     pipe.pids["receiver"] = receiver.pid
     for n in range(opts.workers):
         port = free_port()
-        worker = stack.start(f"worker{n + 1}", _cli("worker"), {**env, "WORKER_METRICS_PORT": str(port)})
-        await _wait_for(lambda p=port: tcp_reachable("127.0.0.1", p), f"worker {n + 1}", timeout=60, proc=worker)
+        worker = stack.start(f"worker{n + 1}", cli_command("worker"), {**env, "WORKER_METRICS_PORT": str(port)})
+        await wait_for(lambda p=port: tcp_reachable("127.0.0.1", p), f"worker {n + 1}", timeout=60, proc=worker)
         pipe.pids[f"worker{n + 1}"] = worker.pid
-    await _wait_for(lambda: tcp_reachable("127.0.0.1", receiver_port), "the receiver", timeout=60, proc=receiver)
+    await wait_for(lambda: tcp_reachable("127.0.0.1", receiver_port), "the receiver", timeout=60, proc=receiver)
     return pipe, env
 
 

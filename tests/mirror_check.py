@@ -33,11 +33,12 @@ async def assert_mirror_matches(pool: asyncpg.Pool, emulator: Any, merchant_id: 
 def emulator_client(emulator: Any, *, token: str | None = None, attempts: int = 4, deadline: float = 20.0,
                     application_token: str | None = None) -> Any:
     """The project's SquareClient aimed at an emulator handle, with fast retries for tests."""
+    from square_mirror.constants import DEFAULT_SQUARE_VERSION
     from square_mirror.settings import Secret
     from square_mirror.square_api import RetryPolicy, SquareClient
     from square_mirror.tokens import TokenSource
 
-    return SquareClient(base_url=emulator.base_url, version="2025-08-20",
+    return SquareClient(base_url=emulator.base_url, version=DEFAULT_SQUARE_VERSION,
                         tokens=TokenSource(single=Secret(token or emulator.token),
                                            application=Secret(application_token) if application_token else None),
                         retry=RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=0.2, deadline=deadline))

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
-import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +23,9 @@ import aiohttp
 import asyncpg
 import orjson
 
-from square_mirror.constants import DEFAULT_SQUARE_VERSION
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool, migrate
+from square_mirror.devstack import EmulatorClient, Stack, cli_command, emulator_args, run_cli, wait_for
 from square_mirror.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, tcp_reachable
 from square_mirror.queries import queries
 
@@ -61,105 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for convergence (90)")
 
 
-@dataclass
-class Stack:
-    """Everything the demo started, so that it can all be stopped, whatever happened."""
-
-    workdir: Path
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    embedded: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(list(argv), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        for _name, proc in reversed(self.processes):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _name, proc in reversed(self.processes):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for server in reversed(self.embedded):
-            server.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def emulator_args(port: int, seed: int, customers: int, hook_url: str, signature_key: str) -> list[str]:
-    """The emulator's command line. The key goes as ``--signature-key=KEY``: a random URL-safe key starts with
-    ``-`` one time in 64, and argparse would read ``--signature-key -xyz`` as a missing value (exit code 2)."""
-    return ["emulator", "--port", str(port), "--seed", str(seed), "--customers", str(customers),
-            "--webhook-url", hook_url, f"--signature-key={signature_key}"]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "square_mirror", *args]
-
-
-async def _wait_for(
-    predicate: Any, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
-
-
-class Square:
-    """The emulator through its public API (as a seller's app would call it) and its admin API."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, merchant_id: str) -> None:
-        self.session, self.base_url, self.token, self.merchant_id = session, base_url, token, merchant_id
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "Square-Version": DEFAULT_SQUARE_VERSION}
-        async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
-            payload = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise RuntimeError(f"{method} {path}: HTTP {resp.status} {payload}")
-            return payload
-
-    async def admin(self, method: str, path: str, body: Any = None) -> Any:
-        return await emulator_admin(self.session, self.base_url, method, path, body)
-
-
-async def emulator_admin(session: aiohttp.ClientSession, base_url: str, method: str, path: str,
-                         body: Any = None) -> Any:
-    """One call to the emulator's admin API (``/_emulator``); a refusal raises with Square's answer."""
-    async with session.request(method, f"{base_url}/_emulator{path}", json=body) as resp:
-        payload = await resp.json(content_type=None)
-        if resp.status >= 400:
-            raise RuntimeError(f"admin {method} {path}: HTTP {resp.status} {payload}")
-        return payload
-
-
-async def _run_cli(stack: Stack, name: str, args: Sequence[str], env: dict[str, str], timeout: float = 120) -> int:
-    proc = stack.start(name, _cli(*args), env)
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
-    except TimeoutError:
-        raise RuntimeError(f"{name} did not finish within {timeout:.0f} s") from None
-
-
-async def _story(square: Square, stack: Stack, env: dict[str, str], say: Any) -> None:
+async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say: Any) -> None:
     mid = square.merchant_id
     say("1/7 backfill: everything the seller already has")
-    code = await _run_cli(stack, "backfill", ["backfill", "--merchant", mid, "--no-progress"], env)
+    code = await run_cli(stack, "backfill", ["backfill", "--merchant", mid, "--no-progress"], env)
     if code != 0:
         raise RuntimeError(f"backfill failed (exit {code}); see {stack.workdir / 'backfill.log'}")
 
@@ -181,13 +80,13 @@ async def _story(square: Square, stack: Stack, env: dict[str, str], say: Any) ->
     say("4/7 a delete")
     await square.call("DELETE", f"/v2/customers/{created[1]['id']}")
 
-    say("5/7 a merge (Dashboard-only in Square: emulator admin API)")
+    say("5/7 a merge (Dashboard-only in EmulatorClient: emulator admin API)")
     await square.admin("POST", "/merge", {"merchant_id": mid, "customer_ids": [created[2]["id"], created[3]["id"]]})
 
     say("6/7 a segment change (no webhook, no version bump) healed by the reconcile segments lane")
     segment = (await square.admin("POST", "/segments", {"merchant_id": mid, "name": "Lunch regulars"}))["segment"]
     await square.admin("PUT", f"/segments/{segment['id']}/members/{created[4]['id']}")
-    code = await _run_cli(stack, "reconcile", ["reconcile", "--merchant", mid, "--lane", "segments"], env)
+    code = await run_cli(stack, "reconcile", ["reconcile", "--merchant", mid, "--lane", "segments"], env)
     if code != 0:
         raise RuntimeError(f"reconcile failed (exit {code}); see {stack.workdir / 'reconcile.log'}")
 
@@ -263,10 +162,10 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
     emulator_port, receiver_port, metrics_port = free_port(), free_port(), free_port()
     signature_key = secrets.token_urlsafe(24)
     hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
-    emulator = stack.start("emulator", _cli(*emulator_args(emulator_port, args.seed, args.customers, hook_url,
+    emulator = stack.start("emulator", cli_command(*emulator_args(emulator_port, args.seed, args.customers, hook_url,
                                                           signature_key)), dict(os.environ))
     emulator_url = f"http://127.0.0.1:{emulator_port}"
-    await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
+    await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
     first_line = (stack.workdir / "emulator.log").read_text().splitlines()[0]
     seller = orjson.loads(first_line)["sellers"][0]
     merchant_id, token = seller["merchant_id"], seller["token"]
@@ -279,17 +178,18 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
         "WORKER_METRICS_PORT": str(metrics_port), "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
     })
-    receiver = stack.start("receiver", _cli("webhooks", "--host", "127.0.0.1", "--port", str(receiver_port)), env)
-    worker = stack.start("worker", _cli("worker"), env)
-    await _wait_for(lambda: tcp_reachable("127.0.0.1", receiver_port), "the receiver", proc=receiver)
-    await _wait_for(lambda: tcp_reachable("127.0.0.1", metrics_port), "the worker", proc=worker)
+    receiver = stack.start("receiver", cli_command("webhooks", "--host", "127.0.0.1", "--port", str(receiver_port)),
+                           env)
+    worker = stack.start("worker", cli_command("worker"), env)
+    await wait_for(lambda: tcp_reachable("127.0.0.1", receiver_port), "the receiver", proc=receiver)
+    await wait_for(lambda: tcp_reachable("127.0.0.1", metrics_port), "the worker", proc=worker)
     say(f"emulator {emulator_url} (seller {merchant_id}, {args.customers} customers), receiver {hook_url}, "
         f"worker metrics http://127.0.0.1:{metrics_port}/metrics")
 
     pool = await create_pool(dsn, min_size=1, max_size=4)
     try:
         async with aiohttp.ClientSession() as session:
-            square = Square(session, emulator_url, token, merchant_id)
+            square = EmulatorClient(session, emulator_url, token, merchant_id)
             await _story(square, stack, env, say)
             say("waiting for the queue to drain and the mirror to converge...")
             started = time.monotonic()

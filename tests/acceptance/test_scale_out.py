@@ -26,9 +26,9 @@ from redis.asyncio import Redis
 import emulator.clock
 from emulator import EmulatorConfig
 from emulator.testing import EmulatorHandle, run_emulator
-from square_mirror.commands.demo import Stack, _cli, _wait_for
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
+from square_mirror.devstack import Stack, cli_command, wait_for
 from square_mirror.embedded import free_port, tcp_reachable
 from tests.mirror_dump import OBSERVED, dump_differences, dump_mirror
 
@@ -103,16 +103,16 @@ async def run_pipeline(receivers: int, workers: int, dsn: str, redis_url: str,
             for n in range(receivers):
                 port = free_port()
                 url = f"http://127.0.0.1:{port}/square/webhooks"
-                proc = stack.start(f"receiver{n}", _cli("webhooks", "--host", "127.0.0.1", "--port", str(port)),
+                proc = stack.start(f"receiver{n}", cli_command("webhooks", "--host", "127.0.0.1", "--port", str(port)),
                                    {**env, "SQUARE_WEBHOOK_NOTIFICATION_URL": url})
-                waits.append(lambda p=port, pr=proc, n=n: _wait_for(  # type: ignore[misc]
+                waits.append(lambda p=port, pr=proc, n=n: wait_for(  # type: ignore[misc]
                     lambda: tcp_reachable("127.0.0.1", p), f"receiver {n}", timeout=30, proc=pr))
                 await emu.subscribe(url, KEY)
             for n in range(workers):
                 port = free_port()
                 metrics_ports.append(port)
-                proc = stack.start(f"worker{n}", _cli("worker"), {**env, "WORKER_METRICS_PORT": str(port)})
-                waits.append(lambda p=port, pr=proc, n=n: _wait_for(  # type: ignore[misc]
+                proc = stack.start(f"worker{n}", cli_command("worker"), {**env, "WORKER_METRICS_PORT": str(port)})
+                waits.append(lambda p=port, pr=proc, n=n: wait_for(  # type: ignore[misc]
                     lambda: tcp_reachable("127.0.0.1", p), f"worker {n}", timeout=30, proc=pr))
             await asyncio.gather(*(wait() for wait in waits))
 

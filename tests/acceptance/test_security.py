@@ -17,13 +17,12 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.factories import signed_headers, webhook_body
 from tests.integration.webhooks.support import (
     KEY,
     NOTIFICATION_URL,
-    customer_event,
     running_receiver,
     settings_for,
-    signed_headers,
 )
 from tests.services import Services
 
@@ -92,7 +91,7 @@ async def test_no_token_or_secret_is_stored_where_the_analytics_role_could_read_
 
 
 async def test_receiver_reveals_nothing_about_why_a_signature_failed(redis_url: str) -> None:
-    body = customer_event(1)
+    body = webhook_body(1)
     good = signed_headers(body)
     attempts = {
         "no signature header": {k: v for k, v in good.items() if k != "x-square-hmacsha256-signature"},
@@ -101,7 +100,7 @@ async def test_receiver_reveals_nothing_about_why_a_signature_failed(redis_url: 
         "wrong key": signed_headers(body, key="some-other-key"),
         "wrong notification URL": signed_headers(body, url=NOTIFICATION_URL + "/"),
         "truncated signature": {**good, "x-square-hmacsha256-signature": good["x-square-hmacsha256-signature"][:10]},
-        "signature of another body": signed_headers(customer_event(2)),
+        "signature of another body": signed_headers(webhook_body(2)),
     }
     answers = {}
     async with running_receiver(settings_for(redis_url)) as receiver, aiohttp.ClientSession() as session:

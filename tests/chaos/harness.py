@@ -37,7 +37,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -52,10 +51,10 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from square_mirror.commands.demo import Stack, _wait_for, emulator_admin
 from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
+from square_mirror.devstack import Stack, cli_command, emulator_admin, wait_for
 from square_mirror.embedded import free_port, tcp_reachable
 
 ALL_LANES = ("incremental", "segments", "groups", "events", "sweep")
@@ -180,10 +179,6 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "square_mirror", *args]
-
-
 class PrivateRedis:
     """A redis-server of this run's own on a fixed port, killable and restartable with its data gone."""
 
@@ -206,7 +201,7 @@ class PrivateRedis:
         self.proc = self.stack.start(f"redis-{self.generation}", [
             self.executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(data), "--daemonize", "no", "--loglevel", "warning"], dict(os.environ))
-        await _wait_for(lambda: tcp_reachable("127.0.0.1", self.port), "redis", proc=self.proc)
+        await wait_for(lambda: tcp_reachable("127.0.0.1", self.port), "redis", proc=self.proc)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -278,15 +273,15 @@ class ChaosRun:
         return self.stack.start(f"{role}-{self.starts[role]}", argv, env)
 
     async def _start_receiver(self) -> None:
-        self.receiver = self._start("receiver", _cli("webhooks", "--host", "127.0.0.1", "--port",
+        self.receiver = self._start("receiver", cli_command("webhooks", "--host", "127.0.0.1", "--port",
                                                      str(self.receiver_port)), self.env)
-        await _wait_for(lambda: tcp_reachable("127.0.0.1", self.receiver_port), "the receiver", proc=self.receiver)
+        await wait_for(lambda: tcp_reachable("127.0.0.1", self.receiver_port), "the receiver", proc=self.receiver)
 
     async def _start_worker(self, n: int) -> None:
         port = free_port()
-        proc = self._start(f"worker{n}", _cli("worker"), {**self.env, "WORKER_METRICS_PORT": str(port)})
+        proc = self._start(f"worker{n}", cli_command("worker"), {**self.env, "WORKER_METRICS_PORT": str(port)})
         self.workers[n] = (proc, port)
-        await _wait_for(lambda: tcp_reachable("127.0.0.1", port), f"worker {n}", timeout=60, proc=proc)
+        await wait_for(lambda: tcp_reachable("127.0.0.1", port), f"worker {n}", timeout=60, proc=proc)
 
     def _sigkill(self, proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -294,7 +289,7 @@ class ChaosRun:
         proc.wait()
 
     async def _cli_once(self, name: str, args: list[str], timeout: float = 300) -> int:
-        proc = self._start(name, _cli(*args), self.env)
+        proc = self._start(name, cli_command(*args), self.env)
         try:
             return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
         except TimeoutError:
@@ -326,10 +321,10 @@ class ChaosRun:
         seller_args: list[str] = []
         for i in range(cfg.sellers):
             seller_args += ["--seller", f"MLCHAOS{i:03d}:EAAAchaos{secrets.token_hex(12)}"]
-        emulator = self._start("emulator", _cli(
+        emulator = self._start("emulator", cli_command(
             "emulator", "--port", str(emulator_port), "--seed", str(cfg.seed), "--customers", str(cfg.customers),
             "--webhook-url", hook_url, f"--signature-key={self.signature_key}", *seller_args), dict(os.environ))
-        await _wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
+        await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
         first = (self.stack.workdir / "emulator-1.log").read_text().splitlines()[0]
         emulator_url = f"http://127.0.0.1:{emulator_port}"
         api = Api(session, emulator_url)

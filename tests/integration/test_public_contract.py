@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from square_mirror.cli import build_parser
-from square_mirror.jobs import build_event_job
+from tests.factories import event_job
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "tests" / "data" / "public_contract.json"
@@ -86,11 +86,9 @@ def _metrics() -> list[str]:
 
 
 def _job_payload() -> list[str]:
-    event = {"merchant_id": "M", "type": "customer.deleted", "event_id": "E", "created_at": "2026-01-01T00:00:00Z",
-             "data": {"type": "customer", "id": "C", "deleted": True,
-                      "object": {"customer": {"id": "C", "version": 1},
-                                 "event_context": {"merge": {"from_customer_ids": ["C"], "to_customer_id": "D"}}}}}
-    return sorted(build_event_job(event, received_at="2026-01-01T00:00:01Z", source="webhook"))
+    return sorted(event_job(merchant_id="M", event_type="customer.deleted", event_id="E", customer_id="C", version=1,
+                            created_at="2026-01-01T00:00:00Z", merge=(["C"], "D"),
+                            received_at="2026-01-01T00:00:01Z", source="webhook"))
 
 
 async def current_contract(dsn: str) -> dict[str, Any]:

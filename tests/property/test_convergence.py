@@ -215,19 +215,19 @@ async def _play_history(emu: Any, ctx: WorkerContext, data: st.DataObject, runni
 async def _compare(emu: Any, ctx: WorkerContext, pool: asyncpg.Pool) -> None:
     merchant = emu.merchant_id
     truth = await emu.truth()
-    await _assert_equal(pool, merchant, truth, segments=False)  # events alone get everything but segments
+    await _assert_converged(pool, merchant, truth, segments=False, after="the events")  # all but segments
     for lane in LANES:  # the real reconcile lanes, as the worker's cron jobs run them
         run = await run_lane(ctx, merchant, lane)
         assert run.status == runs.SUCCEEDED, (lane, run.error)
-    # Membership as the lanes leave it: columns and membership tables (the lanes' diffs do not rewrite `raw`).
-    diffs = await mirror_diff(pool, truth, merchant, require_invisible=True)
-    assert not diffs, f"after the {' and '.join(LANES)} lanes ({_hidden_members(truth)}):\n" + "\n".join(diffs)
-    await _assert_equal(pool, merchant, truth, segments=False)
+    # Membership as the lanes leave it: columns and membership tables (the lanes' diffs do not rewrite `raw`,
+    # so its segment_ids are checked only after the refresh below).
+    await _assert_converged(pool, merchant, truth, segments=False, after=f"the {' and '.join(LANES)} lanes",
+                            lanes_ran=True)
     live = [r["id"] for r in await pool.fetch("SELECT id FROM square.customers_current WHERE merchant_id = $1",
                                               merchant)]
     for start in range(0, len(live), 100):  # the segment refresh: a full refetch observes segment membership
         await sync_customers(ctx.sync, merchant, live[start:start + 100])
-    await _assert_equal(pool, merchant, truth, segments=True)
+    await _assert_converged(pool, merchant, truth, segments=True, after="the segment refresh", lanes_ran=True)
 
 
 def _hidden_members(truth: dict[str, Any]) -> str:
@@ -240,11 +240,25 @@ def _without_segments(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "segment_ids"}
 
 
-async def _assert_equal(pool: asyncpg.Pool, merchant: str, truth: dict[str, Any], *, segments: bool) -> None:
+def _known_only_to_the_lanes(diff: str) -> bool:
+    """A difference no event can fix: segment membership, the group and segment definitions."""
+    return diff.startswith(("segments:", "segment_members:", "groups:")) or ": segment_ids " in diff
+
+
+async def _assert_converged(pool: asyncpg.Pool, merchant: str, truth: dict[str, Any], *, segments: bool,
+                            after: str, lanes_ran: bool = False) -> None:
+    """``mirror_diff`` with hidden profiles required (before the lanes run, less what only they can know), then
+    what it does not check: every member's group is known, ``raw`` exactly (group IDs in Square's order; segment IDs
+    once ``segments``), and the tombstones and merges as exact sets."""
+    diffs = await mirror_diff(pool, truth, merchant, require_invisible=True)
+    if not lanes_ran:
+        diffs = [d for d in diffs if not _known_only_to_the_lanes(d)]
+    assert not diffs, f"after {after} ({_hidden_members(truth)}):\n" + "\n".join(diffs)
+    group_members = await pool.fetch("SELECT group_id FROM square.customer_group_members")
+    known_groups = {r["id"] for r in await pool.fetch("SELECT id FROM square.customer_groups")}
+    assert {m["group_id"] for m in group_members} <= known_groups
     rows = await pool.fetch("SELECT * FROM square.customers WHERE merchant_id = $1", merchant)
     mirror_live = {r["id"]: r for r in rows if r["deleted_at"] is None}
-    assert {cid: r["version"] for cid, r in mirror_live.items()} == {
-        cid: doc["version"] for cid, doc in truth["customers"].items()}
     for cid, doc in truth["customers"].items():
         if segments:
             assert mirror_live[cid]["raw"] == doc
@@ -255,12 +269,3 @@ async def _assert_equal(pool: asyncpg.Pool, merchant: str, truth: dict[str, Any]
     merges = await pool.fetch("SELECT from_customer_id, to_customer_id FROM square.customer_merges")
     assert {(m["from_customer_id"], m["to_customer_id"]) for m in merges} == {
         (m["from_customer_id"], m["to_customer_id"]) for m in truth["merges"]}
-    group_members = await pool.fetch("SELECT group_id, customer_id FROM square.customer_group_members")
-    assert {(m["group_id"], m["customer_id"]) for m in group_members} == {
-        (g, c) for g, members in truth["group_members"].items() for c in members}
-    known_groups = {r["id"] for r in await pool.fetch("SELECT id FROM square.customer_groups")}
-    assert {m["group_id"] for m in group_members} <= known_groups
-    if segments:
-        segment_members = await pool.fetch("SELECT segment_id, customer_id FROM square.customer_segment_members")
-        assert {(m["segment_id"], m["customer_id"]) for m in segment_members} == {
-            (s, c) for s, members in truth["segment_members"].items() for c in members}

@@ -12,13 +12,13 @@ import time
 
 import aiohttp
 
+from tests.factories import signed_headers
 from tests.integration.webhooks.support import (
     CUSTOMER_CREATED,
     KEY,
     NOTIFICATION_URL,
     PII_STRINGS,
     queued_jobs,
-    signed_headers,
 )
 from tests.services import free_port_for_tests
 

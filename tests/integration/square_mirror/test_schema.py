@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from square_mirror.db import SCHEMA_VERSION, connect, migrate
-from tests.factories import at, customer
+from tests.factories import at, customer, stored_customer
 from worker.store import upsert_customers
 
 TABLES = {
@@ -54,24 +54,16 @@ async def test_every_primary_key_starts_with_merchant_id(db_pool: asyncpg.Pool) 
     assert {r["table_name"]: r["first_column"] for r in rows} == {r["table_name"]: "merchant_id" for r in rows}
 
 
-async def _add_customer(pool: asyncpg.Pool, cid: str, *, deleted: bool = False, merged_into: str | None = None) -> None:
-    await pool.execute(
-        "INSERT INTO square.customers (merchant_id, id, version, given_name, deleted_at, merged_into)"
-        " VALUES ('M', $1, 0, 'X', CASE WHEN $2 THEN now() END, $3)",
-        cid, deleted, merged_into,
-    )
-
-
 async def test_id_resolution_follows_merge_chains_of_any_length(db_pool: asyncpg.Pool) -> None:
     # A+B -> C, C+D -> E, E -> F (three hops for A); G deleted plainly.
     for cid, into in (("A", "C"), ("B", "C"), ("C", "E"), ("D", "E"), ("E", "F")):
-        await _add_customer(db_pool, cid, deleted=True, merged_into=into)
+        await stored_customer(db_pool, cid, deleted=True, merged_into=into)
         await db_pool.execute(
             "INSERT INTO square.customer_merges (merchant_id, from_customer_id, to_customer_id) VALUES ('M', $1, $2)",
             cid, into,
         )
-    await _add_customer(db_pool, "F")
-    await _add_customer(db_pool, "G", deleted=True)
+    await stored_customer(db_pool, "F")
+    await stored_customer(db_pool, "G", deleted=True)
     rows = await db_pool.fetch(
         "SELECT customer_id, current_customer_id, merge_depth FROM square.customer_id_resolution WHERE merchant_id='M'")
     resolved = {r["customer_id"]: (r["current_customer_id"], r["merge_depth"]) for r in rows}

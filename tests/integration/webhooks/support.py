@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 from arq.connections import ArqRedis, create_pool
 from arq.jobs import JobDef
@@ -22,12 +21,11 @@ from square_mirror.constants import QUEUE_NAME
 from square_mirror.embedded import free_port, tcp_reachable
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings
+from tests.factories import NOTIFICATION_URL, SIGNATURE_KEY, webhook_body
 from webhooks.app import create_app
-from webhooks.signature import compute_signature
 
-KEY = "test-signature-key"
+KEY = SIGNATURE_KEY
 OTHER_KEY = "rotated-signature-key"
-NOTIFICATION_URL = "https://emulator.local/square/webhooks"
 PATH = "/square/webhooks"
 
 # Verbatim from FACTS.md §5.1 (the spec's examples): they carry PII on purpose, to prove none reaches logs.
@@ -64,52 +62,13 @@ PII_STRINGS = ("jenkins+smorly@squareup.com", "Smorly", "Smiley", "+12126668929"
 
 def merge_events(merchant_id: str = "G7MMEBVW021Q4") -> list[bytes]:
     """One merge of A+B into C (FACTS.md §5.2): created(C) and deleted(A), deleted(B), each with event_context."""
-    merge = {"merge": {"from_customer_ids": ["MERGEFROMA", "MERGEFROMB"], "to_customer_id": "MERGEINTOC"}}
-    bodies = []
-    for n, (event_type, customer_id) in enumerate(
-        [("customer.created", "MERGEINTOC"), ("customer.deleted", "MERGEFROMA"), ("customer.deleted", "MERGEFROMB")]
-    ):
-        data: dict[str, Any] = {
-            "type": "customer",
-            "id": customer_id,
-            "object": {"customer": {"id": customer_id, "version": 2, "given_name": "Jenkins"}, "event_context": merge},
-        }
-        if event_type == "customer.deleted":
-            data["deleted"] = True
-        bodies.append(
-            orjson.dumps(
-                {
-                    "merchant_id": merchant_id,
-                    "type": event_type,
-                    "event_id": f"00000000-0000-4000-8000-00000000000{n}",
-                    "created_at": "2024-01-02T03:04:05Z",
-                    "data": data,
-                }
-            )
-        )
-    return bodies
-
-
-def customer_event(n: int, event_type: str = "customer.updated", merchant_id: str = "MLTEST") -> bytes:
-    """A small compact customer event with a unique event ID per ``n``."""
-    return orjson.dumps(
-        {
-            "merchant_id": merchant_id,
-            "type": event_type,
-            "event_id": f"evt-{n:08d}",
-            "created_at": "2024-01-02T03:04:05Z",
-            "data": {"type": "customer", "id": f"CUST{n:08d}", "object": {"customer": {"id": f"CUST{n:08d}",
-                                                                                        "version": n}}},
-        }
-    )
-
-
-def signed_headers(body: bytes, key: str = KEY, url: str = NOTIFICATION_URL) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "x-square-hmacsha256-signature": compute_signature(key, url, body),
-        "square-environment": "Sandbox",
-    }
+    merge = (["MERGEFROMA", "MERGEFROMB"], "MERGEINTOC")
+    return [webhook_body(n, event_type=event_type, merchant_id=merchant_id, customer_id=customer_id,
+                         event_id=f"00000000-0000-4000-8000-00000000000{n}", version=2, merge=merge,
+                         given_name="Jenkins")
+            for n, (event_type, customer_id) in enumerate(
+                [("customer.created", "MERGEINTOC"), ("customer.deleted", "MERGEFROMA"),
+                 ("customer.deleted", "MERGEFROMB")])]
 
 
 def settings_for(redis_url: str, *, keys: tuple[str, ...] = (KEY,), max_body: int = 256 * 1024) -> Settings:

@@ -10,8 +10,9 @@ import pytest
 from arq.worker import Worker, func
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
-from square_mirror.jobs import build_event_job, read_event_job
+from square_mirror.jobs import read_event_job
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from tests.factories import event_job
 from tests.integration.webhooks.support import arq_pool, queued_jobs
 from webhooks.enqueue import BatchEnqueuer
 from webhooks.metrics import WebhookMetrics
@@ -19,16 +20,7 @@ from webhooks.resp import RedisConnection
 
 
 def payload(n: int, event_type: str = "customer.updated") -> dict[str, Any]:
-    return build_event_job(
-        {
-            "merchant_id": "MLTEST",
-            "type": event_type,
-            "event_id": f"evt-{n}",
-            "created_at": "2024-01-02T03:04:05Z",
-            "data": {"type": "customer", "id": f"C{n}", "object": {"customer": {"id": f"C{n}", "version": n}}},
-        },
-        received_at="2024-01-02T03:04:06.000Z",
-    )
+    return event_job(n, event_type=event_type, event_id=f"evt-{n}", customer_id=f"C{n}")
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.factories import event, signed_headers
 from tests.integration.webhooks.support import KEY, NOTIFICATION_URL, PATH, PrivateRedis, queued_jobs, settings_for
 from webhooks.app import create_app
-from webhooks.signature import compute_signature
 
 MAX_BODY = 4096
 BODY_TIMEOUT = 1.0
@@ -88,18 +88,7 @@ class ThreadedReceiver:
 
 
 def envelope(event_id: str, n: int = 1) -> dict[str, Any]:
-    return {"merchant_id": "MLFUZZ", "type": "customer.updated", "event_id": event_id,
-            "created_at": "2024-01-02T03:04:05Z",
-            "data": {"type": "customer", "id": f"CUST{n:08d}", "object": {"customer": {"id": f"CUST{n:08d}",
-                                                                                        "version": n}}}}
-
-
-def signed(body: bytes, content_type: str | None = "application/json", key: str = KEY,
-           url: str = NOTIFICATION_URL) -> dict[str, str]:
-    headers = {"x-square-hmacsha256-signature": compute_signature(key, url, body)}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    return headers
+    return event(n, merchant_id="MLFUZZ", event_id=event_id)
 
 
 @dataclass(frozen=True)
@@ -144,7 +133,7 @@ def mutated_envelopes(draw: st.DrawFn) -> Hostile:
         wrong = draw(_WRONG_VALUES if target != "data" else st.sampled_from([[], "data", 7, True]))
         holder[key] = wrong
     body = orjson.dumps(doc)
-    return Hostile("malformed envelope", body, signed(body), frozenset({400}))
+    return Hostile("malformed envelope", body, signed_headers(body), frozenset({400}))
 
 
 @st.composite
@@ -157,7 +146,7 @@ def signed_garbage(draw: st.DrawFn) -> Hostile:
         st.just(b"\xff\xfe{\x00}"),
     ))
     # An empty body never passes the signature check (verify_signature refuses it): 401, not 400.
-    return Hostile("signed garbage", body, signed(body), frozenset({400} if body else {401}))
+    return Hostile("signed garbage", body, signed_headers(body), frozenset({400} if body else {401}))
 
 
 @st.composite
@@ -171,11 +160,11 @@ def wrongly_signed(draw: st.DrawFn) -> Hostile:
         headers["x-square-hmacsha256-signature"] = draw(st.text(
             st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=88))
     elif how == "other key":
-        headers.update(signed(body, key=draw(st.text(min_size=1, max_size=20).filter(lambda k: k != KEY))))
+        headers.update(signed_headers(body, key=draw(st.text(min_size=1, max_size=20).filter(lambda k: k != KEY))))
     elif how == "other url":
-        headers.update(signed(body, url=NOTIFICATION_URL + draw(st.sampled_from(["/", "?x=1", "x"]))))
+        headers.update(signed_headers(body, url=NOTIFICATION_URL + draw(st.sampled_from(["/", "?x=1", "x"]))))
     elif how == "other body":
-        headers.update(signed(body + b" "))
+        headers.update(signed_headers(body + b" "))
     elif how == "empty":
         headers["x-square-hmacsha256-signature"] = ""
     return Hostile(f"wrongly signed ({how})", body, headers, frozenset({401}))
@@ -186,7 +175,7 @@ def wrong_content_type(draw: st.DrawFn) -> Hostile:
     body = orjson.dumps(envelope(_bad_id()))
     ctype = draw(st.sampled_from([None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx",
                                   "text/html; charset=utf-8", "multipart/form-data; boundary=x"]))
-    return Hostile("wrong content type", body, signed(body, content_type=ctype), frozenset({415}))
+    return Hostile("wrong content type", body, signed_headers(body, content_type=ctype), frozenset({415}))
 
 
 @st.composite
@@ -196,7 +185,7 @@ def oversize(draw: st.DrawFn) -> Hostile:
     doc = envelope(_bad_id())
     doc["padding"] = "p" * size
     body = orjson.dumps(doc)
-    headers = signed(body) if draw(st.booleans()) else {"Content-Type": "application/json"}
+    headers = signed_headers(body) if draw(st.booleans()) else {"Content-Type": "application/json"}
     return Hostile("oversize", body, headers, frozenset({413}), chunked=draw(st.booleans()))
 
 
@@ -207,7 +196,7 @@ def wrong_route(draw: st.DrawFn) -> Hostile:
         ("GET", PATH, {405}), ("PUT", PATH, {405}), ("DELETE", PATH, {405}), ("POST", PATH + "/x", {404}),
         ("POST", "/", {404}), ("POST", "/healthz", {405}),
     ]))
-    return Hostile("wrong route", body, signed(body), frozenset(allowed), method=method, path=path)
+    return Hostile("wrong route", body, signed_headers(body), frozenset(allowed), method=method, path=path)
 
 
 HOSTILE = st.one_of(mutated_envelopes(), signed_garbage(), wrongly_signed(), wrong_content_type(), oversize(),
@@ -271,7 +260,7 @@ class ValidTraffic:
             n += 1
             event_id = f"good-{n}"
             body = orjson.dumps(envelope(event_id, n))
-            status, text = send(self.port, "POST", PATH, body, signed(body))
+            status, text = send(self.port, "POST", PATH, body, signed_headers(body))
             if status == 200 and orjson.loads(text) == {"status": "queued"}:
                 with self._lock:
                     self.sent.append(event_id)
@@ -335,7 +324,7 @@ async def test_thousands_of_hostile_requests_get_4xx_and_only_valid_events_are_q
             event_id = done[pick % len(done)]
             n = int(event_id.split("-")[1])
             body = orjson.dumps(envelope(event_id, n))
-            status, text = send(receiver.port, "POST", PATH, body, {**signed(body), "square-retry-number": "1"})
+            status, text = send(receiver.port, "POST", PATH, body, {**signed_headers(body), "square-retry-number": "1"})
             replays += 1
             assert (status, orjson.loads(text)) == (200, {"status": "duplicate"})
 
@@ -385,9 +374,8 @@ async def test_slow_loris_clients_are_timed_out_without_slowing_valid_deliveries
     receiver: ThreadedReceiver, redis_url: str
 ) -> None:
     body = orjson.dumps(envelope("bad-slow-body"))
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"x-square-hmacsha256-signature: {compute_signature(KEY, NOTIFICATION_URL, body)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    signed = "".join(f"{name}: {value}\r\n" for name, value in signed_headers(body).items())
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\n{signed}Content-Length: {len(body)}\r\n\r\n".encode()
     results: list[tuple[str, bytes]] = []
     clients = []
     for i in range(20):

@@ -15,6 +15,7 @@ import pytest
 from square_mirror.constants import PROCESS_EVENT_JOB
 from square_mirror.jobs import build_event_job
 from square_mirror.logs import configure_logging
+from tests.factories import signed_headers, webhook_body
 from tests.integration.webhooks.support import (
     CUSTOMER_CREATED,
     CUSTOMER_DELETED,
@@ -25,12 +26,10 @@ from tests.integration.webhooks.support import (
     PII_STRINGS,
     SPEC_EXAMPLES,
     Receiver,
-    customer_event,
     merge_events,
     queued_jobs,
     running_receiver,
     settings_for,
-    signed_headers,
 )
 from webhooks.app import METRICS_KEY
 
@@ -118,7 +117,7 @@ async def test_a_redelivery_while_queued_is_a_200_and_a_no_op(
 async def test_concurrent_deliveries_with_duplicates_land_exactly_once_each(
     receiver: Receiver, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    bodies = [customer_event(n) for n in range(60)] * 3
+    bodies = [webhook_body(n) for n in range(60)] * 3
     results = await asyncio.gather(*(post(http, receiver, b, signed_headers(b)) for b in bodies))
     assert {status for status, _ in results} == {200}
     assert sum('"queued"' in text for _, text in results) == 60
@@ -133,10 +132,9 @@ async def test_other_event_types_get_200_and_are_not_queued(
         b'{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c",'
         b'"created_at":"2022-07-13T20:30:59Z","data":{"type":"webhooks","id":"bc368e64"}}'
     )
-    custom_attribute = orjson.dumps(
-        {"merchant_id": "M1", "type": "customer.custom_attribute.owned.updated", "event_id": "ca-1",
-         "data": {"id": "app:key:CUSTOMER:C1", "object": {"key": "app:key", "value": "x"}}}
-    )
+    custom_attribute = webhook_body(merchant_id="M1", event_type="customer.custom_attribute.owned.updated",
+                                    event_id="ca-1", data={"id": "app:key:CUSTOMER:C1",
+                                                           "object": {"key": "app:key", "value": "x"}})
     for body in (test_notification, custom_attribute):
         assert await post(http, receiver, body, signed_headers(body)) == (200, '{"status":"ignored"}')
     assert await queued_jobs(redis_url) == []
@@ -167,7 +165,7 @@ async def test_missing_or_wrong_signature_is_401_with_one_answer_and_never_queue
 
 async def test_rotated_keys_are_all_accepted(redis_url: str, http: aiohttp.ClientSession) -> None:
     async with running_receiver(settings_for(redis_url, keys=(KEY, OTHER_KEY))) as receiver:
-        old, new = customer_event(1), customer_event(2)
+        old, new = webhook_body(1), webhook_body(2)
         assert (await post(http, receiver, old, signed_headers(old, key=KEY)))[0] == 200
         assert (await post(http, receiver, new, signed_headers(new, key=OTHER_KEY)))[0] == 200
     assert len(await queued_jobs(redis_url)) == 2
@@ -224,7 +222,7 @@ async def test_json_with_a_charset_parameter_is_accepted(
 async def test_oversize_bodies_are_413_whether_declared_or_chunked(
     receiver: Receiver, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    big = orjson.dumps({**orjson.loads(customer_event(1)), "padding": "x" * 5000})
+    big = orjson.dumps({**orjson.loads(webhook_body(1)), "padding": "x" * 5000})
     assert (await post(http, receiver, big, signed_headers(big)))[0] == 413
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -235,12 +233,12 @@ async def test_oversize_bodies_are_413_whether_declared_or_chunked(
         assert response.status == 413
     assert await queued_jobs(redis_url) == []
     # The receiver still works afterwards.
-    small = customer_event(2)
+    small = webhook_body(2)
     assert (await post(http, receiver, small, signed_headers(small)))[0] == 200
 
 
 async def test_an_oversize_chunked_body_that_arrived_whole_is_413(receiver: Receiver, redis_url: str) -> None:
-    big = orjson.dumps({**orjson.loads(customer_event(1)), "padding": "x" * 5000})
+    big = orjson.dumps({**orjson.loads(webhook_body(1)), "padding": "x" * 5000})
     head = "".join(f"{name}: {value}\r\n" for name, value in signed_headers(big).items())
     request = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Transfer-Encoding: chunked\r\n\r\n"
                f"{len(big):x}\r\n").encode() + big + b"\r\n0\r\n\r\n"
@@ -272,7 +270,7 @@ async def test_a_body_a_middleware_read_first_is_still_verified_and_queued(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        body = customer_event(7)
+        body = webhook_body(7)
         async with http.post(f"http://127.0.0.1:{port}{PATH}", data=body, headers=signed_headers(body)) as resp:
             assert resp.status == 200
     finally:
@@ -283,7 +281,7 @@ async def test_a_body_a_middleware_read_first_is_still_verified_and_queued(
 async def test_huge_headers_are_refused_and_the_receiver_keeps_serving(
     receiver: Receiver, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    body = customer_event(1)
+    body = webhook_body(1)
     headers = {**signed_headers(body), "x-padding": "y" * 20_000}
     async with http.post(receiver.url, data=body, headers=headers) as response:
         assert response.status in (400, 431)
@@ -312,7 +310,7 @@ async def test_health_readiness_and_metrics(receiver: Receiver, http: aiohttp.Cl
         assert response.status == 200
     async with http.get(receiver.base + "/readyz") as response:
         assert (response.status, await response.json()) == (200, {"status": "ready", "redis": "ok"})
-    body = customer_event(7)
+    body = webhook_body(7)
     await post(http, receiver, body, signed_headers(body))
     await post(http, receiver, body, {"Content-Type": "application/json"})
     async with http.get(receiver.base + "/metrics") as response:
@@ -362,7 +360,7 @@ async def test_one_log_line_per_request_without_payload_pii_or_signature(
 async def test_a_client_that_disconnects_mid_body_is_counted_not_crashed(
     receiver: Receiver, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    body = customer_event(1)
+    body = webhook_body(1)
     _reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
     head = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(body).items())
     writer.write(f"POST /square/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())

@@ -16,15 +16,14 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.factories import signed_headers, webhook_body
 from tests.integration.webhooks.support import (
     PrivateRedis,
     Receiver,
     blackhole_server,
-    customer_event,
     queued_jobs,
     running_receiver,
     settings_for,
-    signed_headers,
 )
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
 from webhooks.resp import RedisConnection
@@ -49,7 +48,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def deliver(http: aiohttp.ClientSession, receiver: Receiver, n: int) -> tuple[int, str]:
     """Status and body of one delivery, which must be answered before Square gives up on it."""
-    body = customer_event(n)
+    body = webhook_body(n)
     try:
         async with asyncio.timeout(SQUARE_GIVES_UP):
             async with http.post(receiver.url, data=body, headers=signed_headers(body)) as response:

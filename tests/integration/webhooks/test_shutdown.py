@@ -12,12 +12,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from square_mirror.embedded import free_port, tcp_reachable
+from tests.factories import signed_headers, webhook_body
 from tests.integration.webhooks.support import (
     PrivateRedis,
-    customer_event,
     queued_jobs,
     settings_for,
-    signed_headers,
 )
 from webhooks.app import METRICS_KEY, create_app
 
@@ -44,7 +43,7 @@ async def test_in_flight_requests_finish_and_new_connections_are_refused() -> No
         url = f"http://127.0.0.1:{port}/square/webhooks"
         admin = aioredis.Redis.from_url(server.url)
         async with aiohttp.ClientSession() as http:
-            body = customer_event(1)
+            body = webhook_body(1)
             # Hold the enqueue in Redis (writes wait until UNPAUSE) so the request is in flight when shutdown
             # starts, and let it go only once shutdown has stopped accepting (a 600 ms pause raced this).
             await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 from arq.worker import Retry
 
-from square_mirror.jobs import build_event_job
 from square_mirror.timefmt import parse_time
+from tests.factories import event_job
 from tests.integration.worker.support import harness
 
 
@@ -249,8 +249,8 @@ async def test_a_job_run_twice_concurrently_writes_once(db_pool: asyncpg.Pool, r
 
 async def test_other_event_types_are_ignored(db_pool: asyncpg.Pool, redis_url: str) -> None:
     async with harness(db_pool, redis_url) as h:
-        payload = build_event_job({"merchant_id": h.merchant_id, "type": "customer.custom_attribute.owned.updated",
-                                   "event_id": "evt-ca-1", "data": {"id": "x", "object": {}}})
+        payload = event_job(merchant_id=h.merchant_id, event_type="customer.custom_attribute.owned.updated",
+                            event_id="evt-ca-1", data={"id": "x", "object": {}})
         assert await h.run(payload) == "ignored"
         assert h.api_calls == 0
 
@@ -342,8 +342,7 @@ async def test_a_poison_event_fails_alone_not_its_whole_inbox_batch(db_pool: asy
     async with harness(db_pool, redis_url) as h:
         h.state.create_customer({"given_name": "A"})
         [good] = h.payloads()
-        poison = build_event_job({"merchant_id": h.merchant_id, "type": "customer.updated", "event_id": "evt-nul",
-                                  "data": {"id": "BAD\x00ID", "object": {"customer": {"version": 1}}}})
+        poison = event_job(merchant_id=h.merchant_id, event_id="evt-nul", customer_id="BAD\x00ID", version=1)
         outcomes = await asyncio.gather(h.run(good), h.run(poison))
         assert outcomes == ["applied", "failed"]
 

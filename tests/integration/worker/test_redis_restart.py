@@ -17,8 +17,8 @@ from arq import create_pool
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.embedded import free_port, tcp_reachable
-from square_mirror.jobs import build_event_job
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from tests.factories import event_job
 from tests.integration.webhooks.support import PrivateRedis
 
 
@@ -48,9 +48,8 @@ async def test_worker_process_keeps_serving_the_queue_after_redis_restarts(db_ds
                                        + Path(log.name).read_text()[-3000:])
 
         # And it still takes jobs: a non-customer event is recorded as `ignored` without any Square call.
-        event = {"merchant_id": "MLTEST", "type": "team_member.created", "event_id": "evt-after-restart",
-                 "created_at": "2024-01-02T03:04:05Z", "data": {"type": "team_member", "id": "TM1"}}
-        payload = build_event_job(event, received_at="2024-01-02T03:04:06Z")
+        payload = event_job(event_type="team_member.created", event_id="evt-after-restart",
+                            data={"type": "team_member", "id": "TM1"})
         arq = await create_pool(redis_settings(redis.url), job_serializer=serialize_job,
                                 job_deserializer=deserialize_job)
         try:

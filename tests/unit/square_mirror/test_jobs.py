@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from square_mirror.jobs import InvalidEnvelope, build_event_job, read_event_job
+from tests.factories import event_job
 
 CREATED = json.loads(
     '{"created_at": "2022-11-09T21:23:25Z", "data": {"id": "QPTXM8PQNX3Q726ZYHPMNP46XC", "object": {"customer":'
@@ -33,11 +33,7 @@ def test_job_payload_carries_no_customer_pii() -> None:
 
 
 def test_merge_context_is_carried() -> None:
-    envelope: dict[str, Any] = json.loads(json.dumps(CREATED))
-    envelope["type"] = "customer.deleted"
-    envelope["data"]["deleted"] = True
-    envelope["data"]["object"]["event_context"] = {"merge": {"from_customer_ids": ["A", "B"], "to_customer_id": "C"}}
-    job = read_event_job(build_event_job(envelope))
+    job = read_event_job(event_job(event_type="customer.deleted", merge=(["A", "B"], "C")))
     assert job.deleted is True
     assert job.merge == (["A", "B"], "C")
 

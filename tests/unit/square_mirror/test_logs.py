@@ -34,10 +34,12 @@ PII_VALUES = ("Amelia", "Earhart", "amelia.earhart@example.com", "+12065551212",
 
 
 @pytest.fixture
-def log_stream() -> io.StringIO:
+def log_stream() -> Iterator[io.StringIO]:
+    """Logging at DEBUG to an in-memory stream, with two secrets to scrub; the default is restored after."""
     stream = io.StringIO()
     configure_logging("DEBUG", secrets=["EAAA-very-secret-token", "sig-key-123456"], stream=stream)
-    return stream
+    yield stream
+    configure_logging("INFO")
 
 
 MemoryLog = Callable[..., io.StringIO]
@@ -79,6 +81,7 @@ def test_secrets_and_emails_are_scrubbed_from_free_text(log_stream: io.StringIO)
     output = log_stream.getvalue()
     for leaked in ("EAAA-very-secret-token", "bob@example.org", "sig-key-123456", "pw123456"):
         assert leaked not in output
+    assert "call failed with header Authorization" in output and REDACTED in output  # written, and scrubbed
 
 
 def test_context_is_bound_and_lines_are_json(log_stream: io.StringIO) -> None:

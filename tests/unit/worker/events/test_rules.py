@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from square_mirror.jobs import EventJob
+from square_mirror.jobs import EventJob, read_event_job
+from tests.factories import event_job
 from worker.events.rules import event_is_stale, target_is_synced
 from worker.store import StoredCustomer
 
 
 def _job(event_type: str, version: int | None) -> EventJob:
-    return EventJob(merchant_id="M", type=event_type, event_id="e", created_at=None, customer_id="C",
-                    version=version, deleted=event_type == "customer.deleted", event_context=None)
+    return read_event_job(event_job(event_type=event_type, customer_id="C", version=version))
 
 
 LIVE_5 = StoredCustomer(version=5, deleted=False, merged_into=None)

@@ -1,11 +1,11 @@
-"""The demo's emulator command line survives any random signature key."""
+"""The dev stack's emulator command line survives any random signature key."""
 
 from __future__ import annotations
 
 import pytest
 
 from emulator.cli import build_parser
-from square_mirror.commands.demo import emulator_args
+from square_mirror.devstack import emulator_args
 
 
 @pytest.mark.parametrize("key", ["-starts-with-a-dash", "--two", "plain_Key-123"])

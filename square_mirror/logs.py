@@ -45,13 +45,8 @@ _secret_values: tuple[str, ...] = ()
 
 
 def register_secrets(values: Iterable[str]) -> None:
-    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string.
-
-    Lines still waiting to be rendered are written first, against the secrets they were logged under.
-    """
+    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
     global _secret_values
-    if _sink is not None:
-        _sink.flush()
     _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
     _scrubbed.clear()
 
@@ -164,7 +159,9 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     scrubbing them would only cost time on every line.
     """
     global _sink
-    register_secrets(secrets)  # writes what the current sink holds, first
+    if _sink is not None:
+        _sink.flush()  # the lines waiting in the current sink go out first, in their place
+    register_secrets(secrets)
     level_no = getattr(logging, level.upper(), logging.INFO)
     if _sink is None:
         atexit.register(_flush_at_exit)
@@ -215,18 +212,15 @@ LOG_FLUSH_SECONDS: Final = 0.02  # how long a log_line line may wait to be writt
 LOG_FLUSH_LINES: Final = 512  # ... or how many lines
 
 
-# A log_line line before it is rendered: level, fields (event and context included), time.time_ns().
-_Entry = tuple[str, dict[str, Any], int]
-
-
-def _render(level: str, fields: dict[str, Any], time_ns: int) -> str:
+def _render(level: str, fields: dict[str, Any]) -> str:
     """A log_line line as structlog renders it: redacted, then level and timestamp added, as one JSON line."""
+    time_ns = time.time_ns()
     try:
         redact_processor(None, level, fields)
         fields["level"] = level
         fields["timestamp"] = _utc_timestamp(time_ns)
         return orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
-    except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of sinking its batch
+    except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of failing its caller
         return orjson.dumps(
             {"event": "log_line_not_rendered", "logged_event": _scrub_text(str(fields.get("event"))),
              "error": type(exc).__name__, "level": "error", "timestamp": _utc_timestamp(time_ns)},
@@ -237,14 +231,11 @@ def _render(level: str, fields: dict[str, Any], time_ns: int) -> str:
 class _Sink:
     """Where configure_logging sends lines, and from which level, for :func:`log_line`.
 
-    Inside an event loop, a line waits up to ``LOG_FLUSH_SECONDS`` and goes out with the others of that time
-    (at once when ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop
-    iteration, were the largest single cost of the receiver's log line (a system call per request or two
-    under load). A log_line line also waits unrendered (:class:`_Entry`) and is redacted and serialised with
-    the others of its batch, in one tight loop instead of between requests (the receiver's CPU per request
-    fell 45.5 -> 43.1 us in alternating runs). Its timestamp is when it was made. Outside a loop, for lines
-    from structlog and the standard library (:class:`_SinkFile`) and in :meth:`flush` at exit, lines are
-    written at once.
+    Inside an event loop, a log_line line waits up to ``LOG_FLUSH_SECONDS`` and goes out with the others of that
+    time (at once when ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop
+    iteration, were the largest single cost of the receiver's log line (a system call per request or two under
+    load). Outside a loop, lines from structlog and the standard library (:class:`_SinkFile`) and :meth:`flush`
+    at exit are written at once, after the lines waiting before them.
     """
 
     __slots__ = ("level", "lock", "pending", "scheduled", "stream")
@@ -252,11 +243,11 @@ class _Sink:
     def __init__(self, stream: TextIO, level: int) -> None:
         self.stream = stream
         self.level = level
-        self.lock = threading.RLock()  # rendering may log (a value's __str__): that line goes out at once
-        self.pending: list[str | _Entry] = []
+        self.lock = threading.Lock()  # the standard library's lines may come from other threads
+        self.pending: list[str] = []
         self.scheduled: asyncio.AbstractEventLoop | None = None  # the loop that will flush what is pending
 
-    def write(self, line: str | _Entry) -> None:
+    def write(self, line: str) -> None:
         with self.lock:
             self.pending.append(line)
             if len(self.pending) >= LOG_FLUSH_LINES:
@@ -283,8 +274,7 @@ class _Sink:
     def _write_pending(self) -> None:
         self.scheduled = None
         if self.pending:
-            batch, self.pending = self.pending, []
-            text = "".join([line if type(line) is str else _render(*line) for line in batch])
+            text, self.pending = "".join(self.pending), []
             self.stream.write(text)
             self.stream.flush()
 
@@ -334,9 +324,9 @@ def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
 
     For a hot path: the receiver writes one line per request, and structlog's generic pipeline made that line
     a fifth of the receiver's CPU per request. The line is the same (context variables merged, the same
-    redactor, level, ISO timestamp, orjson) and goes to the same stream under the same level filter. ``fields``
-    is consumed: it is rendered when the line is written (see :class:`_Sink`), so neither it nor its values may
-    change after the call. Before configure_logging has run, the line goes through structlog as usual.
+    redactor, level, ISO timestamp, orjson) and goes to the same stream under the same level filter, written
+    with the other lines of the next few milliseconds (see :class:`_Sink`). ``fields`` is consumed (the line is
+    rendered into it). Before configure_logging has run, the line goes through structlog as usual.
     """
     sink = _sink
     if sink is None:
@@ -349,7 +339,7 @@ def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
     if context:
         for key, value in context.items():
             fields.setdefault(key, value)
-    sink.write((level, fields, time.time_ns()))
+    sink.write(_render(level, fields))
 
 
 bind_context = structlog.contextvars.bind_contextvars

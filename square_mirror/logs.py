@@ -1,9 +1,8 @@
 """Structured JSON logs that can never carry customer PII or secrets.
 
-Redaction is a structlog processor, so it applies to every line whoever wrote it: keys that name PII or
-secrets are masked at any depth, and string values are scrubbed of e-mail addresses, bearer tokens and the
-configured secret values. Context (merchant_id, customer_id, event_id) is bound with contextvars per request
-or job.
+Every line, whoever wrote it (structlog, the standard library, :func:`log_line`), goes through the redactor of
+square_mirror/redaction.py before it is rendered. Context (merchant_id, customer_id, event_id) is bound with
+contextvars per request or job.
 """
 
 from __future__ import annotations
@@ -12,140 +11,16 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable
 from typing import Any, Final, TextIO, cast
 
 import orjson
 import structlog
 
-REDACTED: Final = "[REDACTED]"
-
-PII_KEYS: Final = frozenset(
-    {
-        "given_name", "family_name", "nickname", "company_name", "email_address", "email", "phone_number",
-        "phone", "address", "address_line_1", "address_line_2", "address_line_3", "locality", "sublocality",
-        "postal_code", "first_name", "last_name", "note", "birthday", "tax_ids", "eu_vat", "name_on_card",
-    }
-)
-SECRET_KEYS: Final = frozenset(
-    {
-        "token", "access_token", "authorization", "signature_key", "signature_keys", "password", "secret",
-        "x-square-hmacsha256-signature", "signature", "database_url", "redis_url", "dsn", "cookie",
-    }
-)
-_EMAIL_RE: Final = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_BEARER_RE: Final = re.compile(r"(?i)bearer\s+[\w.~+/=-]+")
-_URL_PASSWORD_RE: Final = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
-
-_secret_values: tuple[str, ...] = ()
-
-
-def register_secrets(values: Iterable[str]) -> None:
-    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
-    global _secret_values
-    _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
-    _scrubbed.clear()
-
-
-_scrubbed: dict[str, str] = {}  # short strings already scrubbed: log lines repeat outcomes, types, merchants
-_SCRUB_MEMO_MAX_LEN: Final = 128
-_SCRUB_MEMO_SIZE: Final = 4096
-
-
-def _scrub_text(text: str) -> str:
-    """:func:`_scrub`, remembered for short strings (bounded: emptied when full, e.g. by unique event IDs)."""
-    known = _scrubbed.get(text)
-    return known if known is not None else _scrub_and_remember(text)
-
-
-def _scrub_and_remember(text: str) -> str:
-    clean = _scrub(text)
-    if len(text) <= _SCRUB_MEMO_MAX_LEN:
-        if len(_scrubbed) >= _SCRUB_MEMO_SIZE:
-            _scrubbed.clear()
-        _scrubbed[text] = clean
-    return clean
-
-
-def _scrub(text: str) -> str:
-    # Cheap substring tests first: nearly every logged string has no "@" and no "bearer", and the regexes
-    # would otherwise dominate the cost of a log line on the receiver's hot path.
-    for secret in _secret_values:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    if "@" in text:
-        if "://" in text:
-            text = _URL_PASSWORD_RE.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
-        text = _EMAIL_RE.sub(REDACTED, text)
-    if "earer" in text or "EARER" in text:
-        text = _BEARER_RE.sub("Bearer " + REDACTED, text)
-    return text
-
-
-_masked_keys: dict[str, bool] = {}
-_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
-
-
-def _is_masked_key(key: str) -> bool:
-    """Whether a key names PII or a secret; remembered per key, since log lines reuse a handful of keys."""
-    masked = _masked_keys.get(key)
-    if masked is None:
-        lowered = key.lower()
-        masked = lowered in PII_KEYS or lowered in SECRET_KEYS
-        if len(_masked_keys) < 10_000:  # bounded: keys of logged payloads could be anything
-            _masked_keys[key] = masked
-    return masked
-
-
-def redact(value: Any, *, depth: int = 0) -> Any:
-    """Mask PII and secrets in any JSON-like value, nested containers included."""
-    if depth > 20:
-        return REDACTED
-    kind = type(value)
-    if kind in _PLAIN_TYPES:
-        return value
-    if isinstance(value, str):
-        return _scrub_text(value)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            name = str(key)
-            if _is_masked_key(name):
-                out[name] = REDACTED if item is not None else None
-            else:
-                out[name] = redact(item, depth=depth + 1)
-        return out
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact(item, depth=depth + 1) for item in value]
-    if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
-    return value
-
-
-def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
-    # is safe, since no key is added or removed.
-    masked_keys, scrubbed = _masked_keys, _scrubbed  # _is_masked_key's and _scrub_text's memos, inlined
-    for key, value in event_dict.items():
-        masked = masked_keys.get(key)
-        if masked is None:
-            masked = _is_masked_key(key)
-        if masked:
-            event_dict[key] = REDACTED
-        elif type(value) is str:
-            clean = scrubbed.get(value)
-            event_dict[key] = clean if clean is not None else _scrub_and_remember(value)
-        elif type(value) in _PLAIN_TYPES:
-            continue
-        elif key == "exception":
-            event_dict[key] = _scrub_text(str(value))
-        else:
-            event_dict[key] = redact(value)
-    return event_dict
+from square_mirror.redaction import redact_processor, register_secrets, scrub_text
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -222,7 +97,7 @@ def _render(level: str, fields: dict[str, Any]) -> str:
         return orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
     except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of failing its caller
         return orjson.dumps(
-            {"event": "log_line_not_rendered", "logged_event": _scrub_text(str(fields.get("event"))),
+            {"event": "log_line_not_rendered", "logged_event": scrub_text(str(fields.get("event"))),
              "error": type(exc).__name__, "level": "error", "timestamp": _utc_timestamp(time_ns)},
             option=orjson.OPT_APPEND_NEWLINE,
         ).decode()

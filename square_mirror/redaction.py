@@ -116,20 +116,10 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
-    # is safe, since no key is added or removed.
-    masked_keys, scrubbed = _masked_keys, _scrubbed  # _is_masked_key's and _scrub_text's memos, inlined
-    for key, value in event_dict.items():
-        masked = masked_keys.get(key)
-        if masked is None:
-            masked = _is_masked_key(key)
-        if masked:
+    """The structlog processor: every field of a line redacted (a masked key's value is masked even if None)."""
+    for key, value in event_dict.items():  # replacing values while iterating is safe: no key is added or removed
+        if _is_masked_key(key):
             event_dict[key] = REDACTED
-        elif type(value) is str:
-            clean = scrubbed.get(value)
-            event_dict[key] = clean if clean is not None else _scrub_and_remember(value)
-        elif type(value) in _PLAIN_TYPES:
-            continue
         elif key == "exception":
             event_dict[key] = scrub_text(str(value))
         else:

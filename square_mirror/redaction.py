@@ -37,30 +37,10 @@ def register_secrets(values: Iterable[str]) -> None:
     """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
     global _secret_values
     _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
-    _scrubbed.clear()
-
-
-_scrubbed: dict[str, str] = {}  # short strings already scrubbed: log lines repeat outcomes, types, merchants
-_SCRUB_MEMO_MAX_LEN: Final = 128
-_SCRUB_MEMO_SIZE: Final = 4096
 
 
 def scrub_text(text: str) -> str:
-    """:func:`_scrub`, remembered for short strings (bounded: emptied when full, e.g. by unique event IDs)."""
-    known = _scrubbed.get(text)
-    return known if known is not None else _scrub_and_remember(text)
-
-
-def _scrub_and_remember(text: str) -> str:
-    clean = _scrub(text)
-    if len(text) <= _SCRUB_MEMO_MAX_LEN:
-        if len(_scrubbed) >= _SCRUB_MEMO_SIZE:
-            _scrubbed.clear()
-        _scrubbed[text] = clean
-    return clean
-
-
-def _scrub(text: str) -> str:
+    """``text`` without the registered secret values, e-mail addresses, bearer tokens and URL passwords."""
     # Cheap substring tests first: nearly every logged string has no "@" and no "bearer", and the regexes
     # would otherwise dominate the cost of a log line on the receiver's hot path.
     for secret in _secret_values:
@@ -75,19 +55,13 @@ def _scrub(text: str) -> str:
     return text
 
 
-_masked_keys: dict[str, bool] = {}
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 
 def _is_masked_key(key: str) -> bool:
-    """Whether a key names PII or a secret; remembered per key, since log lines reuse a handful of keys."""
-    masked = _masked_keys.get(key)
-    if masked is None:
-        lowered = key.lower()
-        masked = lowered in PII_KEYS or lowered in SECRET_KEYS
-        if len(_masked_keys) < 10_000:  # bounded: keys of logged payloads could be anything
-            _masked_keys[key] = masked
-    return masked
+    """Whether a key names PII or a secret."""
+    lowered = key.lower()
+    return lowered in PII_KEYS or lowered in SECRET_KEYS
 
 
 def redact(value: Any, *, depth: int = 0) -> Any:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any, Final, TextIO, cast
 
@@ -21,6 +20,8 @@ import orjson
 import structlog
 
 from square_mirror.redaction import redact_processor, register_secrets, scrub_text
+
+_add_timestamp: Final = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -48,7 +49,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             structlog.processors.format_exc_info,
             redact_processor,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_timestamp,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
@@ -67,7 +68,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             foreign_pre_chain=[
                 structlog.contextvars.merge_contextvars,
                 structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _add_timestamp,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.format_exc_info,
             ],
@@ -89,18 +90,15 @@ LOG_FLUSH_LINES: Final = 512  # ... or how many lines
 
 def _render(level: str, fields: dict[str, Any]) -> str:
     """A log_line line as structlog renders it: redacted, then level and timestamp added, as one JSON line."""
-    time_ns = time.time_ns()
     try:
         redact_processor(None, level, fields)
         fields["level"] = level
-        fields["timestamp"] = _utc_timestamp(time_ns)
+        _add_timestamp(None, level, fields)
         return orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
     except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of failing its caller
-        return orjson.dumps(
-            {"event": "log_line_not_rendered", "logged_event": scrub_text(str(fields.get("event"))),
-             "error": type(exc).__name__, "level": "error", "timestamp": _utc_timestamp(time_ns)},
-            option=orjson.OPT_APPEND_NEWLINE,
-        ).decode()
+        failed = {"event": "log_line_not_rendered", "logged_event": scrub_text(str(fields.get("event"))),
+                  "error": type(exc).__name__, "level": "error"}
+        return orjson.dumps(_add_timestamp(None, "error", failed), option=orjson.OPT_APPEND_NEWLINE).decode()
 
 
 class _Sink:
@@ -178,19 +176,6 @@ def _flush_at_exit() -> None:
 
 
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-_second: tuple[int, str] = (-1, "")
-
-
-def _utc_timestamp(time_ns: int) -> str:
-    """``time_ns`` as structlog's ISO UTC timestamp (microseconds, ``Z``); the part up to the second formatted
-    once per second."""
-    global _second
-    seconds, micros = divmod(time_ns // 1000, 1_000_000)
-    if _second[0] != seconds:
-        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return f"{_second[1]}.{micros:06d}Z"
 
 
 def log_line(level: str, event: str, fields: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -195,24 +196,9 @@ class Views:
         return response
 
 
-_second_prefix: tuple[int, str] = (-1, "")
-
-
-_last_millisecond: tuple[int, str] = (-1, "")
-
-
 def _utc_now_iso() -> str:
-    """Now as RFC 3339 UTC with milliseconds; formatted once per millisecond (under load, many requests share
-    one), and the part up to the second once per second."""
-    global _second_prefix, _last_millisecond
-    now_ms = time.time_ns() // 1_000_000
-    if _last_millisecond[0] == now_ms:
-        return _last_millisecond[1]
-    second, millis = divmod(now_ms, 1000)
-    if _second_prefix[0] != second:
-        _second_prefix = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    _last_millisecond = (now_ms, f"{_second_prefix[1]}.{millis:03d}Z")
-    return _last_millisecond[1]
+    """Now as RFC 3339 UTC with milliseconds (a job's ``received_at``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _retry_number(request: web.Request) -> int | None:

@@ -105,7 +105,7 @@ class Views:
             "event_id": verdict.event_id,
             "type": verdict.event_type,
             "merchant_id": verdict.merchant_id,
-            "latency_ms": int(elapsed * 100_000 + 0.5) / 100,  # 2 decimals; round() costs more than this line's JSON
+            "latency_ms": round(elapsed * 1000, 2),
         }
         # Optional fields only when present: every logged field goes through the redactor, which is not free.
         if verdict.reason is not None:

@@ -16,7 +16,7 @@ from square_mirror.constants import QUEUE_NAME
 from square_mirror.settings import Settings
 from webhooks.enqueue import MAX_IN_FLIGHT, BatchEnqueuer
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 from webhooks.views import ReceiverConfig, Views
 
 DEFAULT_REDIS_TIMEOUT: Final = 2.0  # seconds; a hung Redis still gives a 503 long before Square's 10 s

@@ -36,7 +36,7 @@ from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.logs import get_logger
 from square_mirror.queue import serialize_job
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 
 _log = get_logger(__name__)
 

@@ -23,7 +23,7 @@ from square_mirror.jobs import InvalidEnvelope, build_event_job
 from square_mirror.logs import get_logger, log_line
 from webhooks import metrics as m
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 from webhooks.signature import SIGNATURE_HEADER, verify_signature
 
 _log = get_logger("webhooks")

@@ -15,7 +15,7 @@ from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from tests.integration.webhooks.support import arq_pool, queued_jobs
 from webhooks.enqueue import BatchEnqueuer
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 
 
 def payload(n: int, event_type: str = "customer.updated") -> dict[str, Any]:

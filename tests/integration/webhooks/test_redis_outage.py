@@ -27,7 +27,7 @@ from tests.integration.webhooks.support import (
     signed_headers,
 )
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 
 TIMEOUT = 1.0  # the receiver's Redis timeout in these tests (2 s in production)
 SQUARE_GIVES_UP = 10.0  # seconds Square waits for an answer to a delivery

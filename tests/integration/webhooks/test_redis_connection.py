@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
-from webhooks.resp import RedisConnection
+from webhooks.redis_connection import RedisConnection
 
 
 async def test_concurrent_commands_pipeline_on_one_connection_and_each_gets_its_own_reply(redis_url: str) -> None:
@@ -37,7 +37,7 @@ async def test_after_a_timeout_and_reset_a_late_reply_never_answers_a_later_comm
     try:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                await conn.execute_idempotent("BLPOP", "resp-test-never-pushed", 1)
+                await conn.execute_idempotent("BLPOP", "redis-connection-test-never-pushed", 1)
         conn.reset()
         assert await conn.execute_idempotent("ECHO", "mine") == b"mine"
     finally:
@@ -61,9 +61,9 @@ async def test_commands_run_in_the_database_the_url_names(redis_url: str) -> Non
     conn = RedisConnection.from_url(redis_url)
     admin = aioredis.Redis.from_url(redis_url)
     try:
-        await conn.execute_idempotent("SET", "resp-test-key", "here")
-        assert await admin.get("resp-test-key") == b"here"
-        await admin.delete("resp-test-key")
+        await conn.execute_idempotent("SET", "redis-connection-test-key", "here")
+        assert await admin.get("redis-connection-test-key") == b"here"
+        await admin.delete("redis-connection-test-key")
     finally:
         await conn.close()
         await admin.aclose()

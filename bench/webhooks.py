@@ -20,6 +20,10 @@ bare handler can outrun a one-process load generator. Summary: best-round throug
 CPU per request and its ratio, open-loop p50/p99. The bench writes to a queue name and job IDs of its own and
 deletes them afterwards, so it never touches the real queue or another run's keys.
 
+Each round starts fresh server processes: how fast one process runs varies from one start to the next (heap
+layout, hash seeds), and fresh processes spread that luck over the rounds instead of giving it to one side for a
+whole run.
+
 A/B comparison of two code states: ``--baseline DIR`` also runs the receiver of another checkout (for example
 ``git worktree add --detach /tmp/before HEAD~1``) as a third server, in the same rounds, the two receivers taking
 turns at going first. The summary then adds receiver / baseline: throughput and CPU per request, median of
@@ -366,8 +370,8 @@ async def enqueue_counters(port: int) -> tuple[float, float, float]:
     )
 
 
-def batch_line(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
-    trips, events, seconds = (a - b for a, b in zip(after, before, strict=True))
+def batch_line(counters: tuple[float, float, float]) -> str:
+    trips, events, seconds = counters
     trips = trips or 1
     return f"{trips:.0f} Redis round trips, {events / trips:.1f} events and {1000 * seconds / trips:.2f} ms each"
 
@@ -390,18 +394,15 @@ async def main(args: argparse.Namespace) -> int:
     paced_count = int(args.rate * args.duration) + 16
     receivers = ["receiver", "baseline"] if args.baseline else ["receiver"]
     try:
-        with contextlib.ExitStack() as stack:
-            servers = {"bare": stack.enter_context(server_process("bare", args.redis_url, queue_name))}
-            servers["receiver"] = stack.enter_context(server_process("receiver", args.redis_url, queue_name))
-            if args.baseline:
-                servers["baseline"] = stack.enter_context(
-                    server_process("receiver", args.redis_url, queue_name, Path(args.baseline)))
-            for number in range(args.rounds):
-                print(f"round {number + 1}", flush=True)
-                # The receivers take turns at going first, so neither always runs right after the bare handler.
-                order = ["bare", *(receivers if number % 2 == 0 else receivers[::-1])]
-                results: dict[str, Result] = {}
-                counters = {kind: await enqueue_counters(servers[kind].port) for kind in receivers}
+        for number in range(args.rounds):
+            print(f"round {number + 1}", flush=True)
+            # The receivers take turns at going first, so neither always runs right after the bare handler.
+            order = ["bare", *(receivers if number % 2 == 0 else receivers[::-1])]
+            results: dict[str, Result] = {}
+            with contextlib.ExitStack() as stack:  # fresh processes each round (see the docstring)
+                servers = {kind: stack.enter_context(server_process(
+                    "bare" if kind == "bare" else "receiver", args.redis_url, queue_name,
+                    Path(args.baseline) if kind == "baseline" else None)) for kind in order}
                 for kind in order:
                     server = servers[kind]
                     requests = make_requests(server.port, args.events, f"{run_id}-{kind}-{number}c")
@@ -409,14 +410,13 @@ async def main(args: argparse.Namespace) -> int:
                         f"  {kind}, closed loop", server.port, requests, args.connections, args.duration,
                         repeat=kind == "bare"))
                 for kind in receivers:
-                    after = await enqueue_counters(servers[kind].port)
-                    print(f"    {kind}: " + batch_line(counters[kind], after), flush=True)
+                    print(f"    {kind}: " + batch_line(await enqueue_counters(servers[kind].port)), flush=True)
                 for kind in order:
                     server = servers[kind]
                     paced = make_requests(server.port, paced_count, f"{run_id}-{kind}-{number}r")
                     results[kind + "@rate"] = await measured(server, open_loop(
                         f"  {kind}, {args.rate}/s", server.port, paced, args.rate, args.duration))
-                rounds.append(results)
+            rounds.append(results)
         queued = await count_queued(args.redis_url, queue_name)
     finally:
         await cleanup(args.redis_url, queue_name, run_id)

@@ -31,12 +31,12 @@ from typing import Any, Final
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from redis import exceptions as redis_exceptions
+from redis.asyncio import Redis
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.logs import get_logger
-from square_mirror.queue import serialize_job
+from square_mirror.queue import redis_settings, serialize_job
 from webhooks.metrics import WebhookMetrics
-from webhooks.redis_connection import RedisConnection
 
 _log = get_logger(__name__)
 
@@ -85,6 +85,20 @@ class _Pending:
     future: asyncio.Future[bool]
 
 
+def redis_client(url: str, timeout: float) -> Redis:
+    """The receiver's Redis client (the enqueue path and /readyz), from a redis:// or rediss:// URL.
+
+    It connects on first use, so the receiver starts while Redis is down; ``timeout`` bounds a connect, and
+    callers bound every command (a stopped or hung Redis must give a 503, not a hung request). redis-py drops
+    a connection whose command was interrupted (a timeout) or failed on the socket, so a late reply can never
+    answer a later command, and replaces a connection Redis closed meanwhile when it is next taken from the
+    pool. With hiredis installed, redis-py parses replies with it.
+    """
+    rs = redis_settings(url)
+    return Redis(host=str(rs.host), port=rs.port, db=rs.database, username=rs.username, password=rs.password,
+                 ssl=bool(rs.ssl), ssl_check_hostname=True, socket_connect_timeout=timeout)
+
+
 def encode_job(payload: Mapping[str, Any], enqueue_time_ms: int) -> bytes:
     """The bytes arq's Worker reads for ``process_event(payload)``, exactly as ``enqueue_job`` writes them.
 
@@ -99,7 +113,7 @@ class BatchEnqueuer:
 
     def __init__(
         self,
-        redis: RedisConnection,
+        redis: Redis,
         *,
         queue_name: str = QUEUE_NAME,
         timeout: float = 2.0,
@@ -212,13 +226,14 @@ class BatchEnqueuer:
             async with asyncio.timeout(self._timeout):
                 # EVAL, not EVALSHA: Redis caches the compiled script either way, and a Redis restarted
                 # empty can never answer NOSCRIPT.
-                replies = await self._redis.execute_idempotent("EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, *args)
+                # redis-py types eval()'s arguments as str and leaves execute_command untyped.
+                replies = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, *args
+                )
             if not isinstance(replies, list) or len(replies) != len(batch):
                 raise QueueUnavailable("redis_error")  # not the reply the script returns
         except Exception as exc:  # every failure fails the batch: none of these requests may answer 200
             reason = _failure_reason(exc)
-            if not isinstance(exc, redis_exceptions.ResponseError):
-                self._redis.reset()  # a late reply must never answer a later batch
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(QueueUnavailable(reason))

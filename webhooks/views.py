@@ -17,13 +17,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from redis.asyncio import Redis
 
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
 from square_mirror.jobs import InvalidEnvelope, build_event_job
 from square_mirror.logs import get_logger, log_line
 from webhooks import metrics as m
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
-from webhooks.redis_connection import RedisConnection
 from webhooks.signature import SIGNATURE_HEADER, verify_signature
 
 _log = get_logger("webhooks")
@@ -79,7 +79,7 @@ class Views:
     """The handlers, bound to one app's config, enqueuer, Redis client and metrics."""
 
     def __init__(
-        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: RedisConnection, metrics: m.WebhookMetrics
+        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: Redis, metrics: m.WebhookMetrics
     ) -> None:
         self.config = config
         self.enqueuer = enqueuer
@@ -185,7 +185,7 @@ class Views:
         """Ready: Redis answers a PING within the enqueue timeout, so events can be queued right now."""
         try:
             async with asyncio.timeout(self.config.redis_timeout):
-                await self.redis.execute_idempotent("PING")
+                await self.redis.ping()
         except Exception:
             return web.json_response({"status": "unavailable", "redis": "unreachable"}, status=503)
         return web.json_response({"status": "ready", "redis": "ok"})

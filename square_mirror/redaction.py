@@ -55,13 +55,13 @@ def scrub_text(text: str) -> str:
     return text
 
 
+_MASKED_KEYS: Final = PII_KEYS | SECRET_KEYS
 _PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
 
 
 def _is_masked_key(key: str) -> bool:
     """Whether a key names PII or a secret."""
-    lowered = key.lower()
-    return lowered in PII_KEYS or lowered in SECRET_KEYS
+    return key.lower() in _MASKED_KEYS
 
 
 def redact(value: Any, *, depth: int = 0) -> Any:
@@ -90,10 +90,19 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """The structlog processor: every field of a line redacted (a masked key's value is masked even if None)."""
+    """The structlog processor: every field of a line redacted (a masked key's value is masked even if None).
+
+    A line's fields are mostly strings, numbers and None, so those are handled here rather than through
+    :func:`redact`'s general walk: the redactor runs for every line the receiver writes.
+    """
     for key, value in event_dict.items():  # replacing values while iterating is safe: no key is added or removed
+        kind = type(value)
         if _is_masked_key(key):
             event_dict[key] = REDACTED
+        elif kind is str:
+            event_dict[key] = scrub_text(value)
+        elif kind in _PLAIN_TYPES:
+            continue
         elif key == "exception":
             event_dict[key] = scrub_text(str(value))
         else:

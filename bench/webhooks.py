@@ -443,6 +443,10 @@ async def main(args: argparse.Namespace) -> int:
           f"{median(ratios):.2f} median of rounds (goal >= 0.50); by server CPU per request: "
           f"{median(cpu_ratios):.2f}")
     if args.baseline:
+        base_ratios = [r["baseline"].per_second / r["bare"].per_second for r in rounds]
+        base_cpu_ratios = [r["bare"].cpu_per_request / r["baseline"].cpu_per_request for r in rounds]
+        print(f"  baseline / bare throughput: {best('baseline').per_second / bare_best.per_second:.2f} best vs best, "
+              f"{median(base_ratios):.2f} median of rounds; by server CPU per request: {median(base_cpu_ratios):.2f}")
         ab = [r["receiver"].per_second / r["baseline"].per_second for r in rounds]
         ab_cpu = [r["receiver"].cpu_per_request / r["baseline"].cpu_per_request for r in rounds]
         print(f"  receiver / baseline: throughput {median(ab):.3f} median of rounds "

@@ -9,11 +9,10 @@ resolves only from Redis's reply, so a request can answer 200 only after Redis a
 
 A flush starts as soon as a job is pending and fewer than ``max_in_flight`` flushes are running, so a lone
 request never waits for a timer; under load, requests that arrive during a round trip share the next one.
-One flush at a time is the default (``MAX_IN_FLIGHT``): all flushes share one connection anyway, and in
-alternating runs of bench/webhooks.py one at a time gave 46.0 us of CPU per event and 21.0k events/s against
-48.8 us and 19.5k/s with two when first measured, and 40.2 us and 22.9k/s against 42.7 us and 22.0k/s on the
-final code of that session (twice the events per round trip, half the per-flush work per event).
-Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
+One flush at a time is the default (``MAX_IN_FLIGHT``): in bench/webhooks.py it cost less CPU per event and
+queued more events per second than two (twice the events per round trip, half the per-flush work per event;
+the figures are in docs/performance.md).
+Commands go through redis-py (:func:`redis_client`). Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
 (the flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
 never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
 is then a duplicate. What never happens is a 200 without Redis's acknowledgement.

@@ -6,9 +6,14 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+import redis.utils
 from redis import exceptions as redis_exceptions
 
 from webhooks.enqueue import redis_client
+
+
+def test_redis_py_parses_replies_with_hiredis() -> None:
+    assert redis.utils.HIREDIS_AVAILABLE  # the hiredis the project requires is one redis-py uses
 
 
 async def test_concurrent_commands_each_get_their_own_reply(redis_url: str) -> None:

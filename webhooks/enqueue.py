@@ -12,10 +12,12 @@ request never waits for a timer; under load, requests that arrive during a round
 One flush at a time is the default (``MAX_IN_FLIGHT``): in bench/webhooks.py it cost less CPU per event and
 queued more events per second than two (twice the events per round trip, half the per-flush work per event;
 the figures are in docs/performance.md).
-Commands go through redis-py (:func:`redis_client`). Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
-(the flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
-never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
-is then a duplicate. What never happens is a 200 without Redis's acknowledgement.
+
+Commands go through redis-py (:func:`redis_client`). Every flush is bounded by ``timeout``, and a watchdog
+fails jobs that waited ``timeout`` without being sent (the flush slots stuck): a stopped or hung Redis gives
+503 well within Square's 10 s. A failed job was either never sent, or sent without a reply in time and possibly
+stored: harmless, since Square retries and the retry is then a duplicate. What never happens is a 200 without
+Redis's acknowledgement.
 """
 
 from __future__ import annotations

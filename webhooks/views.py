@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
 from square_mirror.jobs import InvalidEnvelope, build_event_job
-from square_mirror.logs import get_logger, log_line
+from square_mirror.logs import get_logger, log_line, utc_timestamp
 from webhooks import metrics as m
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
 from webhooks.signature import SIGNATURE_HEADER, verify_signature
@@ -117,7 +116,7 @@ class Views:
         return web.Response(status=status, body=_BODY[verdict.outcome], content_type="application/json")
 
     async def _handle(self, request: web.Request) -> _Verdict:
-        received_at = _utc_now_iso()
+        received_at = utc_timestamp(time.time_ns(), digits=3)
         max_body_bytes = self.config.max_body_bytes
         try:
             # A body that arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no
@@ -194,11 +193,6 @@ class Views:
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = self.metrics.content_type
         return response
-
-
-def _utc_now_iso() -> str:
-    """Now as RFC 3339 UTC with milliseconds (a job's ``received_at``)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _retry_number(request: web.Request) -> int | None:

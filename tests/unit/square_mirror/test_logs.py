@@ -14,6 +14,7 @@ from square_mirror.logs import (
     configure_logging,
     get_logger,
     log_line,
+    utc_timestamp,
 )
 from square_mirror.redaction import REDACTED
 
@@ -219,3 +220,17 @@ async def test_waiting_lines_are_redacted_against_the_secrets_they_were_logged_u
     await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
     assert "rotated-away-secret" not in stream.getvalue()
     assert _lines(stream)[0]["note_to_self"] == f"token {REDACTED}"
+
+
+def test_utc_timestamp_is_iso_utc_with_the_decimals_asked_for_across_seconds() -> None:
+    import datetime
+    import time
+
+    second = 1_704_164_645  # 2024-01-02T03:04:05Z
+    assert utc_timestamp(second * 10**9 + 678_901_234) == "2024-01-02T03:04:05.678901Z"
+    assert utc_timestamp(second * 10**9 + 678_901_234, digits=3) == "2024-01-02T03:04:05.678Z"
+    assert utc_timestamp((second + 1) * 10**9 + 5_000_000, digits=3) == "2024-01-02T03:04:06.005Z"  # the next second
+    assert utc_timestamp(second * 10**9) == "2024-01-02T03:04:05.000000Z"  # back again
+    now = time.time_ns()
+    expected = datetime.datetime.fromtimestamp(now // 1000 / 1e6, datetime.UTC).isoformat(timespec="microseconds")
+    assert utc_timestamp(now) == expected.replace("+00:00", "Z")

@@ -34,7 +34,10 @@ _secret_values: tuple[str, ...] = ()
 
 
 def register_secrets(values: Iterable[str]) -> None:
-    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string."""
+    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string.
+
+    Called by configure_logging, after it wrote the log_line lines still waiting to be rendered.
+    """
     global _secret_values
     _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
 

@@ -20,6 +20,16 @@ bare handler can outrun a one-process load generator. Summary: best-round throug
 CPU per request and its ratio, open-loop p50/p99. The bench writes to a queue name and job IDs of its own and
 deletes them afterwards, so it never touches the real queue or another run's keys.
 
+Each round starts fresh server processes: how fast one process runs varies from one start to the next (heap
+layout, hash seeds), and fresh processes spread that luck over the rounds instead of giving it to one side for a
+whole run.
+
+A/B comparison of two code states: ``--baseline DIR`` also runs the receiver of another checkout (for example
+``git worktree add --detach /tmp/before HEAD~1``) as a third server, in the same rounds, the two receivers taking
+turns at going first. The summary then adds receiver / baseline: throughput and CPU per request, median of
+rounds. This is the figure to compare two versions by; figures from two separate runs are not comparable on a
+shared machine.
+
 Environment knobs for experiments: BENCH_LOG_LEVEL=WARNING drops the receiver's per-request log line (to see
 its cost), BENCH_MAX_IN_FLIGHT=N sets the enqueuer's concurrent Redis round trips (default: the receiver's, 1).
 """
@@ -43,11 +53,13 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A server process imports the code of the checkout it serves (see --baseline); the load generator, this one's.
+sys.path.insert(0, os.environ.get("BENCH_SOURCE") or str(Path(__file__).resolve().parent.parent))
 
 from square_mirror.embedded import free_port, tcp_reachable
 from webhooks.signature import compute_signature
 
+SOURCE_ENV = "BENCH_SOURCE"
 KEY = "bench-signature-key"
 PATH = "/square/webhooks"
 HOST = "127.0.0.1"
@@ -109,12 +121,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def server_process(kind: str, redis_url: str, queue_name: str) -> Iterator[Server]:
+def server_process(kind: str, redis_url: str, queue_name: str, source: Path | None = None) -> Iterator[Server]:
+    """A server of ``kind`` ("bare" or "receiver") serving the code of the checkout ``source`` (default: this one)."""
     port = free_port()
+    source = (source or Path(__file__).resolve().parent.parent).resolve()
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--redis-url", redis_url,
          "--queue-name", queue_name],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(source), SOURCE_ENV: str(source)},
     )
     try:
         deadline = time.monotonic() + 20
@@ -356,8 +370,8 @@ async def enqueue_counters(port: int) -> tuple[float, float, float]:
     )
 
 
-def batch_line(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
-    trips, events, seconds = (a - b for a, b in zip(after, before, strict=True))
+def batch_line(counters: tuple[float, float, float]) -> str:
+    trips, events, seconds = counters
     trips = trips or 1
     return f"{trips:.0f} Redis round trips, {events / trips:.1f} events and {1000 * seconds / trips:.2f} ms each"
 
@@ -375,28 +389,34 @@ async def main(args: argparse.Namespace) -> int:
     queue_name = f"square-mirror:bench:{run_id}"
     print(f"bench run {run_id}: {args.rounds} rounds of {args.duration}s per load, {args.connections} connections, "
           f"open loop {args.rate}/s, Redis {args.redis_url.split('@')[-1]}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+          f"{os.getloadavg()[0]:.2f}" + (f", baseline {args.baseline}" if args.baseline else ""), flush=True)
     rounds: list[dict[str, Result]] = []
     paced_count = int(args.rate * args.duration) + 16
+    receivers = ["receiver", "baseline"] if args.baseline else ["receiver"]
     try:
-        with server_process("bare", args.redis_url, queue_name) as bare, \
-                server_process("receiver", args.redis_url, queue_name) as receiver:
-            servers = {"bare": bare, "receiver": receiver}
-            for number in range(args.rounds):
-                print(f"round {number + 1}", flush=True)
-                results: dict[str, Result] = {}
-                counters = await enqueue_counters(receiver.port)
-                for kind, server in servers.items():
-                    requests = make_requests(server.port, args.events, f"{run_id}{kind[0]}{number}c")
+        for number in range(args.rounds):
+            print(f"round {number + 1}", flush=True)
+            # The receivers take turns at going first, so neither always runs right after the bare handler.
+            order = ["bare", *(receivers if number % 2 == 0 else receivers[::-1])]
+            results: dict[str, Result] = {}
+            with contextlib.ExitStack() as stack:  # fresh processes each round (see the docstring)
+                servers = {kind: stack.enter_context(server_process(
+                    "bare" if kind == "bare" else "receiver", args.redis_url, queue_name,
+                    Path(args.baseline) if kind == "baseline" else None)) for kind in order}
+                for kind in order:
+                    server = servers[kind]
+                    requests = make_requests(server.port, args.events, f"{run_id}-{kind}-{number}c")
                     results[kind] = await measured(server, closed_loop(
                         f"  {kind}, closed loop", server.port, requests, args.connections, args.duration,
                         repeat=kind == "bare"))
-                print("    receiver: " + batch_line(counters, await enqueue_counters(receiver.port)), flush=True)
-                for kind, server in servers.items():
-                    paced = make_requests(server.port, paced_count, f"{run_id}{kind[0]}{number}r")
+                for kind in receivers:
+                    print(f"    {kind}: " + batch_line(await enqueue_counters(servers[kind].port)), flush=True)
+                for kind in order:
+                    server = servers[kind]
+                    paced = make_requests(server.port, paced_count, f"{run_id}-{kind}-{number}r")
                     results[kind + "@rate"] = await measured(server, open_loop(
                         f"  {kind}, {args.rate}/s", server.port, paced, args.rate, args.duration))
-                rounds.append(results)
+            rounds.append(results)
         queued = await count_queued(args.redis_url, queue_name)
     finally:
         await cleanup(args.redis_url, queue_name, run_id)
@@ -407,24 +427,38 @@ async def main(args: argparse.Namespace) -> int:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    accepted = sum(r[k].completed - r[k].failed + 8 for r in rounds for k in ("receiver", "receiver@rate"))
+    accepted = sum(r[k].completed - r[k].failed + 8 for r in rounds for k in r if not k.startswith("bare"))
     bare_best, receiver_best = best("bare"), best("receiver")
     print("summary")
     print(f"  bare handler: {bare_best.per_second:.0f} req/s (best round), "
           f"{median([r['bare'].cpu_per_request for r in rounds]):.1f} us server CPU per request (median)")
-    print(f"  receiver:     {receiver_best.per_second:.0f} events/s (best round), "
-          f"{median([r['receiver'].cpu_per_request for r in rounds]):.1f} us server CPU per request (median); "
-          f"closed-loop p50 {receiver_best.percentile(0.5):.2f} ms, p99 {receiver_best.percentile(0.99):.2f} ms")
+    for kind in receivers:
+        kind_best = best(kind)
+        print(f"  {kind + ':':<13} {kind_best.per_second:.0f} events/s (best round), "
+              f"{median([r[kind].cpu_per_request for r in rounds]):.1f} us server CPU per request (median); "
+              f"closed-loop p50 {kind_best.percentile(0.5):.2f} ms, p99 {kind_best.percentile(0.99):.2f} ms")
     ratios = [r["receiver"].per_second / r["bare"].per_second for r in rounds]
     cpu_ratios = [r["bare"].cpu_per_request / r["receiver"].cpu_per_request for r in rounds]
     print(f"  receiver / bare throughput: {receiver_best.per_second / bare_best.per_second:.2f} best vs best, "
           f"{median(ratios):.2f} median of rounds (goal >= 0.50); by server CPU per request: "
           f"{median(cpu_ratios):.2f}")
-    p50s = [r["receiver@rate"].percentile(0.5) for r in rounds]
-    p99s = [r["receiver@rate"].percentile(0.99) for r in rounds]
+    if args.baseline:
+        base_ratios = [r["baseline"].per_second / r["bare"].per_second for r in rounds]
+        base_cpu_ratios = [r["bare"].cpu_per_request / r["baseline"].cpu_per_request for r in rounds]
+        print(f"  baseline / bare throughput: {best('baseline').per_second / bare_best.per_second:.2f} best vs best, "
+              f"{median(base_ratios):.2f} median of rounds; by server CPU per request: {median(base_cpu_ratios):.2f}")
+        ab = [r["receiver"].per_second / r["baseline"].per_second for r in rounds]
+        ab_cpu = [r["receiver"].cpu_per_request / r["baseline"].cpu_per_request for r in rounds]
+        print(f"  receiver / baseline: throughput {median(ab):.3f} median of rounds "
+              f"({', '.join(f'{x:.3f}' for x in ab)}); CPU per request {median(ab_cpu):.3f} "
+              f"({', '.join(f'{x:.3f}' for x in ab_cpu)})")
+    for kind in receivers:
+        p50s = [r[kind + "@rate"].percentile(0.5) for r in rounds]
+        p99s = [r[kind + "@rate"].percentile(0.99) for r in rounds]
+        print(f"  {kind} at {args.rate}/s: p50 {median(p50s):.2f} ms, p99 {median(p99s):.2f} ms median of rounds "
+              f"(worst {max(p99s):.2f} ms; goal < 50 ms)")
     bare_p99s = [r["bare@rate"].percentile(0.99) for r in rounds]
-    print(f"  receiver at {args.rate}/s: p50 {median(p50s):.2f} ms, p99 {median(p99s):.2f} ms median of rounds "
-          f"(worst {max(p99s):.2f} ms; goal < 50 ms); bare p99 {median(bare_p99s):.2f} ms")
+    print(f"  bare at {args.rate}/s: p99 {median(bare_p99s):.2f} ms median of rounds")
     print(f"  jobs in the queue: {queued} for {accepted} accepted requests (warm-up included)")
     return 0
 
@@ -437,6 +471,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best and median reported")
     parser.add_argument("--events", type=int, default=60_000, help="distinct signed events per closed loop")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run the receiver of the checkout DIR, alternating with this one (A/B)")
     parser.add_argument("--serve", choices=["bare", "receiver"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--queue-name", help=argparse.SUPPRESS)

@@ -1,9 +1,8 @@
 """Structured JSON logs that can never carry customer PII or secrets.
 
-Redaction is a structlog processor, so it applies to every line whoever wrote it: keys that name PII or
-secrets are masked at any depth, and string values are scrubbed of e-mail addresses, bearer tokens and the
-configured secret values. Context (merchant_id, customer_id, event_id) is bound with contextvars per request
-or job.
+Every line, whoever wrote it (structlog, the standard library, :func:`log_line`), goes through the redactor of
+square_mirror/redaction.py before it is rendered. Context (merchant_id, customer_id, event_id) is bound with
+contextvars per request or job.
 """
 
 from __future__ import annotations
@@ -12,145 +11,18 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable
 from typing import Any, Final, TextIO, cast
 
 import orjson
 import structlog
 
-REDACTED: Final = "[REDACTED]"
+from square_mirror.redaction import redact_processor, register_secrets, scrub_text
 
-PII_KEYS: Final = frozenset(
-    {
-        "given_name", "family_name", "nickname", "company_name", "email_address", "email", "phone_number",
-        "phone", "address", "address_line_1", "address_line_2", "address_line_3", "locality", "sublocality",
-        "postal_code", "first_name", "last_name", "note", "birthday", "tax_ids", "eu_vat", "name_on_card",
-    }
-)
-SECRET_KEYS: Final = frozenset(
-    {
-        "token", "access_token", "authorization", "signature_key", "signature_keys", "password", "secret",
-        "x-square-hmacsha256-signature", "signature", "database_url", "redis_url", "dsn", "cookie",
-    }
-)
-_EMAIL_RE: Final = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_BEARER_RE: Final = re.compile(r"(?i)bearer\s+[\w.~+/=-]+")
-_URL_PASSWORD_RE: Final = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
-
-_secret_values: tuple[str, ...] = ()
-
-
-def register_secrets(values: Iterable[str]) -> None:
-    """Secret values (tokens, signature keys, URLs with passwords) scrubbed from any logged string.
-
-    Lines still waiting to be rendered are written first, against the secrets they were logged under.
-    """
-    global _secret_values
-    if _sink is not None:
-        _sink.flush()
-    _secret_values = tuple(sorted({v for v in values if len(v) >= 6}, key=len, reverse=True))
-    _scrubbed.clear()
-
-
-_scrubbed: dict[str, str] = {}  # short strings already scrubbed: log lines repeat outcomes, types, merchants
-_SCRUB_MEMO_MAX_LEN: Final = 128
-_SCRUB_MEMO_SIZE: Final = 4096
-
-
-def _scrub_text(text: str) -> str:
-    """:func:`_scrub`, remembered for short strings (bounded: emptied when full, e.g. by unique event IDs)."""
-    known = _scrubbed.get(text)
-    return known if known is not None else _scrub_and_remember(text)
-
-
-def _scrub_and_remember(text: str) -> str:
-    clean = _scrub(text)
-    if len(text) <= _SCRUB_MEMO_MAX_LEN:
-        if len(_scrubbed) >= _SCRUB_MEMO_SIZE:
-            _scrubbed.clear()
-        _scrubbed[text] = clean
-    return clean
-
-
-def _scrub(text: str) -> str:
-    # Cheap substring tests first: nearly every logged string has no "@" and no "bearer", and the regexes
-    # would otherwise dominate the cost of a log line on the receiver's hot path.
-    for secret in _secret_values:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    if "@" in text:
-        if "://" in text:
-            text = _URL_PASSWORD_RE.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
-        text = _EMAIL_RE.sub(REDACTED, text)
-    if "earer" in text or "EARER" in text:
-        text = _BEARER_RE.sub("Bearer " + REDACTED, text)
-    return text
-
-
-_masked_keys: dict[str, bool] = {}
-_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
-
-
-def _is_masked_key(key: str) -> bool:
-    """Whether a key names PII or a secret; remembered per key, since log lines reuse a handful of keys."""
-    masked = _masked_keys.get(key)
-    if masked is None:
-        lowered = key.lower()
-        masked = lowered in PII_KEYS or lowered in SECRET_KEYS
-        if len(_masked_keys) < 10_000:  # bounded: keys of logged payloads could be anything
-            _masked_keys[key] = masked
-    return masked
-
-
-def redact(value: Any, *, depth: int = 0) -> Any:
-    """Mask PII and secrets in any JSON-like value, nested containers included."""
-    if depth > 20:
-        return REDACTED
-    kind = type(value)
-    if kind in _PLAIN_TYPES:
-        return value
-    if isinstance(value, str):
-        return _scrub_text(value)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            name = str(key)
-            if _is_masked_key(name):
-                out[name] = REDACTED if item is not None else None
-            else:
-                out[name] = redact(item, depth=depth + 1)
-        return out
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact(item, depth=depth + 1) for item in value]
-    if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
-    return value
-
-
-def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    # Numbers, booleans and None (most fields of a line) cost one set lookup; replacing values while iterating
-    # is safe, since no key is added or removed.
-    masked_keys, scrubbed = _masked_keys, _scrubbed  # _is_masked_key's and _scrub_text's memos, inlined
-    for key, value in event_dict.items():
-        masked = masked_keys.get(key)
-        if masked is None:
-            masked = _is_masked_key(key)
-        if masked:
-            event_dict[key] = REDACTED
-        elif type(value) is str:
-            clean = scrubbed.get(value)
-            event_dict[key] = clean if clean is not None else _scrub_and_remember(value)
-        elif type(value) in _PLAIN_TYPES:
-            continue
-        elif key == "exception":
-            event_dict[key] = _scrub_text(str(value))
-        else:
-            event_dict[key] = redact(value)
-    return event_dict
+_add_timestamp: Final = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -164,7 +36,9 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     scrubbing them would only cost time on every line.
     """
     global _sink
-    register_secrets(secrets)  # writes what the current sink holds, first
+    if _sink is not None:
+        _sink.flush()  # the lines waiting in the current sink go out first, redacted with the secrets they met
+    register_secrets(secrets)
     level_no = getattr(logging, level.upper(), logging.INFO)
     if _sink is None:
         atexit.register(_flush_at_exit)
@@ -176,7 +50,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             structlog.processors.format_exc_info,
             redact_processor,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_timestamp,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
@@ -195,7 +69,7 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
             foreign_pre_chain=[
                 structlog.contextvars.merge_contextvars,
                 structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _add_timestamp,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.format_exc_info,
             ],
@@ -215,36 +89,35 @@ LOG_FLUSH_SECONDS: Final = 0.02  # how long a log_line line may wait to be writt
 LOG_FLUSH_LINES: Final = 512  # ... or how many lines
 
 
-# A log_line line before it is rendered: level, fields (event and context included), time.time_ns().
+# A log_line line waiting to be rendered: level, fields (event and context included), time.time_ns() of the call.
 _Entry = tuple[str, dict[str, Any], int]
 
 
 def _render(level: str, fields: dict[str, Any], time_ns: int) -> str:
     """A log_line line as structlog renders it: redacted, then level and timestamp added, as one JSON line."""
+    timestamp = utc_timestamp(time_ns)
     try:
         redact_processor(None, level, fields)
         fields["level"] = level
-        fields["timestamp"] = _utc_timestamp(time_ns)
+        fields["timestamp"] = timestamp
         return orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
-    except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of sinking its batch
-        return orjson.dumps(
-            {"event": "log_line_not_rendered", "logged_event": _scrub_text(str(fields.get("event"))),
-             "error": type(exc).__name__, "level": "error", "timestamp": _utc_timestamp(time_ns)},
-            option=orjson.OPT_APPEND_NEWLINE,
-        ).decode()
+    except Exception as exc:  # e.g. an integer orjson cannot write: the line says so instead of failing its caller
+        failed = {"event": "log_line_not_rendered", "logged_event": scrub_text(str(fields.get("event"))),
+                  "error": type(exc).__name__, "level": "error", "timestamp": timestamp}
+        return orjson.dumps(failed, option=orjson.OPT_APPEND_NEWLINE).decode()
 
 
 class _Sink:
     """Where configure_logging sends lines, and from which level, for :func:`log_line`.
 
-    Inside an event loop, a line waits up to ``LOG_FLUSH_SECONDS`` and goes out with the others of that time
-    (at once when ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop
-    iteration, were the largest single cost of the receiver's log line (a system call per request or two
-    under load). A log_line line also waits unrendered (:class:`_Entry`) and is redacted and serialised with
-    the others of its batch, in one tight loop instead of between requests (the receiver's CPU per request
-    fell 45.5 -> 43.1 us in alternating runs). Its timestamp is when it was made. Outside a loop, for lines
-    from structlog and the standard library (:class:`_SinkFile`) and in :meth:`flush` at exit, lines are
-    written at once.
+    Inside an event loop, a log_line line waits up to ``LOG_FLUSH_SECONDS`` and goes out with the others of that
+    time (at once when ``LOG_FLUSH_LINES`` are waiting): a write and flush per line, and still one per loop
+    iteration, were the largest single cost of the receiver's log line (a system call per request or two under
+    load). It also waits unrendered (:data:`_Entry`): the lines of a batch are redacted and serialised in one
+    loop, which cost the receiver 5-9% less throughput than rendering each at its call between requests
+    (docs/performance.md); its timestamp is still the time of the call. Outside a loop, lines from structlog and
+    the standard library (:class:`_SinkFile`) and :meth:`flush` at exit are written at once, after the lines
+    waiting before them.
     """
 
     __slots__ = ("level", "lock", "pending", "scheduled", "stream")
@@ -252,7 +125,7 @@ class _Sink:
     def __init__(self, stream: TextIO, level: int) -> None:
         self.stream = stream
         self.level = level
-        self.lock = threading.RLock()  # rendering may log (a value's __str__): that line goes out at once
+        self.lock = threading.RLock()  # other threads log too; rendering may log itself (a value's __str__)
         self.pending: list[str | _Entry] = []
         self.scheduled: asyncio.AbstractEventLoop | None = None  # the loop that will flush what is pending
 
@@ -315,17 +188,21 @@ def _flush_at_exit() -> None:
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-_second: tuple[int, str] = (-1, "")
+_second: tuple[int, str] = (-1, "")  # the last second utc_timestamp formatted, and its text
 
 
-def _utc_timestamp(time_ns: int) -> str:
-    """``time_ns`` as structlog's ISO UTC timestamp (microseconds, ``Z``); the part up to the second formatted
-    once per second."""
+def utc_timestamp(time_ns: int, *, digits: int = 6) -> str:
+    """``time_ns`` (``time.time_ns()``) as ISO 8601 UTC with ``digits`` decimals: ``2024-01-02T03:04:05.678901Z``.
+
+    The format of log_line's timestamps (structlog's, with the decimals always written) and, with 3 digits, of a
+    job's ``received_at``. The part up to the second is formatted once per second: formatting both per request
+    cost the receiver 6-10% of its CPU per request (docs/performance.md).
+    """
     global _second
-    seconds, micros = divmod(time_ns // 1000, 1_000_000)
+    seconds, fraction = divmod(time_ns, 1_000_000_000)
     if _second[0] != seconds:
         _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return f"{_second[1]}.{micros:06d}Z"
+    return f"{_second[1]}.{fraction // 10 ** (9 - digits):0{digits}d}Z"
 
 
 def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
@@ -334,9 +211,10 @@ def log_line(level: str, event: str, fields: dict[str, Any]) -> None:
 
     For a hot path: the receiver writes one line per request, and structlog's generic pipeline made that line
     a fifth of the receiver's CPU per request. The line is the same (context variables merged, the same
-    redactor, level, ISO timestamp, orjson) and goes to the same stream under the same level filter. ``fields``
-    is consumed: it is rendered when the line is written (see :class:`_Sink`), so neither it nor its values may
-    change after the call. Before configure_logging has run, the line goes through structlog as usual.
+    redactor, level, ISO timestamp, orjson) and goes to the same stream under the same level filter, rendered and
+    written with the other lines of the next few milliseconds (see :class:`_Sink`). ``fields`` is consumed: it is
+    rendered then, so neither it nor its values may change after the call. Before configure_logging has run, the
+    line goes through structlog as usual.
     """
     sink = _sink
     if sink is None:

@@ -14,9 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.settings import Settings
-from webhooks.enqueue import MAX_IN_FLIGHT, BatchEnqueuer
+from webhooks.enqueue import MAX_IN_FLIGHT, BatchEnqueuer, redis_client
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
 from webhooks.views import ReceiverConfig, Views
 
 DEFAULT_REDIS_TIMEOUT: Final = 2.0  # seconds; a hung Redis still gives a 503 long before Square's 10 s
@@ -53,7 +52,7 @@ def create_app(
     metrics = WebhookMetrics(registry)
     # Nothing connects here: the client connects on first use, so the receiver starts (and answers 503 and
     # /readyz 503) while Redis is down, and recovers by itself when it is back.
-    redis = RedisConnection.from_url(redis_url, redis_timeout)
+    redis = redis_client(redis_url, redis_timeout)
     enqueuer = BatchEnqueuer(
         redis,
         queue_name=queue_name,
@@ -67,7 +66,7 @@ def create_app(
     async def close_queue(_app: web.Application) -> None:
         # on_cleanup runs after the server finished its in-flight requests (AppRunner.cleanup).
         await enqueuer.close()
-        await redis.close()
+        await redis.aclose()
 
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[METRICS_KEY] = metrics

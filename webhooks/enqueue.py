@@ -9,14 +9,15 @@ resolves only from Redis's reply, so a request can answer 200 only after Redis a
 
 A flush starts as soon as a job is pending and fewer than ``max_in_flight`` flushes are running, so a lone
 request never waits for a timer; under load, requests that arrive during a round trip share the next one.
-One flush at a time is the default (``MAX_IN_FLIGHT``): all flushes share one connection anyway, and in
-alternating runs of bench/webhooks.py one at a time gave 46.0 us of CPU per event and 21.0k events/s against
-48.8 us and 19.5k/s with two when first measured, and 40.2 us and 22.9k/s against 42.7 us and 22.0k/s on the
-final code of that session (twice the events per round trip, half the per-flush work per event).
-Every flush is bounded by ``timeout``, and a watchdog fails jobs that waited ``timeout`` without being sent
-(the flush slots stuck): a stopped or hung Redis gives 503 well within Square's 10 s. A failed job was either
-never sent, or sent without a reply in time and possibly stored: harmless, since Square retries and the retry
-is then a duplicate. What never happens is a 200 without Redis's acknowledgement.
+One flush at a time is the default (``MAX_IN_FLIGHT``): in bench/webhooks.py it cost less CPU per event and
+queued more events per second than two (twice the events per round trip, half the per-flush work per event;
+the figures are in docs/performance.md).
+
+Commands go through redis-py (:func:`redis_client`). Every flush is bounded by ``timeout``, and a watchdog
+fails jobs that waited ``timeout`` without being sent (the flush slots stuck): a stopped or hung Redis gives
+503 well within Square's 10 s. A failed job was either never sent, or sent without a reply in time and possibly
+stored: harmless, since Square retries and the retry is then a duplicate. What never happens is a 200 without
+Redis's acknowledgement.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from typing import Any, Final
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from redis import exceptions as redis_exceptions
+from redis.asyncio import Redis
 
 from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.logs import get_logger
-from square_mirror.queue import serialize_job
+from square_mirror.queue import redis_settings, serialize_job
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
 
 _log = get_logger(__name__)
 
@@ -85,6 +86,20 @@ class _Pending:
     future: asyncio.Future[bool]
 
 
+def redis_client(url: str, timeout: float) -> Redis:
+    """The receiver's Redis client (the enqueue path and /readyz), from a redis:// or rediss:// URL.
+
+    It connects on first use, so the receiver starts while Redis is down; ``timeout`` bounds a connect, and
+    callers bound every command (a stopped or hung Redis must give a 503, not a hung request). redis-py drops
+    a connection whose command was interrupted (a timeout) or failed on the socket, so a late reply can never
+    answer a later command, and replaces a connection Redis closed meanwhile when it is next taken from the
+    pool. With hiredis installed, redis-py parses replies with it.
+    """
+    rs = redis_settings(url)
+    return Redis(host=str(rs.host), port=rs.port, db=rs.database, username=rs.username, password=rs.password,
+                 ssl=bool(rs.ssl), ssl_check_hostname=True, socket_connect_timeout=timeout)
+
+
 def encode_job(payload: Mapping[str, Any], enqueue_time_ms: int) -> bytes:
     """The bytes arq's Worker reads for ``process_event(payload)``, exactly as ``enqueue_job`` writes them.
 
@@ -99,7 +114,7 @@ class BatchEnqueuer:
 
     def __init__(
         self,
-        redis: RedisConnection,
+        redis: Redis,
         *,
         queue_name: str = QUEUE_NAME,
         timeout: float = 2.0,
@@ -212,13 +227,14 @@ class BatchEnqueuer:
             async with asyncio.timeout(self._timeout):
                 # EVAL, not EVALSHA: Redis caches the compiled script either way, and a Redis restarted
                 # empty can never answer NOSCRIPT.
-                replies = await self._redis.execute_idempotent("EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, *args)
+                # redis-py types eval()'s arguments as str and leaves execute_command untyped.
+                replies = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, *args
+                )
             if not isinstance(replies, list) or len(replies) != len(batch):
                 raise QueueUnavailable("redis_error")  # not the reply the script returns
         except Exception as exc:  # every failure fails the batch: none of these requests may answer 200
             reason = _failure_reason(exc)
-            if not isinstance(exc, redis_exceptions.ResponseError):
-                self._redis.reset()  # a late reply must never answer a later batch
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(QueueUnavailable(reason))

@@ -16,13 +16,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from redis.asyncio import Redis
 
 from square_mirror.constants import CUSTOMER_EVENT_TYPES
 from square_mirror.jobs import InvalidEnvelope, build_event_job
-from square_mirror.logs import get_logger, log_line
+from square_mirror.logs import get_logger, log_line, utc_timestamp
 from webhooks import metrics as m
 from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
-from webhooks.resp import RedisConnection
 from webhooks.signature import SIGNATURE_HEADER, verify_signature
 
 _log = get_logger("webhooks")
@@ -78,7 +78,7 @@ class Views:
     """The handlers, bound to one app's config, enqueuer, Redis client and metrics."""
 
     def __init__(
-        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: RedisConnection, metrics: m.WebhookMetrics
+        self, config: ReceiverConfig, enqueuer: BatchEnqueuer, redis: Redis, metrics: m.WebhookMetrics
     ) -> None:
         self.config = config
         self.enqueuer = enqueuer
@@ -104,7 +104,7 @@ class Views:
             "event_id": verdict.event_id,
             "type": verdict.event_type,
             "merchant_id": verdict.merchant_id,
-            "latency_ms": int(elapsed * 100_000 + 0.5) / 100,  # 2 decimals; round() costs more than this line's JSON
+            "latency_ms": round(elapsed * 1000, 2),
         }
         # Optional fields only when present: every logged field goes through the redactor, which is not free.
         if verdict.reason is not None:
@@ -116,7 +116,7 @@ class Views:
         return web.Response(status=status, body=_BODY[verdict.outcome], content_type="application/json")
 
     async def _handle(self, request: web.Request) -> _Verdict:
-        received_at = _utc_now_iso()
+        received_at = utc_timestamp(time.time_ns(), digits=3)
         max_body_bytes = self.config.max_body_bytes
         try:
             # A body that arrived with the head (Square's case) is taken as it lies in the buffer: no timer, no
@@ -184,7 +184,7 @@ class Views:
         """Ready: Redis answers a PING within the enqueue timeout, so events can be queued right now."""
         try:
             async with asyncio.timeout(self.config.redis_timeout):
-                await self.redis.execute_idempotent("PING")
+                await self.redis.ping()
         except Exception:
             return web.json_response({"status": "unavailable", "redis": "unreachable"}, status=503)
         return web.json_response({"status": "ready", "redis": "ok"})
@@ -193,26 +193,6 @@ class Views:
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = self.metrics.content_type
         return response
-
-
-_second_prefix: tuple[int, str] = (-1, "")
-
-
-_last_millisecond: tuple[int, str] = (-1, "")
-
-
-def _utc_now_iso() -> str:
-    """Now as RFC 3339 UTC with milliseconds; formatted once per millisecond (under load, many requests share
-    one), and the part up to the second once per second."""
-    global _second_prefix, _last_millisecond
-    now_ms = time.time_ns() // 1_000_000
-    if _last_millisecond[0] == now_ms:
-        return _last_millisecond[1]
-    second, millis = divmod(now_ms, 1000)
-    if _second_prefix[0] != second:
-        _second_prefix = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    _last_millisecond = (now_ms, f"{_second_prefix[1]}.{millis:03d}Z")
-    return _last_millisecond[1]
 
 
 def _retry_number(request: web.Request) -> int | None:

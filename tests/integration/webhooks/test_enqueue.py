@@ -14,9 +14,8 @@ from square_mirror.jobs import read_event_job
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from tests.factories import event_job
 from tests.integration.webhooks.support import arq_pool, queued_jobs
-from webhooks.enqueue import BatchEnqueuer
+from webhooks.enqueue import BatchEnqueuer, redis_client
 from webhooks.metrics import WebhookMetrics
-from webhooks.resp import RedisConnection
 
 
 def payload(n: int, event_type: str = "customer.updated") -> dict[str, Any]:
@@ -25,11 +24,11 @@ def payload(n: int, event_type: str = "customer.updated") -> dict[str, Any]:
 
 @pytest.fixture
 async def enqueuer(redis_url: str) -> AsyncIterator[BatchEnqueuer]:
-    redis = RedisConnection.from_url(redis_url, 2.0)
+    redis = redis_client(redis_url, 2.0)
     batch = BatchEnqueuer(redis, metrics=WebhookMetrics())
     yield batch
     await batch.close()
-    await redis.close()
+    await redis.aclose()
 
 
 async def run_worker_until_empty(redis_url: str, seen: list[dict[str, Any]]) -> None:
@@ -111,7 +110,7 @@ async def test_agrees_with_arqs_own_enqueue_job_both_ways(enqueuer: BatchEnqueue
 
 
 async def test_concurrent_enqueues_share_round_trips_and_land_exactly_once(redis_url: str) -> None:
-    redis = RedisConnection.from_url(redis_url, 2.0)
+    redis = redis_client(redis_url, 2.0)
     metrics = WebhookMetrics()
     enqueuer = BatchEnqueuer(redis, metrics=metrics, max_in_flight=1)
     try:
@@ -119,7 +118,7 @@ async def test_concurrent_enqueues_share_round_trips_and_land_exactly_once(redis
         results = await asyncio.gather(*(enqueuer.enqueue(f"evt-{n}", payload(n)) for n in ids))
     finally:
         await enqueuer.close()
-        await redis.close()
+        await redis.aclose()
     assert sum(results) == 200
     jobs = await queued_jobs(redis_url)
     assert sorted(j.job_id for j in jobs) == sorted(f"evt-{n}" for n in range(200))
@@ -130,7 +129,7 @@ async def test_concurrent_enqueues_share_round_trips_and_land_exactly_once(redis
 async def test_a_closed_enqueuer_refuses_new_jobs(redis_url: str) -> None:
     from webhooks.enqueue import QueueUnavailable
 
-    redis = RedisConnection.from_url(redis_url, 2.0)
+    redis = redis_client(redis_url, 2.0)
     enqueuer = BatchEnqueuer(redis)
     pending = asyncio.ensure_future(enqueuer.enqueue("evt-1", payload(1)))
     await asyncio.sleep(0)
@@ -138,7 +137,7 @@ async def test_a_closed_enqueuer_refuses_new_jobs(redis_url: str) -> None:
     assert await pending is True  # a job accepted before close still gets its acknowledgement
     with pytest.raises(QueueUnavailable):
         await enqueuer.enqueue("evt-2", payload(2))
-    await redis.close()
+    await redis.aclose()
 
 
 async def test_answered_jobs_are_released_at_once_not_at_the_watchdogs_next_tick(enqueuer: BatchEnqueuer) -> None:

@@ -25,8 +25,7 @@ from tests.integration.webhooks.support import (
     running_receiver,
     settings_for,
 )
-from webhooks.enqueue import BatchEnqueuer, QueueUnavailable
-from webhooks.resp import RedisConnection
+from webhooks.enqueue import BatchEnqueuer, QueueUnavailable, redis_client
 
 TIMEOUT = 1.0  # the receiver's Redis timeout in these tests (2 s in production)
 SQUARE_GIVES_UP = 10.0  # seconds Square waits for an answer to a delivery
@@ -145,7 +144,7 @@ async def test_a_job_behind_a_hung_flush_expires_counted_from_its_own_arrival() 
     timeout = 3600.0
     clock = MovedClock()
     async with blackhole_server() as port:
-        redis = RedisConnection.from_url(f"redis://127.0.0.1:{port}/0", timeout)
+        redis = redis_client(f"redis://127.0.0.1:{port}/0", timeout)
         enqueuer = BatchEnqueuer(redis, timeout=timeout, clock=clock)
         jobs: list[asyncio.Future[bool]] = []
         try:
@@ -167,9 +166,9 @@ async def test_a_job_behind_a_hung_flush_expires_counted_from_its_own_arrival() 
         finally:
             for job in jobs:
                 job.cancel()  # (already answered unless the test failed) so close() never sends them again
-            redis.reset()  # fails the hung flush, so close() does not wait for it
+            await redis.connection_pool.disconnect()  # fails the hung flush, so close() does not wait for it
             await enqueuer.close()
-            await redis.close()
+            await redis.aclose()
 
 
 async def test_a_slow_redis_gives_503_and_the_retry_is_a_200(

@@ -10,13 +10,13 @@ import pytest
 from square_mirror.logs import (
     LOG_FLUSH_LINES,
     LOG_FLUSH_SECONDS,
-    REDACTED,
     bound_context,
     configure_logging,
     get_logger,
     log_line,
-    redact,
+    utc_timestamp,
 )
+from square_mirror.redaction import REDACTED
 
 CUSTOMER = {
     "id": "CUST1",
@@ -79,6 +79,7 @@ def test_secrets_and_emails_are_scrubbed_from_free_text(log_stream: io.StringIO)
         dsn_hint="postgresql://app:pw123456@db/mirror",
     )
     output = log_stream.getvalue()
+    assert "call failed" in output and REDACTED in output  # the line was written, redacted
     for leaked in ("EAAA-very-secret-token", "bob@example.org", "sig-key-123456", "pw123456"):
         assert leaked not in output
     assert "call failed with header Authorization" in output and REDACTED in output  # written, and scrubbed
@@ -100,13 +101,6 @@ def test_standard_library_logging_goes_through_the_redactor(log_stream: io.Strin
     logging.getLogger("some.library").error("request to %s failed", "carol@example.net")
     output = log_stream.getvalue()
     assert "carol@example.net" not in output and "request to" in output
-
-
-def test_redact_keeps_non_pii_values() -> None:
-    assert redact({"outcome": "stale", "latency_ms": 1.5, "ids": ["A", "B"]}) == {
-        "outcome": "stale", "latency_ms": 1.5, "ids": ["A", "B"]
-    }
-    assert redact({"nested": {"email": "x@y.io"}}) == {"nested": {"email": REDACTED}}
 
 
 def test_log_line_writes_the_line_structlog_writes(log_stream: io.StringIO) -> None:
@@ -228,3 +222,17 @@ async def test_waiting_lines_are_redacted_against_the_secrets_they_were_logged_u
     await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
     assert "rotated-away-secret" not in stream.getvalue()
     assert _lines(stream)[0]["note_to_self"] == f"token {REDACTED}"
+
+
+def test_utc_timestamp_is_iso_utc_with_the_decimals_asked_for_across_seconds() -> None:
+    import datetime
+    import time
+
+    second = 1_704_164_645  # 2024-01-02T03:04:05Z
+    assert utc_timestamp(second * 10**9 + 678_901_234) == "2024-01-02T03:04:05.678901Z"
+    assert utc_timestamp(second * 10**9 + 678_901_234, digits=3) == "2024-01-02T03:04:05.678Z"
+    assert utc_timestamp((second + 1) * 10**9 + 5_000_000, digits=3) == "2024-01-02T03:04:06.005Z"  # the next second
+    assert utc_timestamp(second * 10**9) == "2024-01-02T03:04:05.000000Z"  # back again
+    now = time.time_ns()
+    expected = datetime.datetime.fromtimestamp(now // 1000 / 1e6, datetime.UTC).isoformat(timespec="microseconds")
+    assert utc_timestamp(now) == expected.replace("+00:00", "Z")

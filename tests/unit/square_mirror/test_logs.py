@@ -167,7 +167,7 @@ def test_lines_left_waiting_by_an_ended_event_loop_go_out_with_the_next_loops_li
 
 
 def test_a_string_logged_before_it_was_registered_as_a_secret_is_scrubbed_after(log_stream: io.StringIO) -> None:
-    log_line("info", "webhook", {"merchant_id": "later-secret-value"})  # remembered as clean
+    log_line("info", "webhook", {"merchant_id": "later-secret-value"})  # clean then
     configure_logging("DEBUG", secrets=["later-secret-value"], stream=log_stream)
     log_line("info", "webhook", {"merchant_id": "later-secret-value"})
     assert [line["merchant_id"] for line in _lines(log_stream)] == ["later-secret-value", REDACTED]

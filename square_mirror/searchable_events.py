@@ -62,9 +62,9 @@ async def enable(pool: Executor, client: SquareClient, merchant_id: str, *, rest
 
 
 async def ensure_enabled(pool: Executor, client: SquareClient, merchant_id: str) -> bool:
-    """Enable events for a seller the mirror has never enabled them for; never fails its caller. True when
-    they are enabled (now or before)."""
-    if await events_enabled(pool, merchant_id):
+    """Enable events for a seller the mirror has never enabled them for, nor been refused for (then only the
+    events lane tries again, at its own pass); never fails its caller. True when nothing is left to try now."""
+    if await enablement_settled(pool, merchant_id):
         return True
     try:
         await enable(pool, client, merchant_id)
@@ -74,10 +74,11 @@ async def ensure_enabled(pool: Executor, client: SquareClient, merchant_id: str)
     return True
 
 
-async def events_enabled(pool: Executor, merchant_id: str) -> bool:
-    """Whether the mirror ever enabled this seller's events."""
-    enabled: bool | None = await pool.fetchval(queries.get("events_enabled"), merchant_id)
-    return bool(enabled)
+async def enablement_settled(pool: Executor, merchant_id: str) -> bool:
+    """Whether the mirror enabled this seller's events, or was refused: either way no one but the events lane
+    needs to call EnableEvents for it."""
+    settled: bool | None = await pool.fetchval(queries.get("events_settled"), merchant_id)
+    return bool(settled)
 
 
-__all__ = ["EventsRefused", "Searchable", "enable", "ensure_enabled", "events_enabled"]
+__all__ = ["EventsRefused", "Searchable", "enable", "enablement_settled", "ensure_enabled"]

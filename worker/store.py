@@ -256,6 +256,7 @@ async def set_merchant_auth(
 
 
 async def ensure_merchant(conn: Conn | asyncpg.Pool, merchant_id: str) -> bool:
-    """Record the merchant; True when its events were enabled already (square_mirror.searchable_events)."""
+    """Record the merchant; True when its events need no early pass (enabled, or refused: the events lane's own
+    pass tries again; square_mirror.searchable_events)."""
     await conn.execute(queries.get("ensure_merchant"), merchant_id)
-    return await searchable_events.events_enabled(conn, merchant_id)
+    return await searchable_events.enablement_settled(conn, merchant_id)

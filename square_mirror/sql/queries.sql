@@ -48,9 +48,10 @@ INSERT INTO square.merchants AS m (merchant_id, events_error) VALUES ($1, $2)
 ON CONFLICT (merchant_id) DO UPDATE SET events_error = EXCLUDED.events_error, updated_at = now()
 WHERE m.events_error IS DISTINCT FROM EXCLUDED.events_error
 
--- name: events_enabled --
--- Whether the merchant's events were ever enabled. $1 merchant_id.
-SELECT events_enabled_at IS NOT NULL FROM square.merchants WHERE merchant_id = $1
+-- name: events_settled --
+-- Whether nothing but the events lane need try EnableEvents for the merchant: enabled before, or refused (a
+-- token the Events API refuses is refused again until the configuration changes). $1 merchant_id.
+SELECT events_enabled_at IS NOT NULL OR events_error IS NOT NULL FROM square.merchants WHERE merchant_id = $1
 
 -- name: merchant_status --
 -- One row per known merchant for `status`: auth, events, the newest processed event and its lag, counts.

@@ -275,6 +275,15 @@ async def test_events_lane_finds_events_disabled_enables_them_again_and_restarts
     assert await _searchable_since(db_pool, emu.merchant_id) > first
 
 
+def _enable_events_requests() -> float:
+    """EnableEvents requests this process's Square clients made, whatever Square answered."""
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "square_mirror_square_requests"
+               for sample in metric.samples
+               if sample.name.endswith("_total") and sample.labels.get("endpoint") == "EnableEvents")
+
+
 @pytest.mark.parametrize("application_token", [None, "EAAAApplicationPersonalToken"])
 async def test_an_oauth_seller_replays_events_only_with_the_applications_token(
         db_pool: asyncpg.Pool, db_dsn: str, application_token: str | None) -> None:
@@ -290,6 +299,9 @@ async def test_an_oauth_seller_replays_events_only_with_the_applications_token(
             again = await run_lane(ctx, emu.merchant_id, "events")
             if application_token is not None:
                 await assert_mirror_matches(db_pool, emu)
+            enable_calls = _enable_events_requests()
+            await run_lane(ctx, emu.merchant_id, "incremental")  # the other lanes never ask again after a refusal
+            assert _enable_events_requests() == enable_calls
         finally:
             await client.close()
         state = await emu.truth()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from typing import Final
 
 from square_mirror.db import connect, describe_schema, migrate
 from square_mirror.embedded import EmbeddedPostgres
@@ -10,6 +12,8 @@ from square_mirror.searchable_events import ensure_enabled
 from square_mirror.settings import Settings
 from square_mirror.square_api import RetryPolicy, SquareClient, SquareError
 from square_mirror.tokens import TokenSource
+
+ENABLE_EVENTS_BUDGET_SECONDS: Final = 30.0  # the workers enable the rest (at a seller's first event, backfill or lane)
 
 HELP = (
     "Apply schema.sql to DATABASE_URL. Safe to run any number of times, and concurrently. "
@@ -64,8 +68,14 @@ async def _enable_events(dsn: str, settings: Settings) -> None:
                 except SquareError as exc:
                     print(f"events: not enabled yet (RetrieveMerchant: {type(exc).__name__}); the workers will")
                     return
-            for merchant_id in merchants:
-                enabled = await ensure_enabled(conn, client, merchant_id)
-                print(f"events for {merchant_id}: {'searchable' if enabled else 'not enabled yet (see status)'}")
+            left = list(merchants)
+            try:  # bounded: a deploy never waits long on an unreachable Square
+                async with asyncio.timeout(ENABLE_EVENTS_BUDGET_SECONDS):
+                    while left:
+                        enabled = await ensure_enabled(conn, client, left[0])
+                        print(f"events for {left.pop(0)}: "
+                              f"{'searchable' if enabled else 'not enabled yet (see status)'}")
+            except TimeoutError:
+                print(f"events: {len(left)} sellers not enabled yet (Square slow or unreachable); the workers will")
     finally:
         await conn.close()

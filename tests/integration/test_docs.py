@@ -11,29 +11,21 @@ import re
 import asyncpg
 import pytest
 
+from square_mirror.db import describe_schema
 from tests.docs_examples import DOCS, ROOT, WITH_SQL, is_role_statement, sections, sql_blocks
 
 SCHEMA_REFERENCE = DOCS / "reference" / "schema.md"
 
 
 async def _schema_objects(dsn: str) -> tuple[dict[str, tuple[str, list[str]]], set[str]]:
+    relations = {name: (kind, columns) for kind, name, columns in await describe_schema(dsn)}
     conn = await asyncpg.connect(dsn)
     try:
-        relations = await conn.fetch(
-            """
-            SELECT c.relname AS name, CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END AS kind,
-                   array_agg(a.attname ORDER BY a.attnum) AS columns
-            FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-            WHERE n.nspname = 'square' AND c.relkind IN ('r', 'v')
-            GROUP BY c.relname, c.relkind
-            """)
         functions = await conn.fetch(
             "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'square'")
     finally:
         await conn.close()
-    return ({r["name"]: (r["kind"], list(r["columns"])) for r in relations}, {r["proname"] for r in functions})
+    return relations, {r["proname"] for r in functions}
 
 
 async def test_the_schema_reference_documents_every_table_view_function_and_table_column(db_dsn: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from square_mirror.errors import SquareInvalidRequest
+from square_mirror.timefmt import utcnow
 
 INVALID_CURSOR: Final = "INVALID_CURSOR"
 Page = dict[str, Any]
@@ -28,6 +29,7 @@ class Pages:
     :meth:`next` returns the next page, or None when the cursor had expired: the listing then starts over
     without a cursor, and the caller (who may first narrow its query) calls :meth:`next` again.
     ``max_restarts`` bounds the restarts of one listing (None: any number); past it the error is raised.
+    ``requested_at`` is when the last page was asked for: what it says is at least that fresh.
     """
 
     def __init__(self, fetch: FetchPage, *, max_restarts: int | None = None) -> None:
@@ -36,8 +38,10 @@ class Pages:
         self.cursor: str | None = None
         self.restarts = 0
         self.done = False
+        self.requested_at = utcnow()
 
     async def next(self) -> Page | None:
+        self.requested_at = utcnow()
         try:
             page = await self._fetch(self.cursor)
         except SquareInvalidRequest as exc:

@@ -164,14 +164,11 @@ class Listing:
         client, mid = self.ctx.client, self.merchant_id
         writes = _PartitionWrites(self, part)
         body = search_body(part)
-        observed_at = utcnow()
 
         async def fetch(cursor: str | None) -> dict[str, Any]:
-            nonlocal observed_at
             request = dict(body)
             if cursor:
                 request["cursor"] = cursor
-            observed_at = utcnow()  # taken before the request: the page is at least this fresh
             return await client.search_customers(mid, request)
 
         pages = Pages(fetch)
@@ -198,7 +195,7 @@ class Listing:
                 self.run.add(fetch_ms=round((time.perf_counter() - began) * 1000))
                 await writes.settle(keep=WRITE_DEPTH - 1)  # at most WRITE_DEPTH pages of this partition being written
                 writes.write([c for c in page.get("customers") or []
-                              if isinstance(c, dict) and isinstance(c.get("id"), str)], observed_at)
+                              if isinstance(c, dict) and isinstance(c.get("id"), str)], pages.requested_at)
                 if pages.done:
                     await writes.settle()
                     part.done = True  # a finished partition is checkpointed at once: a resumed run never redoes it

@@ -76,14 +76,11 @@ async def search_all(sync: SyncContext, merchant_id: str, body: Mapping[str, Any
     query = dict(body.get("query") or {})
     last_created: int | None = None
     request_body = dict(body)
-    observed_at = utcnow()
 
     async def fetch(cursor: str | None) -> dict[str, Any]:
-        nonlocal observed_at
         request = dict(request_body)
         if cursor:
             request["cursor"] = cursor
-        observed_at = utcnow()
         return await sync.client.search_customers(merchant_id, request)
 
     pages = Pages(fetch)
@@ -98,7 +95,7 @@ async def search_all(sync: SyncContext, merchant_id: str, body: Mapping[str, Any
             continue
         run.add(pages=1)
         customers = [c for c in page.get("customers") or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
-        await on_page(customers, observed_at)
+        await on_page(customers, pages.requested_at)
         if customers and customers[-1].get("created_at"):
             last_created = created_ms(customers[-1])
 

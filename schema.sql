@@ -219,13 +219,158 @@ CREATE INDEX IF NOT EXISTS customers_hidden_idx ON square.customers (merchant_id
     WHERE deleted_at IS NULL
       AND square.customer_is_hidden(given_name, family_name, company_name, email_address, phone_number, listed_at);
 
+-- Customer custom attributes: the seller's own fields ----------------------------------------------------------
+-- Keys are stored as Square returns them to this application: a definition the application owns has its simple
+-- key (favorite-drink), another application's visible one its qualified key (sq0idp-...:favorite-drink), and a
+-- field the seller made in the Dashboard square:<uuid>. A deleted definition or value keeps its row with
+-- deleted_at set (the views hide it), so a late event of the state it ended cannot bring it back.
+-- version/created_at/updated_at are Square's; synced_at is when the mirror last learned this state.
+CREATE TABLE IF NOT EXISTS square.customer_custom_attribute_definitions (
+    merchant_id  text NOT NULL,
+    key          text NOT NULL,
+    name         text,
+    description  text,
+    schema       jsonb,
+    visibility   text,
+    version      bigint NOT NULL DEFAULT 0,
+    created_at   timestamptz,
+    updated_at   timestamptz,
+    deleted_at   timestamptz,
+    synced_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, key)
+);
+
+-- One row per (customer, key). value is Square's JSON as stored: a string for text, email, phone, number
+-- (Square sends numbers as decimal strings) and date; true/false; an Address object; for a selection the
+-- option UUIDs (customer_custom_attributes_typed resolves them to names). visibility copies the definition's.
+CREATE TABLE IF NOT EXISTS square.customer_custom_attributes (
+    merchant_id  text NOT NULL,
+    customer_id  text NOT NULL,
+    key          text NOT NULL,
+    value        jsonb,
+    version      bigint NOT NULL DEFAULT 0,
+    visibility   text,
+    created_at   timestamptz,
+    updated_at   timestamptz,
+    deleted_at   timestamptz,
+    synced_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, customer_id, key)
+);
+CREATE INDEX IF NOT EXISTS customer_custom_attributes_key_idx
+    ON square.customer_custom_attributes (merchant_id, key) WHERE deleted_at IS NULL;
+
+-- The staleness rule of custom attributes and their definitions, in one place: may a new state replace the stored
+-- one? Versions start again at 1 when a key is deleted and made again, so a state of a later generation (a later
+-- created_at) wins whatever its version; within one generation the higher version wins, and a delete event (which
+-- carries the last state) wins at an equal version. Nothing of a generation comes back once it is deleted. A
+-- state with no version of its own (new_version NULL) is an observed absence at new_observed_at (a listing that no
+-- longer shows it, its customer deleted or merged away, its definition deleted): it ends only a state the mirror
+-- learned before it looked.
+CREATE OR REPLACE FUNCTION square.custom_attribute_state_wins(
+    stored_created_at timestamptz, stored_version bigint, stored_deleted_at timestamptz, stored_synced_at timestamptz,
+    new_created_at timestamptz, new_version bigint, new_updated_at timestamptz, new_deleted boolean,
+    new_observed_at timestamptz
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN new_version IS NULL THEN stored_deleted_at IS NULL AND stored_synced_at < new_observed_at
+        WHEN stored_created_at IS NOT NULL AND new_created_at IS NOT NULL AND new_created_at <> stored_created_at
+            THEN new_created_at > stored_created_at
+        WHEN stored_deleted_at IS NOT NULL THEN
+            CASE WHEN new_deleted THEN new_version > stored_version
+                 WHEN stored_created_at IS NULL OR new_created_at IS NULL THEN new_updated_at > stored_deleted_at
+                 ELSE false END
+        WHEN new_deleted THEN new_version >= stored_version
+        ELSE new_version > stored_version
+    END
+$$;
+
+-- A definition's data type, from its schema: Square's common types are a $ref to
+-- .../common.json#squareup.common.<Type>; a selection is an inline array schema whose items list the option
+-- UUIDs (items.enum) and their names (items.names, by position).
+CREATE OR REPLACE FUNCTION square.custom_attribute_type(p_schema jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN p_schema->>'type' = 'array' AND jsonb_typeof(p_schema->'items'->'enum') = 'array' THEN 'selection'
+        ELSE CASE substring(p_schema->>'$ref' FROM '#squareup\.common\.([A-Za-z]+)$')
+            WHEN 'String' THEN 'text'
+            WHEN 'Email' THEN 'email'
+            WHEN 'PhoneNumber' THEN 'phone'
+            WHEN 'Number' THEN 'number'
+            WHEN 'Boolean' THEN 'boolean'
+            WHEN 'Date' THEN 'date'
+            WHEN 'Address' THEN 'address'
+            ELSE 'unknown' END
+    END
+$$;
+
+-- A number value (a decimal string or a JSON number) as numeric; NULL when it is neither.
+CREATE OR REPLACE FUNCTION square.custom_attribute_number(p_value jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN jsonb_typeof(p_value) IN ('string', 'number')
+                 AND (p_value #>> '{}') ~ '^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$'
+                THEN (p_value #>> '{}')::numeric END
+$$;
+
+-- A date value (YYYY-MM-DD, or an RFC 3339 time whose date part is taken) as date; NULL when it is not one.
+CREATE OR REPLACE FUNCTION square.custom_attribute_date(p_value jsonb) RETURNS date
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF jsonb_typeof(p_value) = 'string' AND (p_value #>> '{}') ~ '^\d{4}-\d{2}-\d{2}' THEN
+        RETURN substring(p_value #>> '{}' FROM 1 FOR 10)::date;
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+    RETURN NULL;
+END
+$$;
+
+-- A selection value's option names, in the value's order (an option the definition no longer names keeps its
+-- UUID). Names are read from the current definition, so a renamed option shows its new name.
+CREATE OR REPLACE FUNCTION square.custom_attribute_selection_names(p_schema jsonb, p_value jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN jsonb_typeof(p_value) = 'array' THEN ARRAY(
+        SELECT coalesce(
+            (SELECT p_schema->'items'->'names'->>(e.i - 1)::int
+             FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(p_schema->'items'->'enum') = 'array'
+                                                 THEN p_schema->'items'->'enum' ELSE '[]'::jsonb END)
+                  WITH ORDINALITY AS e(option_id, i)
+             WHERE e.option_id = v.option_id LIMIT 1),
+            v.option_id)
+        FROM jsonb_array_elements_text(p_value) WITH ORDINALITY AS v(option_id, ord)
+        ORDER BY v.ord) END
+$$;
+
+-- A value as analysts read it in customers_current.custom_attributes: numbers as JSON numbers, a selection as its
+-- option name (a list of names when the definition allows more than one), everything else as Square stores it.
+CREATE OR REPLACE FUNCTION square.custom_attribute_json(p_schema jsonb, p_value jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE square.custom_attribute_type(p_schema)
+        WHEN 'number' THEN coalesce(to_jsonb(square.custom_attribute_number(p_value)), p_value)
+        WHEN 'selection' THEN
+            CASE WHEN (p_schema->>'maxItems') = '1' AND jsonb_typeof(p_value) = 'array'
+                          AND jsonb_array_length(p_value) <= 1
+                 THEN to_jsonb((square.custom_attribute_selection_names(p_schema, p_value))[1])
+                 ELSE coalesce(to_jsonb(square.custom_attribute_selection_names(p_schema, p_value)), p_value) END
+        ELSE p_value
+    END
+$$;
+
+
 -- Views for analysts ---------------------------------------------------------------------------------
 
 CREATE OR REPLACE VIEW square.customers_current AS
 SELECT merchant_id, id, version, created_at, updated_at, given_name, family_name, nickname, company_name,
        email_address, phone_number, birthday, reference_id, note, creation_source, email_unsubscribed,
-       address, tax_ids, group_ids, segment_ids, raw, observed_at, synced_at
-FROM square.customers
+       address, tax_ids, group_ids, segment_ids, raw, observed_at, synced_at,
+       coalesce((SELECT jsonb_object_agg(coalesce(d.name, a.key), square.custom_attribute_json(d.schema, a.value)
+                                         ORDER BY a.key)
+                 FROM square.customer_custom_attributes a
+                 LEFT JOIN square.customer_custom_attribute_definitions d
+                        ON d.merchant_id = a.merchant_id AND d.key = a.key AND d.deleted_at IS NULL
+                 WHERE a.merchant_id = c.merchant_id AND a.customer_id = c.id AND a.deleted_at IS NULL),
+                '{}'::jsonb) AS custom_attributes
+FROM square.customers c
 WHERE deleted_at IS NULL;
 
 -- Where a merged-away ID leads: the end of its merge chain, if that profile is live (NULL when the chain
@@ -285,6 +430,30 @@ CREATE OR REPLACE VIEW square.customer_segment_memberships AS
 SELECT m.merchant_id, m.segment_id, s.name AS segment_name, m.customer_id, m.since
 FROM square.customer_segment_members m
 LEFT JOIN square.customer_segments s ON s.merchant_id = m.merchant_id AND s.id = m.segment_id;
+
+-- Live custom attribute values typed by their definition's schema: one typed column is set per row, by data_type
+-- (text, email, phone: text_value; number: number_value; boolean: boolean_value; date: date_value; address:
+-- address_value; selection: selection_names, the option names in the value's order). value keeps Square's JSON.
+CREATE OR REPLACE VIEW square.customer_custom_attributes_typed AS
+SELECT a.merchant_id, a.customer_id, a.key, d.name, square.custom_attribute_type(d.schema) AS data_type,
+       a.value,
+       CASE WHEN square.custom_attribute_type(d.schema) IN ('text', 'email', 'phone')
+                 AND jsonb_typeof(a.value) = 'string' THEN a.value #>> '{}' END AS text_value,
+       CASE WHEN square.custom_attribute_type(d.schema) = 'number'
+            THEN square.custom_attribute_number(a.value) END AS number_value,
+       CASE WHEN square.custom_attribute_type(d.schema) = 'boolean' AND jsonb_typeof(a.value) = 'boolean'
+            THEN (a.value #>> '{}')::boolean END AS boolean_value,
+       CASE WHEN square.custom_attribute_type(d.schema) = 'date'
+            THEN square.custom_attribute_date(a.value) END AS date_value,
+       CASE WHEN square.custom_attribute_type(d.schema) = 'address' AND jsonb_typeof(a.value) = 'object'
+            THEN a.value END AS address_value,
+       CASE WHEN square.custom_attribute_type(d.schema) = 'selection'
+            THEN square.custom_attribute_selection_names(d.schema, a.value) END AS selection_names,
+       a.version, a.visibility, a.created_at, a.updated_at, a.synced_at
+FROM square.customer_custom_attributes a
+LEFT JOIN square.customer_custom_attribute_definitions d
+       ON d.merchant_id = a.merchant_id AND d.key = a.key AND d.deleted_at IS NULL
+WHERE a.deleted_at IS NULL;
 
 
 -- History (every observed profile state and membership change) -------------------------------------------
@@ -475,6 +644,65 @@ DROP TRIGGER IF EXISTS segment_membership_history_delete ON square.customer_segm
 CREATE TRIGGER segment_membership_history_delete AFTER DELETE ON square.customer_segment_members
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION square.membership_history_on_delete();
 
+-- Ended custom attribute values: the state a write superseded (a new value or version) or a delete ended
+-- (the value deleted, its definition deleted, its customer deleted or merged away), kept by the same kind of
+-- statement-level trigger as customer versions. valid_from is Square's updated_at of the state (the time the mirror
+-- learned it when Square's is unknown); valid_to the next state's valid_from, or the deletion time.
+CREATE TABLE IF NOT EXISTS square.customer_custom_attribute_versions_closed (
+    merchant_id    text NOT NULL,
+    customer_id    text NOT NULL,
+    key            text NOT NULL,
+    history_id     bigint GENERATED ALWAYS AS IDENTITY,
+    value          jsonb,
+    version        bigint NOT NULL,
+    visibility     text,
+    created_at     timestamptz,
+    updated_at     timestamptz,
+    valid_from     timestamptz NOT NULL,
+    valid_to       timestamptz NOT NULL,
+    closed_reason  text CHECK (closed_reason IN ('superseded', 'deleted')),
+    PRIMARY KEY (merchant_id, customer_id, key, history_id)
+);
+CREATE INDEX IF NOT EXISTS custom_attribute_versions_asof_idx
+    ON square.customer_custom_attribute_versions_closed (merchant_id, valid_from, valid_to);
+
+CREATE OR REPLACE VIEW square.customer_custom_attribute_versions AS
+SELECT merchant_id, customer_id, key, history_id, value, version, visibility, created_at, updated_at, valid_from,
+       valid_to, closed_reason
+FROM square.customer_custom_attribute_versions_closed
+UNION ALL
+SELECT merchant_id, customer_id, key, NULL::bigint, value, version, visibility, created_at, updated_at,
+       coalesce(updated_at, synced_at), NULL::timestamptz, NULL::text
+FROM square.customer_custom_attributes
+WHERE deleted_at IS NULL;
+
+CREATE OR REPLACE FUNCTION square.custom_attribute_history_on_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT square.history_enabled() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO square.customer_custom_attribute_versions_closed (
+        merchant_id, customer_id, key, value, version, visibility, created_at, updated_at, valid_from, valid_to,
+        closed_reason)
+    SELECT o.merchant_id, o.customer_id, o.key, o.value, o.version, o.visibility, o.created_at, o.updated_at,
+           coalesce(o.updated_at, o.synced_at),
+           greatest(coalesce(o.updated_at, o.synced_at), coalesce(n.deleted_at, n.updated_at, n.synced_at)),
+           CASE WHEN n.deleted_at IS NOT NULL THEN 'deleted' ELSE 'superseded' END
+    FROM new_rows n
+    JOIN old_rows o ON o.merchant_id = n.merchant_id AND o.customer_id = n.customer_id AND o.key = n.key
+    WHERE o.deleted_at IS NULL
+      AND (n.deleted_at IS NOT NULL
+           OR (o.value, o.version, o.created_at) IS DISTINCT FROM (n.value, n.version, n.created_at));
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS custom_attribute_history_update ON square.customer_custom_attributes;
+CREATE TRIGGER custom_attribute_history_update AFTER UPDATE ON square.customer_custom_attributes
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION square.custom_attribute_history_on_update();
+
 -- As-of queries: the ended states valid at p_at, and the current ones that had begun by then. Each row
 -- carries current_customer_id, so an old (merged-away) ID finds its successor.
 CREATE OR REPLACE FUNCTION square.customers_as_of(p_merchant_id text, p_at timestamptz)
@@ -521,6 +749,20 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN square.customer_segments s ON s.merchant_id = h.merchant_id AND s.id = h.segment_id
     LEFT JOIN square.customers cu ON cu.merchant_id = h.merchant_id AND cu.id = h.customer_id
     WHERE h.merchant_id = p_merchant_id AND h.joined_at <= p_at AND (h.left_at IS NULL OR h.left_at > p_at)
+$$;
+
+-- Custom attribute values as of p_at: the ended states valid then and the current ones that had begun, named by
+-- their definition (as it is now), each with the live profile its customer ID stands for today.
+CREATE OR REPLACE FUNCTION square.customer_custom_attributes_as_of(p_merchant_id text, p_at timestamptz)
+RETURNS TABLE (merchant_id text, customer_id text, key text, name text, value jsonb, version bigint,
+               valid_from timestamptz, valid_to timestamptz, current_customer_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT v.merchant_id, v.customer_id, v.key, d.name, v.value, v.version, v.valid_from, v.valid_to,
+           square.current_customer_id(v.merchant_id, v.customer_id, cu.deleted_at, cu.merged_into)
+    FROM square.customer_custom_attribute_versions v
+    LEFT JOIN square.customer_custom_attribute_definitions d ON d.merchant_id = v.merchant_id AND d.key = v.key
+    LEFT JOIN square.customers cu ON cu.merchant_id = v.merchant_id AND cu.id = v.customer_id
+    WHERE v.merchant_id = p_merchant_id AND v.valid_from <= p_at AND (v.valid_to IS NULL OR v.valid_to > p_at)
 $$;
 
 -- Daily size series: members at the end of each day (UTC) since the first observed membership.
@@ -572,4 +814,4 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5) ON CONFLICT (version) DO NOTHING;

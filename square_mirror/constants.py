@@ -11,6 +11,20 @@ DEFAULT_SQUARE_BASE_URL: Final = "https://connect.squareup.com"
 DEFAULT_SQUARE_VERSION: Final = "2025-08-20"
 
 CUSTOMER_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+# Every custom-attribute event Square sends for customers, the deprecated variants included (customer.custom_attribute
+# .updated/.deleted = .owned.*, .public.* = .visible.*; the same for definitions): each carries the changed object.
+CUSTOM_ATTRIBUTE_EVENT_TYPES: Final = frozenset(
+    f"customer.custom_attribute.{scope}{change}"
+    for scope in ("owned.", "visible.", "", "public.") for change in ("updated", "deleted")
+)
+CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES: Final = frozenset(
+    f"customer.custom_attribute_definition.{scope}{change}"
+    for scope in ("owned.", "visible.", "", "public.") for change in ("created", "updated", "deleted")
+)
+# What the receiver queues and the events lane replays.
+SYNCED_EVENT_TYPES: Final = (
+    CUSTOMER_EVENT_TYPES | CUSTOM_ATTRIBUTE_EVENT_TYPES | CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES
+)
 
 # arq
 QUEUE_NAME: Final = "square-mirror:queue"

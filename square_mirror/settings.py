@@ -60,6 +60,7 @@ class Settings:
     square_tokens_file: Path | None = None
     square_merchant_id: str | None = None
     square_application_access_token: Secret | None = None
+    square_application_id: str | None = None
     webhook_signature_keys: tuple[Secret, ...] = ()
     webhook_notification_url: str | None = None
     webhook_path: str = "/square/webhooks"
@@ -123,6 +124,7 @@ class Settings:
             square_tokens_file=_tokens_file(env),
             square_merchant_id=_merchant_id(env),
             square_application_access_token=_application_token(env),
+            square_application_id=_application_id(env),
             webhook_signature_keys=_signature_keys(env),
             webhook_notification_url=_notification_url(env),
             webhook_path=_webhook_path(env),
@@ -248,6 +250,17 @@ def _merchant_id(env: Mapping[str, str]) -> str | None:
     value = _get(env, "SQUARE_MERCHANT_ID")
     if value is not None and not _MERCHANT_ID_RE.match(value):
         raise SettingsError(f"SQUARE_MERCHANT_ID is malformed: {value!r}")
+    return value
+
+
+_APPLICATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _application_id(env: Mapping[str, str]) -> str | None:
+    """The application's ID (sq0idp-...): custom attribute events may qualify the keys it owns with it."""
+    value = _get(env, "SQUARE_APPLICATION_ID")
+    if value is not None and not _APPLICATION_ID_RE.match(value):
+        raise SettingsError(f"SQUARE_APPLICATION_ID is malformed: {value!r}")
     return value
 
 

@@ -48,12 +48,15 @@ RETRIEVE_SEGMENT: Final = "/v2/customers/segments/{segment_id}"
 SEARCH_EVENTS: Final = "/v2/events"
 ENABLE_EVENTS: Final = "/v2/events/enable"
 RETRIEVE_MERCHANT: Final = "/v2/merchants/{merchant_id}"
+LIST_CUSTOM_ATTRIBUTE_DEFINITIONS: Final = "/v2/customers/custom-attribute-definitions"
+LIST_CUSTOMER_CUSTOM_ATTRIBUTES: Final = "/v2/customers/{customer_id}/custom-attributes"
 
 CUSTOMERS_PAGE_LIMIT: Final = 100
 BULK_RETRIEVE_LIMIT: Final = 100
 GROUPS_PAGE_LIMIT: Final = 50
 SEGMENTS_PAGE_LIMIT: Final = 50
 EVENTS_PAGE_LIMIT: Final = 100
+CUSTOM_ATTRIBUTES_PAGE_LIMIT: Final = 100  # both custom attribute lists default to 20
 
 MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 RETRY_AFTER_CAP_SECONDS: Final = 60.0
@@ -334,6 +337,30 @@ class SquareClient:
         segment = payload.get("segment")
         return check_definition(segment, "RetrieveCustomerSegment") if isinstance(segment, dict) else None
 
+    # -- Customer custom attributes ------------------------------------------------------------------------
+
+    async def list_custom_attribute_definitions(self, merchant_id: str, *, cursor: str | None = None) -> dict[str, Any]:
+        """A page of the definitions this application can see (its own, other applications' visible ones, and the
+        seller's Dashboard fields)."""
+        params: dict[str, str | int] = {"limit": CUSTOM_ATTRIBUTES_PAGE_LIMIT}
+        if cursor:
+            params["cursor"] = cursor
+        payload = await self.request(merchant_id, "GET", LIST_CUSTOM_ATTRIBUTE_DEFINITIONS, params=params,
+                                     endpoint="ListCustomerCustomAttributeDefinitions")
+        return check_page(payload, "custom_attribute_definitions", check_custom_attribute,
+                          "ListCustomerCustomAttributeDefinitions")
+
+    async def list_customer_custom_attributes(self, merchant_id: str, customer_id: str, *,
+                                              cursor: str | None = None) -> dict[str, Any]:
+        """A page of one customer's values; SquareNotFound when the customer is gone."""
+        params: dict[str, str | int] = {"limit": CUSTOM_ATTRIBUTES_PAGE_LIMIT}
+        if cursor:
+            params["cursor"] = cursor
+        payload = await self.request(
+            merchant_id, "GET", LIST_CUSTOMER_CUSTOM_ATTRIBUTES.format(customer_id=_quote(customer_id)),
+            params=params, endpoint="ListCustomerCustomAttributes")
+        return check_page(payload, "custom_attributes", check_custom_attribute, "ListCustomerCustomAttributes")
+
     # -- Events and merchants -----------------------------------------------------------------------------
 
     async def search_events(self, merchant_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,6 +458,20 @@ def check_definition(doc: Any, endpoint: str) -> dict[str, Any]:
     for key in _CUSTOMER_TIMES:
         if doc.get(key) is not None and not is_timestamp(doc[key]):
             raise _malformed(endpoint, f"{doc['id']}: {key} is not a timestamp")
+    return doc
+
+
+def check_custom_attribute(doc: Any, endpoint: str) -> dict[str, Any]:
+    """A custom attribute value or definition: a non-empty string ``key``, an integer ``version`` and Square's
+    timestamps when present."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("key"), str) or not doc["key"].strip():
+        raise _malformed(endpoint, "a custom attribute without a valid key")
+    version = doc.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise _malformed(endpoint, f"{doc['key']}: version is not an integer")
+    for key in _CUSTOMER_TIMES:
+        if doc.get(key) is not None and not is_timestamp(doc[key]):
+            raise _malformed(endpoint, f"{doc['key']}: {key} is not a timestamp")
     return doc
 
 

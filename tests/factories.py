@@ -5,7 +5,10 @@
   SearchEvents returns); :func:`event_job`: the job payload the receiver queues for it;
 - :func:`webhook_body`: that envelope as the bytes Square sends, and :func:`signed_headers` to sign them;
 - :func:`stored_customer`: a ``square.customers`` row as the mirror stores it, written through its own write path;
-- :func:`group`: a customer group definition; :func:`at`: a point in (test) time.
+- :func:`group`: a customer group definition; :func:`at`: a point in (test) time;
+- :func:`custom_attribute`, :func:`attribute_definition`: a custom attribute value and definition as Square returns
+  them; :func:`custom_attribute_event`: a webhook event about one of them (Square's example shape, or the schema's
+  wrapped one).
 """
 
 from __future__ import annotations
@@ -151,3 +154,45 @@ async def stored_customer(
     if deleted or merged_into:
         await tombstone_customers(db, merchant_id, [body["id"]], observed_at, merged_into=merged_into)
     return body
+
+
+STRING_SCHEMA = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
+
+
+def stamp(minute: float) -> str:
+    """An RFC 3339 time ``minute`` minutes after BASE_TIME."""
+    return (BASE_TIME + timedelta(minutes=minute)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def custom_attribute(key: str = "favorite-drink", value: Any = "Flat white", *, version: int = 1,
+                     created: float = 0, updated: float | None = None,
+                     visibility: str = "VISIBILITY_READ_ONLY") -> dict[str, Any]:
+    """A CustomAttribute; ``created``/``updated`` are minutes after BASE_TIME (updated defaults to ``version``)."""
+    return {"key": key, "value": value, "version": version, "visibility": visibility, "created_at": stamp(created),
+            "updated_at": stamp(updated if updated is not None else created + version)}
+
+
+def attribute_definition(key: str = "favorite-drink", name: str = "Favorite drink", *,
+                         schema: dict[str, Any] | None = None, version: int = 1, created: float = 0,
+                         visibility: str = "VISIBILITY_READ_ONLY") -> dict[str, Any]:
+    return {"key": key, "name": name, "description": f"The {name.lower()}", "schema": schema or STRING_SCHEMA,
+            "visibility": visibility, "version": version, "created_at": stamp(created),
+            "updated_at": stamp(created + version)}
+
+
+def custom_attribute_event(obj: dict[str, Any], *, customer_id: str | None = None,
+                           event_type: str = "customer.custom_attribute.visible.updated", merchant_id: str = "MLTEST",
+                           event_id: str | None = None, created_at: str | None = None, wrapped: bool = False,
+                           qualified_key: str | None = None) -> dict[str, Any]:
+    """A custom-attribute (``customer_id`` given) or definition event carrying ``obj``. ``data.id`` is
+    ``{key}:CUSTOMER:{customer_id}`` (``qualified_key`` replaces the key there); ``wrapped`` nests the object as
+    the schema does; a ``.deleted`` type says ``deleted: true``."""
+    definition = customer_id is None
+    key = qualified_key or obj["key"]
+    kind = "custom_attribute_definition" if definition else "custom_attribute"
+    data: dict[str, Any] = {"type": kind, "id": key if definition else f"{key}:CUSTOMER:{customer_id}",
+                            "object": {kind: obj} if wrapped else obj}
+    if event_type.endswith(".deleted"):
+        data["deleted"] = True
+    return {"merchant_id": merchant_id, "type": event_type, "event_id": event_id or f"evt-ca-{next(_counter)}",
+            "created_at": created_at or obj.get("updated_at") or EVENT_TIME, "data": data}

@@ -19,6 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from square_mirror import searchable_events
+from square_mirror.timefmt import utcnow
 from worker.queries import queries
 
 # A plain connection or one borrowed from a pool; every function runs in the caller's transaction.
@@ -51,7 +52,7 @@ async def upsert_customers(
     batch = latest_per_id(customers)
     if not batch:
         return set()
-    async with _transaction(conn):
+    async with transaction(conn):
         rows = await conn.fetch(queries.get("upsert_customers"), merchant_id, batch, observed_at, listed)
         if rows:
             await conn.execute(queries.get("replace_memberships"), merchant_id, *_membership_arguments(rows),
@@ -75,7 +76,7 @@ def _membership_arguments(rows: Sequence[asyncpg.Record]) -> list[list[str]]:
     return [updated, *groups[True], *groups[False], *segments[True], *segments[False]]
 
 
-def _transaction(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
+def transaction(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
     """The caller's transaction, or a new one: some writes are two statements that must commit together."""
     return contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction()
 
@@ -100,10 +101,13 @@ async def tombstone_customers(
     ids = sorted({c for c in customer_ids if c and c != merged_into})
     if not ids:
         return set()
-    async with _transaction(conn):
+    async with transaction(conn):
         rows = await conn.fetch(queries.get("tombstone_customers"), merchant_id, ids, deleted_at, merged_into, version,
                                 stated)
         await conn.execute(queries.get("drop_memberships"), merchant_id, ids)
+        # A gone customer's custom attribute values go with it (the sources of a merge too: what Square does with
+        # them is not documented, so the merge target's are read again rather than guessed).
+        await conn.fetch(queries.get("end_custom_attributes"), merchant_id, ids, [], [], deleted_at, utcnow())
     return {r["id"] for r in rows}
 
 
@@ -198,7 +202,7 @@ async def replace_segment_members(
     conn: Conn, merchant_id: str, segment_id: str, member_ids: Sequence[str], observed_at: datetime
 ) -> SegmentDiff:
     members = sorted(set(member_ids))
-    async with _transaction(conn):
+    async with transaction(conn):
         await conn.execute(queries.get("lock_segment_customers"), merchant_id, segment_id, members)
         await mark_listed(conn, merchant_id, members, observed_at)  # they were in a search answer
         row = await conn.fetchrow(queries.get("replace_segment_members"), merchant_id, segment_id, members, observed_at)

@@ -27,15 +27,22 @@ import asyncpg
 from arq.worker import Retry
 from redis import exceptions as redis_exceptions
 
-from square_mirror.constants import CUSTOMER_EVENT_TYPES, QUEUE_NAME, RECONCILE_LANE_JOB, reconcile_job_id
+from square_mirror.constants import (
+    CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES,
+    CUSTOM_ATTRIBUTE_EVENT_TYPES,
+    CUSTOMER_EVENT_TYPES,
+    QUEUE_NAME,
+    RECONCILE_LANE_JOB,
+    reconcile_job_id,
+)
 from square_mirror.errors import SquareError, SquareRateLimited, SquareUnauthorized
-from square_mirror.jobs import EventJob, InvalidEnvelope, read_event_job
+from square_mirror.jobs import EventJob, InvalidEnvelope, inbox_payload, read_event_job
 from square_mirror.logs import bound_context, get_logger
 from square_mirror.retry import event_retry_delay, transient_reason, unauthorized_delay
 from square_mirror.timefmt import parse_time, utcnow
 from worker import store
 from worker.context import WorkerContext, enqueue_time, job_try, worker_context
-from worker.events import inbox
+from worker.events import attributes, inbox
 from worker.events.rules import event_is_stale, target_is_synced
 from worker.metrics import EVENT_LAG_SECONDS, EVENTS, JOB_SECONDS, JOBS_RUNNING, RETRIES
 from worker.outcome import Outcome
@@ -152,11 +159,13 @@ async def handle_event(wc: WorkerContext, job: EventJob, payload: dict[str, Any]
                        enqueued: datetime | None = None) -> str:
     """Steps 1-5 above for one run; returns the outcome (already written to the inbox)."""
     pool = wc.pool
-    sighting = await wc.inbox.record(job, payload)
+    sighting = await wc.inbox.record(job, inbox_payload(payload))
     if sighting.processed:
         EVENTS.labels(job.type, Outcome.DUPLICATE).inc()
         return Outcome.DUPLICATE
     await _ensure_merchant(wc, job.merchant_id)
+    if job.type in CUSTOM_ATTRIBUTE_EVENT_TYPES or job.type in CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES:
+        return _count(job, await attributes.apply(wc, job, sighting.stored), enqueued)
     if job.type not in CUSTOMER_EVENT_TYPES or not job.customer_id:
         return await _finish(wc, job, Outcome.IGNORED, enqueued)
     customer_id = job.customer_id

@@ -69,4 +69,55 @@ def test_payload_keys_are_exactly_the_job_fields() -> None:
 
     from square_mirror.jobs import EventJob
 
-    assert set(build_event_job(CREATED)) == {"v"} | {f.name for f in fields(EventJob)}
+    everything = {"v"} | {f.name for f in fields(EventJob)}
+    assert set(build_event_job(CREATED)) == everything - {"object"}  # customer events carry no object
+    assert set(build_event_job(CUSTOM_ATTRIBUTE_UPDATED)) == everything
+
+
+# Square's example of a custom-attribute event (FACTS.md 5.3): the attribute directly in data.object.
+CUSTOM_ATTRIBUTE_UPDATED = json.loads(
+    '{"created_at": "2022-04-21T21:40:54Z", "data": {"id": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink:CUSTOMER:'
+    'TNQC0TYTWMRSFFQ157KK4V7MVR", "object": {"created_at": "2022-04-21T21:40:54Z", "key": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB'
+    ':favorite-drink", "updated_at": "2022-04-21T21:40:54Z", "value": "Double-shot breve", "version": 1,'
+    ' "visibility": "VISIBILITY_READ_ONLY"}, "type": "custom_attribute"}, "event_id": "e26ca6f2-97f8-426a-b4bf-'
+    '873044617e94", "merchant_id": "DM7VKY8Q63GNP", "type": "customer.custom_attribute.owned.updated"}'
+)
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["example shape", "schema shape"])
+def test_custom_attribute_event_carries_its_value_and_customer_in_either_shape(wrapped: bool) -> None:
+    event = json.loads(json.dumps(CUSTOM_ATTRIBUTE_UPDATED))
+    if wrapped:
+        event["data"]["object"] = {"custom_attribute": event["data"]["object"]}
+    job = read_event_job(build_event_job(event))
+    assert job.customer_id == "TNQC0TYTWMRSFFQ157KK4V7MVR"
+    assert job.version == 1 and job.deleted is False
+    assert job.object is not None and job.object["value"] == "Double-shot breve"
+    assert job.custom_attribute_key == "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink"
+
+
+def test_deleted_custom_attribute_and_definition_events_say_deleted() -> None:
+    value = json.loads(json.dumps(CUSTOM_ATTRIBUTE_UPDATED))
+    value["type"] = "customer.custom_attribute.visible.deleted"
+    assert build_event_job(value)["deleted"] is True
+    definition = {"merchant_id": "M", "event_id": "e1", "type": "customer.custom_attribute_definition.public.deleted",
+                  "data": {"type": "custom_attribute_definition", "id": "sq0idp-X:shirt-size", "deleted": True,
+                           "object": {"key": "sq0idp-X:shirt-size", "version": 3, "schema": {}}}}
+    job = read_event_job(build_event_job(definition))
+    assert job.deleted and job.customer_id is None and job.object is not None and job.object["version"] == 3
+
+
+def test_a_value_event_without_its_customer_in_data_id_is_refused() -> None:
+    event = json.loads(json.dumps(CUSTOM_ATTRIBUTE_UPDATED))
+    event["data"]["id"] = "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink"
+    with pytest.raises(InvalidEnvelope, match="CUSTOMER"):
+        build_event_job(event)
+
+
+def test_the_inbox_payload_drops_the_object() -> None:
+    from square_mirror.jobs import inbox_payload
+
+    payload = build_event_job(CUSTOM_ATTRIBUTE_UPDATED)
+    assert "object" not in inbox_payload(payload) and "Double-shot" not in json.dumps(inbox_payload(payload))
+    customer = build_event_job(CREATED)
+    assert inbox_payload(customer) is customer

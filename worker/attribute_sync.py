@@ -9,7 +9,7 @@ so what it no longer shows has ended; a customer Square no longer has has no val
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -152,7 +152,3 @@ async def sync_definitions(ctx: SyncContext, merchant_id: str, run: Run | None =
         log.info("custom_attribute_definitions_ended", merchant_id=merchant_id, count=len(ended))
     return DefinitionsResult(sorted(d["key"] for d in definitions), ended, calls)
 
-
-def customers_of(pages: Sequence[dict[str, Any]]) -> list[str]:
-    """The customer IDs of SearchCustomers pages."""
-    return [c["id"] for page in pages for c in page.get("customers") or [] if isinstance(c.get("id"), str)]

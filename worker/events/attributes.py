@@ -17,7 +17,6 @@ from worker.context import WorkerContext
 from worker.events import inbox
 from worker.outcome import Outcome
 from worker.store import StoredCustomer
-from worker.sync import SyncContext
 
 # The deprecated names of the owned events (the current ones contain ".owned.").
 _DEPRECATED_OWNED = frozenset(("customer.custom_attribute.updated", "customer.custom_attribute.deleted",
@@ -67,7 +66,7 @@ async def apply(wc: WorkerContext, job: EventJob, stored: StoredCustomer | None)
 
 
 async def _read_instead(wc: WorkerContext, job: EventJob) -> Outcome:
-    sync = SyncContext(wc.pool, wc.client)
+    sync = wc.sync
     if is_definition_event(job):
         await attribute_sync.sync_definitions(sync, job.merchant_id)
     elif job.customer_id is not None:

@@ -126,3 +126,7 @@ JOIN square.customers c ON c.merchant_id = a.merchant_id AND c.id = a.customer_i
 WHERE a.merchant_id = $1 AND a.deleted_at IS NULL AND a.customer_id > $2
 ORDER BY a.customer_id
 LIMIT $3
+
+-- name: known_custom_attribute_keys --
+-- Which of these keys name a definition the mirror holds (live or not). $1 merchant_id, $2 text[] keys.
+SELECT key FROM square.customer_custom_attribute_definitions WHERE merchant_id = $1 AND key = ANY($2::text[])

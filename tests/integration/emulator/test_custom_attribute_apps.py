@@ -97,7 +97,8 @@ async def test_visibility_of_a_value_follows_its_definition(api: Api, emu: Emula
     cid = await api.customer()
     qkey = await api.define_as(OTHER_APP, "points", NUMBER, "VISIBILITY_READ_WRITE_VALUES")
     await api.upsert(cid, qkey, "1")
-    await emu.admin("PUT", f"custom-attribute-definitions/{qkey}", {"definition": {"visibility": "VISIBILITY_READ_ONLY"}})
+    await emu.admin("PUT", f"custom-attribute-definitions/{qkey}",
+                    {"definition": {"visibility": "VISIBILITY_READ_ONLY"}})
     got = await api.ok("GET", f"/v2/customers/{cid}/custom-attributes/{qkey}")
     assert got["custom_attribute"]["visibility"] == "VISIBILITY_READ_ONLY"
     await emu.admin("PUT", f"custom-attribute-definitions/{qkey}", {"definition": {"visibility": "VISIBILITY_HIDDEN"}})

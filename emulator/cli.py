@@ -81,7 +81,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             raise SystemExit("--webhook-url needs --signature-key")
         subs.append(SubscriptionSpec(url=args.webhook_url, signature_key=args.signature_key,
                                      notification_url=args.notification_url))
-    custom_attributes = orjson.loads(args.custom_attributes) if args.custom_attributes else None
+    try:
+        custom_attributes = orjson.loads(args.custom_attributes) if args.custom_attributes else None
+    except orjson.JSONDecodeError:
+        raise SystemExit(f"--custom-attributes expects a JSON object, got {args.custom_attributes!r}") from None
     extra = {"application_id": args.application_id} if args.application_id else {}
     return EmulatorConfig(seed=args.seed, sellers=sellers, token_kinds=kinds,
                           application_token=args.application_token, customers=args.customers,

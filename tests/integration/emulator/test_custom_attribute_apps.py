@@ -198,3 +198,16 @@ async def test_the_application_id_is_configurable_and_owns_public_definitions() 
         assert list(internal["custom_attribute_definitions"]) == ["sq0idp-custom-app:drink"]
         snap = await emu.admin("POST", "snapshot", {})
         assert snap["application"]["application_id"] == "sq0idp-custom-app"
+
+
+async def test_handle_helpers_act_as_other_owners(api: Api, emu: EmulatorHandle) -> None:
+    cid = await api.customer()
+    qkey = await emu.define_custom_attribute({"key": "tier", "schema": STRING, "name": "Tier", "description": "d",
+                                              "visibility": "VISIBILITY_READ_ONLY"}, owner=OTHER_APP)
+    assert qkey == f"{OTHER_APP}:tier"
+    set_ = await emu.set_custom_attribute(cid, qkey, "gold")
+    assert set_["custom_attribute"]["version"] == 1
+    assert (await emu.set_custom_attribute(cid, qkey, "platinum", version=1))["custom_attribute"]["version"] == 2
+    assert (await emu.truth())["custom_attributes"][cid][qkey]["value"] == "platinum"
+    await emu.delete_custom_attribute(cid, qkey)
+    assert (await emu.truth())["custom_attributes"] == {}

@@ -118,6 +118,19 @@ WHERE a.merchant_id = $1 AND a.deleted_at IS NULL
 -- The demo's summary: events by type and outcome. $1 merchant_id.
 SELECT type, outcome, count(*) AS n FROM square.webhook_events WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2
 
+-- name: demo_custom_attributes --
+-- The demo's summary: live custom attribute values by name and data type. $1 merchant_id.
+SELECT coalesce(name, key) AS name, data_type, count(*) AS n
+FROM square.customer_custom_attributes_typed WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: demo_custom_attribute_story --
+-- The demo's summary: every state of one customer's value of one key, oldest first. $1 merchant_id,
+-- $2 customer_id, $3 key.
+SELECT version, value #>> '{}' AS value, valid_from, valid_to, closed_reason
+FROM square.customer_custom_attribute_versions
+WHERE merchant_id = $1 AND customer_id = $2 AND key = $3
+ORDER BY valid_from, version
+
 -- name: demo_lag --
 -- The demo's summary: receipt-to-row lag of webhook deliveries, p50 and p99 in seconds. $1 merchant_id.
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99

@@ -96,7 +96,7 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
     async with run_emulator(config, host=host, port=port) as handle:
         line: dict[str, object] = {
             "emulator": handle.base_url,
-            "application_id": handle.emulator.config.application_id,
+            "application_id": handle.emulator.application_id,
             "sellers": [{"merchant_id": s.merchant_id, "token": s.token}
                         | ({"token_kind": s.token_kind} if s.token_kind != PERSONAL else {})
                         for s in handle.emulator.merchants.values()]}

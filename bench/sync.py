@@ -17,6 +17,9 @@ Scenarios:
 - burst: ``customers x updates`` update events made in the emulator, then enqueued at once (what a backlog
   after an outage, or a bulk edit in the Dashboard, looks like). Prints events/s, the ratio to the no-op
   baseline, p50/p99 event-to-row lag (enqueue -> processed_at) and Square API calls per event.
+- attributes: the burst with custom-attribute events instead (``customers x updates`` values of a seller's Dashboard
+  field set and changed, one ``customer.custom_attribute.visible.updated`` each) for customers the mirror already
+  holds: the steady state, where the goal is 0 Square requests per event.
 - paced: every 10 ms a few customers are updated in the emulator and their events enqueued at once, at
   ``--paced-rate`` events/s for ``--paced-seconds``; each event names a version the mirror does not have yet,
   so the worker must fetch. Prints the same figures.
@@ -173,6 +176,29 @@ async def baseline(redis: Redis, env: dict[str, str], count: int, kind: str) -> 
         await stop_process(proc)
 
 
+async def attribute_events(emu: Any, state: Any, ids: list[str], updates: int, dsn: str) -> list[dict[str, Any]]:
+    """Payloads of ``len(ids) x updates`` custom-attribute events (a Dashboard field set, then changed), for
+    customers written to the mirror beforehand (as a backfill would have), so no event needs a Square request."""
+    from square_mirror.db import connect
+    from worker.store import upsert_customers
+
+    conn = await connect(dsn)
+    try:
+        profiles = [state.customers[cid].doc for cid in ids]
+        await upsert_customers(conn, emu.merchant_id, profiles, datetime.now(UTC), listed=True)
+    finally:
+        await conn.close()
+    seen = len(state.events.entries)
+    key = await emu.define_custom_attribute({"name": "Favorite drink", "schema": {
+        "$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}},
+        owner="square")
+    for round_ in range(updates):
+        await asyncio.gather(*(emu.set_custom_attribute(cid, key, f"Drink {round_}") for cid in ids))
+    received = now_iso()
+    return [build_event_job(e, received_at=received) for _ts, e in state.events.entries[seen:]
+            if e["type"] == "customer.custom_attribute.visible.updated"]
+
+
 async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, redis: Redis, admin_dsn: str,
                        base_env: dict[str, str], *, history: bool = True) -> dict[str, float]:
     await redis.flushdb()
@@ -202,7 +228,12 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
                 calls_before = await scrape_api_calls(session, metrics_port)
                 cpu_start = cpu_seconds(proc.pid)
                 started = time.perf_counter()
-                if kind == "burst":
+                if kind == "attributes":
+                    payloads = await attribute_events(emu, state, ids, opts.updates, dsn)
+                    started = time.perf_counter()
+                    await enqueue(redis, payloads)
+                    total = len(payloads)
+                elif kind == "burst":
                     for _round in range(opts.updates):
                         for cid in ids:
                             state.update_customer(cid, {"family_name": f"U{_round}"}, None, clear_null=True)
@@ -242,6 +273,9 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
                     outcomes = dict(await conn.fetch(
                         "SELECT outcome, count(*) FROM square.webhook_events GROUP BY outcome"))
                     stored = dict(await conn.fetch("SELECT id, version FROM square.customers_current"))
+                    if kind == "attributes":  # the values must be the emulator's last ones
+                        values = {r["customer_id"]: r["version"] for r in await conn.fetch(
+                            "SELECT customer_id, version FROM square.customer_custom_attributes")}
                 finally:
                     await conn.close()
                 calls = await scrape_api_calls(session, metrics_port) - calls_before
@@ -250,6 +284,8 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
                 await stop_process(proc)
             touched = {p_id for p_id in stored}
             wrong = sum(1 for cid in touched if state.customers[cid].version != stored[cid])
+            if kind == "attributes":
+                wrong += sum(1 for cid in ids if values.get(cid) != opts.updates)
         return {"events": total, "seconds": elapsed, "events_per_s": total / elapsed,
                 "p50": percentile(lags, 0.50), "p99": percentile(lags, 0.99), "calls_per_event": calls / total,
                 "applied": float(outcomes.get("applied", 0)), "stale": float(outcomes.get("stale", 0)),
@@ -281,14 +317,15 @@ async def main(opts: argparse.Namespace) -> int:
         print(f"{'scenario':28} {'events':>7} {'events/s':>9} {'ratio':>6} {'vs ours':>7} {'lag p50':>8} "
               f"{'lag p99':>8} {'calls/event':>11} {'applied':>7} {'stale':>6} {'cpu ms/ev':>9}")
         for latency in opts.latencies:
-            runs = [("burst", latency)]
+            runs = [("burst", latency), ("attributes", latency)]
             if latency in opts.paced_latencies:
                 runs.append(("paced", latency))
             for kind, lat in runs:
                 for history in ((True, False) if opts.history_cost and kind == "burst" else (True,)):
                     r = await run_scenario(kind, lat, opts, redis, opts.database_url, base_env, history=history)
-                    label = (f"burst {opts.customers}x{opts.updates} @{lat:g}ms" if kind == "burst"
-                             else f"paced {opts.paced_rate}/s @{lat:g}ms") + ("" if history else " no-hist")
+                    label = {"burst": f"burst {opts.customers}x{opts.updates} @{lat:g}ms",
+                             "attributes": f"attrs {opts.customers}x{opts.updates} @{lat:g}ms",
+                             }.get(kind, f"paced {opts.paced_rate}/s @{lat:g}ms") + ("" if history else " no-hist")
                     rate = r["events_per_s"]
                     print(f"{label:28} {r['events']:7.0f} {rate:9.0f} {rate / noop['arq']:6.2f} "
                           f"{rate / noop['ours']:7.2f} "

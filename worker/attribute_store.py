@@ -8,12 +8,12 @@ holds whoever writes and in whatever order. SQL: ``worker/sql/custom_attributes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from square_mirror.timefmt import iso, utcnow
+from square_mirror.timefmt import iso, parse_time, utcnow
 from worker.queries import queries
 from worker.store import Conn, transaction
 
@@ -60,13 +60,23 @@ def definition_row(definition: Mapping[str, Any], *, key: str | None = None,
     return row
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def state_order(row: Mapping[str, Any]) -> tuple[datetime, int, bool]:
+    """Which of two states of one value or definition is newer, as ``square.custom_attribute_state_wins`` decides
+    between states with versions: the later generation (``created_at``), then the higher version, then a delete."""
+    created = parse_time(row.get("created_at")) if isinstance(row.get("created_at"), str) else None
+    return created or _EARLIEST, int(row.get("version") or 0), bool(row.get("deleted"))
+
+
 def _one_per_pair(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One state per (customer, key), the highest version (a statement may touch a row only once)."""
+    """One state per (customer, key), the newest (a statement may touch a row only once)."""
     best: dict[Pair, dict[str, Any]] = {}
     for row in rows:
         pair = (row["customer_id"], row["key"])
         held = best.get(pair)
-        if held is None or int(row.get("version") or 0) >= int(held.get("version") or 0):
+        if held is None or state_order(row) >= state_order(held):
             best[pair] = row
     return [best[p] for p in sorted(best)]
 
@@ -106,7 +116,11 @@ async def end_values(conn: Conn, merchant_id: str, customer_ids: Sequence[str], 
 
 async def upsert_definitions(conn: Conn, merchant_id: str, rows: Iterable[dict[str, Any]]) -> set[str]:
     """Write the definition states that win; a deleted definition's values end with it. Returns the keys written."""
-    unique = {r["key"]: r for r in rows}
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        held = unique.get(row["key"])
+        if held is None or state_order(row) >= state_order(held):
+            unique[row["key"]] = row
     if not unique:
         return set()
     async with transaction(conn):

@@ -25,6 +25,7 @@ from square_mirror.ratelimit import RateLimiter
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareClient
 from worker import store
+from worker.events.attribute_writer import AttributeWriter
 from worker.events.coalescer import FetchCoalescer
 from worker.events.inbox import ERROR_MAX_CHARS, Inbox
 from worker.metrics import MERCHANT_UNAUTHORIZED
@@ -86,6 +87,7 @@ class WorkerContext:
     hooks: AuthHooks
     inbox: Inbox  # the event pipeline's batched inbox writes
     coalescer: FetchCoalescer  # the event pipeline's batched fetches
+    attributes: AttributeWriter  # the event pipeline's batched custom-attribute writes
     redis: Redis | None = None  # the rate limit and the unauthorized marks; None without REDIS_URL
     arq_redis: ArqRedis | None = None  # queues jobs (the events lane, continuations, redrive); None: cannot
     ensured_merchants: set[str] = field(default_factory=set)  # merchants whose row this process has written
@@ -167,11 +169,15 @@ async def build_context(
         coalescer = FetchCoalescer(sync, window=settings.worker_fetch_window_ms / 1000.0,
                                    on_success=hooks.mark_authorized)
         stack.push_async_callback(coalescer.close)
+        attributes = AttributeWriter(pool, settings.square_application_id,
+                                     window=settings.worker_fetch_window_ms / 1000.0)
+        stack.push_async_callback(attributes.close)
     except BaseException:
         await stack.aclose()
         raise
     return WorkerContext(settings=settings, pool=pool, client=client, sync=sync, hooks=hooks, inbox=inbox,
-                         coalescer=coalescer, redis=redis, arq_redis=arq_redis, exit_stack=stack)
+                         coalescer=coalescer, attributes=attributes, redis=redis, arq_redis=arq_redis,
+                         exit_stack=stack)
 
 
 @asynccontextmanager

@@ -44,9 +44,13 @@ async def reset(request: web.Request) -> web.Response:
 async def seed(request: web.Request) -> web.Response:
     body = await _json(request)
     state = _merchant(request, body)
-    result = seed_merchant(state, customers=int(body.get("customers", 0)), groups=body.get("groups"),
-                           segments=body.get("segments"), instant_profiles=int(body.get("instant_profiles", 0)),
-                           seed=body.get("seed", _emu(request).seed))
+    try:
+        result = seed_merchant(state, customers=int(body.get("customers", 0)), groups=body.get("groups"),
+                               segments=body.get("segments"), instant_profiles=int(body.get("instant_profiles", 0)),
+                               seed=body.get("seed", _emu(request).seed),
+                               custom_attributes=body.get("custom_attributes"))
+    except (TypeError, ValueError) as exc:
+        raise bad_request(str(exc), field="custom_attributes") from None
     return json_response(result)
 
 
@@ -202,7 +206,8 @@ async def sellers(request: web.Request) -> web.Response:
 
 
 def _application_json(emulator: Emulator) -> dict[str, Any]:
-    return {"token": emulator.application_token, "events_enabled": emulator.app_events_enabled,
+    return {"token": emulator.application_token, "application_id": emulator.application_id,
+            "events_enabled": emulator.app_events_enabled,
             "events_enablement_scope": emulator.knobs.events_enablement_scope}
 
 

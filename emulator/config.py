@@ -13,11 +13,33 @@ from typing import Any
 # The documented default seller: a public test credential, not a secret.
 DEFAULT_MERCHANT_ID, DEFAULT_TOKEN = ("MLEMULATOR001", "EAAAEmulatorDefaultToken")
 CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.deleted")
+# Custom attribute events (FACTS-2 A.6): values fire `updated`/`deleted`, definitions `created`/`updated`/`deleted`;
+# `.visible.*` for whatever the application can see, `.owned.*` in addition for what it owns.
+_VALUE_ACTIONS, _DEFINITION_ACTIONS = ("updated", "deleted"), ("created", "updated", "deleted")
+ATTRIBUTE_EVENT_TYPES = tuple(
+    [f"customer.custom_attribute.{scope}.{action}" for scope in ("owned", "visible") for action in _VALUE_ACTIONS]
+    + [f"customer.custom_attribute_definition.{scope}.{action}" for scope in ("owned", "visible")
+       for action in _DEFINITION_ACTIONS])
+# The deprecated (2022-05-12) event types, each a copy of its replacement: delivered only to subscriptions that name
+# them, never recorded for SearchEvents.
+DEPRECATED_ALIASES: dict[str, str] = {
+    **{f"customer.custom_attribute.owned.{a}": f"customer.custom_attribute.{a}" for a in _VALUE_ACTIONS},
+    **{f"customer.custom_attribute.visible.{a}": f"customer.custom_attribute.public.{a}" for a in _VALUE_ACTIONS},
+    **{f"customer.custom_attribute_definition.owned.{a}": f"customer.custom_attribute_definition.{a}"
+       for a in _DEFINITION_ACTIONS},
+    **{f"customer.custom_attribute_definition.visible.{a}": f"customer.custom_attribute_definition.public.{a}"
+       for a in _DEFINITION_ACTIONS},
+}
+# What a subscription without an explicit `event_types` list receives: every non-deprecated type.
+DEFAULT_EVENT_TYPES = CUSTOMER_EVENT_TYPES + ATTRIBUTE_EVENT_TYPES
+DEFAULT_APPLICATION_ID = "sq0idp-square-mirror"  # the one application every seller's token belongs to
 PERSONAL, OAUTH = "personal", "oauth"  # a seller's token: a personal access token (default) or an OAuth token
 TOKEN_KINDS = (PERSONAL, OAUTH)
 EVENTS_ENABLEMENT_SCOPES = ("seller", "application")
 # Knobs whose value must be one of a fixed set (checked by Knobs.merge).
-_CHOICES: dict[str, tuple[str, ...]] = {"events_enablement_scope": EVENTS_ENABLEMENT_SCOPES}
+_CHOICES: dict[str, tuple[str, ...]] = {"events_enablement_scope": EVENTS_ENABLEMENT_SCOPES,
+                                        "custom_attribute_event_shape": ("bare", "wrapped"),
+                                        "merge_custom_attributes": ("follow", "drop")}
 
 
 @dataclass
@@ -64,6 +86,24 @@ class Knobs:
     # UNCONFIRMED: UpdateCustomer/BulkUpdateCustomers may clear every public field (the profile becomes
     # hidden from List/Search). False: such an update is 400 BAD_REQUEST. The admin Dashboard edit always may.
     update_can_hide_profile: bool = True
+    # UNCONFIRMED: custom attribute webhooks carry the attribute/definition directly in `data.object` ("bare", as in
+    # every example of Square's) or wrapped as `{"custom_attribute": ...}` / `{"custom_attribute_definition": ...}`
+    # ("wrapped", as the schema says).
+    custom_attribute_event_shape: str = "bare"
+    # UNCONFIRMED: the `key` inside `data.object` of `.owned.*` events is qualified (`{app id}:{key}`, as in the
+    # examples) or the owner's simple key (False). `.visible.*` events always carry the qualified key.
+    owned_event_keys_qualified: bool = True
+    # UNCONFIRMED: deleting a definition (which deletes its values on every profile) also fires one value
+    # `.deleted` event per profile (True), or only the definition's `.deleted` event (False).
+    definition_delete_fires_value_events: bool = False
+    # UNCONFIRMED: deleting a customer fires a value `.deleted` event for each of its custom attributes.
+    customer_delete_fires_attribute_events: bool = False
+    # UNCONFIRMED: on a merge the sources' custom attribute values follow to the new profile (newest source wins
+    # per key: "follow") or are dropped ("drop").
+    merge_custom_attributes: str = "follow"
+    # UNCONFIRMED: a merge fires custom attribute events (`.updated` for the values landing on the new profile,
+    # `.deleted` for the sources' values). False: none.
+    merge_fires_attribute_events: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,7 +135,7 @@ class SubscriptionSpec:
     url: str
     signature_key: str
     notification_url: str | None = None
-    event_types: tuple[str, ...] = CUSTOMER_EVENT_TYPES
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     merchant_id: str | None = None  # None: every seller
 
 
@@ -104,16 +144,23 @@ class EmulatorConfig:
     """Everything ``create_app`` needs. ``sellers`` maps merchant ID -> token (default seller if empty);
     ``token_kinds`` maps merchant ID -> ``"oauth"`` for sellers whose token is an OAuth access token
     (absent: a personal access token). ``application_token`` is the application's own personal access
-    token: accepted by the Events API only, where it covers every seller."""
+    token: accepted by the Events API only, where it covers every seller. ``application_id`` is that
+    application's ID (what owns the custom attribute definitions created through the public API)."""
 
     seed: int = 0
     sellers: dict[str, str] = field(default_factory=dict)
     token_kinds: dict[str, str] = field(default_factory=dict)
     application_token: str | None = None
+    # The application every seller's token (personal or OAuth) belongs to: definitions created through the public
+    # API are owned by it; other applications' keys look like `{their id}:{key}` to it.
+    application_id: str = DEFAULT_APPLICATION_ID
     customers: int = 0  # seeded for each seller at start
     instant_profiles: int = 0  # seeded for each seller at start: profiles with no public information
     groups: int | None = None
     segments: int | None = None
+    # Custom attributes seeded for each seller at start (the admin seed's `custom_attributes`, e.g.
+    # `{"definitions": 8, "share": 0.3, "min": 1, "max": 5}`); None: none.
+    custom_attributes: dict[str, Any] | None = None
     subscriptions: list[SubscriptionSpec] = field(default_factory=list)
     knobs: Knobs = field(default_factory=Knobs)
     snapshot_path: str | None = None

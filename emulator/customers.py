@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .attribute_filter import attribute_predicates
 from .errors import SquareError, bad_request, customer_not_found, error
 from .keys import EMULATOR, json_response, merchant_of
 from .records import CustomerRec
@@ -82,8 +83,10 @@ async def search_customers(request: web.Request) -> web.Response:
     order = _enum(sort.get("order"), SORT_ORDERS, "query.sort.order", "ASC")
     count = bool(body.get("count", False))
     try:
-        predicates = compile_filter(query.get("filter"), state.groups, state.segments, raw,
-                                    custom=(state.ca_definitions, state.ca_values))
+        predicates = compile_filter(
+            query.get("filter"), state.groups, state.segments, raw,
+            custom_attribute=lambda spec: attribute_predicates(spec, state.attributes.filter_key, state.index.attrs,
+                                                               raw))
     except EmptyResult:
         return json_response(b'{"count":0}' if count else EMPTY)
     fingerprint = "search:" + hashlib.sha1(orjson.dumps(query, option=orjson.OPT_SORT_KEYS),

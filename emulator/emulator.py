@@ -53,6 +53,7 @@ class Emulator:
         self.merchants: dict[str, MerchantState] = {}
         self.tokens: dict[str, str] = {}
         self.application_token: str | None = config.application_token
+        self.application_id = config.application_id  # the app every seller's token belongs to
         self.app_events_enabled: bool | None = None  # last EnableEvents/DisableEvents with the application token
         self._seq = itertools.count(1)
         self._build()
@@ -61,6 +62,7 @@ class Emulator:
         self.merchants.clear()
         self.tokens.clear()
         self.application_token = self.config.application_token
+        self.application_id = self.config.application_id
         self.app_events_enabled = None
         self._seq = itertools.count(1)
         for merchant_id, token in self.config.seller_map().items():
@@ -71,10 +73,11 @@ class Emulator:
                 self.webhooks.subscribe(mid, spec.url, spec.signature_key, spec.notification_url,
                                         spec.event_types)
         cfg = self.config
-        if cfg.customers or cfg.groups or cfg.segments or cfg.instant_profiles:
+        if cfg.customers or cfg.groups or cfg.segments or cfg.instant_profiles or cfg.custom_attributes:
             for state in self.merchants.values():
                 seed_merchant(state, customers=cfg.customers, groups=cfg.groups, segments=cfg.segments,
-                              instant_profiles=cfg.instant_profiles, seed=self.seed)
+                              instant_profiles=cfg.instant_profiles, seed=self.seed,
+                              custom_attributes=cfg.custom_attributes)
 
     def next_seq(self) -> int:
         """Emulator-wide event emission order (merges several sellers' events in SearchEvents)."""
@@ -95,7 +98,8 @@ class Emulator:
         inherit = self.knobs.events_enablement_scope == "application" and self.app_events_enabled is not None
         state = MerchantState(merchant_id, token, rng, self.knobs, self._publish, token_kind=token_kind,
                               events_enabled=self.app_events_enabled if inherit else None,
-                              events_enabled_by="application" if inherit else "default", next_seq=self.next_seq)
+                              events_enabled_by="application" if inherit else "default", next_seq=self.next_seq,
+                              application_id=self.application_id)
         self.merchants[merchant_id] = state
         self.tokens[token] = merchant_id
         return state
@@ -156,7 +160,8 @@ class Emulator:
 
     def snapshot(self) -> dict[str, Any]:
         return {"seed": self.seed, "knobs": self.knobs.to_json(),
-                "application": {"token": self.application_token, "events_enabled": self.app_events_enabled},
+                "application": {"token": self.application_token, "events_enabled": self.app_events_enabled,
+                                "application_id": self.application_id},
                 "subscriptions": [s.to_json() | {"signature_key": s.signature_key}
                                   for s in self.webhooks.subscriptions],
                 "merchants": {mid: st.snapshot() for mid, st in self.merchants.items()}}
@@ -169,6 +174,7 @@ class Emulator:
         if application is not None:
             self.application_token = application.get("token")
             self.app_events_enabled = application.get("events_enabled")
+            self.application_id = str(application.get("application_id") or self.application_id)
         max_seq = max((int(e[3]) for m in snap.get("merchants", {}).values() for e in m.get("events", ())
                        if len(e) > 3), default=0)
         self._seq = itertools.count(max_seq + 1)

@@ -1,9 +1,12 @@
-"""Customer event envelopes (webhook + Events API) and SearchEvents.
+"""Event envelopes (webhook + Events API) of customers and custom attributes, and SearchEvents.
 
 The same event object is stored for SearchEvents and sent to webhook subscriptions, so both views of
 a mutation agree byte for byte. Payload rules (spec descriptions): no ``segment_ids`` in any customer
 event; ``customer.deleted`` also drops ``group_ids`` (and, like the spec example, the timestamps) and
 sets ``data.deleted``; merges add ``data.object.event_context.merge`` on created and deleted events.
+Custom attribute events (FACTS-2 A.6): ``data.type`` is ``custom_attribute`` (``data.id`` =
+``{qualified key}:CUSTOMER:{customer id}``) or ``custom_attribute_definition`` (``data.id`` = the qualified key);
+``.deleted`` events set ``data.deleted`` and carry the last state.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ def customer_event(merchant_id: str, event_type: str, customer: dict[str, Any], 
     if merge is not None and event_type in ("customer.created", "customer.deleted"):
         obj["event_context"] = {"merge": merge}
     data["object"] = obj
+    return {"merchant_id": merchant_id, "type": event_type, "event_id": event_id, "created_at": rfc3339_s(ts),
+            "data": data}
+
+
+def attribute_event(merchant_id: str, event_type: str, *, data_type: str, data_id: str, obj: dict[str, Any],
+                    deleted: bool, wrapped: bool, event_id: str, ts: float) -> dict[str, Any]:
+    """A ``customer.custom_attribute*`` event: ``obj`` (a CustomAttribute or CustomAttributeDefinition) directly in
+    ``data.object`` (``wrapped=False``, Square's examples) or under its type name (``wrapped=True``, the schema)."""
+    data: dict[str, Any] = {"type": data_type, "id": data_id}
+    if deleted:
+        data["deleted"] = True
+    data["object"] = {data_type: obj} if wrapped else obj
     return {"merchant_id": merchant_id, "type": event_type, "event_id": event_id, "created_at": rfc3339_s(ts),
             "data": data}
 
@@ -90,7 +105,8 @@ class EventLog:
 
 def search_events(sources: Sequence[tuple[str, EventLog]], body: dict[str, Any], raw: bytes,
                   now: float) -> dict[str, Any]:
-    """SearchEvents over the searchable customer events of the last 28 days of one or more sellers.
+    """SearchEvents over the searchable customer and custom attribute events of the last 28 days of one or more
+    sellers.
 
     ``sources`` is what the caller's token may see: its own seller for a seller's token, every seller for the
     application's token. Results are merged in ``created_at`` order (second precision, as events carry it),

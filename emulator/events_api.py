@@ -1,5 +1,5 @@
-"""Events API handlers (SearchEvents over customer events, EnableEvents/DisableEvents, ListEventTypes) and
-RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is
+"""Events API handlers (SearchEvents over customer and custom attribute events, EnableEvents/DisableEvents,
+ListEventTypes) and RetrieveMerchant (``/v2/merchants/me``). Authentication (application token, OAuth refusal) is
 ``Emulator.authenticate``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import clock
-from .config import CUSTOMER_EVENT_TYPES
+from .config import ATTRIBUTE_EVENT_TYPES, CUSTOMER_EVENT_TYPES
 from .errors import SquareError, error
 from .events import EventLog, search_events
 from .keys import EMULATOR, json_response, merchant_of, principal_of
@@ -32,9 +32,11 @@ async def search(request: web.Request) -> web.Response:
 
 
 async def list_event_types(request: web.Request) -> web.Response:
-    return json_response({"event_types": list(CUSTOMER_EVENT_TYPES), "metadata": [
-        {"event_type": t, "api_version_introduced": "2021-02-26", "release_status": "PUBLIC"}
-        for t in CUSTOMER_EVENT_TYPES]})
+    introduced = {**dict.fromkeys(CUSTOMER_EVENT_TYPES, "2021-02-26"),
+                  **dict.fromkeys(ATTRIBUTE_EVENT_TYPES, "2022-08-17")}
+    return json_response({"event_types": list(introduced), "metadata": [
+        {"event_type": t, "api_version_introduced": since, "release_status": "PUBLIC"}
+        for t, since in introduced.items()]})
 
 
 def _switch(request: web.Request, enabled: bool) -> web.Response:

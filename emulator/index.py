@@ -1,5 +1,6 @@
 """The list/search index: what ListCustomers and SearchCustomers see, possibly ``index_lag_seconds`` behind the
-truth, kept as sorted key lists that bisection walks and keyset cursors point into.
+truth, kept as sorted key lists that bisection walks and keyset cursors point into. Custom attribute values lag
+with it: the search filter ``custom_attribute`` reads the index's copy (``attrs``), not the truth.
 """
 
 from __future__ import annotations
@@ -7,12 +8,13 @@ from __future__ import annotations
 import base64
 import bisect
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from . import clock
+from .attribute_values import AttrValue
 from .errors import invalid_cursor
 from .records import CustomerRec
 from .search import Predicate
@@ -21,10 +23,11 @@ from .search import Predicate
 class CustomerIndex:
     """What ListCustomers/SearchCustomers see: public profiles, possibly ``index_lag_seconds`` behind.
 
-    Built at once from ``records`` (seeding, restore), then kept up to date by ``stage`` (a committed change,
-    visible from ``due`` on) and ``catch_up`` (apply every change that is due)."""
+    Built at once from ``records`` and ``attrs`` (seeding, restore), then kept up to date by ``stage`` /
+    ``stage_attr`` (a committed change, visible from ``due`` on) and ``catch_up`` (apply every change that is due)."""
 
-    def __init__(self, records: Iterable[CustomerRec] = ()) -> None:
+    def __init__(self, records: Iterable[CustomerRec] = (),
+                 attrs: Mapping[str, Mapping[str, AttrValue]] | None = None) -> None:
         self.visible: dict[str, CustomerRec] = {r.id: r for r in records if r.public}
         self.by_default: list[tuple[str, str]] = []
         self.by_created: list[tuple[str, str]] = []
@@ -32,6 +35,17 @@ class CustomerIndex:
         self._sort()
         self.pending: deque[tuple[float, str, CustomerRec | None]] = deque()
         self.generation = 0
+        # Custom attribute values as searches see them (customer id -> qualified key -> value), and who holds a key.
+        self.attrs: dict[str, dict[str, AttrValue]] = {}
+        self.holders: dict[str, set[str]] = {}
+        for cid, values in (attrs or {}).items():
+            if values:
+                self.attrs[cid] = dict(values)
+                for key in values:
+                    self.holders.setdefault(key, set()).add(cid)
+        self.attr_pending: deque[tuple[float, str, str, AttrValue | None]] = deque()
+        self._narrowed: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+        self._narrowed_generation = -1
 
     def _sort(self) -> None:
         self.by_default = sorted(r.dkey for r in self.visible.values())
@@ -41,7 +55,35 @@ class CustomerIndex:
     def stage(self, due: float, cid: str, rec: CustomerRec | None) -> None:
         self.pending.append((due, cid, rec))
 
+    def stage_attr(self, due: float, cid: str, key: str, value: AttrValue | None) -> None:
+        """A custom attribute value set (or deleted: ``None``) on a profile, searchable from ``due`` on."""
+        self.attr_pending.append((due, cid, key, value))
+
+    def _catch_up_attrs(self, now: float) -> bool:
+        pending = self.attr_pending
+        if not pending or pending[0][0] > now:
+            return False
+        while pending and pending[0][0] <= now:
+            _, cid, key, value = pending.popleft()
+            if value is not None:
+                self.attrs.setdefault(cid, {})[key] = value
+                self.holders.setdefault(key, set()).add(cid)
+                continue
+            values = self.attrs.get(cid)
+            if values is None or values.pop(key, None) is None:
+                continue
+            if not values:
+                del self.attrs[cid]
+            holders = self.holders.get(key)
+            if holders is not None:
+                holders.discard(cid)
+                if not holders:
+                    del self.holders[key]
+        return True
+
     def catch_up(self, now: float) -> None:
+        if self._catch_up_attrs(now):
+            self.generation += 1
         pending = self.pending
         if not pending or pending[0][0] > now:
             return
@@ -96,6 +138,11 @@ class CustomerIndex:
                     keys = sorted(visible[i].ckey if by_created else visible[i].dkey for i in ids)
             elif getattr(pred, "range_attr", None) == "created_ts" and keys is self.by_created:
                 keys = _created_slice(keys, pred.range_start, pred.range_end)  # type: ignore[attr-defined]
+            elif getattr(pred, "attr_key", None) is not None and (keys is self.by_created or keys is self.by_default):
+                # A custom attribute filter walks only the profiles holding that key (sorted once per generation).
+                narrowed = self._holders_keys(pred.attr_key, sort_field == "CREATED_AT")  # type: ignore[attr-defined]
+                if narrowed is not None:
+                    keys = narrowed
         desc = order == "DESC"
         start: int
         if cursor:
@@ -138,6 +185,22 @@ class CustomerIndex:
             total = len(keys) if predicates is None else sum(
                 1 for k in keys if all(p(visible[k[1]]) for p in predicates))
         return out, next_cursor, total
+
+
+    def _holders_keys(self, key: str, by_created: bool) -> list[tuple[str, str]] | None:
+        """Sort keys of the listed profiles holding ``key``, or None when that is most of the index anyway."""
+        holders = self.holders.get(key, set())
+        if len(holders) > len(self.visible) // 2:
+            return None
+        if self._narrowed_generation != self.generation:
+            self._narrowed.clear()
+            self._narrowed_generation = self.generation
+        cached = self._narrowed.get((key, by_created))
+        if cached is None:
+            visible = self.visible
+            cached = sorted(visible[c].ckey if by_created else visible[c].dkey for c in holders if c in visible)
+            self._narrowed[(key, by_created)] = cached
+        return cached
 
 
 def _created_slice(keys: list[tuple[str, str]], start: float | None, end: float | None) -> list[tuple[str, str]]:

@@ -97,7 +97,7 @@ def reference_fuzzy(stored: str, query: str) -> bool:
     return all(any(s.startswith(q) for s in stored_tokens) for q in reference_tokens(query))
 
 
-def _text_filter(name: str, spec: Any) -> tuple[str | None, str | None]:
+def text_filter(name: str, spec: Any) -> tuple[str | None, str | None]:
     if not isinstance(spec, dict):
         raise bad_request(f"Expected an object for `query.filter.{name}`.")
     for key in spec:
@@ -110,7 +110,7 @@ def _text_filter(name: str, spec: Any) -> tuple[str | None, str | None]:
     return exact, fuzzy
 
 
-def _time_range(name: str, spec: Any) -> tuple[float | None, float | None]:
+def time_range(name: str, spec: Any) -> tuple[float | None, float | None]:
     if not isinstance(spec, dict):
         raise bad_request(f"Expected an object for `query.filter.{name}`.")
     out: list[float | None] = []
@@ -140,9 +140,12 @@ def _ids(spec: Any, name: str) -> tuple[set[str], set[str], set[str]]:
 
 
 def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segments: set[str] | dict[str, Any],
-                   raw: bytes, custom: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None,
+                   raw: bytes, custom_attribute: Callable[[Any], list[Predicate]] | None = None,
                    ) -> list[Predicate]:
-    """Turn a CustomerFilter into predicates over customer records; raise EmptyResult for ``{}``."""
+    """Turn a CustomerFilter into predicates over customer records; raise EmptyResult for ``{}``.
+
+    ``custom_attribute`` compiles the ``custom_attribute`` part (``attribute_filter.py``: it needs the seller's
+    definitions and the index's lagging copy of the values); without it that part is refused."""
     if flt is None:
         return []
     reject_unknown(flt, FILTER_FIELDS, raw)
@@ -163,18 +166,18 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
         preds.append(lambda r: (r.doc.get("creation_source") in values) == include)
     for name, attr in (("created_at", "created_ts"), ("updated_at", "updated_ts")):
         if flt.get(name) is not None:
-            start, end = _time_range(name, flt[name])
+            start, end = time_range(name, flt[name])
             # UNCONFIRMED bounds: start inclusive, end exclusive.
             preds.append(_in_range(attr, start, end))
     if flt.get("email_address") is not None:
-        exact, fuzzy = _text_filter("email_address", flt["email_address"])
+        exact, fuzzy = text_filter("email_address", flt["email_address"])
         if exact is not None:
             want = exact.strip().lower()
             preds.append(lambda r: (r.doc.get("email_address") or "").lower() == want)
         else:
             preds.append(_email_tokens_pred(str(fuzzy)))
     if flt.get("phone_number") is not None:
-        exact, fuzzy = _text_filter("phone_number", flt["phone_number"])
+        exact, fuzzy = text_filter("phone_number", flt["phone_number"])
         if exact is not None:
             want_e164 = e164(exact) if exact.strip().startswith("+") else None
             if want_e164 is None:
@@ -183,7 +186,7 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
         else:
             preds.append(_phone_tokens_pred(str(fuzzy)))
     if flt.get("reference_id") is not None:
-        exact, fuzzy = _text_filter("reference_id", flt["reference_id"])
+        exact, fuzzy = text_filter("reference_id", flt["reference_id"])
         if exact is not None:
             want = exact.lower()
             preds.append(lambda r: (r.doc.get("reference_id") or "").lower() == want)
@@ -206,103 +209,10 @@ def compile_filter(flt: Any, known_groups: set[str] | dict[str, Any], known_segm
                                               field="query.filter.segment_ids")])
         preds.append(_membership("segment_ids", s_all, s_any, s_none))
     if flt.get("custom_attribute") is not None:
-        defs: dict[str, Any] = custom[0] if custom is not None else {}
-        attr_values: dict[str, dict[str, Any]] = custom[1] if custom is not None else {}
-        preds.extend(_custom_attribute_preds(flt["custom_attribute"], defs, attr_values, raw))
+        if custom_attribute is None:
+            raise bad_request("Custom attribute filters are not supported here.", field="query.filter.custom_attribute")
+        preds.extend(custom_attribute(flt["custom_attribute"]))
     return preds
-
-
-def _custom_attribute_preds(spec: Any, defs: dict[str, Any], values: dict[str, dict[str, Any]],
-                            raw: bytes) -> list[Predicate]:
-    """CustomerCustomAttributeFilters: up to 10 filters, ANDed; each on one defined key."""
-    reject_unknown(spec, frozenset(("filters",)), raw)
-    filters = spec.get("filters") or []
-    if not isinstance(filters, list) or len(filters) > 10:
-        raise bad_request("`custom_attribute.filters` must be a list of at most 10 filters.",
-                          field="query.filter.custom_attribute.filters")
-    keys = [f.get("key") for f in filters if isinstance(f, dict)]
-    if len(keys) != len(set(keys)):
-        raise bad_request("Custom attribute filter keys must be unique.", field="query.filter.custom_attribute")
-    preds: list[Predicate] = []
-    for item in filters:
-        reject_unknown(item, frozenset(("key", "filter", "updated_at")), raw)
-        key = item.get("key")
-        if key not in defs:
-            raise bad_request(f"Custom attribute definition with key `{key}` not found.",
-                              field="query.filter.custom_attribute")
-        if item.get("filter") is None and item.get("updated_at") is None:
-            raise bad_request("Each custom attribute filter needs `filter` or `updated_at`.",
-                              field="query.filter.custom_attribute")
-        checks: list[Callable[[dict[str, Any]], bool]] = []
-        if item.get("updated_at") is not None:
-            checks.append(_updated_check(*_time_range("custom_attribute.updated_at", item["updated_at"])))
-        if item.get("filter") is not None:
-            checks.append(_value_check(item["filter"]))
-        preds.append(_attr_pred(values, str(key), checks))
-    return preds
-
-
-def _updated_check(start: float | None, end: float | None) -> Callable[[dict[str, Any]], bool]:
-    def check(attr: dict[str, Any]) -> bool:
-        ts = parse_rfc3339(attr["updated_at"])
-        return (start is None or ts >= start) and (end is None or ts <= end)
-
-    return check
-
-
-def _attr_pred(values: dict[str, dict[str, Any]], key: str,
-               checks: list[Callable[[dict[str, Any]], bool]]) -> Predicate:
-    def pred(r: Any) -> bool:
-        attr = values.get(r.doc["id"], {}).get(key)
-        return attr is not None and all(c(attr) for c in checks)
-
-    return pred
-
-
-def _value_check(spec: Any) -> Callable[[dict[str, Any]], bool]:
-    if not isinstance(spec, dict) or len(spec) != 1:
-        raise bad_request("A custom attribute value filter sets exactly one field.",
-                          field="query.filter.custom_attribute.filter")
-    kind, value = next(iter(spec.items()))
-    if kind in ("text", "email", "phone"):
-        exact, fuzzy = _text_filter(kind, value)
-        if exact is not None:
-            want = str(exact).lower()
-            return lambda a: isinstance(a["value"], str) and a["value"].lower() == want
-        q = str(fuzzy)
-        match = phone_fuzzy if kind == "phone" else email_fuzzy if kind == "email" else reference_fuzzy
-        return lambda a: isinstance(a["value"], str) and match(a["value"], q)
-    if kind == "boolean":
-        return lambda a: a["value"] is bool(value)
-    if kind == "number":
-        lo = float(value["start_at"]) if value.get("start_at") is not None else None
-        hi = float(value["end_at"]) if value.get("end_at") is not None else None
-        def in_range(a: dict[str, Any]) -> bool:
-            n = _num(a["value"])
-            return n is not None and (lo is None or n >= lo) and (hi is None or n <= hi)
-
-        return in_range
-    if kind == "date":
-        lo_d, hi_d = (value or {}).get("start_at"), (value or {}).get("end_at")
-        return lambda a: isinstance(a["value"], str) and (lo_d is None or a["value"] >= lo_d[:10]) \
-            and (hi_d is None or a["value"] <= hi_d[:10])
-    if kind == "selection":
-        any_, all_ = set(value.get("any") or []), set(value.get("all") or [])
-        return lambda a: isinstance(a["value"], list) and (not any_ or bool(any_ & set(a["value"]))) \
-            and all_ <= set(a["value"])
-    if kind == "address":
-        postal = ((value or {}).get("postal_code") or {}).get("exact")
-        country = (value or {}).get("country")
-        return lambda a: isinstance(a["value"], dict) and (postal is None or a["value"].get("postal_code") == postal) \
-            and (country is None or a["value"].get("country") == country)
-    raise bad_request(f"Unknown custom attribute filter `{kind}`.", field="query.filter.custom_attribute.filter")
-
-
-def _num(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _in_range(attr: str, start: float | None, end: float | None) -> Predicate:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from . import clock
+from .attribute_seeding import seed_attributes
 from .records import CustomerRec
 from .state import MerchantState
 
@@ -38,9 +39,12 @@ PREFS_UNSUBSCRIBED = {"email_unsubscribed": True}
 
 
 def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = None, segments: int | None = None,
-                  instant_profiles: int = 0, seed: int | None = None) -> dict[str, Any]:
-    """Add ``customers`` realistic profiles (plus groups/segments) to one seller, without events."""
+                  instant_profiles: int = 0, seed: int | None = None,
+                  custom_attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add ``customers`` realistic profiles (plus groups/segments and, with ``custom_attributes``, custom attribute
+    definitions and values: ``attribute_seeding.py``) to one seller, without events."""
     rng = random.Random(f"seed:{state.merchant_id}:{seed if seed is not None else 0}:{len(state.customers)}")
+    attr_rng = random.Random(f"attributes:{state.merchant_id}:{seed if seed is not None else 0}:{len(state.customers)}")
     total = customers + instant_profiles
     n_groups = groups if groups is not None else (min(5, max(1, total // 20)) if total else 0)
     n_segments = segments if segments is not None else (3 if total else 0)
@@ -123,8 +127,12 @@ def seed_merchant(state: MerchantState, *, customers: int, groups: int | None = 
             new_recs.append(CustomerRec(doc, created, float(int(updated)), ordered=True))
         for rec in new_recs:
             state.customers[rec.id] = rec
+        attributes = seed_attributes(state, new_recs, custom_attributes, attr_rng) if custom_attributes else None
         state.reindex()
     finally:
         state.quiet = False
-    return {"merchant_id": state.merchant_id, "customers": customers, "instant_profiles": instant_profiles,
-            "groups": group_ids, "segments": segment_ids}
+    result = {"merchant_id": state.merchant_id, "customers": customers, "instant_profiles": instant_profiles,
+              "groups": group_ids, "segments": segment_ids}
+    if attributes is not None:
+        result["custom_attributes"] = attributes
+    return result

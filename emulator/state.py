@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 
 from . import clock
-from .config import PERSONAL, Knobs
+from .attribute_store import AttributeStore
+from .attribute_values import AttrValue
+from .config import DEFAULT_APPLICATION_ID, PERSONAL, Knobs
 from .errors import (
     SquareError,
     bad_request,
@@ -41,7 +43,8 @@ class MerchantState:
 
     def __init__(self, merchant_id: str, token: str, rng: random.Random, knobs: Knobs, sink: EventSink, *,
                  token_kind: str = PERSONAL, events_enabled: bool | None = None,
-                 events_enabled_by: str = "default", next_seq: Callable[[], int] | None = None) -> None:
+                 events_enabled_by: str = "default", next_seq: Callable[[], int] | None = None,
+                 application_id: str = DEFAULT_APPLICATION_ID) -> None:
         self.merchant_id = merchant_id
         self.token = token
         self.token_kind = token_kind  # "personal" or "oauth" (the Events API refuses OAuth tokens)
@@ -69,9 +72,9 @@ class MerchantState:
         self.idempotency: dict[str, bytes] = {}
         self.group_idempotency: dict[str, str] = {}
         self.index = CustomerIndex()
-        self.ca_definitions: dict[str, dict[str, Any]] = {}
-        self.ca_values: dict[str, dict[str, dict[str, Any]]] = {}  # customer id -> key -> CustomAttribute
-        self.ca_idempotency: dict[str, str] = {}
+        self.attributes = AttributeStore(merchant_id, application_id, knobs, has_customer=self.has_customer,
+                                         stage=self._stage_attr, record=self.record,
+                                         new_uuid=lambda: clock.new_uuid(self.rng))
         self.events = EventLog(knobs.event_log_max)
         self.quiet = False  # seeding: no events
         self._last_created = 0.0
@@ -89,11 +92,19 @@ class MerchantState:
         self.index.stage(clock.now() + self.knobs.index_lag_seconds, rec.id, rec)
         return rec
 
+    def _stage_attr(self, cid: str, key: str, value: AttrValue | None) -> None:
+        self.index.stage_attr(clock.now() + self.knobs.index_lag_seconds, cid, key, value)
+
     def emit(self, event_type: str, doc: dict[str, Any], ts: float, merge: dict[str, Any] | None = None) -> None:
         if self.quiet:
             return
-        event = customer_event(self.merchant_id, event_type, doc, event_id=clock.new_uuid(self.rng), ts=ts,
-                               merge=merge)
+        self.record(customer_event(self.merchant_id, event_type, doc, event_id=clock.new_uuid(self.rng), ts=ts,
+                                   merge=merge), ts)
+
+    def record(self, event: dict[str, Any], ts: float) -> None:
+        """Keep an event for SearchEvents and hand it to webhook delivery (nothing while seeding)."""
+        if self.quiet:
+            return
         # Searchable only if events were enabled when it occurred, and the token still had access then.
         access = not self.revoked or self.knobs.revoked_events_searchable
         self.events.append(ts, event, searchable=self.events_enabled and access,
@@ -128,6 +139,9 @@ class MerchantState:
         return {"enabled": self.events_enabled, "enabled_since": clock.rfc3339_ms(since) if since is not None else None,
                 "changes": list(self.events_changes), "recorded": len(self.events.entries),
                 "searchable": self.events.count_searchable()}
+
+    def has_customer(self, cid: str) -> bool:
+        return cid in self.customers
 
     def new_customer_id(self) -> str:
         while True:
@@ -265,7 +279,9 @@ class MerchantState:
         return new
 
     def delete_customer(self, cid: str, version: Any, *, merged_into: str | None = None,
-                        merge: dict[str, Any] | None = None) -> None:
+                        merge: dict[str, Any] | None = None, attribute_events: bool | None = None) -> None:
+        """Its custom attribute values become unreachable; they fire ``.deleted`` events only with
+        ``attribute_events`` (default: knob ``customer_delete_fires_attribute_events``)."""
         rec = self.customers.get(cid)
         if rec is None:
             raise customer_not_found_error(cid)
@@ -279,8 +295,9 @@ class MerchantState:
             self.segment_members.get(sid, set()).discard(cid)
         self.tombstones[cid] = {"deleted_at": clock.rfc3339_ms(ts), "merged_into": merged_into,
                                 "version": rec.version}
-        self.ca_values.pop(cid, None)
         self.emit("customer.deleted", rec.doc, ts, merge)
+        fire = self.knobs.customer_delete_fires_attribute_events if attribute_events is None else attribute_events
+        self.attributes.customer_deleted(cid, fire=fire)
 
     def set_group(self, cid: str, gid: str, member: bool) -> None:
         rec = self.customers.get(cid)
@@ -364,14 +381,11 @@ class MerchantState:
         for sid in segments:
             self.segment_members.setdefault(sid, set()).add(new_id)
         self.emit("customer.created", new.doc, ts, merge_ctx)
-        attrs: dict[str, dict[str, Any]] = {}
-        for rec in ordered:  # custom attribute values follow the merge, newest profile first
-            for key, attr in self.ca_values.get(rec.id, {}).items():
-                attrs.setdefault(key, attr)
-        if attrs:
-            self.ca_values[new_id] = attrs
+        fire = self.knobs.merge_fires_attribute_events
+        if self.knobs.merge_custom_attributes == "follow":  # UNCONFIRMED; "drop": they go with the sources
+            self.attributes.merged([r.id for r in ordered], new_id, fire=fire)
         for cid in ids:
-            self.delete_customer(cid, None, merged_into=new_id, merge=merge_ctx)
+            self.delete_customer(cid, None, merged_into=new_id, merge=merge_ctx, attribute_events=fire)
             self.merges.append({"from_customer_id": cid, "to_customer_id": new_id,
                                 "merged_at": clock.rfc3339_ms(ts)})
         return new
@@ -461,6 +475,7 @@ class MerchantState:
             "group_members": {g: sorted(m) for g, m in self.group_members.items()},
             "segment_members": {s: sorted(m) for s, m in self.segment_members.items()},
             "events_api": self.events_dump(),
+            **self.attributes.dump(self.customers.__contains__),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -474,8 +489,7 @@ class MerchantState:
                                "changes": list(self.events_changes)}
         out["idempotency"] = {k: v.decode() for k, v in self.idempotency.items()}
         out["group_idempotency"] = dict(self.group_idempotency)
-        out["custom_attribute_definitions"] = dict(self.ca_definitions)
-        out["custom_attributes"] = {cid: dict(v) for cid, v in self.ca_values.items()}
+        out["custom_attribute_store"] = self.attributes.to_json()  # every owner's, hidden ones included
         return out
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -508,10 +522,12 @@ class MerchantState:
             self.events_changes = list(events_state.get("changes", []))
         self.idempotency = {k: v.encode() for k, v in snap.get("idempotency", {}).items()}
         self.group_idempotency = dict(snap.get("group_idempotency", {}))
-        self.ca_definitions = dict(snap.get("custom_attribute_definitions", {}))
-        self.ca_values = {cid: dict(v) for cid, v in snap.get("custom_attributes", {}).items()}
+        if "custom_attribute_store" in snap:
+            self.attributes.load(snap["custom_attribute_store"])
+        else:
+            self.attributes.load_legacy(snap.get("custom_attribute_definitions", {}), snap.get("custom_attributes", {}))
         self.reindex()
 
     def reindex(self, records: Iterable[CustomerRec] | None = None) -> None:
         """Rebuild the list/search index from the truth at once (seeding, restore)."""
-        self.index = CustomerIndex(records or self.customers.values())
+        self.index = CustomerIndex(records or self.customers.values(), self.attributes.values)

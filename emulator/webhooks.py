@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import aiohttp
 import orjson
 
 from . import clock
-from .config import CUSTOMER_EVENT_TYPES, Knobs
+from .config import DEFAULT_EVENT_TYPES, DEPRECATED_ALIASES, Knobs
 from .events import rng_for
 
 log = logging.getLogger("emulator.webhooks")
@@ -40,7 +41,7 @@ class Subscription:
     url: str
     signature_key: str
     notification_url: str
-    event_types: tuple[str, ...] = CUSTOMER_EVENT_TYPES
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     enabled: bool = True
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +68,17 @@ class DeliveryRecord:
                 "attempts": self.attempts}
 
 
+def _version_key(event: dict[str, Any]) -> tuple[tuple[str, str], int]:
+    """What ``webhook_latest_version_only`` compares: (type, data.id) and the object's ``version``."""
+    data = event.get("data") or {}
+    obj = data.get("object") or {}
+    for wrapper in ("customer", "custom_attribute", "custom_attribute_definition"):
+        if isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    return (event["type"], str(data.get("id", ""))), int(obj.get("version", 0) or 0)
+
+
 class WebhookDispatcher:
     def __init__(self, seed: int, knobs: Knobs) -> None:
         self.seed = seed
@@ -84,20 +96,27 @@ class WebhookDispatcher:
                   event_types: tuple[str, ...] | None = None) -> Subscription:
         sub = Subscription(id=f"wbhk_{next(self._ids):06d}", merchant_id=merchant_id, url=url,
                            signature_key=signature_key, notification_url=notification_url or url,
-                           event_types=tuple(event_types or CUSTOMER_EVENT_TYPES))
+                           event_types=tuple(event_types or DEFAULT_EVENT_TYPES))
         self.subscriptions.append(sub)
         return sub
 
     def publish(self, merchant_id: str, event: dict[str, Any]) -> None:
-        """Schedule deliveries of one event to every matching subscription (needs a running loop)."""
+        """Schedule deliveries of one event to every matching subscription (needs a running loop), and of its
+        deprecated alias (a copy under the old type name, with its own event ID) to subscriptions naming that."""
+        self._publish_one(merchant_id, event)
+        alias = DEPRECATED_ALIASES.get(event["type"])
+        if alias is not None and any(alias in s.event_types and s.merchant_id == merchant_id
+                                     for s in self.subscriptions):
+            event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event['event_id']}/{alias}"))
+            self._publish_one(merchant_id, {**event, "type": alias, "event_id": event_id})
+
+    def _publish_one(self, merchant_id: str, event: dict[str, Any]) -> None:
         subs = [s for s in self.subscriptions
                 if s.enabled and s.merchant_id == merchant_id and event["type"] in s.event_types]
         if not subs:
             return
         body = orjson.dumps(event)
-        customer = (event.get("data") or {}).get("object", {}).get("customer") or {}
-        key = (event["type"], customer.get("id", ""))
-        version = int(customer.get("version", 0))
+        key, version = _version_key(event)
         for sub in subs:
             latest = self.latest.setdefault(sub.id, {})
             latest[key] = max(version, latest.get(key, -1))

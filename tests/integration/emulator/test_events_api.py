@@ -253,8 +253,8 @@ async def test_application_enable_switches_every_seller_and_the_scope_knob_decid
 
 
 async def test_admin_sets_and_removes_the_application_token(emu: EmulatorHandle) -> None:
-    assert await emu.admin("GET", "application") == {"token": None, "events_enabled": None,
-                                                     "events_enablement_scope": "seller"}
+    assert await emu.admin("GET", "application") == {"token": None, "application_id": "sq0idp-square-mirror",
+                                                     "events_enabled": None, "events_enablement_scope": "seller"}
     assert (await call(emu, "POST", "/v2/events", "late-app", {}))[0] == 401
     out = await emu.admin("PUT", "application", {"token": "late-app"})
     assert out["token"] == "late-app"

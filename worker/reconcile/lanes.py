@@ -446,7 +446,8 @@ async def run_lane(wc: WorkerContext, merchant_id: str, lane: str) -> runs.Run:
     """One lane for one merchant as one recorded run; Square errors end the run (recorded), not the caller."""
     sync = wc.sync
     if lane == "sweep":
-        return await backfill(sync, merchant_id, kind=SWEEP, concurrency=wc.settings.backfill_concurrency)
+        return await backfill(sync, merchant_id, kind=SWEEP, concurrency=wc.settings.backfill_concurrency,
+                              attribute_concurrency=wc.settings.backfill_custom_attribute_concurrency)
     function = LANE_FUNCTIONS[lane]
     # The Events API refuses OAuth tokens: its refusal says nothing about the merchant's token (never unauthorized).
     async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,

@@ -126,3 +126,11 @@ JOIN square.customers c ON c.merchant_id = a.merchant_id AND c.id = a.customer_i
 WHERE a.merchant_id = $1 AND a.deleted_at IS NULL AND a.customer_id > $2
 ORDER BY a.customer_id
 LIMIT $3
+
+-- name: custom_attribute_holders --
+-- Every customer holding a live value, by ID, whatever the mirror knows of the customer (a backfill reads by ID
+-- those its searches did not find). $1 merchant_id.
+SELECT DISTINCT customer_id
+FROM square.customer_custom_attributes
+WHERE merchant_id = $1 AND deleted_at IS NULL
+ORDER BY customer_id

@@ -89,7 +89,7 @@ class AttributeBackfill:
         # All time up to a day from now: one range for every page of a key's search (cursors belong to a query).
         self.end_at = iso(utcnow() + timedelta(days=1))
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._snapshot_at = 0.0
+        self._snapshot_at = -CHECKPOINT_EVERY
 
     # -- checkpoint ---------------------------------------------------------------------------------------------
 
@@ -99,12 +99,15 @@ class AttributeBackfill:
                 "pending": [c for c in self.found if c not in self.read]}
 
     async def save(self, *, force: bool = True) -> None:
-        now = time.monotonic()
-        if not force and now - self._snapshot_at < CHECKPOINT_EVERY:
-            return
-        self._snapshot_at = now
+        """Write the checkpoint now (``force``), or after a batch of reads: the first at once, then every
+        ``CHECKPOINT_EVERY`` seconds."""
+        if not force:
+            now = time.monotonic()
+            if now - self._snapshot_at < CHECKPOINT_EVERY:
+                return
+            self._snapshot_at = now
         self.checkpoint["custom_attributes"] = self.snapshot()
-        await self.run.flush(checkpoint=self.checkpoint, force=force)
+        await self.run.flush(checkpoint=self.checkpoint)
 
     async def _written(self, customer_ids: list[str]) -> None:
         self.read.update(customer_ids)

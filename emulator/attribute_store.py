@@ -108,8 +108,8 @@ class AttributeStore:
     def create_definition(self, owner: str, spec: dict[str, Any], idempotency_key: str | None = None) -> str:
         """A new definition owned by ``owner`` (an application ID, or ``square`` for a Dashboard custom field:
         key ``square:{uuid}``, always ``VISIBILITY_READ_WRITE_VALUES``). Returns its qualified key."""
-        if idempotency_key and idempotency_key in self.idempotency:
-            return self.idempotency[idempotency_key]
+        if idempotency_key and self.idempotency.get(idempotency_key) in self.definitions:
+            return self.idempotency[idempotency_key]  # a replay (of a definition that still exists)
         key = spec.get("key")
         if owner == SELLER and key is None:
             key = self._new_uuid()

@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=0, help="customers seeded for each seller at start")
     p.add_argument("--instant-profiles", type=int, default=0,
                    help="instant profiles without public information seeded for each seller at start")
+    p.add_argument("--custom-attributes", metavar="JSON",
+                   help='custom attributes seeded for each seller at start, e.g. '
+                        '\'{"definitions": 8, "share": 0.3, "min": 1, "max": 5, "hidden": 1}\'')
+    p.add_argument("--application-id", metavar="ID",
+                   help="the application every seller's token belongs to (owns the definitions created through the "
+                        "public API; default sq0idp-square-mirror)")
     p.add_argument("--webhook-url")
     p.add_argument("--signature-key")
     p.add_argument("--notification-url", help="URL the signature is computed over (default: --webhook-url)")
@@ -75,16 +81,22 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             raise SystemExit("--webhook-url needs --signature-key")
         subs.append(SubscriptionSpec(url=args.webhook_url, signature_key=args.signature_key,
                                      notification_url=args.notification_url))
+    try:
+        custom_attributes = orjson.loads(args.custom_attributes) if args.custom_attributes else None
+    except orjson.JSONDecodeError:
+        raise SystemExit(f"--custom-attributes expects a JSON object, got {args.custom_attributes!r}") from None
+    extra = {"application_id": args.application_id} if args.application_id else {}
     return EmulatorConfig(seed=args.seed, sellers=sellers, token_kinds=kinds,
                           application_token=args.application_token, customers=args.customers,
                           instant_profiles=args.instant_profiles, subscriptions=subs, knobs=knobs,
-                          snapshot_path=args.snapshot)
+                          snapshot_path=args.snapshot, custom_attributes=custom_attributes, **extra)
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
     async with run_emulator(config, host=host, port=port) as handle:
         line: dict[str, object] = {
             "emulator": handle.base_url,
+            "application_id": handle.emulator.application_id,
             "sellers": [{"merchant_id": s.merchant_id, "token": s.token}
                         | ({"token_kind": s.token_kind} if s.token_kind != PERSONAL else {})
                         for s in handle.emulator.merchants.values()]}

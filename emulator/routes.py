@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, customers, events_api, groups
+from . import admin, attribute_admin, customers, events_api, groups
 from . import custom_attributes as attrs
 
 
@@ -93,6 +93,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/_emulator/subscriptions", admin.list_subscriptions)
     r.add_delete("/_emulator/subscriptions/{subscription_id}", admin.delete_subscription)
     r.add_patch("/_emulator/customers/{customer_id}", admin.dashboard_update)
+    r.add_put("/_emulator/customers/{customer_id}/custom-attributes/{key}", attribute_admin.set_value)
+    r.add_delete("/_emulator/customers/{customer_id}/custom-attributes/{key}", attribute_admin.delete_value)
+    r.add_get("/_emulator/custom-attribute-definitions", attribute_admin.list_definitions)
+    r.add_post("/_emulator/custom-attribute-definitions", attribute_admin.create_definition)
+    r.add_put("/_emulator/custom-attribute-definitions/{key}", attribute_admin.update_definition)
+    r.add_delete("/_emulator/custom-attribute-definitions/{key}", attribute_admin.delete_definition)
     r.add_get("/_emulator/deliveries", admin.deliveries)
     r.add_post("/_emulator/deliveries/drain", admin.drain)
     r.add_get("/_emulator/sellers", admin.sellers)

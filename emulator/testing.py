@@ -82,6 +82,30 @@ class EmulatorHandle:
             "POST", "merge", {"merchant_id": merchant_id or self.merchant_id, "customer_ids": customer_ids})
         return result
 
+    async def define_custom_attribute(self, definition: dict[str, Any], owner: str | None = None,
+                                      merchant_id: str | None = None) -> str:
+        """Create a custom attribute definition as ``owner`` (an application ID, ``"square"`` for a Dashboard field,
+        None for the mirror's application); returns its qualified key."""
+        body: dict[str, Any] = {"merchant_id": merchant_id or self.merchant_id, "definition": definition}
+        if owner is not None:
+            body["owner"] = owner
+        result: dict[str, Any] = await self.admin("POST", "custom-attribute-definitions", body)
+        key: str = result["custom_attribute_definition"]["key"]
+        return key
+
+    async def set_custom_attribute(self, customer_id: str, key: str, value: Any, merchant_id: str | None = None,
+                                   version: int | None = None) -> dict[str, Any]:
+        """Set a value as the definition's owner (``key`` qualified, or the mirror's application's simple key)."""
+        body: dict[str, Any] = {"merchant_id": merchant_id or self.merchant_id, "value": value}
+        if version is not None:
+            body["version"] = version
+        result: dict[str, Any] = await self.admin("PUT", f"customers/{customer_id}/custom-attributes/{key}", body)
+        return result
+
+    async def delete_custom_attribute(self, customer_id: str, key: str, merchant_id: str | None = None) -> None:
+        mid = merchant_id or self.merchant_id
+        await self.admin("DELETE", f"customers/{customer_id}/custom-attributes/{key}?merchant_id={mid}")
+
     async def set_faults(self, **knobs: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.admin("PUT", "faults", knobs)
         return result

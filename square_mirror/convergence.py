@@ -11,7 +11,9 @@ What "equal" means:
 - membership tables equal the truth's ``group_members``/``segment_members`` restricted to live customers;
 - every truth tombstone the mirror knows is a tombstone in the mirror, with the same ``merged_into``;
   truth merges the mirror knows of are recorded in ``customer_merges``;
-- live groups and segments (id and name) are the same sets; deleted ones are tombstoned if the mirror knows them.
+- live groups and segments (id and name) are the same sets; deleted ones are tombstoned if the mirror knows them;
+- custom attribute definitions (key, name, schema, visibility, version) are the same, and so are the values
+  (value, version, visibility) of the live customers the mirror holds, when the truth dump has them.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: st
             if did in live_defs:
                 diffs.append(f"{kind[:-1]} {did}: deleted in truth, live in mirror")
 
+    if "custom_attribute_definitions" in truth:
+        diffs.extend(await _custom_attribute_diff(pool, truth, merchant_id, set(live)))
     if check_memberships:
         for kind, definitions in (("group_members", "groups"), ("segment_members", "segments")):
             got_rows = await pool.fetch(queries.get("mirror_memberships", definitions), merchant_id)
@@ -105,4 +109,40 @@ async def mirror_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: st
                 missing, extra = sorted(want_pairs - got)[:5], sorted(got - want_pairs)[:5]
                 diffs.append(f"{kind}: {len(want_pairs - got)} missing (e.g. {missing}), "
                              f"{len(got - want_pairs)} extra (e.g. {extra})")
+    return diffs
+
+
+_DEFINITION_FIELDS = ("name", "schema", "visibility", "version")
+_VALUE_FIELDS = ("value", "version", "visibility")
+
+
+async def _custom_attribute_diff(pool: asyncpg.Pool, truth: dict[str, Any], merchant_id: str,
+                                 live: set[str]) -> list[str]:
+    """Definitions and the live customers' values; messages name keys and fields, never values."""
+    diffs: list[str] = []
+    rows = await pool.fetch(queries.get("mirror_custom_attribute_definitions"), merchant_id)
+    mirror_defs = {r["key"]: r for r in rows}
+    truth_defs: dict[str, dict[str, Any]] = truth["custom_attribute_definitions"]
+    for key in sorted(set(mirror_defs) | set(truth_defs)):
+        got, want = mirror_defs.get(key), truth_defs.get(key)
+        if got is None or want is None:
+            diffs.append(f"custom attribute definition {key}: {'missing from' if got is None else 'extra in'} mirror")
+            continue
+        fields = [f for f in _DEFINITION_FIELDS if got[f] != want.get(f)]
+        if fields:
+            diffs.append(f"custom attribute definition {key}: {fields} differ")
+    rows = await pool.fetch(queries.get("mirror_custom_attributes"), merchant_id)
+    mirror_values = {(r["customer_id"], r["key"]): r for r in rows}
+    truth_values = {(cid, key): attr for cid, attrs in (truth.get("custom_attributes") or {}).items()
+                    if cid in live for key, attr in attrs.items()}
+    missing = sorted(set(truth_values) - set(mirror_values))
+    extra = sorted(set(mirror_values) - set(truth_values))
+    if missing or extra:
+        diffs.append(f"custom attributes: {len(missing)} missing (e.g. {missing[:5]}), {len(extra)} extra "
+                     f"(e.g. {extra[:5]})")
+    for pair in sorted(set(truth_values) & set(mirror_values)):
+        got_value, want_value = mirror_values[pair], truth_values[pair]
+        fields = [f for f in _VALUE_FIELDS if got_value[f] != want_value.get(f)]
+        if fields:
+            diffs.append(f"custom attribute {pair[1]} of customer {pair[0]}: {fields} differ")
     return diffs

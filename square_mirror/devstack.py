@@ -59,11 +59,16 @@ class Stack:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def emulator_args(port: int, seed: int, customers: int, hook_url: str, signature_key: str) -> list[str]:
+def emulator_args(port: int, seed: int, customers: int, hook_url: str, signature_key: str, *,
+                  custom_attributes: str | None = None) -> list[str]:
     """The emulator's command line. The key goes as ``--signature-key=KEY``: a random URL-safe key starts with
-    ``-`` one time in 64, and argparse would read ``--signature-key -xyz`` as a missing value (exit code 2)."""
-    return ["emulator", "--port", str(port), "--seed", str(seed), "--customers", str(customers),
+    ``-`` one time in 64, and argparse would read ``--signature-key -xyz`` as a missing value (exit code 2).
+    ``custom_attributes``: the emulator's seeding of custom attributes (JSON), if any."""
+    args = ["emulator", "--port", str(port), "--seed", str(seed), "--customers", str(customers),
             "--webhook-url", hook_url, f"--signature-key={signature_key}"]
+    if custom_attributes is not None:
+        args.append(f"--custom-attributes={custom_attributes}")
+    return args
 
 
 def cli_command(*args: str) -> list[str]:

@@ -18,6 +18,8 @@ PII_KEYS: Final = frozenset(
         "given_name", "family_name", "nickname", "company_name", "email_address", "email", "phone_number",
         "phone", "address", "address_line_1", "address_line_2", "address_line_3", "locality", "sublocality",
         "postal_code", "first_name", "last_name", "note", "birthday", "tax_ids", "eu_vat", "name_on_card",
+        # Custom attribute values may be any of the above or free text: a value, and anything that carries one.
+        "value", "values", "custom_attribute", "custom_attributes", "object",
     }
 )
 SECRET_KEYS: Final = frozenset(

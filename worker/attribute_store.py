@@ -30,6 +30,17 @@ def canonical_key(key: str, own_application_id: str | None) -> str:
     return key
 
 
+async def resolve_key(conn: Conn, merchant_id: str, key: str, own_application_id: str | None) -> str:
+    """``canonical_key``, and without the application's ID: a qualified key the mirror holds no definition for,
+    whose simple key it does hold (a definition only its owner sees simple), is that definition's."""
+    if own_application_id or ":" not in key or key.startswith("square:"):
+        return canonical_key(key, own_application_id)
+    simple = key.rsplit(":", 1)[1]
+    known = {r["key"] for r in await conn.fetch(queries.get("known_custom_attribute_keys"), merchant_id,
+                                                [key, simple])}
+    return simple if simple in known and key not in known else key
+
+
 def value_row(customer_id: str, attribute: Mapping[str, Any], *, key: str | None = None,
               deleted_at: datetime | None = None) -> dict[str, Any]:
     """The write input for one value: a live state, or (``deleted_at`` set) the last state of a deleted one."""

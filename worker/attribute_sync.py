@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -207,7 +207,3 @@ async def sync_definitions(ctx: SyncContext, merchant_id: str, run: Run | None =
         log.info("custom_attribute_definitions_ended", merchant_id=merchant_id, count=len(ended))
     return DefinitionsResult(sorted(d["key"] for d in definitions), ended, calls)
 
-
-def customers_of(pages: Sequence[dict[str, Any]]) -> list[str]:
-    """The customer IDs of SearchCustomers pages."""
-    return [c["id"] for page in pages for c in page.get("customers") or [] if isinstance(c.get("id"), str)]

@@ -2,8 +2,9 @@
 
 It starts (or uses DATABASE_URL / REDIS_URL) Postgres and Redis, the Square emulator, the receiver and a worker
 as real processes, plays a story that exercises every hard part (backfill, live creates and updates, a group
-change, a delete, a merge, a segment change only reconcile can see, a burst of duplicated and reordered
-deliveries), then checks the mirror against the emulator's truth and prints what happened.
+change, a delete, a merge, a segment change only reconcile can see, a seller's custom field set, changed and
+deleted, a burst of duplicated and reordered deliveries), then checks the mirror against the emulator's truth and
+prints what happened.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from square_mirror.queries import queries
 HELP = (
     "Start Postgres and Redis (embedded unless DATABASE_URL / REDIS_URL are set), the Square emulator, the "
     "receiver and a worker; play a story of creates, updates, a group change, a delete, a merge, a segment "
-    "change and a burst of duplicated, out-of-order deliveries; check the mirror against the emulator. "
+    "change, a custom attribute set, changed and deleted, and a burst of duplicated, out-of-order deliveries; "
+    "check the mirror against the emulator. "
     "--keep-running leaves everything up until Ctrl-C."
 )
 EXAMPLE_SQL = """\
@@ -44,8 +46,17 @@ FROM square.customers_current c JOIN square.customer_group_memberships m
 SELECT segment_name, count(*) FROM square.customer_segment_memberships GROUP BY 1 ORDER BY 2 DESC;
 -- where did merged-away customers go?
 SELECT customer_id, current_customer_id, merge_depth FROM square.customer_id_resolution WHERE merge_depth > 0;
+-- custom attributes, typed by their definitions
+SELECT name, data_type, text_value, number_value, boolean_value, date_value, selection_names
+FROM square.customer_custom_attributes_typed LIMIT 10;
+-- one custom field across customers, by its name
+SELECT id, custom_attributes->>'Favorite drink' AS drink FROM square.customers_current
+WHERE custom_attributes ? 'Favorite drink';
 -- what happened to each webhook event
 SELECT type, outcome, count(*) FROM square.webhook_events GROUP BY 1, 2 ORDER BY 1, 2;"""
+# The seeded custom attributes: every data type, owned by the application, another app and the seller's Dashboard.
+SEEDED_CUSTOM_ATTRIBUTES = '{"definitions": 8, "share": 0.3, "min": 1, "max": 3}'
+STRING_SCHEMA = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,14 +66,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for convergence (90)")
 
 
-async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say: Any) -> None:
+async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say: Any) -> tuple[str, str]:
+    """Plays the story; returns the (customer, key) whose custom attribute it set and changed."""
     mid = square.merchant_id
-    say("1/7 backfill: everything the seller already has")
+    say("1/8 backfill: everything the seller already has")
     code = await run_cli(stack, "backfill", ["backfill", "--merchant", mid, "--no-progress"], env)
     if code != 0:
         raise RuntimeError(f"backfill failed (exit {code}); see {stack.workdir / 'backfill.log'}")
 
-    say("2/7 live creates and updates (webhooks -> receiver -> queue -> worker)")
+    say("2/8 live creates and updates (webhooks -> receiver -> queue -> worker)")
     created = []
     for i in range(5):
         body = {"idempotency_key": str(uuid.uuid4()), "given_name": f"Demo{i}", "family_name": "Customer",
@@ -72,25 +84,39 @@ async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say:
         await square.call("PUT", f"/v2/customers/{customer['id']}",
                           {"nickname": "updated", "version": customer["version"]})
 
-    say("3/7 a group change")
+    say("3/8 a group change")
     group = (await square.call("POST", "/v2/customers/groups",
                                {"idempotency_key": str(uuid.uuid4()), "group": {"name": "Demo VIPs"}}))["group"]
     await square.call("PUT", f"/v2/customers/{created[0]['id']}/groups/{group['id']}")
 
-    say("4/7 a delete")
+    say("4/8 a delete")
     await square.call("DELETE", f"/v2/customers/{created[1]['id']}")
 
-    say("5/7 a merge (Dashboard-only in EmulatorClient: emulator admin API)")
+    say("5/8 a merge (Dashboard-only in EmulatorClient: emulator admin API)")
     await square.admin("POST", "/merge", {"merchant_id": mid, "customer_ids": [created[2]["id"], created[3]["id"]]})
 
-    say("6/7 a segment change (no webhook, no version bump) healed by the reconcile segments lane")
+    say("6/8 a segment change (no webhook, no version bump) healed by the reconcile segments lane")
     segment = (await square.admin("POST", "/segments", {"merchant_id": mid, "name": "Lunch regulars"}))["segment"]
     await square.admin("PUT", f"/segments/{segment['id']}/members/{created[4]['id']}")
     code = await run_cli(stack, "reconcile", ["reconcile", "--merchant", mid, "--lane", "segments"], env)
     if code != 0:
         raise RuntimeError(f"reconcile failed (exit {code}); see {stack.workdir / 'reconcile.log'}")
 
-    say("7/7 a burst of duplicated and out-of-order deliveries")
+    say("7/8 a seller's custom field: set, changed, and deleted on another customer (applied from the webhooks, "
+        "no API call)")
+    field = (await square.admin("POST", "/custom-attribute-definitions", {
+        "merchant_id": mid, "owner": "square",
+        "definition": {"name": "Favorite drink", "description": "What they order", "schema": STRING_SCHEMA}},
+    ))["custom_attribute_definition"]
+    key = field["key"]
+    for customer, drink in ((created[0], "Flat white"), (created[4], "Chai latte")):
+        await square.admin("PUT", f"/customers/{customer['id']}/custom-attributes/{key}",
+                           {"merchant_id": mid, "value": drink})
+    await square.admin("PUT", f"/customers/{created[0]['id']}/custom-attributes/{key}",
+                       {"merchant_id": mid, "value": "Oat flat white"})
+    await square.admin("DELETE", f"/customers/{created[4]['id']}/custom-attributes/{key}?merchant_id={mid}")
+
+    say("8/8 a burst of duplicated and out-of-order deliveries")
     await square.admin("PUT", "/faults", {"webhook_duplicate_rate": 0.5, "webhook_reorder_rate": 0.5,
                                           "webhook_reorder_max_delay_seconds": 1.0})
     listed = (await square.call("GET", "/v2/customers?limit=20"))["customers"]
@@ -101,13 +127,26 @@ async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say:
                               {"reference_id": f"burst-{round_}", "version": fresh["version"]})
     await square.admin("POST", "/deliveries/drain?timeout=30")
     await square.admin("PUT", "/faults", {"webhook_duplicate_rate": 0, "webhook_reorder_rate": 0})
+    return created[0]["id"], key
 
 
-async def _summary(pool: asyncpg.Pool, mid: str, diffs: list[str], converge_s: float) -> str:
+async def _custom_attribute_lines(pool: asyncpg.Pool, mid: str, story: tuple[str, str]) -> list[str]:
+    lines = ["custom attributes (square.customer_custom_attributes_typed): " + ", ".join(
+        f"{r['name']} ({r['data_type']}) {r['n']}" for r in await pool.fetch(queries.get("demo_custom_attributes"),
+                                                                           mid))]
+    lines.append(f"the story's custom field, customer {story[0]} (square.customer_custom_attribute_versions):")
+    for r in await pool.fetch(queries.get("demo_custom_attribute_story"), mid, *story):
+        lines.append(f"  v{r['version']} {r['value']!r} from {r['valid_from']:%H:%M:%S}"
+                     + (f" until {r['valid_to']:%H:%M:%S} ({r['closed_reason']})" if r["valid_to"] else " (current)"))
+    return lines
+
+
+async def _summary(pool: asyncpg.Pool, mid: str, diffs: list[str], converge_s: float, story: tuple[str, str]) -> str:
     outcomes = await pool.fetch(queries.get("demo_outcomes"), mid)
     lag = await pool.fetchrow(queries.get("demo_lag"), mid)
     tables = ("customers_current", "customers", "customer_groups", "customer_segments", "customer_group_members",
-              "customer_segment_members", "customer_merges", "webhook_events", "sync_runs", "customer_versions")
+              "customer_segment_members", "customer_merges", "customer_custom_attribute_definitions",
+              "customer_custom_attributes", "webhook_events", "sync_runs", "customer_versions")
     # Inline on purpose: one statement per table name, built from the fixed list above.
     counts = {t: await pool.fetchval(f"SELECT count(*) FROM square.{t}") for t in tables}  # noqa: S608
     lines = ["", "== summary =="]
@@ -116,6 +155,7 @@ async def _summary(pool: asyncpg.Pool, mid: str, diffs: list[str], converge_s: f
     if lag and lag["p50"] is not None:
         lines.append(f"receipt-to-row lag: p50 {lag['p50'] * 1000:.0f} ms, p99 {lag['p99'] * 1000:.0f} ms")
     lines.append("rows: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    lines.extend(await _custom_attribute_lines(pool, mid, story))
     if diffs:
         lines.append(f"convergence check: {len(diffs)} differences from the emulator's truth:")
         lines.extend(f"  {d}" for d in diffs[:20])
@@ -162,18 +202,21 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
     emulator_port, receiver_port, metrics_port = free_port(), free_port(), free_port()
     signature_key = secrets.token_urlsafe(24)
     hook_url = f"http://127.0.0.1:{receiver_port}/square/webhooks"
-    emulator = stack.start("emulator", cli_command(*emulator_args(emulator_port, args.seed, args.customers, hook_url,
-                                                          signature_key)), dict(os.environ))
+    emulator = stack.start("emulator", cli_command(*emulator_args(
+        emulator_port, args.seed, args.customers, hook_url, signature_key,
+        custom_attributes=SEEDED_CUSTOM_ATTRIBUTES)), dict(os.environ))
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
     first_line = (stack.workdir / "emulator.log").read_text().splitlines()[0]
-    seller = orjson.loads(first_line)["sellers"][0]
+    announced = orjson.loads(first_line)
+    seller = announced["sellers"][0]
     merchant_id, token = seller["merchant_id"], seller["token"]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUARE_")}
     env.update({
         "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SQUARE_BASE_URL": emulator_url,
         "SQUARE_ACCESS_TOKEN": token, "SQUARE_MERCHANT_ID": merchant_id,
+        "SQUARE_APPLICATION_ID": announced["application_id"],
         "SQUARE_WEBHOOK_SIGNATURE_KEY": signature_key, "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url,
         "WORKER_METRICS_PORT": str(metrics_port), "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
@@ -190,7 +233,7 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
     try:
         async with aiohttp.ClientSession() as session:
             square = EmulatorClient(session, emulator_url, token, merchant_id)
-            await _story(square, stack, env, say)
+            story = await _story(square, stack, env, say)
             say("waiting for the queue to drain and the mirror to converge...")
             started = time.monotonic()
             diffs: list[str] = ["not checked yet"]
@@ -202,7 +245,7 @@ async def _demo(args: argparse.Namespace, stack: Stack, stop: asyncio.Event, say
                 if not diffs:
                     break
                 await asyncio.sleep(0.5)
-            say(await _summary(pool, merchant_id, diffs, time.monotonic() - started))
+            say(await _summary(pool, merchant_id, diffs, time.monotonic() - started, story))
         if args.keep_running:
             say("")
             say("everything keeps running; Ctrl-C stops it all")

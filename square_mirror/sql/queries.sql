@@ -102,9 +102,34 @@ SELECT id, name, deleted_at FROM square.{table} WHERE merchant_id = $1
 -- Every (group or segment, customer) membership of a merchant (the convergence check). $1 merchant_id.
 SELECT {member_key} AS d, customer_id FROM square.{members} WHERE merchant_id = $1
 
+-- name: mirror_custom_attribute_definitions --
+-- The live custom attribute definitions of a merchant (the convergence check). $1 merchant_id.
+SELECT key, name, schema, visibility, version FROM square.customer_custom_attribute_definitions
+WHERE merchant_id = $1 AND deleted_at IS NULL
+
+-- name: mirror_custom_attributes --
+-- The live custom attribute values of a merchant's live customers (the convergence check). $1 merchant_id.
+SELECT a.customer_id, a.key, a.value, a.version, a.visibility
+FROM square.customer_custom_attributes a
+JOIN square.customers c ON c.merchant_id = a.merchant_id AND c.id = a.customer_id AND c.deleted_at IS NULL
+WHERE a.merchant_id = $1 AND a.deleted_at IS NULL
+
 -- name: demo_outcomes --
 -- The demo's summary: events by type and outcome. $1 merchant_id.
 SELECT type, outcome, count(*) AS n FROM square.webhook_events WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: demo_custom_attributes --
+-- The demo's summary: live custom attribute values by name and data type. $1 merchant_id.
+SELECT coalesce(name, key) AS name, data_type, count(*) AS n
+FROM square.customer_custom_attributes_typed WHERE merchant_id = $1 GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: demo_custom_attribute_story --
+-- The demo's summary: every state of one customer's value of one key, oldest first. $1 merchant_id,
+-- $2 customer_id, $3 key.
+SELECT version, value #>> '{}' AS value, valid_from, valid_to, closed_reason
+FROM square.customer_custom_attribute_versions
+WHERE merchant_id = $1 AND customer_id = $2 AND key = $3
+ORDER BY valid_from, version
 
 -- name: demo_lag --
 -- The demo's summary: receipt-to-row lag of webhook deliveries, p50 and p99 in seconds. $1 merchant_id.

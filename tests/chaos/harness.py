@@ -10,7 +10,9 @@ What runs:
 - one receiver and N workers (``square-mirror webhooks`` / ``worker``), on a private redis-server, so that Redis can
   be killed and restarted empty without touching anyone else's;
 - a stream of creates, updates, group changes, segment changes, deletes, merges and group/segment definition
-  changes through Square's public API (and the emulator's admin API for what only the Dashboard can do), with
+  changes, custom attribute values set, changed and deleted and their definitions made, renamed and deleted (the
+  application's own, another application's and the seller's Dashboard fields), through Square's public API (and
+  the emulator's admin API for what only the Dashboard or another application can do), with
   hidden profiles among them: instant profiles, visible profiles hidden by an update that clears all five public
   fields, hidden ones revealed again, hidden ones put in and taken out of groups and segments, deleted, and merged
   with a visible one or with another hidden one (List and Search never return a hidden profile, whatever the
@@ -57,8 +59,11 @@ from square_mirror.db import create_pool
 from square_mirror.devstack import Stack, cli_command, emulator_admin, wait_for
 from square_mirror.embedded import free_port, tcp_reachable
 
-ALL_LANES = ("incremental", "segments", "groups", "events", "sweep")
-PERIODIC_LANES = ("incremental", "segments", "groups", "events")  # `square-mirror reconcile`'s default, the crons
+ALL_LANES = ("incremental", "segments", "groups", "events", "custom_attributes", "sweep")
+# `square-mirror reconcile`'s default, the crons
+PERIODIC_LANES = ("incremental", "segments", "groups", "events", "custom_attributes")
+# The emulator's seeded custom attributes: every data type, owned by the application, another one and the Dashboard.
+SEEDED_CUSTOM_ATTRIBUTES = '{"definitions": 8, "share": 0.3, "min": 1, "max": 3, "hidden": 1}'
 PUBLIC_FIELDS = ("given_name", "family_name", "company_name", "email_address", "phone_number")
 # The mutation stream: kind -> weight. The hidden-profile kinds (the second half) are weighted so that in the CI-size
 # run (2 sellers, 25 s, ~700 mutations) each happens several times for each seller, and the run ends with hidden
@@ -68,12 +73,34 @@ MUTATIONS: dict[str, int] = {
     "segment_def": 3, "dashboard_edit": 6,
     "instant_create": 12, "hidden_group_member": 10, "hidden_segment_member": 10, "hide": 9, "reveal": 3,
     "hidden_delete": 3, "merge_hidden_visible": 3, "merge_hidden_hidden": 3,
+    "attribute_set": 14, "attribute_delete": 4, "attribute_def": 2,
 }
+ATTRIBUTE_KINDS = ("attribute_set", "attribute_delete", "attribute_def")
 HIDDEN_KINDS = ("instant_create", "hidden_group_member", "hidden_segment_member", "hide", "reveal", "hidden_delete",
                 "merge_hidden_visible", "merge_hidden_hidden")
 # What still works while the seller's token is revoked: the admin API (the Dashboard, Square's own processes).
 ADMIN_KINDS = ("segment_member", "merge", "segment_def", "dashboard_edit", "instant_create", "hidden_segment_member",
-               "hide", "reveal", "merge_hidden_visible", "merge_hidden_hidden")
+               "hide", "reveal", "merge_hidden_visible", "merge_hidden_hidden", *ATTRIBUTE_KINDS)
+
+
+STRING_SCHEMA = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
+
+
+def attribute_value(definition: dict[str, Any], n: int, rng: random.Random) -> Any:
+    """A value of the definition's data type."""
+    schema = definition.get("schema") or {}
+    options = (schema.get("items") or {}).get("enum")
+    if isinstance(options, list) and options:
+        return [rng.choice(options)]
+    kind = str(schema.get("$ref", "")).rsplit(".", 1)[-1]
+    values: dict[str, Any] = {
+        "Email": f"chaos.attr{n}@example.com", "PhoneNumber": f"+1206{rng.randrange(10**7):07d}",
+        "Number": str(rng.randrange(1000)), "Boolean": rng.random() < 0.5,
+        "Date": f"2020-0{rng.randrange(1, 10)}-1{rng.randrange(0, 10)}",
+        "Address": {"address_line_1": f"{n} Chaos Street", "locality": "Seattle", "postal_code": "98101",
+                    "country": "US"},
+    }
+    return values.get(kind, f"chaos value {n}")
 
 
 def is_hidden(doc: dict[str, Any]) -> bool:
@@ -244,6 +271,7 @@ class Seller:
     live: list[str]
     groups: list[str]
     segments: list[str]
+    definitions: dict[str, dict[str, Any]] = field(default_factory=dict)  # custom attributes, by key as seen
     revoked: bool = False
 
 
@@ -323,25 +351,28 @@ class ChaosRun:
             seller_args += ["--seller", f"MLCHAOS{i:03d}:EAAAchaos{secrets.token_hex(12)}"]
         emulator = self._start("emulator", cli_command(
             "emulator", "--port", str(emulator_port), "--seed", str(cfg.seed), "--customers", str(cfg.customers),
-            "--webhook-url", hook_url, f"--signature-key={self.signature_key}", *seller_args), dict(os.environ))
+            "--webhook-url", hook_url, f"--signature-key={self.signature_key}",
+            f"--custom-attributes={SEEDED_CUSTOM_ATTRIBUTES}", *seller_args), dict(os.environ))
         await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
         first = (self.stack.workdir / "emulator-1.log").read_text().splitlines()[0]
         emulator_url = f"http://127.0.0.1:{emulator_port}"
         api = Api(session, emulator_url)
-        tokens = {s["merchant_id"]: s["token"] for s in orjson.loads(first)["sellers"]}
+        announced = orjson.loads(first)
+        tokens = {s["merchant_id"]: s["token"] for s in announced["sellers"]}
         tokens_file = self.stack.workdir / "tokens.json"
         tokens_file.write_text(json.dumps(tokens))
         for mid, token in sorted(tokens.items()):
             truth = await api.admin("GET", f"/state?merchant_id={mid}")
             self._remember_pii(truth)
             self.sellers.append(Seller(mid, token, sorted(truth["customers"]), sorted(truth["groups"]),
-                                       sorted(truth["segments"])))
+                                       sorted(truth["segments"]), dict(truth["custom_attribute_definitions"])))
 
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SQUARE_", "WORKER_", "DATABASE_",
                                                                              "REDIS_"))}
         self.env.update({
             "DATABASE_URL": cfg.database_url, "REDIS_URL": self.redis.url, "SQUARE_BASE_URL": emulator_url,
             "SQUARE_TOKENS_FILE": str(tokens_file), "SQUARE_WEBHOOK_SIGNATURE_KEY": self.signature_key,
+            "SQUARE_APPLICATION_ID": announced["application_id"],
             "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url, "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
             "WORKER_JOB_TIMEOUT_SECONDS": "8", "WORKER_RETRY_MAX_DELAY_SECONDS": "2",
             "WORKER_UNAUTHORIZED_RETRY_SECONDS": "2", "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
@@ -411,6 +442,8 @@ class ChaosRun:
             try:
                 if kind in HIDDEN_KINDS:  # the kind actually done (an instant profile when there was no hidden one)
                     kind, done = await self._hidden(api, seller, kind, n=sum(self.report.mutations.values()))
+                elif kind in ATTRIBUTE_KINDS:
+                    done = await self._attribute(api, seller, kind, n=sum(self.report.mutations.values()))
                 else:
                     done = await self._one(api, seller, kind)
             except RuntimeError:
@@ -499,6 +532,53 @@ class ChaosRun:
                 return False
             return await self._merge(api, seller, rng.sample(seller.live, 2))
         raise AssertionError(kind)
+
+    async def _attribute(self, api: Api, seller: Seller, kind: str, n: int) -> bool:
+        """A custom attribute change, as the Dashboard or the definition's owner makes it (the admin API: values
+        of every owner, definitions of the application, another application or the Dashboard)."""
+        rng, mid = self.rng, seller.merchant_id
+        try:
+            if kind == "attribute_def":
+                return await self._attribute_definition(api, seller, n)
+            if not seller.definitions or not seller.live:
+                return False
+            key = rng.choice(sorted(seller.definitions))
+            cid = rng.choice(seller.live)
+            if kind == "attribute_delete":
+                await api.admin("DELETE", f"/customers/{cid}/custom-attributes/{key}?merchant_id={mid}")
+                return True
+            value = attribute_value(seller.definitions[key], n, rng)
+            if isinstance(value, str) and len(value) >= 8:
+                self.known_pii.add(value)
+            await api.admin("PUT", f"/customers/{cid}/custom-attributes/{key}", {"merchant_id": mid, "value": value})
+            return True
+        except RuntimeError:  # the customer was deleted or merged meanwhile, or the definition deleted
+            return False
+
+    async def _attribute_definition(self, api: Api, seller: Seller, n: int) -> bool:
+        rng, mid = self.rng, seller.merchant_id
+        if seller.definitions and rng.random() < 0.3:
+            key = rng.choice(sorted(seller.definitions))
+            del seller.definitions[key]
+            await api.admin("DELETE", f"/custom-attribute-definitions/{key}?merchant_id={mid}")
+            return True
+        if seller.definitions and rng.random() < 0.5:
+            key = rng.choice(sorted(seller.definitions))
+            await api.admin("PUT", f"/custom-attribute-definitions/{key}",
+                            {"merchant_id": mid, "definition": {"name": f"Field {n}"}})
+            return True
+        owner = rng.choice([None, "square", "sq0idp-chaos-partner"])
+        body: dict[str, Any] = {"merchant_id": mid, "definition": {
+            "key": f"chaos-{n}", "name": f"Chaos field {n}", "description": "chaos", "schema": STRING_SCHEMA,
+            "visibility": "VISIBILITY_READ_ONLY" if owner else "VISIBILITY_READ_WRITE_VALUES"}}
+        if owner:
+            body["owner"] = owner
+        created = await api.admin("POST", "/custom-attribute-definitions", body)
+        if created.get("visible_to_application", True):
+            definition = created["custom_attribute_definition"]
+            key = definition["key"] if owner else definition["key"].rsplit(":", 1)[-1]
+            seller.definitions[key] = definition
+        return True
 
     async def _merge(self, api: Api, seller: Seller, ids: list[str]) -> bool:
         try:
@@ -759,6 +839,11 @@ class ChaosRun:
             for key in ("given_name", "family_name", "note"):
                 value = doc.get(key)
                 if isinstance(value, str) and len(value) >= 8:
+                    self.known_pii.add(value)
+        for attributes in (truth.get("custom_attributes") or {}).values():
+            for attribute in attributes.values():
+                value = attribute.get("value")
+                if isinstance(value, str) and len(value) >= 8 and not value[:1].isdigit():
                     self.known_pii.add(value)
 
     def _grep_logs(self) -> None:

@@ -1,5 +1,6 @@
-"""The CI-size chaos run: under faults, kills and restarts, the mirror still ends equal to Square's truth, and stays
-equal when the periodic reconcile lanes run once more.
+"""The CI-size chaos run: under faults, kills and restarts, the mirror still ends equal to Square's truth (customers,
+groups, segments, merges, custom attribute definitions and values), and stays equal when the periodic reconcile
+lanes run once more.
 
 ``CHAOS_SEED=N`` re-runs a given plan (the seed is printed; default: a fresh one per run, so CI explores). The
 large configuration is ``bench/chaos.py``.
@@ -12,7 +13,7 @@ import random
 
 import pytest
 
-from tests.chaos.harness import HIDDEN_KINDS, ChaosConfig, ChaosRun
+from tests.chaos.harness import ATTRIBUTE_KINDS, HIDDEN_KINDS, ChaosConfig, ChaosRun
 
 
 @pytest.mark.chaos
@@ -27,6 +28,8 @@ async def test_mirror_converges_exactly_after_chaos_and_logs_hold_no_pii_or_secr
     # ended the run in groups and in segments, where only a lookup by ID can see them
     assert all(report.mutations[kind] for kind in HIDDEN_KINDS), report.render()
     assert sum(s["group_memberships"] for s in report.hidden_at_end.values()), report.render()
+    # custom attribute values and definitions changed among them (their events applied without a Square request)
+    assert all(report.mutations[kind] for kind in ATTRIBUTE_KINDS), report.render()
     assert sum(s["segment_memberships"] for s in report.hidden_at_end.values()), report.render()
     assert not report.mismatches, report.render()
     assert not report.unaccounted_2xx, report.render()

@@ -22,7 +22,7 @@ HELP = (
     "event worker's queue, deduplicated by event ID) and sweep (full listing + delete/merge inference). "
     "Default: incremental, segments, groups, events. Exit status is non-zero when any run did not succeed."
 )
-DEFAULT_LANES = ("incremental", "segments", "groups", "events")
+DEFAULT_LANES = ("incremental", "segments", "groups", "events", "custom_attributes")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,7 @@ from worker import attribute_store, attribute_sync
 from worker.context import WorkerContext
 from worker.events import inbox
 from worker.outcome import Outcome
-from worker.store import StoredCustomer
-from worker.sync import SyncContext
+from worker.store import Conn, StoredCustomer
 
 # The deprecated names of the owned events (the current ones contain ".owned.").
 _DEPRECATED_OWNED = frozenset(("customer.custom_attribute.updated", "customer.custom_attribute.deleted",
@@ -30,7 +29,7 @@ def is_definition_event(job: EventJob) -> bool:
     return job.type in CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES
 
 
-def event_key(job: EventJob, own_application_id: str | None) -> str | None:
+async def event_key(conn: Conn, job: EventJob, own_application_id: str | None) -> str | None:
     """The object's key as this application's REST reads show it."""
     key = job.custom_attribute_key
     if key is None:
@@ -39,18 +38,19 @@ def event_key(job: EventJob, own_application_id: str | None) -> str | None:
     # An owned event's qualifier is this application's own ID, which its REST reads never show.
     if owned and ":" in key and not key.startswith("square:"):
         return key.rsplit(":", 1)[1]
-    return attribute_store.canonical_key(key, own_application_id)
+    return await attribute_store.resolve_key(conn, job.merchant_id, key, own_application_id)
 
 
 async def apply(wc: WorkerContext, job: EventJob, stored: StoredCustomer | None) -> Outcome:
     """Apply one custom-attribute or definition event; ``stored`` is the value's customer as the mirror holds it
     (None: unknown). Writes the outcome to the inbox in the same transaction as the change."""
-    key = event_key(job, wc.settings.square_application_id)
-    if key is None:
+    if job.custom_attribute_key is None:
         return await _read_instead(wc, job)
     assert job.object is not None  # a key implies the object
     deleted_at = (parse_time(job.created_at) or utcnow()) if job.deleted else None
     async with wc.pool.acquire() as conn, conn.transaction():
+        key = await event_key(conn, job, wc.settings.square_application_id)
+        assert key is not None
         if is_definition_event(job):
             written = bool(await attribute_store.upsert_definitions(
                 conn, job.merchant_id, [attribute_store.definition_row(job.object, key=key, deleted_at=deleted_at)]))
@@ -67,7 +67,7 @@ async def apply(wc: WorkerContext, job: EventJob, stored: StoredCustomer | None)
 
 
 async def _read_instead(wc: WorkerContext, job: EventJob) -> Outcome:
-    sync = SyncContext(wc.pool, wc.client)
+    sync = wc.sync
     if is_definition_event(job):
         await attribute_sync.sync_definitions(sync, job.merchant_id)
     elif job.customer_id is not None:

@@ -40,7 +40,7 @@ from square_mirror.jobs import EventJob, InvalidEnvelope, inbox_payload, read_ev
 from square_mirror.logs import bound_context, get_logger
 from square_mirror.retry import event_retry_delay, transient_reason, unauthorized_delay
 from square_mirror.timefmt import parse_time, utcnow
-from worker import store
+from worker import attribute_sync, store
 from worker.context import WorkerContext, enqueue_time, job_try, worker_context
 from worker.events import attributes, inbox
 from worker.events.rules import event_is_stale, target_is_synced
@@ -176,8 +176,8 @@ async def handle_event(wc: WorkerContext, job: EventJob, payload: dict[str, Any]
         from_ids, to_id = merge
         deleted = (job.deleted or job.type == "customer.deleted") and customer_id != to_id
         async with pool.acquire() as conn, conn.transaction():
-            await store.apply_merge(conn, job.merchant_id, from_ids, to_id, event_time,
-                                    source=store.MergeSource.WEBHOOK, event_id=job.event_id)
+            merged = await store.apply_merge(conn, job.merchant_id, from_ids, to_id, event_time,
+                                             source=store.MergeSource.WEBHOOK, event_id=job.event_id)
             if deleted:  # with the version Square gave it; an ID the merge context does not name is plainly deleted
                 merged_away = customer_id in from_ids  # then apply_merge dated it by the merge
                 await store.tombstone_customers(conn, job.merchant_id, [customer_id], event_time,
@@ -187,6 +187,10 @@ async def handle_event(wc: WorkerContext, job: EventJob, payload: dict[str, Any]
         stored = (await store.stored_customers(pool, job.merchant_id, [to_id])).get(to_id)
         if not target_is_synced(stored, target_version):
             await wc.coalescer.fetch(job.merchant_id, to_id, target_version)
+        if merged.recorded or customer_id == to_id:
+            # What Square does with the sources' custom attributes is not documented: their values ended with
+            # their tombstones, and the target's are read again (once per merge learned, and at its creation).
+            await attribute_sync.sync_values(wc.sync, job.merchant_id, [to_id], concurrency=1)
         return await _finish(wc, job, Outcome.MERGED, enqueued)
 
     if event_is_stale(sighting.stored, job):

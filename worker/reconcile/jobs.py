@@ -139,6 +139,10 @@ async def reconcile_events(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _fan_out(ctx, "events")
 
 
+async def reconcile_custom_attributes(ctx: dict[str, Any]) -> dict[str, Any]:
+    return await _fan_out(ctx, "custom_attributes")
+
+
 async def reconcile_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _fan_out(ctx, "sweep")
 
@@ -156,6 +160,8 @@ ARQ_CRON_JOBS: Final = [
          max_tries=LANE_TRIES),
     cron(reconcile_events, name=cron_job_name("events"), minute=set(range(3, 60, 5)), second=35, unique=True,
          max_tries=LANE_TRIES),
+    cron(reconcile_custom_attributes, name=cron_job_name("custom_attributes"), minute=set(range(4, 60, 5)),
+         second=45, unique=True, max_tries=LANE_TRIES),
     # daily
     cron(reconcile_sweep, name=cron_job_name("sweep"), hour=3, minute=17, second=0, unique=True,
          max_tries=LANE_TRIES),

@@ -19,6 +19,10 @@ under the same per-(merchant, kind) lock as the backfill, and writes only throug
   back, and never before events became searchable: the run counts what it cannot reach), each event queued for
   the event worker exactly like a webhook (job ID = event ID, so duplicates collapse; the worker deduplicates
   by event ID in ``webhook_events``): a receiver outage or a lost Redis queue heals itself.
+- ``custom_attributes``: re-lists the custom attribute definitions (one no longer listed ends, with its values),
+  then finds, key by key, the customers whose value changed since the watermark minus the overlap (SearchCustomers'
+  ``custom_attribute`` filter on ``updated_at``) and reads their values again. A deleted value leaves nothing to
+  search for: the sweep reads every customer the mirror holds values for.
 - ``sweep``: a full listing plus deletion/merge inference (:func:`worker.backfill.backfill` of kind ``sweep``).
 
 Lanes take the :class:`worker.context.WorkerContext`; their arq jobs are worker/reconcile/jobs.py.
@@ -33,14 +37,20 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from square_mirror import searchable_events
-from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.constants import (
+    CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES,
+    CUSTOM_ATTRIBUTE_EVENT_TYPES,
+    PROCESS_EVENT_JOB,
+    QUEUE_NAME,
+    SYNCED_EVENT_TYPES,
+)
 from square_mirror.errors import SquareInvalidRequest
 from square_mirror.jobs import EventJob, InvalidEnvelope, build_event_job, read_event_job
 from square_mirror.logs import get_logger
 from square_mirror.pagination import Pages
 from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT, EVENTS_PAGE_LIMIT
 from square_mirror.timefmt import parse_time, require_time, rfc3339, rfc3339_ms, utcnow
-from worker import runs, store
+from worker import attribute_sync, runs, store
 from worker.backfill.partition import created_ms
 from worker.backfill.phases import SWEEP, backfill
 from worker.context import WorkerContext
@@ -50,7 +60,7 @@ from worker.sync import SyncContext, sync_customers, sync_definitions, sync_miss
 
 log = get_logger(__name__)
 
-LANES: Final = ("incremental", "segments", "groups", "events", "sweep")
+LANES: Final = ("incremental", "segments", "groups", "events", "custom_attributes", "sweep")
 EVENTS_RETENTION: Final = timedelta(days=28)
 EVENTS_RETENTION_MARGIN: Final = timedelta(minutes=10)
 EVENTS_MAX_RESTARTS: Final = 5  # one window of events: an expired cursor starts it over, five times at most
@@ -306,6 +316,43 @@ async def groups(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
     await memberships(wc, merchant_id, run, GROUPS)
 
 
+# -- custom attributes --------------------------------------------------------------------------------------
+
+ALL_TIME: Final = "1970-01-01T00:00:00Z"
+
+
+def custom_attribute_search(key: str, start_at: str) -> dict[str, Any]:
+    """SearchCustomers for the customers whose value of ``key`` changed at or after ``start_at`` (inclusive)."""
+    return {"limit": CUSTOMERS_PAGE_LIMIT,
+            "query": {"filter": {"custom_attribute": {"filters": [{"key": key, "updated_at": {"start_at": start_at}}]}},
+                      "sort": {"field": "CREATED_AT", "order": "ASC"}}}
+
+
+async def custom_attributes(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
+    """Definitions, then the values changed since the watermark (all of them on the first pass). The watermark
+    moves to when this pass began, and only once every key's search and every read is written."""
+    sync = wc.sync
+    began = utcnow()
+    definitions = await attribute_sync.sync_definitions(sync, merchant_id, run)
+    watermark = await runs.get_watermark(sync.pool, merchant_id, "custom_attributes")
+    if watermark is None:
+        watermark = await runs.last_succeeded_start(sync.pool, merchant_id, ("backfill", SWEEP))
+    overlap = timedelta(seconds=wc.settings.reconcile_overlap_seconds)
+    start_at = rfc3339(watermark - overlap) if watermark is not None else ALL_TIME
+    run.checkpoint.update(window_start=start_at)
+    changed: dict[str, None] = {}
+
+    async def collect(customers: list[dict[str, Any]], _observed_at: datetime) -> None:
+        changed.update(dict.fromkeys(c["id"] for c in customers))
+
+    for key in definitions.keys:
+        await search_all(sync, merchant_id, custom_attribute_search(key, start_at), run, collect)
+    # sync_values counts the reads into the run (custom_attribute_reads, _customers, _values_written, _values_ended).
+    await attribute_sync.sync_values(sync, merchant_id, changed, run=run,
+                                     concurrency=wc.settings.backfill_concurrency)
+    await runs.set_watermark(sync.pool, merchant_id, "custom_attributes", began)
+
+
 # -- events replay ------------------------------------------------------------------------------------------
 
 EventHandler = Callable[[dict[str, Any], EventJob], Awaitable[bool]]
@@ -325,7 +372,14 @@ def _event_handler(wc: WorkerContext, merchant_id: str) -> tuple[EventHandler, s
     sync = wc.sync
 
     async def by_id(_payload: dict[str, Any], job: EventJob) -> bool:
-        """Without a worker: apply the merge lineage, then bring every named customer in line by ID."""
+        """Without a worker: apply the merge lineage, then bring every named customer in line by ID (for a
+        custom-attribute event, its customer's values; for a definition event, the definitions)."""
+        if job.type in CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES:
+            await attribute_sync.sync_definitions(sync, merchant_id)
+            return True
+        if job.type in CUSTOM_ATTRIBUTE_EVENT_TYPES:
+            await attribute_sync.sync_values(sync, merchant_id, [job.customer_id] if job.customer_id else [])
+            return True
         ids = [job.customer_id] if job.customer_id else []
         if job.merge is not None:
             sources, target = job.merge
@@ -365,7 +419,7 @@ async def events(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
         run.add(unsearchable_seconds=int((searchable.since - needed_from).total_seconds()))
         log.warning("events_window_before_searchable", merchant_id=merchant_id, window_start=rfc3339(needed_from),
                     searchable_since=rfc3339(searchable.since))
-    query = {"filter": {"event_types": sorted(CUSTOMER_EVENT_TYPES), "merchant_ids": [merchant_id],
+    query = {"filter": {"event_types": sorted(SYNCED_EVENT_TYPES), "merchant_ids": [merchant_id],
                         "created_at": {"start_at": rfc3339(start)}},
              "sort": {"field": "DEFAULT", "order": "ASC"}}
 
@@ -385,7 +439,7 @@ async def events(wc: WorkerContext, merchant_id: str, run: runs.Run) -> None:
             continue
         run.add(pages=1)
         for event in page.get("events") or []:
-            if not isinstance(event, dict) or event.get("type") not in CUSTOMER_EVENT_TYPES:
+            if not isinstance(event, dict) or event.get("type") not in SYNCED_EVENT_TYPES:
                 continue
             try:
                 payload = build_event_job(event, received_at=rfc3339(utcnow()), source="events_api")
@@ -415,7 +469,7 @@ async def _check_searchable(sync: SyncContext, merchant_id: str, run: runs.Run, 
     if until <= since:
         return
     missing = int(await sync.pool.fetchval(queries.get("missing_from_search"), merchant_id,
-                                           sorted(CUSTOMER_EVENT_TYPES), since, until, sorted(seen)))
+                                           sorted(SYNCED_EVENT_TYPES), since, until, sorted(seen)))
     if missing:
         run.add(events_missing_from_search=missing)
         restarted = await searchable_events.enable(sync.pool, sync.client, merchant_id, restarted=True)
@@ -432,6 +486,7 @@ LANE_FUNCTIONS: Final[dict[str, Lane]] = {
     "segments": segments,
     "groups": groups,
     "events": events,
+    "custom_attributes": custom_attributes,
 }
 
 

@@ -134,3 +134,7 @@ SELECT DISTINCT customer_id
 FROM square.customer_custom_attributes
 WHERE merchant_id = $1 AND deleted_at IS NULL
 ORDER BY customer_id
+
+-- name: known_custom_attribute_keys --
+-- Which of these keys name a definition the mirror holds (live or not). $1 merchant_id, $2 text[] keys.
+SELECT key FROM square.customer_custom_attribute_definitions WHERE merchant_id = $1 AND key = ANY($2::text[])

@@ -62,6 +62,8 @@ async def test_cli_application_token_oauth_seller_and_instant_profiles() -> None
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "emulator", "--port", "0", "--seed", "3", "--customers", "5", "--instant-profiles", "4",
         "--seller", "MLONE:tok-1", "--seller", "MLOAUTH:tok-o:oauth", "--application-token", "app-pat",
+        "--application-id", "sq0idp-cli-app",
+        "--custom-attributes", '{"definitions": 4, "share": 1, "min": 2, "max": 2}',
         stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stdout is not None
@@ -87,6 +89,10 @@ async def test_cli_application_token_oauth_seller_and_instant_profiles() -> None
         async with aiohttp.ClientSession() as s, s.get(base + "/_emulator/state?merchant_id=MLONE") as r:
             truth = await r.json()
         assert len(truth["customers"]) == 9 and truth["events_api"]["enabled"] is True
+        assert len(truth["custom_attribute_definitions"]) == 4
+        assert len(truth["custom_attributes"]) == 9 and all(len(v) == 2 for v in truth["custom_attributes"].values())
+        async with aiohttp.ClientSession() as s, s.get(base + "/_emulator/custom-attribute-definitions") as r:
+            assert "sq0idp-cli-app:favorite-drink" in (await r.json())["custom_attribute_definitions"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0

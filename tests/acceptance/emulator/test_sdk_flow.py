@@ -275,3 +275,87 @@ async def test_custom_attribute_flow_matches_openapi_and_feeds_search() -> None:
         assert status == 200
         status, _ = await call("GET", "/v2/customers/custom-attribute-definitions/drink")
         assert status == 404
+
+
+async def test_sdk_custom_attribute_calls_and_their_webhooks_match_openapi() -> None:
+    """The SDK's custom attribute calls (definitions, values, batch upsert, the search filter) against a seeded
+    directory with other owners' definitions; every response and a webhook of each custom attribute event type
+    (the deprecated ones included, in both payload shapes) validate against the spec."""
+    from square.types.custom_attribute import CustomAttribute
+
+    from tests.integration.emulator.helpers import receiving
+
+    spec = _load_spec()
+    checker = SchemaChecker(spec)
+    events_index = spec["x-customer-webhook-events"]
+    attribute_types = sorted(t for t in events_index if t.startswith("customer.custom_attribute"))
+    assert len(attribute_types) == 20
+
+    async def hook(response: httpx.Response) -> None:
+        await response.aread()
+        if response.status_code == 200:
+            checker.validate(response.request.method, response.request.url.path, response.json())
+
+    string_schema = {"$ref": "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"}
+    async with run_emulator(EmulatorConfig(seed=23)) as emu, receiving() as receiver:
+        await emu.subscribe(receiver.url, "sdk-key", event_types=attribute_types)
+        seeded = await emu.seed(customers=60, custom_attributes={"definitions": 8, "share": 0.5, "min": 1, "max": 3,
+                                                                  "hidden": 1})
+        truth = await emu.truth()
+        http = httpx.AsyncClient(event_hooks={"response": [hook]}, timeout=30)
+        client = AsyncSquare(base_url=emu.base_url, token=emu.token, httpx_client=http)
+        defs = client.customers.custom_attribute_definitions
+        attrs = client.customers.custom_attributes
+
+        listed = [d async for d in await defs.list(limit=3)]
+        assert [d.key for d in listed] == list(truth["custom_attribute_definitions"])
+        created = await defs.create(custom_attribute_definition={
+            "key": "sdk-drink", "schema": string_schema, "name": "SDK drink", "description": "d",
+            "visibility": "VISIBILITY_READ_WRITE_VALUES"}, idempotency_key="sdk-def-1")
+        assert created.custom_attribute_definition is not None
+        assert created.custom_attribute_definition.key == "sdk-drink"
+        other = next(k for k in truth["custom_attribute_definitions"] if k.startswith("sq0idp-emulator-partner-app:"))
+        got = await defs.get(other)  # another app's definition, by its qualified key
+        assert got.custom_attribute_definition is not None and got.custom_attribute_definition.key == other
+        updated = await defs.update("sdk-drink", custom_attribute_definition={"name": "SDK drink 2", "version": 1})
+        assert updated.custom_attribute_definition is not None and updated.custom_attribute_definition.version == 2
+
+        cid, held = next(iter(truth["custom_attributes"].items()))
+        values: list[CustomAttribute] = [a async for a in await attrs.list(cid, limit=1, with_definitions=True)]
+        assert sorted(a.key or "" for a in values) == sorted(held)
+        upserted = await attrs.upsert(cid, "sdk-drink", custom_attribute={"value": "Flat white"},
+                                      idempotency_key="sdk-up-1")
+        assert upserted.custom_attribute is not None and upserted.custom_attribute.version == 1
+        one = await attrs.get(cid, "sdk-drink", with_definition=True)
+        assert one.custom_attribute is not None and one.custom_attribute.value == "Flat white"
+        others = [c for c in truth["custom_attributes"] if c != cid][:2]
+        batch = await defs.batch_upsert(values={
+            f"r{i}": {"customer_id": c, "custom_attribute": {"key": "sdk-drink", "value": f"Drink {i}"}}
+            for i, c in enumerate(others)})
+        assert batch.values is not None and all(v.custom_attribute is not None for v in batch.values.values())
+        found = await client.customers.search(limit=100, query={"filter": {"custom_attribute": {"filters": [
+            {"key": "sdk-drink", "filter": {"text": {"fuzzy": "drink"}}}]}}})
+        assert found.customers is not None and sorted(c.id or "" for c in found.customers) == sorted(others)
+        await attrs.delete(cid, "sdk-drink")
+        await emu.set_faults(custom_attribute_event_shape="wrapped")
+        await attrs.upsert(cid, "sdk-drink", custom_attribute={"value": "Wrapped"})
+        await defs.delete("sdk-drink")
+        await http.aclose()
+        assert await emu.drain_webhooks(10)
+    assert seeded["custom_attributes"]["values"] > 0
+
+    assert {"ListCustomerCustomAttributeDefinitionsResponse", "CreateCustomerCustomAttributeDefinitionResponse",
+            "RetrieveCustomerCustomAttributeDefinitionResponse", "UpdateCustomerCustomAttributeDefinitionResponse",
+            "DeleteCustomerCustomAttributeDefinitionResponse", "ListCustomerCustomAttributesResponse",
+            "RetrieveCustomerCustomAttributeResponse", "UpsertCustomerCustomAttributeResponse",
+            "DeleteCustomerCustomAttributeResponse", "BulkUpsertCustomerCustomAttributesResponse",
+            "SearchCustomersResponse"} <= set(checker.checked)
+    comps = spec["components"]
+    got_types = {e["type"] for e in receiver.received}
+    assert got_types == set(attribute_types)  # every kind, deprecated ones included (the subscription names them)
+    shapes = set()
+    for event in receiver.received:
+        schema = events_index[event["type"]]["schema"]
+        jsonschema.validate(event, {"$ref": schema, "components": comps}, cls=jsonschema.Draft4Validator)
+        shapes.add("wrapped" if set(event["data"]["object"]) == {event["data"]["type"]} else "bare")
+    assert shapes == {"bare", "wrapped"}

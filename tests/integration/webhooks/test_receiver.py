@@ -13,10 +13,10 @@ import aiohttp
 import orjson
 import pytest
 
-from square_mirror.constants import PROCESS_EVENT_JOB
+from square_mirror.constants import CUSTOMER_EVENT_TYPES, PROCESS_EVENT_JOB, SYNCED_EVENT_TYPES
 from square_mirror.jobs import build_event_job
 from square_mirror.logs import configure_logging
-from tests.factories import signed_headers, webhook_body
+from tests.factories import custom_attribute, custom_attribute_event, signed_headers, webhook_body
 from tests.integration.webhooks.support import (
     CUSTOMER_CREATED,
     CUSTOMER_DELETED,
@@ -133,16 +133,31 @@ async def test_other_event_types_get_200_and_are_not_queued(
         b'{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c",'
         b'"created_at":"2022-07-13T20:30:59Z","data":{"type":"webhooks","id":"bc368e64"}}'
     )
-    custom_attribute = webhook_body(merchant_id="M1", event_type="customer.custom_attribute.owned.updated",
-                                    event_id="ca-1", data={"id": "app:key:CUSTOMER:C1",
-                                                           "object": {"key": "app:key", "value": "x"}})
-    for body in (test_notification, custom_attribute):
+    gift_card = webhook_body(merchant_id="M1", event_type="gift_card.customer_linked", event_id="gc-1",
+                             data={"id": "gc", "object": {}})
+    for body in (test_notification, gift_card):
         assert await post(http, receiver, body, signed_headers(body)) == (200, '{"status":"ignored"}')
     assert await queued_jobs(redis_url) == []
     metrics = await (await http.get(receiver.base + "/metrics")).text()
     assert 'square_mirror_webhook_requests_total{event_type="webhooks.test_notification",outcome="ignored"} 1.0' in (
         metrics
     )
+
+
+@pytest.mark.parametrize("event_type", sorted(SYNCED_EVENT_TYPES - CUSTOMER_EVENT_TYPES))
+async def test_every_custom_attribute_and_definition_event_is_queued_with_its_object(
+    receiver: Receiver, http: aiohttp.ClientSession, redis_url: str, event_type: str
+) -> None:
+    attribute = custom_attribute(key="sq0idp-app:drink", value="Flat white", version=4)
+    value_event = event_type.startswith("customer.custom_attribute.")
+    body = orjson.dumps(custom_attribute_event(attribute, customer_id="C1" if value_event else None,
+                                               event_type=event_type, merchant_id="M1", event_id="ca-1"))
+    assert await post(http, receiver, body, signed_headers(body)) == (200, '{"status":"queued"}')
+    [job] = await queued_jobs(redis_url)
+    [payload] = job.args
+    assert payload["type"] == event_type and payload["version"] == 4
+    assert payload["object"]["key"] == "sq0idp-app:drink"
+    assert payload["customer_id"] == ("C1" if value_event else None)
 
 
 async def test_missing_or_wrong_signature_is_401_with_one_answer_and_never_queued(

@@ -176,3 +176,18 @@ async def test_a_job_without_its_object_reads_the_values_from_square(db_pool: as
         assert h.api_calls == calls + 1  # one ListCustomerCustomAttributes
         row = await _value(db_pool, cid, "drink")
         assert row is not None and row["value"] == "Cortado"
+
+
+async def test_without_the_application_id_a_visible_event_finds_the_definition_only_its_owner_sees_simple(
+    db_pool: asyncpg.Pool, redis_url: str
+) -> None:
+    async with harness(db_pool, redis_url) as h:
+        cid = await _known_customer(h)
+        tier = attribute_definition(key="tier", name="Tier")
+        assert await h.run(_job(h, tier, event_type="customer.custom_attribute_definition.owned.created")) == "applied"
+        qualified = custom_attribute(key="sq0idp-mine:tier", value="Gold")
+        assert await h.run(_job(h, qualified, customer_id=cid)) == "applied"
+        other = custom_attribute(key="square:5f3c", value="Blue")  # a Dashboard field keeps its qualified key
+        assert await h.run(_job(h, other, customer_id=cid)) == "applied"
+        keys = await db_pool.fetch("SELECT key FROM square.customer_custom_attributes ORDER BY key")
+        assert [r["key"] for r in keys] == ["square:5f3c", "tier"]

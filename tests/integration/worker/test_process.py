@@ -249,8 +249,8 @@ async def test_a_job_run_twice_concurrently_writes_once(db_pool: asyncpg.Pool, r
 
 async def test_other_event_types_are_ignored(db_pool: asyncpg.Pool, redis_url: str) -> None:
     async with harness(db_pool, redis_url) as h:
-        payload = event_job(merchant_id=h.merchant_id, event_type="customer.custom_attribute.owned.updated",
-                            event_id="evt-ca-1", data={"id": "x", "object": {}})
+        payload = event_job(merchant_id=h.merchant_id, event_type="gift_card.customer_linked",
+                            event_id="evt-gc-1", data={"id": "x", "object": {}})
         assert await h.run(payload) == "ignored"
         assert h.api_calls == 0
 

@@ -389,7 +389,7 @@ async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle,
 def test_arq_wiring_is_unique_with_tries() -> None:
     names = {job.name for job in ARQ_CRON_JOBS}
     assert names == {"reconcile_incremental", "reconcile_segments", "reconcile_groups", "reconcile_events",
-                     "reconcile_sweep"}
+                     "reconcile_custom_attributes", "reconcile_sweep"}
     assert all(job.unique and (job.max_tries or 0) >= 2 and job.timeout_s is None for job in ARQ_CRON_JOBS)
     assert {f.__name__ for f in ARQ_FUNCTIONS} == {"backfill_job", "reconcile_lane_job"}
 

@@ -75,13 +75,16 @@ def test_payload_keys_are_exactly_the_job_fields() -> None:
 
 
 # Square's example of a custom-attribute event (FACTS.md 5.3): the attribute directly in data.object.
-CUSTOM_ATTRIBUTE_UPDATED = json.loads(
-    '{"created_at": "2022-04-21T21:40:54Z", "data": {"id": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink:CUSTOMER:'
-    'TNQC0TYTWMRSFFQ157KK4V7MVR", "object": {"created_at": "2022-04-21T21:40:54Z", "key": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HI'
-    'B:favorite-drink", "updated_at": "2022-04-21T21:40:54Z", "value": "Double-shot breve", "version": 1,'
-    ' "visibility": "VISIBILITY_READ_ONLY"}, "type": "custom_attribute"}, "event_id": "e26ca6f2-97f8-426a-b4bf-'
-    '873044617e94", "merchant_id": "DM7VKY8Q63GNP", "type": "customer.custom_attribute.owned.updated"}'
-)
+CUSTOM_ATTRIBUTE_UPDATED = {
+    "created_at": "2022-04-21T21:40:54Z",
+    "data": {"id": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink:CUSTOMER:TNQC0TYTWMRSFFQ157KK4V7MVR",
+             "object": {"created_at": "2022-04-21T21:40:54Z", "key": "sq0idp-LJ1Kr4Iim0hGDvAwrv8HIB:favorite-drink",
+                        "updated_at": "2022-04-21T21:40:54Z", "value": "Double-shot breve", "version": 1,
+                        "visibility": "VISIBILITY_READ_ONLY"},
+             "type": "custom_attribute"},
+    "event_id": "e26ca6f2-97f8-426a-b4bf-873044617e94", "merchant_id": "DM7VKY8Q63GNP",
+    "type": "customer.custom_attribute.owned.updated",
+}
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["example shape", "schema shape"])

@@ -205,7 +205,7 @@ def test_a_value_that_logs_while_its_line_renders_does_not_deadlock_the_sink(mem
             return "loud"
 
     async def log_it() -> None:
-        log_line("info", "webhook", {"value": Loud()})
+        log_line("info", "webhook", {"detail": Loud()})
         await asyncio.sleep(LOG_FLUSH_SECONDS * 3)
 
     thread = threading.Thread(target=asyncio.run, args=(log_it(),), daemon=True)
@@ -236,3 +236,20 @@ def test_utc_timestamp_is_iso_utc_with_the_decimals_asked_for_across_seconds() -
     now = time.time_ns()
     expected = datetime.datetime.fromtimestamp(now // 1000 / 1e6, datetime.UTC).isoformat(timespec="microseconds")
     assert utc_timestamp(now) == expected.replace("+00:00", "Z")
+
+
+def test_custom_attribute_values_are_redacted_wherever_they_are_logged(log_stream: io.StringIO) -> None:
+    from square_mirror.jobs import build_event_job
+    from tests.factories import custom_attribute, custom_attribute_event
+
+    secrets = ("Allergic to peanuts", "+14155550123", "1 Private Lane")
+    attributes = [custom_attribute(key="note", value=secrets[0]), custom_attribute(key="mobile", value=secrets[1]),
+                  custom_attribute(key="home", value={"address_line_1": secrets[2], "locality": "Oakland"})]
+    for attribute in attributes:
+        payload = build_event_job(custom_attribute_event(attribute, customer_id="CUST1"))
+        get_logger().info("job", payload=payload, **payload)
+        get_logger().info("listed", custom_attributes=[attribute], custom_attribute=attribute)
+    output = log_stream.getvalue()
+    assert "CUST1" in output  # the lines were written
+    for value in secrets:
+        assert value not in output

@@ -57,7 +57,7 @@ WRITE_DEPTH: Final = 3
 # Customers per upsert statement (pages queued together are written together).
 WRITE_BATCH_ROWS: Final = 1000
 # Customers whose custom attributes are read at once (BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY): one request each.
-ATTRIBUTE_CONCURRENCY: Final = 64
+ATTRIBUTE_CONCURRENCY: Final = 256
 ProgressFactory = Callable[[str, str], Reporter | None]
 
 

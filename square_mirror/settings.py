@@ -80,6 +80,7 @@ class Settings:
     worker_fetch_window_ms: float = 5.0
     worker_db_pool_size: int = 20
     backfill_concurrency: int = 8
+    backfill_custom_attribute_concurrency: int = 256
     reconcile_overlap_seconds: float = 120.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -144,6 +145,7 @@ class Settings:
             worker_fetch_window_ms=_number(env, "WORKER_FETCH_WINDOW_MS", 5.0, minimum=0.0),
             worker_db_pool_size=_positive_int(env, "WORKER_DB_POOL_SIZE", 20),
             backfill_concurrency=_positive_int(env, "BACKFILL_CONCURRENCY", 8),
+            backfill_custom_attribute_concurrency=_positive_int(env, "BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY", 256),
             reconcile_overlap_seconds=_number(env, "RECONCILE_OVERLAP_SECONDS", 120.0, minimum=0.0),
         )
 

@@ -9,7 +9,8 @@ so what it no longer shows has ended; a customer Square no longer has has no val
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 # request time of a batch dates what it no longer shows).
 WRITE_BATCH: Final = 200
 Listing = list[dict[str, Any]] | None  # a customer's values, or None when Square no longer has the customer
+Written = Callable[[list[str]], Awaitable[None]]  # told the customers of each committed batch
 
 
 async def read_values(client: SquareClient, merchant_id: str, customer_id: str) -> tuple[Listing, int]:
@@ -56,6 +58,7 @@ async def read_values(client: SquareClient, merchant_id: str, customer_id: str) 
 @dataclass
 class ValuesResult:
     customers: int = 0
+    with_values: int = 0  # customers whose read showed at least one value
     written: int = 0
     ended: int = 0
     gone: list[str] = field(default_factory=list)  # customers Square answered NOT_FOUND for
@@ -65,10 +68,13 @@ class ValuesResult:
 class _Writer:
     """Collects finished reads and writes them in batches, one statement pair per batch."""
 
-    def __init__(self, ctx: SyncContext, merchant_id: str, result: ValuesResult) -> None:
+    def __init__(self, ctx: SyncContext, merchant_id: str, result: ValuesResult, run: Run | None,
+                 on_written: Written | None) -> None:
         self.ctx = ctx
         self.merchant_id = merchant_id
         self.result = result
+        self.run = run
+        self.on_written = on_written
         self.batch: list[tuple[str, Listing, datetime]] = []
         self.lock = asyncio.Lock()
 
@@ -88,21 +94,56 @@ class _Writer:
             async with self.ctx.pool.acquire() as conn, conn.transaction():
                 written, ended = await attribute_store.replace_values(conn, self.merchant_id, listings, observed_at)
                 ended |= await attribute_store.end_values(conn, self.merchant_id, gone, observed_at)
+            with_values = sum(1 for listing in listings.values() if listing)
             self.result.customers += len(batch)
+            self.result.with_values += with_values
             self.result.written += len(written)
             self.result.ended += len(ended)
             self.result.gone.extend(gone)
+            if self.run is not None:
+                self.run.add(custom_attribute_customers=len(batch), custom_attribute_customers_with_values=with_values,
+                             custom_attribute_values_written=len(written), custom_attribute_values_ended=len(ended))
+            if self.on_written is not None:
+                await self.on_written([cid for cid, _, _ in batch])
 
 
-async def sync_values(ctx: SyncContext, merchant_id: str, customer_ids: Iterable[str], *, concurrency: int = 8,
-                      run: Run | None = None) -> ValuesResult:
-    """Read these customers' values from Square, ``concurrency`` at a time, and write what each read shows."""
-    ids = iter(dict.fromkeys(customer_ids))
+class _Source:
+    """The customer IDs to read, shared by the readers: each ID is handed out once."""
+
+    def __init__(self, customer_ids: Iterable[str] | AsyncIterator[str]) -> None:
+        self._sync = iter(customer_ids) if isinstance(customer_ids, Iterable) else None
+        self._async = customer_ids if isinstance(customer_ids, AsyncIterator) else None
+        self._seen: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def next(self) -> str | None:
+        async with self._lock:  # one reader at a time waits for the next ID of an asynchronous source
+            while True:
+                if self._sync is not None:
+                    customer_id = next(self._sync, None)
+                else:
+                    assert self._async is not None
+                    customer_id = await anext(self._async, None)
+                if customer_id is None or customer_id not in self._seen:
+                    break
+            if customer_id is not None:
+                self._seen.add(customer_id)
+            return customer_id
+
+
+async def sync_values(ctx: SyncContext, merchant_id: str, customer_ids: Iterable[str] | AsyncIterator[str], *,
+                      concurrency: int = 8, run: Run | None = None, on_written: Written | None = None) -> ValuesResult:
+    """Read these customers' values from Square, ``concurrency`` at a time, and write what each read shows.
+
+    ``customer_ids`` may be an asynchronous iterator (IDs handed in while the reads run, e.g. by searches); each
+    customer is read once. ``on_written`` is told the customers of each batch once it is committed.
+    """
+    source = _Source(customer_ids)
     result = ValuesResult()
-    writer = _Writer(ctx, merchant_id, result)
+    writer = _Writer(ctx, merchant_id, result, run, on_written)
 
     async def reader() -> None:
-        for customer_id in ids:  # the readers share one iterator: each customer is read once
+        while (customer_id := await source.next()) is not None:
             requested_at = utcnow()
             listing, calls = await read_values(ctx.client, merchant_id, customer_id)
             result.requests += calls
@@ -110,7 +151,21 @@ async def sync_values(ctx: SyncContext, merchant_id: str, customer_ids: Iterable
                 run.add(custom_attribute_reads=calls)
             await writer.add(customer_id, listing, requested_at)
 
-    await asyncio.gather(*(reader() for _ in range(max(1, concurrency))))
+    tasks = [asyncio.create_task(reader()) for _ in range(max(1, concurrency))]
+    try:
+        await asyncio.gather(*tasks)
+    except Exception:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await writer.flush()  # keep what was read: a resumed backfill need not read it again
+        raise
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     await writer.flush()
     return result
 

@@ -161,7 +161,9 @@ async def build_context(
             client = SquareClient.from_settings(
                 settings, rate_limiter=limiter if limiter.enabled else None, timeout=settings.square_timeout_seconds,
                 on_unauthorized=hooks.report_unauthorized,
-                max_connections=max(20, settings.worker_max_jobs) if worker else max(100, conc * 4))
+                # A command's backfill reads custom attributes beside its partitions (BACKFILL_CUSTOM_ATTRIBUTE_...).
+                max_connections=max(20, settings.worker_max_jobs) if worker
+                else max(100, conc * 4 + settings.backfill_custom_attribute_concurrency))
             stack.push_async_callback(client.close)
         sync = SyncContext(pool, client)
         inbox = Inbox(inbox_pool)

@@ -13,8 +13,12 @@ Phases, each recorded in the run's checkpoint (``square.sync_runs.checkpoint``):
 3. ``inference``: mirror rows still live but not observed since the listing began (the listing did not return
    them) are checked by ID with :func:`worker.sync.sync_customers`: NOT_FOUND -> tombstone, another ID -> merge
    recorded, still there (instant profiles, index lag) -> kept. Listing alone never tombstones a customer.
+4. ``custom_attributes`` (:mod:`worker.backfill.attributes`): their definitions, the searches for the customers
+   holding values and the reads of those customers run *while* phase 2 lists (at high latency the listing leaves
+   the connection and the CPU mostly idle); once inference is done, the hidden customers and those holding values
+   no search found are read by ID. Its own progress is ``checkpoint["custom_attributes"]``.
 
-A run that ends any other way than completing phase 3 is not ``succeeded`` (see :func:`worker.runs.status_for`).
+A run that ends any other way than completing phase 4 is not ``succeeded`` (see :func:`worker.runs.status_for`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from square_mirror.pagination import Pages
 from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT
 from square_mirror.timefmt import iso, require_time, utcnow
 from worker import runs, store
+from worker.backfill.attributes import AttributeBackfill, together
 from worker.backfill.partition import Partition, Planner, created_ms, plan_partitions
 from worker.backfill.progress import Progress, Reporter
 from worker.outcome import Outcome
@@ -51,6 +56,8 @@ INFERENCE_BATCH: Final = 1000
 WRITE_DEPTH: Final = 3
 # Customers per upsert statement (pages queued together are written together).
 WRITE_BATCH_ROWS: Final = 1000
+# Customers whose custom attributes are read at once (BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY): one request each.
+ATTRIBUTE_CONCURRENCY: Final = 256
 ProgressFactory = Callable[[str, str], Reporter | None]
 
 
@@ -292,6 +299,7 @@ async def backfill(
     *,
     full: bool = False,
     concurrency: int = 8,
+    attribute_concurrency: int = ATTRIBUTE_CONCURRENCY,
     kind: str = BACKFILL,
     reporter: ProgressFactory | None = None,
     log_every: float = 10.0,
@@ -320,7 +328,10 @@ async def backfill(
         bar = reporter(f"{kind} {merchant_id}", merchant_id) if reporter is not None else None
         progress = Progress(label=kind, merchant_id=merchant_id, reporter=bar, log_every=log_every)
         try:
-            await _run_phases(ctx, merchant_id, run, checkpoint, concurrency=concurrency, progress=progress)
+            attributes = AttributeBackfill(ctx, merchant_id, run, checkpoint, concurrency=attribute_concurrency,
+                                           search_concurrency=concurrency, progress=progress)
+            await _run_phases(ctx, merchant_id, run, checkpoint, concurrency=concurrency, progress=progress,
+                              attributes=attributes)
         finally:
             progress.close()
             progress.log_line(f"{kind}_progress_final")
@@ -329,36 +340,14 @@ async def backfill(
 
 
 async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpoint: dict[str, Any], *,
-                      concurrency: int, progress: Progress) -> None:
+                      concurrency: int, progress: Progress, attributes: AttributeBackfill) -> None:
     checkpoint.setdefault("v", CHECKPOINT_VERSION)
     checkpoint["phase"] = checkpoint.get("phase") or "definitions"
     await sync_definitions(ctx, merchant_id, run)
 
     if checkpoint["phase"] in ("definitions", "customers"):
-        if "listing_started_at" not in checkpoint:
-            checkpoint["listing_started_at"] = iso(utcnow())
-        checkpoint["phase"] = "customers"
-        if "partitions" in checkpoint:
-            planner = Planner.from_checkpoint(checkpoint["partitions"], checkpoint.get("bounds"))
-            log.info("backfill_resumed", merchant_id=merchant_id, run_id=run.run_id,
-                     resumed_from=checkpoint.get("resumed_from"), remaining=planner.remaining())
-        else:
-            lo, hi, total = await probe(ctx, merchant_id, run)
-            checkpoint["total"] = total
-            planner = Planner(plan_partitions(lo, hi, total, concurrency), (lo, hi))
-        progress.set_total(checkpoint.get("total"))
-
-        def snapshot() -> dict[str, Any]:
-            checkpoint["partitions"] = planner.to_checkpoint()
-            checkpoint["bounds"] = list(planner.bounds) if planner.bounds else None
-            return checkpoint
-
-        await run.flush(checkpoint=snapshot())
-        listing = Listing(ctx, merchant_id, run, planner, concurrency=concurrency, progress=progress,
-                          checkpoint=snapshot)
-        await listing.execute()
-        if not planner.complete():
-            raise RuntimeError("listing ended with unfinished partitions")
+        await _list_customers(ctx, merchant_id, run, checkpoint, concurrency=concurrency, progress=progress,
+                              attributes=attributes)
         checkpoint["phase"] = "inference"
         checkpoint.setdefault("inference_after", "")
         await run.flush(checkpoint=checkpoint)
@@ -372,11 +361,65 @@ async def _run_phases(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpo
 
         await infer_deletions(ctx, merchant_id, run, started, concurrency=concurrency,
                               after=checkpoint.get("inference_after", ""), on_batch=saved)
+        checkpoint["phase"] = "custom_attributes"
+        await run.flush(checkpoint=checkpoint)
+
+    if checkpoint["phase"] == "custom_attributes":
+        await attributes.search_and_read()  # done already unless the run that listed was interrupted first
+        await attributes.by_id()
         checkpoint["phase"] = "done"
         await run.flush(checkpoint=checkpoint)
     await store.set_merchant_auth(ctx.pool, merchant_id, ok=True)
 
 
+async def _list_customers(ctx: SyncContext, merchant_id: str, run: runs.Run, checkpoint: dict[str, Any], *,
+                          concurrency: int, progress: Progress, attributes: AttributeBackfill) -> None:
+    """Phase 2, and phase 4's searches and reads beside it."""
+    if "listing_started_at" not in checkpoint:
+        checkpoint["listing_started_at"] = iso(utcnow())
+    checkpoint["phase"] = "customers"
+    if "partitions" in checkpoint:
+        planner = Planner.from_checkpoint(checkpoint["partitions"], checkpoint.get("bounds"))
+        log.info("backfill_resumed", merchant_id=merchant_id, run_id=run.run_id,
+                 resumed_from=checkpoint.get("resumed_from"), remaining=planner.remaining())
+    else:
+        lo, hi, total = await probe(ctx, merchant_id, run)
+        checkpoint["total"] = total
+        planner = Planner(plan_partitions(lo, hi, total, concurrency), (lo, hi))
+    progress.set_total(checkpoint.get("total"))
+
+    def snapshot() -> dict[str, Any]:
+        checkpoint["partitions"] = planner.to_checkpoint()
+        checkpoint["bounds"] = list(planner.bounds) if planner.bounds else None
+        return checkpoint
+
+    await run.flush(checkpoint=snapshot())
+    listing = Listing(ctx, merchant_id, run, planner, concurrency=concurrency, progress=progress,
+                      checkpoint=snapshot)
+    await together(listing.execute(), attributes.search_and_read())
+    if not planner.complete():
+        raise RuntimeError("listing ended with unfinished partitions")
+
+
+# Square requests of a run by endpoint, from its counts (summarize): the count each endpoint's requests add to.
+REQUEST_COUNTS: Final = {
+    "ListCustomerCustomAttributeDefinitions": "custom_attribute_definition_pages",
+    "SearchCustomers (custom_attribute filter)": "custom_attribute_searches",
+    "ListCustomerCustomAttributes": "custom_attribute_reads",
+}
+
+
 def summarize(run: runs.Run) -> Mapping[str, Any]:
-    return {"merchant_id": run.merchant_id, "kind": run.kind, "run_id": run.run_id, "status": run.status,
-            "counts": run.counts, "error": run.error}
+    summary: dict[str, Any] = {"merchant_id": run.merchant_id, "kind": run.kind, "run_id": run.run_id,
+                               "status": run.status, "counts": run.counts, "error": run.error}
+    if "custom_attribute_definition_pages" in run.counts:
+        counts = run.counts
+        summary["custom_attributes"] = {
+            "requests": {endpoint: counts.get(name, 0) for endpoint, name in REQUEST_COUNTS.items()},
+            "definitions": counts.get("custom_attribute_definitions", 0),
+            "customers_read": counts.get("custom_attribute_customers", 0),
+            "customers_with_values": counts.get("custom_attribute_customers_with_values", 0),
+            "values_written": counts.get("custom_attribute_values_written", 0),
+            "values_ended": counts.get("custom_attribute_values_ended", 0),
+        }
+    return summary

@@ -58,6 +58,11 @@ class Progress:
         self.fields.update(fields)
         self._render()
 
+    def note(self, **fields: Any) -> None:
+        """Update the figures shown beside the count (e.g. a phase's requests) without advancing it."""
+        self.fields.update(fields)
+        self._render()
+
     def _render(self) -> None:
         if self._reporter is not None:
             self._reporter.update(self.done, self.total, self.fields)

@@ -18,10 +18,11 @@ from worker.merchants import resolve_merchants
 
 HELP = (
     "Copy every group, segment and customer of each merchant into the mirror, then infer deletes and merges "
-    "(mirror rows the listing did not return are checked by ID). Partitions are fetched concurrently "
-    "(BACKFILL_CONCURRENCY) within the shared rate limit. A killed or failed backfill resumes from its last "
-    "checkpoint; --full starts over. Each merchant gets its own run in square.sync_runs; the exit status is "
-    "non-zero when any merchant's run did not succeed."
+    "(mirror rows the listing did not return are checked by ID), and copy the customers' custom attributes "
+    "(only customers that hold values are read: BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY at once). Partitions are "
+    "fetched concurrently (BACKFILL_CONCURRENCY) within the shared rate limit. A killed or failed backfill "
+    "resumes from its last checkpoint; --full starts over. Each merchant gets its own run in square.sync_runs; "
+    "the exit status is non-zero when any merchant's run did not succeed."
 )
 
 
@@ -55,6 +56,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         for merchant_id in merchants:
             try:
                 result = await backfill(context.sync, merchant_id, full=args.full, concurrency=concurrency,
+                                        attribute_concurrency=settings.backfill_custom_attribute_concurrency,
                                         kind=BACKFILL, reporter=reporter)
                 summary = dict(summarize(result))
             except runs.RunBusy as exc:

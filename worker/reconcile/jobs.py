@@ -101,8 +101,9 @@ async def backfill_job(ctx: dict[str, Any], merchant_id: str | None = None, full
         return {"queued": merchants}
     concurrency = wc.settings.backfill_concurrency
     try:
-        run = await _sliced(wc, lambda: backfill(wc.sync, merchant_id, full=full, concurrency=concurrency,
-                                                 kind=BACKFILL))
+        run = await _sliced(wc, lambda: backfill(
+            wc.sync, merchant_id, full=full, concurrency=concurrency, kind=BACKFILL,
+            attribute_concurrency=wc.settings.backfill_custom_attribute_concurrency))
     except runs.RunBusy:
         return {"merchant_id": merchant_id, "status": runs.BUSY}
     if run is None:  # continue from the checkpoint (never with full=True again: that would start over)

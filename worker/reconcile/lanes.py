@@ -347,10 +347,9 @@ async def custom_attributes(wc: WorkerContext, merchant_id: str, run: runs.Run) 
 
     for key in definitions.keys:
         await search_all(sync, merchant_id, custom_attribute_search(key, start_at), run, collect)
-    result = await attribute_sync.sync_values(sync, merchant_id, changed, run=run,
-                                              concurrency=wc.settings.backfill_concurrency)
-    run.add(custom_attribute_customers=result.customers, custom_attributes_written=result.written,
-            custom_attributes_ended=result.ended)
+    # sync_values counts the reads into the run (custom_attribute_reads, _customers, _values_written, _values_ended).
+    await attribute_sync.sync_values(sync, merchant_id, changed, run=run,
+                                     concurrency=wc.settings.backfill_concurrency)
     await runs.set_watermark(sync.pool, merchant_id, "custom_attributes", began)
 
 
@@ -502,7 +501,8 @@ async def run_lane(wc: WorkerContext, merchant_id: str, lane: str) -> runs.Run:
     """One lane for one merchant as one recorded run; Square errors end the run (recorded), not the caller."""
     sync = wc.sync
     if lane == "sweep":
-        return await backfill(sync, merchant_id, kind=SWEEP, concurrency=wc.settings.backfill_concurrency)
+        return await backfill(sync, merchant_id, kind=SWEEP, concurrency=wc.settings.backfill_concurrency,
+                              attribute_concurrency=wc.settings.backfill_custom_attribute_concurrency)
     function = LANE_FUNCTIONS[lane]
     # The Events API refuses OAuth tokens: its refusal says nothing about the merchant's token (never unauthorized).
     async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,

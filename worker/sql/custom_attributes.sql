@@ -127,6 +127,14 @@ WHERE a.merchant_id = $1 AND a.deleted_at IS NULL AND a.customer_id > $2
 ORDER BY a.customer_id
 LIMIT $3
 
+-- name: custom_attribute_holders --
+-- Every customer holding a live value, by ID, whatever the mirror knows of the customer (a backfill reads by ID
+-- those its searches did not find). $1 merchant_id.
+SELECT DISTINCT customer_id
+FROM square.customer_custom_attributes
+WHERE merchant_id = $1 AND deleted_at IS NULL
+ORDER BY customer_id
+
 -- name: known_custom_attribute_keys --
 -- Which of these keys name a definition the mirror holds (live or not). $1 merchant_id, $2 text[] keys.
 SELECT key FROM square.customer_custom_attribute_definitions WHERE merchant_id = $1 AND key = ANY($2::text[])

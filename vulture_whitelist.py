@@ -3,7 +3,7 @@
 # ruff: noqa: B018
 from square_mirror import db, logs, queries, square_api
 from webhooks import resp, signature
-from worker import app, attribute_store, runs
+from worker import app, runs
 
 # Framework callbacks: asyncio calls a Protocol's methods, arq calls its Worker's.
 resp._Protocol.connection_made
@@ -22,9 +22,3 @@ signature.compute_signature
 # square_mirror/logs.py belongs to the logging rework (the review lists both as dead; that work removes them).
 logs.bind_context
 logs.clear_context
-
-
-# Reads of the custom-attribute write model that nothing calls yet (main's lint reports them too); remove these lines
-# once their callers land, or the functions if none will.
-attribute_store.definition_keys
-attribute_store.customers_with_values

@@ -146,17 +146,6 @@ async def replace_definitions(conn: Conn, merchant_id: str, definitions: Sequenc
     return written, ended
 
 
-async def definition_keys(conn: Conn | asyncpg.Pool, merchant_id: str) -> list[str]:
-    return [r["key"] for r in await conn.fetch(queries.get("custom_attribute_definition_keys"), merchant_id)]
-
-
-async def customers_with_values(conn: Conn | asyncpg.Pool, merchant_id: str, *, after: str = "",
-                                limit: int = 1000) -> list[str]:
-    """Live customers holding a live value, by ID after ``after`` (the sweep pages through them)."""
-    rows = await conn.fetch(queries.get("customers_with_custom_attributes"), merchant_id, after, limit)
-    return [r["customer_id"] for r in rows]
-
-
 async def value_holders(conn: Conn | asyncpg.Pool, merchant_id: str) -> list[str]:
     """Every customer holding a live value in the mirror, whether or not the mirror has the customer (live or not)."""
     return [r["customer_id"] for r in await conn.fetch(queries.get("custom_attribute_holders"), merchant_id)]

@@ -113,20 +113,6 @@ WITH ended AS (
 )
 SELECT key FROM ended
 
--- name: custom_attribute_definition_keys --
--- The live definitions' keys of a seller. $1 merchant_id.
-SELECT key FROM square.customer_custom_attribute_definitions WHERE merchant_id = $1 AND deleted_at IS NULL
-ORDER BY key
-
--- name: customers_with_custom_attributes --
--- Live customers holding at least one live value, after $2 (keyset paging by ID, $3 rows). $1 merchant_id.
-SELECT DISTINCT a.customer_id
-FROM square.customer_custom_attributes a
-JOIN square.customers c ON c.merchant_id = a.merchant_id AND c.id = a.customer_id AND c.deleted_at IS NULL
-WHERE a.merchant_id = $1 AND a.deleted_at IS NULL AND a.customer_id > $2
-ORDER BY a.customer_id
-LIMIT $3
-
 -- name: custom_attribute_holders --
 -- Every customer holding a live value, by ID, whatever the mirror knows of the customer (a backfill reads by ID
 -- those its searches did not find). $1 merchant_id.

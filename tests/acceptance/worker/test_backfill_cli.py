@@ -68,7 +68,7 @@ async def test_backfill_learns_the_merchant_from_the_token(emu: EmulatorHandle, 
     code, summaries = await _finish(await _start("reconcile", "--merchant", "MSELLERONE", env=env))
     assert code == 0, summaries
     assert {s["kind"] for s in summaries} == {"reconcile:incremental", "reconcile:segments", "reconcile:groups",
-                                              "reconcile:events"}
+                                              "reconcile:events", "reconcile:custom_attributes"}
 
 
 async def test_one_sellers_failure_does_not_stop_the_others(emu: EmulatorHandle, db_dsn: str, tmp_path: Path,

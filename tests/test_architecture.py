@@ -141,7 +141,8 @@ def test_job_names_are_written_in_constants_only() -> None:
     # arq names a job by its function, and the cron entries come from constants.cron_job_name
     assert {f.__name__ for f in ARQ_FUNCTIONS} == {constants.RECONCILE_LANE_JOB, constants.BACKFILL_JOB}
     assert {job.name for job in ARQ_CRON_JOBS} == {constants.cron_job_name(lane) for lane in
-                                                   ("incremental", "segments", "groups", "events", "sweep")}
+                                                   ("incremental", "segments", "groups", "events", "custom_attributes",
+                                                    "sweep")}
 
 
 def test_job_ids_come_from_constants() -> None:

@@ -50,8 +50,8 @@ SELECT customer_id, current_customer_id, merge_depth FROM square.customer_id_res
 SELECT name, data_type, text_value, number_value, boolean_value, date_value, selection_names
 FROM square.customer_custom_attributes_typed LIMIT 10;
 -- one custom field across customers, by its name
-SELECT id, custom_attributes->>'Favorite drink' AS drink FROM square.customers_current
-WHERE custom_attributes ? 'Favorite drink';
+SELECT id, custom_attributes->>'Usual order' AS usual_order FROM square.customers_current
+WHERE custom_attributes ? 'Usual order';
 -- what happened to each webhook event
 SELECT type, outcome, count(*) FROM square.webhook_events GROUP BY 1, 2 ORDER BY 1, 2;"""
 # The seeded custom attributes: every data type, owned by the application, another app and the seller's Dashboard.
@@ -106,7 +106,7 @@ async def _story(square: EmulatorClient, stack: Stack, env: dict[str, str], say:
         "no API call)")
     field = (await square.admin("POST", "/custom-attribute-definitions", {
         "merchant_id": mid, "owner": "square",
-        "definition": {"name": "Favorite drink", "description": "What they order", "schema": STRING_SCHEMA}},
+        "definition": {"name": "Usual order", "description": "What they usually order", "schema": STRING_SCHEMA}},
     ))["custom_attribute_definition"]
     key = field["key"]
     for customer, drink in ((created[0], "Flat white"), (created[4], "Chai latte")):

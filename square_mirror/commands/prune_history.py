@@ -12,14 +12,16 @@ from square_mirror.settings import Settings
 from square_mirror.timefmt import utcnow
 
 HELP = (
-    "Delete ended history (customer versions whose valid_to, and membership periods whose left_at, is older "
-    "than --older-than) in small batches, so no long lock blocks the sync. Current state is never touched."
+    "Delete ended history (customer and custom attribute versions whose valid_to, and membership periods whose "
+    "left_at, is older than --older-than) in small batches, so no long lock blocks the sync. Current state is "
+    "never touched."
 )
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TABLES: Final = (
     ("customer_versions_closed", "valid_to"),
     ("customer_group_membership_closed", "left_at"),
     ("customer_segment_membership_closed", "left_at"),
+    ("customer_custom_attribute_versions_closed", "valid_to"),
 )
 
 

@@ -19,8 +19,10 @@ from worker.reconcile.lanes import LANES, run_lane
 HELP = (
     "Run reconcile lanes once for each merchant: incremental (customers updated since the watermark), segments "
     "(membership diff per segment), groups (membership diff per group), events (SearchEvents replay through the "
-    "event worker's queue, deduplicated by event ID) and sweep (full listing + delete/merge inference). "
-    "Default: incremental, segments, groups, events. Exit status is non-zero when any run did not succeed."
+    "event worker's queue, deduplicated by event ID), custom_attributes (definitions re-listed, values changed "
+    "since the watermark found per key and read again) and sweep (full listing + delete/merge inference, every "
+    "custom attribute holder read again). Default: every lane but sweep. Exit status is non-zero when any run "
+    "did not succeed."
 )
 DEFAULT_LANES = ("incremental", "segments", "groups", "events", "custom_attributes")
 

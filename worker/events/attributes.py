@@ -60,6 +60,10 @@ async def apply(wc: WorkerContext, job: EventJob, stored: StoredCustomer | None)
     change = change_of(job, wc.settings.square_application_id)
     if change is None:
         return await _read_instead(wc, job)
+    if stored is not None and stored.deleted and not change.definition:
+        # A gone customer has no values (its tombstone ended them): a late event of one brings nothing back.
+        await wc.inbox.finish(job, Outcome.STALE)
+        return Outcome.STALE
     written = await wc.attributes.write((job.merchant_id, job.event_id), change)
     outcome = (Outcome.DELETED if job.deleted else Outcome.APPLIED) if written else Outcome.STALE
     if stored is None and not change.definition:

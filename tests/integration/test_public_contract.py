@@ -91,9 +91,19 @@ def _job_payload() -> list[str]:
                             received_at="2026-01-01T00:00:01Z", source="webhook"))
 
 
+def _custom_attribute_job_payload() -> list[str]:
+    """A custom-attribute event's payload: the same fields, and the ``object`` it carries (its fields as keys)."""
+    from square_mirror.jobs import build_event_job
+    from tests.factories import custom_attribute, custom_attribute_event
+
+    payload = build_event_job(custom_attribute_event(custom_attribute(), customer_id="C", merchant_id="M",
+                                                     event_id="E"), received_at="2026-01-01T00:00:01Z")
+    return sorted(payload) + [f"object.{key}" for key in sorted(payload["object"])]
+
+
 async def current_contract(dsn: str) -> dict[str, Any]:
     return {"schema": await _schema(dsn), "cli": _cli(), "environment": _environment(), "metrics": _metrics(),
-            "job_payload": _job_payload()}
+            "job_payload": _job_payload(), "custom_attribute_job_payload": _custom_attribute_job_payload()}
 
 
 async def test_the_public_contract_is_unchanged(db_dsn: str) -> None:

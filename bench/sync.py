@@ -216,7 +216,7 @@ async def run_scenario(kind: str, latency_ms: float, opts: argparse.Namespace, r
         config = EmulatorConfig(knobs=Knobs(latency_ms=latency_ms))
         async with run_emulator(config) as emu, aiohttp.ClientSession() as session:
             state = emu.emulator.merchants[emu.merchant_id]
-            customers = opts.customers if kind == "burst" else max(opts.customers, 1000)
+            customers = opts.customers if kind in ("burst", "attributes") else max(opts.customers, 1000)
             state.quiet = True
             ids = [state.create_customer({"given_name": f"Bench{n}"})[0].id for n in range(customers)]
             state.quiet = False

@@ -7,11 +7,14 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
+from emulator.config import EmulatorConfig, Knobs
 from square_mirror.devstack import EmulatorClient
 from square_mirror.jobs import build_event_job
-from tests.factories import attribute_definition, custom_attribute, custom_attribute_event
+from tests.factories import STRING_SCHEMA, attribute_definition, custom_attribute, custom_attribute_event
 from tests.integration.worker.support import Harness, harness
+from tests.mirror_check import assert_mirror_matches
 
 SELECTION = {"type": "array", "maxItems": 1, "uniqueItems": True,
              "items": {"enum": ["u-small", "u-medium", "u-large"], "names": ["Small", "Medium", "Large"]}}
@@ -191,3 +194,54 @@ async def test_without_the_application_id_a_visible_event_finds_the_definition_o
         assert await h.run(_job(h, other, customer_id=cid)) == "applied"
         keys = await db_pool.fetch("SELECT key FROM square.customer_custom_attributes ORDER BY key")
         assert [r["key"] for r in keys] == ["square:5f3c", "tier"]
+
+
+KNOB_SIDES = [
+    pytest.param({}, id="defaults"),
+    pytest.param({"merge_custom_attributes": "drop"}, id="merge drops values"),
+    pytest.param({"merge_fires_attribute_events": True, "customer_delete_fires_attribute_events": True,
+                  "definition_delete_fires_value_events": True}, id="deletes and merges fire value events"),
+    pytest.param({"custom_attribute_event_shape": "wrapped", "owned_event_keys_qualified": False},
+                 id="wrapped shape, simple owned keys"),
+]
+
+
+@pytest.mark.parametrize("knobs", KNOB_SIDES)
+async def test_merges_and_deletes_leave_squares_values_whatever_square_does_with_them(
+    db_pool: asyncpg.Pool, redis_url: str, knobs: dict[str, Any]
+) -> None:
+    """What Square does with custom attributes on a merge or a delete is not documented: the mirror ends the
+    sources' values and reads the target's again, so it equals Square either way (the emulator's switches)."""
+    config = EmulatorConfig(knobs=Knobs(**knobs))
+    async with harness(db_pool, redis_url, config, square_application_id=config.application_id) as h:
+        ids = [h.state.create_customer({"given_name": f"C{n}"})[0].id for n in range(4)]
+        own = await h.emu.define_custom_attribute({"key": "tier", "name": "Tier", "schema": STRING_SCHEMA,
+                                                   "visibility": "VISIBILITY_READ_ONLY"})
+        field = await h.emu.define_custom_attribute({"name": "Usual order", "schema": STRING_SCHEMA}, owner="square")
+        gone = await h.emu.define_custom_attribute({"key": "gone", "name": "Gone", "schema": STRING_SCHEMA,
+                                                    "visibility": "VISIBILITY_READ_ONLY"})
+        for n, cid in enumerate(ids):
+            await h.emu.set_custom_attribute(cid, own, f"tier {n}")
+            await h.emu.set_custom_attribute(cid, field, f"order {n}")
+            await h.emu.set_custom_attribute(cid, gone, f"gone {n}")
+        seen = 0
+
+        async def deliver() -> None:
+            nonlocal seen
+            payloads = h.payloads()
+            for payload in payloads[seen:]:
+                assert await h.run(payload) != "failed"
+            seen = len(payloads)
+
+        await deliver()
+        calls = h.api_calls
+        await h.emu.set_custom_attribute(ids[0], field, "changed")
+        await deliver()
+        assert h.api_calls == calls  # a value change costs no Square request
+        h.state.merge([ids[0], ids[1]])
+        h.state.delete_customer(ids[2], None)
+        await h.emu.admin("DELETE", f"custom-attribute-definitions/{gone}?merchant_id={h.merchant_id}")
+        await deliver()
+        await assert_mirror_matches(db_pool, h.emu)
+        assert await db_pool.fetchval("SELECT count(*) FROM square.customer_custom_attributes "
+                                      "WHERE key = 'gone' AND deleted_at IS NULL") == 0

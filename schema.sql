@@ -788,6 +788,47 @@ WHERE h.joined_at <= ((d.day + interval '1 day') AT TIME ZONE 'UTC')
   AND (h.left_at IS NULL OR h.left_at > ((d.day + interval '1 day') AT TIME ZONE 'UTC'))
 GROUP BY h.merchant_id, h.segment_id, s.name, d.day;
 
+-- Sellers' credentials: kept in a schema of their own that the analytics role is never granted -----------------
+-- (square_mirror_reader reads schema square only). Tokens are encrypted at rest (square_mirror/credentials), so
+-- even a database dump holds no usable token without the encryption key.
+CREATE SCHEMA IF NOT EXISTS square_private;
+REVOKE ALL ON SCHEMA square_private FROM PUBLIC;
+
+-- One row per OAuth seller. refresh_kind: 'code' (the code flow's reusable refresh token) or 'pkce' (single use:
+-- each refresh returns the next one, stored before the new access token is used). status: 'active';
+-- 'refresh_failed' (the last refresh failed, retried with backoff from next_refresh_at, the current access token
+-- still used until it expires); 'reauthorize' (Square refused the refresh token for good: the seller must connect
+-- again); 'revoked' (the seller or the application revoked access: nothing runs for it); 'removed'
+-- (square-mirror sellers remove). refresh_started_at: a refresh in flight (see docs/explanation/sellers.md).
+CREATE TABLE IF NOT EXISTS square_private.seller_credentials (
+    merchant_id               text PRIMARY KEY,
+    refresh_kind              text NOT NULL DEFAULT 'code' CHECK (refresh_kind IN ('code', 'pkce')),
+    access_token              text NOT NULL,
+    access_token_expires_at   timestamptz,
+    refresh_token             text,
+    refresh_token_expires_at  timestamptz,
+    scopes                    text[] NOT NULL DEFAULT '{}',
+    status                    text NOT NULL DEFAULT 'active'
+                              CHECK (status IN ('active', 'refresh_failed', 'reauthorize', 'revoked', 'removed')),
+    connected_at              timestamptz NOT NULL DEFAULT now(),
+    refreshed_at              timestamptz,
+    refresh_started_at        timestamptz,
+    refresh_failures          integer NOT NULL DEFAULT 0,
+    next_refresh_at           timestamptz,
+    last_error                text,
+    status_changed_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at                timestamptz NOT NULL DEFAULT now()
+);
+
+-- The OAuth redirect's state values (CSRF): each is handed out once by `sellers connect-url`, stored hashed, and
+-- accepted once before it expires.
+CREATE TABLE IF NOT EXISTS square_private.oauth_states (
+    state_hash  text PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    used_at     timestamptz
+);
+
 -- Read-only role for analytics tools, created when the migrating user may create roles.
 DO $$
 BEGIN
@@ -814,4 +855,4 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6) ON CONFLICT (version) DO NOTHING;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 SQUARE_REQUESTS: Final = Counter(
     "square_mirror_square_requests_total",
@@ -26,4 +26,14 @@ SQUARE_RATE_LIMITED: Final = Counter(
 )
 RATE_LIMIT_WAIT_SECONDS: Final = Counter(
     "square_mirror_rate_limit_wait_seconds_total", "Seconds spent waiting for the shared per-seller request budget"
+)
+TOKEN_REFRESHES: Final = Counter(
+    "square_mirror_token_refreshes_total",
+    "OAuth token refreshes by outcome (refreshed, skipped: another process had it or nothing to do, failed)",
+    ["outcome"],
+)
+SELLERS: Final = Gauge(
+    "square_mirror_sellers",
+    "OAuth sellers by credential status (active, refresh_failed, reauthorize, revoked, removed)",
+    ["status"],
 )

@@ -138,5 +138,6 @@ def _statement(body: str) -> str:
 
 
 # The shared code's queries. (In a wheel, square_mirror/sql also holds schema.sql and migrations/: not named
-# queries, so the file is named rather than the folder.)
-queries: Final = Queries(Path(__file__).with_name("sql") / "queries.sql", templates=DEFINITIONS)
+# queries, so the files are named rather than the folder.)
+_SQL: Final = Path(__file__).with_name("sql")
+queries: Final = Queries(_SQL / "queries.sql", _SQL / "credentials.sql", templates=DEFINITIONS)

@@ -7,6 +7,7 @@ variable instead of failing later, mid-sync, in a way that looks like a Square o
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -61,6 +62,10 @@ class Settings:
     square_merchant_id: str | None = None
     square_application_access_token: Secret | None = None
     square_application_id: str | None = None
+    square_application_secret: Secret | None = None
+    square_oauth_redirect_url: str | None = None
+    encryption_keys: tuple[Secret, ...] = ()
+    token_refresh_age_days: float = 7.0
     webhook_signature_keys: tuple[Secret, ...] = ()
     webhook_notification_url: str | None = None
     webhook_path: str = "/square/webhooks"
@@ -105,8 +110,9 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret value, so the log redactor can scrub them wherever they appear."""
-        values = [s.reveal() for s in self.webhook_signature_keys]
-        for s in (self.square_access_token, self.square_application_access_token, self.database_url, self.redis_url):
+        values = [s.reveal() for s in (*self.webhook_signature_keys, *self.encryption_keys)]
+        for s in (self.square_access_token, self.square_application_access_token, self.square_application_secret,
+                  self.database_url, self.redis_url):
             if s is not None:
                 values.append(s.reveal())
         return [v for v in values if len(v) >= 6]
@@ -126,6 +132,10 @@ class Settings:
             square_merchant_id=_merchant_id(env),
             square_application_access_token=_application_token(env),
             square_application_id=_application_id(env),
+            square_application_secret=_application_secret(env),
+            square_oauth_redirect_url=_oauth_redirect_url(env),
+            encryption_keys=_encryption_keys(env),
+            token_refresh_age_days=_number(env, "TOKEN_REFRESH_AGE_DAYS", 7.0, minimum=0.001),
             webhook_signature_keys=_signature_keys(env),
             webhook_notification_url=_notification_url(env),
             webhook_path=_webhook_path(env),
@@ -196,25 +206,56 @@ def _token(env: Mapping[str, str]) -> Secret | None:
     return Secret(value)
 
 
-def _application_token(env: Mapping[str, str]) -> Secret | None:
-    """The application's own personal access token, for the APIs that refuse OAuth tokens (the Events API)."""
-    value = _get(env, "SQUARE_APPLICATION_ACCESS_TOKEN")
-    path = _get(env, "SQUARE_APPLICATION_ACCESS_TOKEN_FILE")
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME`` or from the file ``NAME_FILE`` (one of the two), without surrounding white space."""
+    value = _get(env, name)
+    path = _get(env, f"{name}_FILE")
     if value is not None and path is not None:
-        raise SettingsError("set SQUARE_APPLICATION_ACCESS_TOKEN or SQUARE_APPLICATION_ACCESS_TOKEN_FILE, not both")
+        raise SettingsError(f"set {name} or {name}_FILE, not both")
     if path is not None:
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise SettingsError(
-                f"SQUARE_APPLICATION_ACCESS_TOKEN_FILE {path!r} cannot be read: {type(exc).__name__}") from None
+            raise SettingsError(f"{name}_FILE {path!r} cannot be read: {type(exc).__name__}") from None
         if not value:
-            raise SettingsError(f"SQUARE_APPLICATION_ACCESS_TOKEN_FILE {path!r} is empty")
+            raise SettingsError(f"{name}_FILE {path!r} is empty")
+    return value
+
+
+def _application_token(env: Mapping[str, str]) -> Secret | None:
+    """The application's own personal access token, for the APIs that refuse OAuth tokens (the Events API)."""
+    value = _secret(env, "SQUARE_APPLICATION_ACCESS_TOKEN")
     if value is None:
         return None
     if any(c.isspace() for c in value):
         raise SettingsError("SQUARE_APPLICATION_ACCESS_TOKEN must not contain white space")
     return Secret(value)
+
+
+def _application_secret(env: Mapping[str, str]) -> Secret | None:
+    """The application's OAuth client secret (ObtainToken, RevokeToken)."""
+    value = _secret(env, "SQUARE_APPLICATION_SECRET")
+    if value is not None and any(c.isspace() for c in value):
+        raise SettingsError("SQUARE_APPLICATION_SECRET must not contain white space")
+    return Secret(value) if value is not None else None
+
+
+def _encryption_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """Keys that encrypt sellers' tokens at rest, comma-separated: the first encrypts, every one decrypts (rotation).
+    Each is a Fernet key (32 url-safe base64-encoded bytes); ``square-mirror sellers new-key`` makes one."""
+    value = _secret(env, "SQUARE_MIRROR_ENCRYPTION_KEYS")
+    if value is None:
+        return ()
+    keys = tuple(k.strip() for k in value.split(","))
+    for n, key in enumerate(keys, 1):
+        try:
+            raw = base64.urlsafe_b64decode(key.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise SettingsError(
+                f"SQUARE_MIRROR_ENCRYPTION_KEYS: key {n} is not a Fernet key (32 url-safe base64 bytes)")
+    return tuple(Secret(k) for k in keys)
 
 
 def _tokens_file(env: Mapping[str, str]) -> Path | None:
@@ -252,6 +293,15 @@ def _merchant_id(env: Mapping[str, str]) -> str | None:
     value = _get(env, "SQUARE_MERCHANT_ID")
     if value is not None and not _MERCHANT_ID_RE.match(value):
         raise SettingsError(f"SQUARE_MERCHANT_ID is malformed: {value!r}")
+    return value
+
+
+def _oauth_redirect_url(env: Mapping[str, str]) -> str | None:
+    """Where Square sends a seller back after they approve: the receiver's OAuth callback, exactly as registered
+    with the application (Square compares it character by character)."""
+    value = _get(env, "SQUARE_OAUTH_REDIRECT_URL")
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise SettingsError("SQUARE_OAUTH_REDIRECT_URL must be an http(s) URL")
     return value
 
 

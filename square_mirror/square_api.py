@@ -48,6 +48,9 @@ RETRIEVE_SEGMENT: Final = "/v2/customers/segments/{segment_id}"
 SEARCH_EVENTS: Final = "/v2/events"
 ENABLE_EVENTS: Final = "/v2/events/enable"
 RETRIEVE_MERCHANT: Final = "/v2/merchants/{merchant_id}"
+OBTAIN_TOKEN: Final = "/oauth2/token"  # noqa: S105 (a path, not a password)
+RETRIEVE_TOKEN_STATUS: Final = "/oauth2/token/status"  # noqa: S105
+REVOKE_TOKEN: Final = "/oauth2/revoke"  # noqa: S105
 LIST_CUSTOM_ATTRIBUTE_DEFINITIONS: Final = "/v2/customers/custom-attribute-definitions"
 LIST_CUSTOMER_CUSTOM_ATTRIBUTES: Final = "/v2/customers/{customer_id}/custom-attributes"
 
@@ -148,22 +151,23 @@ class SquareClient:
         body: Mapping[str, Any] | None = None,
         token: str | None = None,
         report_unauthorized: bool = True,
+        authorization: str | None = None,
     ) -> dict[str, Any]:
         """One Square call with retries; returns the JSON object or raises a :class:`SquareError`.
 
         ``report_unauthorized=False`` for APIs whose refusal says nothing about the seller's token for the
         Customers API (the Events API takes personal access tokens only): the merchant is not marked unauthorized.
         """
-        if token is None:
+        if authorization is None and token is None:
             try:
                 token = self.tokens.token_for(merchant_id)
             except NoToken as exc:
                 raise SquareUnauthorized(str(exc), merchant_id=merchant_id, endpoint=endpoint) from None
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Square-Version": self.version,
-            "Accept": "application/json",
-        }
+        headers = {"Square-Version": self.version, "Accept": "application/json"}
+        if authorization is None:
+            headers["Authorization"] = f"Bearer {token}"
+        elif authorization:  # "": no Authorization header at all (ObtainToken)
+            headers["Authorization"] = authorization
         data: bytes | None = None
         if body is not None:
             data = orjson.dumps(body)
@@ -172,7 +176,7 @@ class SquareClient:
         started = time.monotonic()
         attempt = 0
         while True:
-            if self.rate_limiter is not None:
+            if self.rate_limiter is not None and merchant_id:  # OAuth calls are the application's, not a seller's
                 waited = await self.rate_limiter.acquire(merchant_id)
                 if waited:
                     RATE_LIMIT_WAIT_SECONDS.inc(waited)
@@ -360,6 +364,25 @@ class SquareClient:
             merchant_id, "GET", LIST_CUSTOMER_CUSTOM_ATTRIBUTES.format(customer_id=_quote(customer_id)),
             params=params, endpoint="ListCustomerCustomAttributes")
         return check_page(payload, "custom_attributes", check_custom_attribute, "ListCustomerCustomAttributes")
+
+    # -- OAuth (the application's, not a seller's: no rate limit of a seller's, no unauthorized report) ----------
+
+    async def obtain_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """ObtainToken (``authorization_code`` or ``refresh_token``): no Authorization header; the body carries the
+        client ID and, for the code flow, the client secret."""
+        payload = await self.request("", "POST", OBTAIN_TOKEN, body=body, endpoint="ObtainToken", authorization="",
+                                     report_unauthorized=False)
+        if not isinstance(payload.get("access_token"), str) or not isinstance(payload.get("merchant_id"), str):
+            raise SquareBadResponse("ObtainToken: no access_token or merchant_id", endpoint="ObtainToken")
+        return payload
+
+    async def retrieve_token_status(self, token: str) -> dict[str, Any]:
+        return await self.request("", "POST", RETRIEVE_TOKEN_STATUS, endpoint="RetrieveTokenStatus", token=token,
+                                  report_unauthorized=False)
+
+    async def revoke_token(self, client_secret: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("", "POST", REVOKE_TOKEN, body=body, endpoint="RevokeToken",
+                                  authorization=f"Client {client_secret}", report_unauthorized=False)
 
     # -- Events and merchants -----------------------------------------------------------------------------
 

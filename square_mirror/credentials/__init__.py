@@ -1,0 +1,1 @@
+"""Sellers' OAuth credentials: encrypted at rest in ``square_private``, refreshed before they expire."""

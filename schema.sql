@@ -820,8 +820,8 @@ CREATE TABLE IF NOT EXISTS square_private.seller_credentials (
     updated_at                timestamptz NOT NULL DEFAULT now()
 );
 
--- The OAuth redirect's state values (CSRF): each is handed out once by `sellers connect-url`, stored hashed, and
--- accepted once before it expires.
+-- The OAuth redirect's state values (CSRF) already used: a state is signed and expires
+-- (square_mirror/credentials/oauth_state.py); its first use is recorded here, hashed, so a replay connects nothing.
 CREATE TABLE IF NOT EXISTS square_private.oauth_states (
     state_hash  text PRIMARY KEY,
     created_at  timestamptz NOT NULL DEFAULT now(),

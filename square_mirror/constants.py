@@ -35,6 +35,9 @@ JOB_PAYLOAD_VERSION: Final = 1
 # A process_event job's ID is the event ID: a duplicate delivery while the job is queued collapses into it.
 
 
+REFRESH_TOKENS_CRON: Final = "refresh_tokens"  # the cron entry that refreshes OAuth sellers' tokens
+
+
 def cron_job_name(lane: str) -> str:
     """The cron entry that fans a reconcile lane out to every merchant."""
     return f"reconcile_{lane}"

@@ -59,7 +59,10 @@ BULK_RETRIEVE_LIMIT: Final = 100
 GROUPS_PAGE_LIMIT: Final = 50
 SEGMENTS_PAGE_LIMIT: Final = 50
 EVENTS_PAGE_LIMIT: Final = 100
-CUSTOM_ATTRIBUTES_PAGE_LIMIT: Final = 100  # both custom attribute lists default to 20
+CUSTOM_ATTRIBUTES_PAGE_LIMIT: Final = 100
+# The codes of a 401 that a refresh can cure (an expired OAuth token may also come back as plain UNAUTHORIZED:
+# UNCONFIRMED, and then the scheduled refresh is what keeps tokens from ever expiring).
+TOKEN_EXPIRED_CODES: Final = frozenset({"ACCESS_TOKEN_EXPIRED"})  # both custom attribute lists default to 20
 
 MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 RETRY_AFTER_CAP_SECONDS: Final = 60.0
@@ -106,6 +109,9 @@ class SquareClient:
         self._owns_session = session is None
         self._max_connections = max_connections
         self.on_unauthorized = on_unauthorized
+        # Called on ACCESS_TOKEN_EXPIRED with the merchant ID: refreshes its token (square_mirror.credentials), after
+        # which the request is tried once more with the token the TokenSource then holds.
+        self.on_token_expired: Callable[[str], Awaitable[None]] | None = None
         self.requests_made = 0
 
     @classmethod
@@ -158,14 +164,9 @@ class SquareClient:
         ``report_unauthorized=False`` for APIs whose refusal says nothing about the seller's token for the
         Customers API (the Events API takes personal access tokens only): the merchant is not marked unauthorized.
         """
-        if authorization is None and token is None:
-            try:
-                token = self.tokens.token_for(merchant_id)
-            except NoToken as exc:
-                raise SquareUnauthorized(str(exc), merchant_id=merchant_id, endpoint=endpoint) from None
         headers = {"Square-Version": self.version, "Accept": "application/json"}
         if authorization is None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token or self._token(merchant_id, endpoint)}"
         elif authorization:  # "": no Authorization header at all (ObtainToken)
             headers["Authorization"] = authorization
         data: bytes | None = None
@@ -175,6 +176,7 @@ class SquareClient:
         url = self.base_url + path
         started = time.monotonic()
         attempt = 0
+        expiry_hook = self.on_token_expired if authorization is None and token is None else None
         while True:
             if self.rate_limiter is not None and merchant_id:  # OAuth calls are the application's, not a seller's
                 waited = await self.rate_limiter.acquire(merchant_id)
@@ -182,7 +184,12 @@ class SquareClient:
                     RATE_LIMIT_WAIT_SECONDS.inc(waited)
             try:
                 return await self._attempt(merchant_id, method, url, endpoint, headers, params, data,
-                                           report_unauthorized)
+                                           report_unauthorized and expiry_hook is None)
+            except SquareUnauthorized as exc:
+                if not await self._cured(exc, merchant_id, expiry_hook, report_unauthorized):
+                    raise
+                expiry_hook = None  # cured once: another 401 is reported and raised
+                headers["Authorization"] = f"Bearer {self._token(merchant_id, endpoint)}"
             except SQUARE_RETRIED as exc:
                 attempt += 1
                 delay = self.retry.backoff(attempt)
@@ -193,6 +200,23 @@ class SquareClient:
                 log.info("square_retry", endpoint=endpoint, attempt=attempt, status=exc.status,
                          delay=round(delay, 3), error=type(exc).__name__)
                 await asyncio.sleep(delay)
+
+    async def _cured(self, exc: SquareUnauthorized, merchant_id: str,
+                     expiry_hook: Callable[[str], Awaitable[None]] | None, report: bool) -> bool:
+        """An expired token with a refresh at hand: refresh it (True: try again). Anything else is reported as the
+        merchant's unauthorized state (once, here, when the attempt held the report back) and stays an error."""
+        if expiry_hook is not None and TOKEN_EXPIRED_CODES.intersection(exc.codes):
+            await expiry_hook(merchant_id)
+            return True
+        if expiry_hook is not None and report and self.on_unauthorized is not None:
+            await self.on_unauthorized(merchant_id, str(exc))
+        return False
+
+    def _token(self, merchant_id: str, endpoint: str) -> str:
+        try:
+            return self.tokens.token_for(merchant_id)
+        except NoToken as exc:
+            raise SquareUnauthorized(str(exc), merchant_id=merchant_id, endpoint=endpoint) from None
 
     async def _attempt(
         self,

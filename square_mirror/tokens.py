@@ -1,7 +1,9 @@
-"""Access tokens per merchant: one token for a single seller, or a JSON file for apps serving many.
+"""Access tokens per merchant: one token for a single seller, a JSON file for apps serving many, or OAuth sellers'
+tokens from Postgres (``square_mirror.credentials``, loaded by the process and refreshed there).
 
 The file is re-read when it changes (checked at most once a second), so replacing a revoked token needs no
-restart. A file that turns malformed while running keeps the last good tokens and logs the problem.
+restart. A file that turns malformed while running keeps the last good tokens and logs the problem. A merchant in
+the file uses the file's token; else its OAuth token; else ``SQUARE_ACCESS_TOKEN``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class TokenSource:
         self._single_merchant = single_merchant
         self._path = path
         self._tokens: dict[str, Secret] = {}
+        self._oauth: dict[str, Secret] = {}
         self._mtime: float | None = None
         self._checked = 0.0
         if path is not None:
@@ -69,7 +72,7 @@ class TokenSource:
 
     def token_for(self, merchant_id: str) -> str:
         self._reload()
-        token = self._tokens.get(merchant_id)
+        token = self._tokens.get(merchant_id) or self._oauth.get(merchant_id)
         if token is not None:
             return token.reveal()
         if self._single is not None:
@@ -84,10 +87,15 @@ class TokenSource:
             return self._application.reveal()
         return self.token_for(merchant_id)
 
+    def set_oauth(self, tokens: dict[str, Secret]) -> None:
+        """The OAuth sellers' current access tokens (every seller not revoked or removed), replacing the last set."""
+        self._oauth = dict(tokens)
+
     def merchants(self) -> list[str]:
-        """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token)."""
+        """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token) and the
+        OAuth sellers."""
         self._reload()
-        known = set(self._tokens)
+        known = set(self._tokens) | set(self._oauth)
         if self._single is not None and self._single_merchant:
             known.add(self._single_merchant)
         return sorted(known)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from arq import cron
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function, Worker, func
@@ -32,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME, WORKER_HEALTH_KEY
+from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME, REFRESH_TOKENS_CRON, WORKER_HEALTH_KEY
 from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.retry import redis_transient
@@ -41,12 +42,17 @@ from worker.context import CONTEXT_KEY, build_context, worker_context
 from worker.events.process import process_event
 from worker.metrics import QUEUE_DEPTH
 from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
+from worker.sellers import refresh_tokens
 
 FUNCTIONS: list[Function | Any] = [
     func(process_event, name=PROCESS_EVENT_JOB, keep_result=0),
     *ARQ_FUNCTIONS,
 ]
-CRON_JOBS: list[Any] = [*ARQ_CRON_JOBS]
+CRON_JOBS: list[Any] = [
+    *ARQ_CRON_JOBS,
+    # hourly, once across the fleet: tokens older than TOKEN_REFRESH_AGE_DAYS are refreshed (worker/sellers.py)
+    cron(refresh_tokens, name=REFRESH_TOKENS_CRON, minute=7, second=50, unique=True),
+]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

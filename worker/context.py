@@ -29,6 +29,7 @@ from worker.events.attribute_writer import AttributeWriter
 from worker.events.coalescer import FetchCoalescer
 from worker.events.inbox import ERROR_MAX_CHARS, Inbox
 from worker.metrics import MERCHANT_UNAUTHORIZED
+from worker.sellers import SellerCredentials
 from worker.sync import SyncContext
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class WorkerContext:
     inbox: Inbox  # the event pipeline's batched inbox writes
     coalescer: FetchCoalescer  # the event pipeline's batched fetches
     attributes: AttributeWriter  # the event pipeline's batched custom-attribute writes
+    sellers: SellerCredentials | None = None  # OAuth sellers' tokens (None without SQUARE_MIRROR_ENCRYPTION_KEYS)
     redis: Redis | None = None  # the rate limit and the unauthorized marks; None without REDIS_URL
     arq_redis: ArqRedis | None = None  # queues jobs (the events lane, continuations, redrive); None: cannot
     ensured_merchants: set[str] = field(default_factory=set)  # merchants whose row this process has written
@@ -174,12 +176,17 @@ async def build_context(
         attributes = AttributeWriter(pool, settings.square_application_id,
                                      window=settings.worker_fetch_window_ms / 1000.0)
         stack.push_async_callback(attributes.close)
+        sellers = None
+        if settings.encryption_keys:
+            sellers = SellerCredentials(pool, client, settings)
+            await sellers.start()
+            stack.push_async_callback(sellers.close)
     except BaseException:
         await stack.aclose()
         raise
     return WorkerContext(settings=settings, pool=pool, client=client, sync=sync, hooks=hooks, inbox=inbox,
-                         coalescer=coalescer, attributes=attributes, redis=redis, arq_redis=arq_redis,
-                         exit_stack=stack)
+                         coalescer=coalescer, attributes=attributes, sellers=sellers, redis=redis,
+                         arq_redis=arq_redis, exit_stack=stack)
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ import asyncpg
 from square_mirror.credentials.cipher import TokenCipher
 from square_mirror.queries import queries
 from square_mirror.settings import Secret
-from square_mirror.timefmt import parse_time, utcnow
+from square_mirror.timefmt import parse_time
 
 ACTIVE, REFRESH_FAILED, REAUTHORIZE, REVOKED, REMOVED = "active", "refresh_failed", "reauthorize", "revoked", "removed"
 CODE, PKCE = "code", "pkce"
@@ -113,10 +113,6 @@ def state_hash(state: str) -> str:
     return hashlib.sha256(state.encode("utf-8")).hexdigest()
 
 
-async def save_state(pool: asyncpg.Pool, state: str, lifetime: timedelta) -> None:
-    await pool.execute(queries.get("save_oauth_state"), state_hash(state), utcnow() + lifetime)
-
-
-async def use_state(pool: asyncpg.Pool, state: str) -> bool:
-    """Accept a state once, before it expires (the OAuth redirect's CSRF check)."""
-    return await pool.fetchval(queries.get("use_oauth_state"), state_hash(state)) is not None
+async def use_state(pool: asyncpg.Pool, state: str, expires_at: datetime) -> bool:
+    """Accept a signed state once (the OAuth redirect's CSRF check ends here): False for a replay."""
+    return await pool.fetchval(queries.get("use_oauth_state"), state_hash(state), expires_at) is not None

@@ -94,14 +94,11 @@ SELECT merchant_id, access_token, refresh_token FROM square_private.seller_crede
 UPDATE square_private.seller_credentials SET access_token = $2, refresh_token = $3, updated_at = now()
 WHERE merchant_id = $1
 
--- name: save_oauth_state --
--- A state handed out by `sellers connect-url`. $1 state_hash, $2 expires_at.
-INSERT INTO square_private.oauth_states (state_hash, expires_at) VALUES ($1, $2)
-
 -- name: use_oauth_state --
--- Accept a state once, before it expires; returns a row when accepted. $1 state_hash.
-UPDATE square_private.oauth_states SET used_at = now()
-WHERE state_hash = $1 AND used_at IS NULL AND expires_at > now()
+-- Accept a (signed, unexpired) state once: the first use records it, a replay finds it. $1 state_hash,
+-- $2 expires_at. Returns a row when accepted.
+INSERT INTO square_private.oauth_states (state_hash, expires_at, used_at) VALUES ($1, $2, now())
+ON CONFLICT (state_hash) DO NOTHING
 RETURNING state_hash
 
 -- name: lock_seller_refresh --

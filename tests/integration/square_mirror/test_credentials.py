@@ -122,7 +122,7 @@ async def test_a_transient_failure_is_retried_later_with_backoff(
     assert (result.outcome, result.status) == ("failed", "refresh_failed")
     await db_pool.execute("UPDATE square_private.seller_credentials SET refreshed_at = now() - interval '8 days'")
     assert await store.due_for_refresh(timedelta(days=7)) == []  # not before its backoff has passed
-    await db_pool.execute("UPDATE square_private.seller_credentials SET next_refresh_at = now()")
+    await db_pool.execute("UPDATE square_private.seller_credentials SET next_refresh_at = now() - interval '1 s'")
     assert await store.due_for_refresh(timedelta(days=7)) == ["M1"]
 
 

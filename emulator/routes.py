@@ -1,8 +1,8 @@
 """The routing table: every path the emulator serves, public and admin, in one place.
 
 Public routes (``/v2/...``, and the OAuth API's ``/oauth2/...``) are named by Square's operation IDs:
-``app.square_middleware`` authenticates /v2 calls and injects faults by that name (knob ``endpoint_latency_ms``, the Events API's token rules). Admin routes
-(``/_emulator/...``) need no token and have no name.
+``app.square_middleware`` authenticates /v2 calls and injects faults by that name (knob ``endpoint_latency_ms``,
+the Events API's token rules). Admin routes (``/_emulator/...``) need no token and have no name.
 
 Order matters in one place. The literal paths under ``/v2/customers/`` (``search``, ``bulk-*``, ``groups``,
 ``segments``, ``custom-attribute-definitions``, ``custom-attributes/bulk-upsert``) are registered before the

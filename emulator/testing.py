@@ -129,11 +129,13 @@ class EmulatorHandle:
     async def authorize(self, merchant_id: str | None = None, *,
                         scope: str | None = "CUSTOMERS_READ MERCHANT_PROFILE_READ", state: str | None = None,
                         redirect_uri: str | None = "https://mirror.example/oauth/callback",
-                        code_challenge: str | None = None, approve: bool = True) -> dict[str, str]:
-        """The seller ``merchant_id`` (default: the first seller; created if new) answers the authorize page: the
-        query of the redirect (``code``, ``response_type``, ``state``, or ``error``...)."""
-        params = {"client_id": self.emulator.application_id,
-                  "emulator_decision": "approve" if approve else "deny"}
+                        code_challenge: str | None = None, approve: bool | None = None) -> dict[str, str]:
+        """The seller ``merchant_id`` answers the authorize page (both default to the next queued admin approval,
+        else the first seller approving; a new merchant is created): the query of the redirect (``code``,
+        ``response_type``, ``state``; or ``error``, ``error_description``, ``state``)."""
+        params = {"client_id": self.emulator.application_id}
+        if approve is not None:
+            params["emulator_decision"] = "approve" if approve else "deny"
         for name, value in (("scope", scope), ("state", state), ("redirect_uri", redirect_uri),
                             ("code_challenge", code_challenge), ("emulator_merchant_id", merchant_id)):
             if value is not None:

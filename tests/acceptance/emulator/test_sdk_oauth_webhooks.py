@@ -82,8 +82,9 @@ async def test_sdk_oauth_and_webhook_subscriptions_match_the_spec() -> None:
 
         # OAuth: the code flow, token status, refresh, revoke.
         query = await emu.authorize("MLSDKSELLER1", redirect_uri="https://mirror.example/cb")
-        token = await app.o_auth.obtain_token(client_id=client_id, client_secret=secret, grant_type="authorization_code",
-                                              code=query["code"], redirect_uri="https://mirror.example/cb")
+        token = await app.o_auth.obtain_token(client_id=client_id, client_secret=secret,
+                                              grant_type="authorization_code", code=query["code"],
+                                              redirect_uri="https://mirror.example/cb")
         assert token.merchant_id == "MLSDKSELLER1" and token.token_type == "bearer" and token.access_token
         seller = AsyncSquare(base_url=emu.base_url, token=token.access_token, httpx_client=http)
         status = await seller.o_auth.retrieve_token_status()

@@ -533,5 +533,5 @@ async def test_application_settings_are_set_through_the_admin_api() -> None:
 
 
 def test_knobs_reject_unknown_choices() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expired_token_code"):
         Knobs().merge({"expired_token_code": "NOPE"})

@@ -120,6 +120,9 @@ class Knobs:
     # UNCONFIRMED: an access token stays valid after a refresh until its own expiry (False: the refresh revokes the
     # authorization's earlier access tokens, which then get 401 ACCESS_TOKEN_REVOKED).
     refresh_keeps_old_access_token: bool = True
+    # Fault: ObtainToken commits the grant (a refresh token spent, new tokens issued), then waits this long before
+    # answering: a client killed meanwhile never learns the new tokens.
+    oauth_answer_delay_ms: float = 0.0
     # UNCONFIRMED: what ObtainToken answers for a bad grant (unknown, used or expired code, a wrong code_verifier or
     # redirect_uri, an unknown, spent, expired, invalidated or revoked refresh token).
     invalid_grant_status: int = 401

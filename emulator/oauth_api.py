@@ -3,6 +3,7 @@ RetrieveTokenStatus and RevokeToken. These paths are outside ``/v2``: each handl
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -114,6 +115,8 @@ async def obtain_token(request: web.Request) -> web.Response:
         raise bad_request("The emulator does not support migration tokens.", "grant_type", "INVALID_VALUE")
     else:
         raise bad_request(f"Unsupported grant_type `{grant_type}`.", "grant_type", "INVALID_VALUE")
+    if emu.knobs.oauth_answer_delay_ms > 0:  # the grant is committed: the answer is what is late
+        await asyncio.sleep(emu.knobs.oauth_answer_delay_ms / 1000.0)
     return json_response(issued.to_json())
 
 

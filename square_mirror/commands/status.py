@@ -108,14 +108,16 @@ async def _sellers(conn: Any, settings: Settings, problems: list[str]) -> dict[s
                   "next_refresh_at": _iso(r["next_refresh_at"]),
                   "token_expires_at": _iso(r["access_token_expires_at"])}
                  for r in await conn.fetch(queries.get("sellers_needing_attention"))]
+    from square_mirror.credentials.store import REAUTHORIZE, REMOVED, REVOKED
+
     for seller in attention:
-        if seller["status"] == "reauthorize":
+        if seller["status"] == REAUTHORIZE:
             problems.append(f"{seller['merchant_id']}: Square refused its refresh token; the seller must connect "
                             f"again before {seller['token_expires_at']} (square-mirror sellers connect-url)")
-        elif seller["status"] == "revoked":
+        elif seller["status"] == REVOKED:
             problems.append(f"{seller['merchant_id']}: access revoked; connect it again, or square-mirror sellers "
                             "remove it")
-    oauth = sum(counts.values()) - counts.get("removed", 0)
+    oauth = sum(counts.values()) - counts.get(REMOVED, 0)
     events_off = None
     if oauth and settings.square_application_access_token is None:
         events_off = ("SQUARE_APPLICATION_ACCESS_TOKEN is not set: the events replay lane is off for OAuth sellers "

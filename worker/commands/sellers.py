@@ -25,7 +25,6 @@ HELP: Final = (
     "rotate-key)."
 )
 _MERCHANT_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ATTENTION: Final = ("refresh_failed", "reauthorize", "revoked")
 
 
 def _merchant_id(text: str) -> str:
@@ -320,6 +319,7 @@ async def list_sellers(settings: Settings, args: argparse.Namespace) -> int:
 # -- remove ------------------------------------------------------------------------------------------------------
 
 async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
+    from square_mirror.credentials.store import REMOVED
     from square_mirror.db import connect
     from square_mirror.queries import queries
 
@@ -336,8 +336,7 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"square-mirror: error: {refusal}", file=sys.stderr)
                 return 1
         if is_oauth:
-            await conn.fetchval(queries.get("set_seller_status"), mid, "removed", "removed by square-mirror sellers "
-                                "remove")
+            await conn.fetchval(queries.get("set_seller_status"), mid, REMOVED, "square-mirror sellers remove")
             print(f"{mid}: removed: its token leaves the workers at their next reload (15 s) and its jobs and "
                   "lanes stop")
         elif not args.purge:

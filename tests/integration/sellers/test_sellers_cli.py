@@ -107,7 +107,8 @@ async def test_connect_url_gives_a_fresh_state_each_time(env: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(("unset", "named"), [("SQUARE_APPLICATION_ID", "SQUARE_APPLICATION_ID is not set"),
-                                              ("SQUARE_MIRROR_ENCRYPTION_KEYS", "SQUARE_MIRROR_ENCRYPTION_KEYS is not set")])
+                                              ("SQUARE_MIRROR_ENCRYPTION_KEYS",
+                                               "SQUARE_MIRROR_ENCRYPTION_KEYS is not set")])
 async def test_connect_url_names_the_missing_setting(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                      unset: str, named: str) -> None:
     env.delenv(unset)

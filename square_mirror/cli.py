@@ -31,6 +31,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "status": ("square_mirror.commands.status", "health per merchant; exit 1 when unhealthy (a probe)"),
     "demo": ("square_mirror.commands.demo", "the whole pipeline on embedded defaults, with a story and a check"),
     "prune-history": ("square_mirror.commands.prune_history", "delete closed history rows older than a period"),
+    "sellers": ("worker.commands.sellers",
+                "OAuth sellers: connect-url, add, list, remove [--purge], new-key, rotate-key"),
 }
 # Commands that parse their own argv (the emulator shares no code with the rest).
 PASSTHROUGH: Final[dict[str, tuple[str, str]]] = {

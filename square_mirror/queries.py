@@ -140,4 +140,4 @@ def _statement(body: str) -> str:
 # The shared code's queries. (In a wheel, square_mirror/sql also holds schema.sql and migrations/: not named
 # queries, so the files are named rather than the folder.)
 _SQL: Final = Path(__file__).with_name("sql")
-queries: Final = Queries(_SQL / "queries.sql", _SQL / "credentials.sql", templates=DEFINITIONS)
+queries: Final = Queries(_SQL / "queries.sql", _SQL / "credentials.sql", _SQL / "sellers.sql", templates=DEFINITIONS)

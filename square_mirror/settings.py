@@ -317,7 +317,9 @@ def _application_id(env: Mapping[str, str]) -> str | None:
 
 
 def _signature_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
-    value = _get(env, "SQUARE_WEBHOOK_SIGNATURE_KEY")
+    """The subscription's signature keys, comma-separated (rotation), from the variable or from the file
+    ``SQUARE_WEBHOOK_SIGNATURE_KEY_FILE`` names (``square-mirror webhooks subscribe --signature-key-file``)."""
+    value = _secret(env, "SQUARE_WEBHOOK_SIGNATURE_KEY")
     if value is None:
         return ()
     keys = tuple(k.strip() for k in value.split(","))

@@ -51,6 +51,7 @@ RETRIEVE_MERCHANT: Final = "/v2/merchants/{merchant_id}"
 OBTAIN_TOKEN: Final = "/oauth2/token"  # noqa: S105 (a path, not a password)
 RETRIEVE_TOKEN_STATUS: Final = "/oauth2/token/status"  # noqa: S105
 REVOKE_TOKEN: Final = "/oauth2/revoke"  # noqa: S105
+WEBHOOK_SUBSCRIPTIONS: Final = "/v2/webhooks/subscriptions"  # List (GET) and Create (POST)
 LIST_CUSTOM_ATTRIBUTE_DEFINITIONS: Final = "/v2/customers/custom-attribute-definitions"
 LIST_CUSTOMER_CUSTOM_ATTRIBUTES: Final = "/v2/customers/{customer_id}/custom-attributes"
 
@@ -60,6 +61,11 @@ GROUPS_PAGE_LIMIT: Final = 50
 SEGMENTS_PAGE_LIMIT: Final = 50
 EVENTS_PAGE_LIMIT: Final = 100
 CUSTOM_ATTRIBUTES_PAGE_LIMIT: Final = 100
+WEBHOOK_SUBSCRIPTIONS_PAGE_LIMIT: Final = 100
+# The scopes the mirror asks a seller for (the authorize URL): customers and their custom attributes, and the
+# merchant profile (RetrieveMerchant, ListLocations). Without a scope, Square's default set lacks CUSTOMERS_READ.
+OAUTH_SCOPES: Final = ("CUSTOMERS_READ", "MERCHANT_PROFILE_READ")
+OAUTH_AUTHORIZE: Final = "/oauth2/authorize"
 # The codes of a 401 that a refresh can cure (an expired OAuth token may also come back as plain UNAUTHORIZED:
 # UNCONFIRMED, and then the scheduled refresh is what keeps tokens from ever expiring).
 TOKEN_EXPIRED_CODES: Final = frozenset({"ACCESS_TOKEN_EXPIRED"})  # both custom attribute lists default to 20
@@ -83,6 +89,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 UnauthorizedHook = Callable[[str, str], Awaitable[None]]
+
+
+def authorize_url(base_url: str, application_id: str, state: str, redirect_uri: str | None = None) -> str:
+    """The page a seller opens to connect: Square's authorize URL on ``base_url``'s host (the emulator's, in
+    tests), asking for :data:`OAUTH_SCOPES`, with a fresh login (``session=False``) and the CSRF ``state``."""
+    from urllib.parse import quote_plus, urlencode
+
+    params = {"client_id": application_id, "scope": " ".join(OAUTH_SCOPES), "session": "False", "state": state}
+    if redirect_uri:
+        params["redirect_uri"] = redirect_uri
+    return f"{base_url.rstrip('/')}{OAUTH_AUTHORIZE}?{urlencode(params, quote_via=quote_plus)}"
 
 
 class SquareClient:
@@ -407,6 +424,38 @@ class SquareClient:
     async def revoke_token(self, client_secret: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("", "POST", REVOKE_TOKEN, body=body, endpoint="RevokeToken",
                                   authorization=f"Client {client_secret}", report_unauthorized=False)
+
+    # -- Webhook subscriptions (the application's: its personal access token only, never a seller's) -------------
+
+    async def list_webhook_subscriptions(self, application_token: str) -> list[dict[str, Any]]:
+        """Every subscription of the application, disabled ones included, oldest first (all pages)."""
+        subscriptions: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"include_disabled": "true", "limit": WEBHOOK_SUBSCRIPTIONS_PAGE_LIMIT}
+            if cursor:
+                params["cursor"] = cursor
+            payload = await self.request("", "GET", WEBHOOK_SUBSCRIPTIONS, params=params,
+                                         endpoint="ListWebhookSubscriptions", token=application_token,
+                                         report_unauthorized=False)
+            page = payload.get("subscriptions") or []
+            if not isinstance(page, list) or not all(isinstance(s, dict) for s in page):
+                raise _malformed("ListWebhookSubscriptions", "subscriptions is not a list of objects")
+            subscriptions.extend(page)
+            cursor = payload.get("cursor")
+            if not cursor or not isinstance(cursor, str):
+                return subscriptions
+
+    async def create_webhook_subscription(self, application_token: str, subscription: Mapping[str, Any],
+                                          idempotency_key: str) -> dict[str, Any]:
+        """CreateWebhookSubscription; the answer's subscription carries its ``signature_key``."""
+        payload = await self.request("", "POST", WEBHOOK_SUBSCRIPTIONS, endpoint="CreateWebhookSubscription",
+                                     body={"idempotency_key": idempotency_key, "subscription": dict(subscription)},
+                                     token=application_token, report_unauthorized=False)
+        created = payload.get("subscription")
+        if not isinstance(created, dict) or not isinstance(created.get("id"), str):
+            raise _malformed("CreateWebhookSubscription", "no subscription object")
+        return created
 
     # -- Events and merchants -----------------------------------------------------------------------------
 

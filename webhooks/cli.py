@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 HELP: Final = (
     "Run the Square webhook receiver: verifies signed deliveries and queues customer events for the worker. "
-    "Needs SQUARE_WEBHOOK_SIGNATURE_KEY, SQUARE_WEBHOOK_NOTIFICATION_URL and REDIS_URL."
+    "Needs SQUARE_WEBHOOK_SIGNATURE_KEY, SQUARE_WEBHOOK_NOTIFICATION_URL and REDIS_URL. 'webhooks subscribe' and "
+    "'webhooks check' create and check the application's webhook subscription instead."
 )
 SHUTDOWN_TIMEOUT: Final = 10.0  # seconds to let in-flight requests finish
 GC_YOUNG_THRESHOLD: Final = 10_000  # allocations between young-generation collections (CPython's default: 700)
@@ -28,9 +29,20 @@ GC_YOUNG_THRESHOLD: Final = 10_000  # allocations between young-generation colle
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
+    from square_mirror.commands import webhook_subscriptions
+
+    actions = parser.add_subparsers(dest="action", metavar="[subscribe | check]", required=False,
+                                    help="without one, run the receiver")
+    webhook_subscriptions.configure(actions)
 
 
 async def run(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) is not None:
+        from square_mirror.commands import webhook_subscriptions
+
+        if args.action == "subscribe":
+            return await webhook_subscriptions.run_subscribe(args)
+        return await webhook_subscriptions.run_check(args)
     # Imported here so `square-mirror --help` does not load aiohttp, Redis and Prometheus.
     from square_mirror.allocator import cap_socket_reads, pin_mmap_threshold
     from square_mirror.logs import configure_logging

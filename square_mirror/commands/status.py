@@ -18,8 +18,11 @@ from square_mirror.timefmt import iso, utcnow
 
 HELP = (
     "Per merchant: last event processed and its lag, failed events, last backfill and reconcile runs, token "
-    "status; plus queue depth. Exits 1 when unhealthy (unauthorized merchant, failed last run, queue older "
-    "than --max-queue-age, failed events with --strict), 2 when Postgres or Redis cannot be reached."
+    "status; plus queue depth, the OAuth sellers by status (and each one that needs attention) and the webhook "
+    "subscription check (with SQUARE_APPLICATION_ACCESS_TOKEN). Exits 1 when unhealthy (unauthorized merchant, "
+    "failed last run, queue older than --max-queue-age, an OAuth seller to re-authorize or revoked, a webhook "
+    "subscription that does not match the configuration, failed events with --strict), 2 when Postgres or Redis "
+    "cannot be reached."
 )
 
 
@@ -44,8 +47,10 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     try:
         merchant_rows = await conn.fetch(queries.get("merchant_status"))
         run_rows = await conn.fetch(queries.get("latest_runs"))
+        report["sellers"] = await _sellers(conn, settings, problems)
     finally:
         await conn.close()
+    report["webhook_subscription"] = await _webhook_subscription(settings, problems)
     for row in merchant_rows:
         entry = {
             "auth_status": row["auth_status"] or "ok",
@@ -95,11 +100,51 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     return report, 0 if not problems else 1
 
 
+async def _sellers(conn: Any, settings: Settings, problems: list[str]) -> dict[str, Any]:
+    """OAuth sellers: how many per status, and each one an operator must act on."""
+    counts = {r["status"]: r["sellers"] for r in await conn.fetch(queries.get("seller_status_counts"))}
+    attention = [{"merchant_id": r["merchant_id"], "status": r["status"], "last_error": r["last_error"],
+                  "since": _iso(r["status_changed_at"]), "failed_refreshes": r["refresh_failures"],
+                  "next_refresh_at": _iso(r["next_refresh_at"]),
+                  "token_expires_at": _iso(r["access_token_expires_at"])}
+                 for r in await conn.fetch(queries.get("sellers_needing_attention"))]
+    from square_mirror.credentials.store import REAUTHORIZE, REMOVED, REVOKED
+
+    for seller in attention:
+        if seller["status"] == REAUTHORIZE:
+            problems.append(f"{seller['merchant_id']}: Square refused its refresh token; the seller must connect "
+                            f"again before {seller['token_expires_at']} (square-mirror sellers connect-url)")
+        elif seller["status"] == REVOKED:
+            problems.append(f"{seller['merchant_id']}: access revoked; connect it again, or square-mirror sellers "
+                            "remove it")
+    oauth = sum(counts.values()) - counts.get(REMOVED, 0)
+    events_off = None
+    if oauth and settings.square_application_access_token is None:
+        events_off = ("SQUARE_APPLICATION_ACCESS_TOKEN is not set: the events replay lane is off for OAuth sellers "
+                      "(the Events API refuses OAuth tokens)")
+    return {"counts": counts, "attention": attention, "events_lane_off": events_off}
+
+
+async def _webhook_subscription(settings: Settings, problems: list[str]) -> dict[str, Any]:
+    from square_mirror.retry import RetryPolicy
+    from square_mirror.square_api import SquareClient
+    from square_mirror.webhook_subscription import MISMATCH, check
+
+    async with SquareClient.from_settings(settings, timeout=min(5.0, settings.square_timeout_seconds),
+                                          retry=RetryPolicy(attempts=1)) as client:
+        result = await check(settings, client)
+    if result.status == MISMATCH:
+        problems.extend(f"webhook subscription: {m}" for m in result.mismatches)
+    return result.as_json()
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"square-mirror status: {'healthy' if report.get('healthy') else 'UNHEALTHY'}"]
     queue = report.get("queue")
     if queue:
         lines.append(f"  queue: {queue}")
+    lines.extend(_seller_lines(report.get("sellers") or {}))
+    lines.extend(_subscription_lines(report.get("webhook_subscription") or {}))
     for merchant_id, entry in report.get("merchants", {}).items():
         lines.append(f"  {merchant_id}: auth {entry.get('auth_status', 'ok')}, {entry.get('live_customers', 0)} live "
                      f"customers, {entry.get('failed_events', 0)} failed events, last event "
@@ -110,6 +155,31 @@ def render(report: dict[str, Any]) -> str:
     for problem in report.get("problems", []):
         lines.append(f"  problem: {problem}")
     return "\n".join(lines)
+
+
+def _seller_lines(sellers: dict[str, Any]) -> list[str]:
+    counts = sellers.get("counts") or {}
+    if not counts:
+        return []
+    lines = ["  OAuth sellers: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
+    for seller in sellers.get("attention") or []:
+        lines.append(f"    {seller['merchant_id']}: {seller['status']} since {seller['since']}"
+                     + (f" ({seller['last_error']})" if seller["last_error"] else ""))
+    if sellers.get("events_lane_off"):
+        lines.append(f"    {sellers['events_lane_off']}")
+    return lines
+
+
+def _subscription_lines(result: dict[str, Any]) -> list[str]:
+    if not result:
+        return []
+    status = result.get("status")
+    if status in ("off", "error"):
+        return [f"  webhook subscription check: {status} ({result.get('reason')})"]
+    if status == "match":
+        return [f"  webhook subscription {result.get('subscription_id')}: matches the configuration"]
+    return [f"  webhook subscription {result.get('subscription_id') or '(none)'}: does not match the configuration "
+            "(square-mirror webhooks check)"]
 
 
 def _events_lines(entry: dict[str, Any]) -> list[str]:

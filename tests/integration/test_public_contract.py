@@ -60,10 +60,16 @@ async def _schema(dsn: str) -> dict[str, Any]:
 def _cli() -> dict[str, str]:
     os.environ["COLUMNS"] = "120"  # argparse wraps help to the terminal's width
     parser = build_parser()
-    helps = {"square-mirror": parser.format_help()}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps.update({f"square-mirror {name}": sub.format_help() for name, sub in action.choices.items()})
+    helps: dict[str, str] = {}
+
+    def collect(name: str, command: argparse.ArgumentParser) -> None:  # commands under commands too (sellers add)
+        helps[name] = command.format_help()
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    collect(f"{name} {sub_name}", sub)
+
+    collect("square-mirror", parser)
     return helps
 
 

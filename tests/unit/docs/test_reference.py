@@ -133,18 +133,26 @@ def test_the_metrics_reference_lists_exactly_the_exported_metrics_with_their_typ
 
 # CLI ---------------------------------------------------------------------------------------------------------
 
-def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
+def _subcommands(name: str, parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``name`` and every command under it (``square-mirror sellers add``), at any depth."""
+    found = {name: parser}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return {"square-mirror": parser, **{f"square-mirror {n}": p for n, p in action.choices.items()}}
-    raise AssertionError("no subcommands")
+            for sub, sub_parser in action.choices.items():
+                found.update(_subcommands(f"{name} {sub}", sub_parser))
+    return found
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    commands = _subcommands("square-mirror", build_parser())
+    assert len(commands) > 1, "no subcommands"
+    return commands
 
 
 def _cli_sections() -> dict[str, str]:
     found = {}
     for title, body in sections(REFERENCE / "cli.md", 2).items():
-        match = re.fullmatch(r"`(square-mirror(?: [a-z-]+)?)`", title)
+        match = re.fullmatch(r"`(square-mirror(?: [a-z-]+){0,2})`", title)
         if match:
             found[match.group(1)] = body
     return found

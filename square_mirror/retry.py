@@ -126,3 +126,19 @@ def unauthorized_delay(seconds: float) -> float:
 def lane_retry_delay(job_try: int) -> float:
     """A lane run that ended ``partial`` or ``failed`` tries again after 30 s, 60 s, ..."""
     return 30.0 * job_try
+
+
+TOKEN_REFRESH_RETRY_BASE_SECONDS: Final = 300.0  # a failed token refresh is tried again after 5 minutes...
+TOKEN_REFRESH_RETRY_CAP_SECONDS: Final = 12 * 3600.0  # ...doubling, up to 12 hours
+TOKEN_REFRESH_PAUSE_SECONDS: Final = 30.0  # the refresh cron's random pause before it starts
+
+
+def token_refresh_delay(failures: int) -> float:
+    """Seconds before a failed token refresh is tried again: exponential backoff with full jitter."""
+    ceiling = min(TOKEN_REFRESH_RETRY_CAP_SECONDS, TOKEN_REFRESH_RETRY_BASE_SECONDS * 2.0 ** min(failures, 12))
+    return random.uniform(TOKEN_REFRESH_RETRY_BASE_SECONDS, ceiling)
+
+
+def token_refresh_pause() -> float:
+    """The refresh cron waits this long first, so deployments started together do not call Square together."""
+    return random.uniform(0.0, TOKEN_REFRESH_PAUSE_SECONDS)

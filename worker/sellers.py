@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from datetime import timedelta
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ from square_mirror.credentials.refresh import FAILED, Refresher, RefreshResult
 from square_mirror.credentials.store import CredentialStore
 from square_mirror.logs import get_logger
 from square_mirror.metrics import SELLERS
+from square_mirror.retry import token_refresh_pause
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareClient
 
@@ -95,7 +95,7 @@ async def refresh_tokens(ctx: dict[str, Any]) -> dict[str, Any]:
     wc = worker_context(ctx)
     if wc.sellers is None:
         return {"sellers": 0}
-    await asyncio.sleep(random.uniform(0.0, 30.0))
+    await asyncio.sleep(token_refresh_pause())
     results = await wc.sellers.refresh_due()
     return {"refreshed": sum(r.outcome == "refreshed" for r in results),
             "failed": [r.merchant_id for r in results if r.outcome == FAILED]}

@@ -18,7 +18,6 @@ refreshed at seven days, so the operator has that long to have the seller connec
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +36,7 @@ from square_mirror.errors import SquareError, SquareInvalidRequest, SquareNotFou
 from square_mirror.logs import get_logger
 from square_mirror.metrics import TOKEN_REFRESHES
 from square_mirror.queries import queries
+from square_mirror.retry import token_refresh_delay
 from square_mirror.settings import Secret
 from square_mirror.square_api import SquareClient
 
@@ -44,8 +44,6 @@ log = get_logger(__name__)
 
 # pg_try_advisory_lock(namespace, hashtext(merchant_id)): one refresh per seller across every process.
 REFRESH_LOCK_NAMESPACE: Final = 0x52_46_53_48
-RETRY_BASE: Final = timedelta(minutes=5)
-RETRY_CAP: Final = timedelta(hours=12)
 REFRESHED, SKIPPED, FAILED = "refreshed", "skipped", "failed"
 
 
@@ -55,12 +53,6 @@ class RefreshResult:
     outcome: str  # refreshed, skipped (another process has it, or nothing to refresh), failed
     status: str | None = None  # the seller's status after a failure: refresh_failed or reauthorize
     error: str | None = None
-
-
-def retry_delay(failures: int) -> timedelta:
-    """Exponential backoff with full jitter, from five minutes up to twelve hours."""
-    ceiling = min(RETRY_CAP, RETRY_BASE * (2 ** min(failures, 12)))
-    return timedelta(seconds=random.uniform(RETRY_BASE.total_seconds(), ceiling.total_seconds()))
 
 
 class Refresher:
@@ -118,7 +110,7 @@ class Refresher:
                       permanent: bool) -> RefreshResult:
         failures = int(await conn.fetchval(queries.get("refresh_failures"), merchant_id) or 0)
         await self.store.refresh_failed(conn, merchant_id, error, permanent=permanent,
-                                        retry_in=retry_delay(failures))
+                                        retry_in=timedelta(seconds=token_refresh_delay(failures)))
         status = REAUTHORIZE if permanent else REFRESH_FAILED
         log.warning("token_refresh_failed", merchant_id=merchant_id, status=status, error=error)
         return RefreshResult(merchant_id, FAILED, status, error)

@@ -63,6 +63,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("--batch-size", type=int, default=5000, metavar="N", help="rows per delete (default 5000)")
     remove.add_argument("--force", action="store_true",
                         help="purge even when the mirror does not know the merchant or it is still configured")
+    refresh = sub.add_parser("refresh", help="refresh OAuth tokens now (the worker does it hourly)",
+                             description="Refresh the tokens the hourly job would (older than TOKEN_REFRESH_AGE_DAYS), "
+                             "or one seller's at once with --merchant. Exit status 1 when a refresh failed.")
+    refresh.add_argument("--merchant", type=_merchant_id, metavar="ID", help="refresh this seller's token now")
     sub.add_parser("new-key", help="print a fresh encryption key for SQUARE_MIRROR_ENCRYPTION_KEYS",
                    description="Print a fresh Fernet key. Put it first in SQUARE_MIRROR_ENCRYPTION_KEYS, then run "
                    "rotate-key.")
@@ -76,7 +80,7 @@ async def run(args: argparse.Namespace) -> int:
 
     actions: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
         "connect-url": connect_url, "add": add_seller, "list": list_sellers, "remove": remove_seller,
-        "new-key": print_new_key, "rotate-key": rotate_key,
+        "new-key": print_new_key, "rotate-key": rotate_key, "refresh": refresh_tokens,
     }
     settings = Settings.from_env()
     try:
@@ -135,6 +139,24 @@ async def rotate_key(settings: Settings, _args: argparse.Namespace) -> int:
     print(f"re-encrypted the tokens of {done} seller(s) with the first key of SQUARE_MIRROR_ENCRYPTION_KEYS; the "
           "other keys may now be removed from it")
     return 0
+
+
+async def refresh_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.context import open_context
+
+    _require_keys(settings)
+    async with open_context(settings) as wc:
+        assert wc.sellers is not None  # the keys are set
+        if args.merchant:
+            results = [await wc.sellers.refresher.refresh(args.merchant)]
+        else:
+            results = await wc.sellers.refresh_due()
+    for result in results:
+        print(f"{result.merchant_id}: {result.outcome}" + (f" ({result.status}: {result.error})"
+                                                          if result.outcome == "failed" else ""))
+    if not results:
+        print("no token is due for a refresh")
+    return 1 if any(r.outcome == "failed" for r in results) else 0
 
 
 # -- add ---------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 # ruff: noqa: B018
 from square_mirror import db, logs, queries, square_api
+from square_mirror.credentials import cipher, oauth_state, store
 from webhooks import resp, signature
 from worker import app, runs
 
@@ -22,3 +23,14 @@ signature.compute_signature
 # square_mirror/logs.py belongs to the logging rework (the review lists both as dead; that work removes them).
 logs.bind_context
 logs.clear_context
+
+# Sellers (issue #19) in progress: the `square-mirror sellers` commands (branch sellers-cli) call these; remove the
+# entries when they land.
+cipher.new_key
+oauth_state.new_state
+store.REMOVED
+store.REVOKED
+store.CredentialStore.set_status
+store.CredentialStore.reencrypt
+square_api.SquareClient.retrieve_token_status
+square_api.SquareClient.revoke_token

@@ -123,6 +123,12 @@ def unauthorized_delay(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)
 
 
+def jittered(low: float, high: float) -> float:
+    """A random delay in [low, high]: token refresh backoff (square_mirror/credentials/refresh.py) and the refresh
+    cron's pause (worker/sellers.py)."""
+    return random.uniform(low, high)
+
+
 def lane_retry_delay(job_try: int) -> float:
     """A lane run that ended ``partial`` or ``failed`` tries again after 30 s, 60 s, ..."""
     return 30.0 * job_try

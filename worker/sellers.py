@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from datetime import timedelta
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ from square_mirror.credentials.refresh import FAILED, Refresher, RefreshResult
 from square_mirror.credentials.store import CredentialStore
 from square_mirror.logs import get_logger
 from square_mirror.metrics import SELLERS
+from square_mirror.retry import jittered
 from square_mirror.settings import Settings
 from square_mirror.square_api import SquareClient
 
@@ -40,7 +40,9 @@ class SellerCredentials:
         self._task: asyncio.Task[None] | None = None
 
     async def reload(self) -> None:
-        self.client.tokens.set_oauth(await self.store.usable_tokens())
+        """The tokens of every usable seller, and who is revoked or removed (no token, no work for them)."""
+        tokens = await self.store.usable_tokens()
+        self.client.tokens.set_oauth(tokens, await self.store.withdrawn())
 
     async def start(self) -> None:
         """Load the tokens now, then keep them current; the client refreshes a token Square says expired."""
@@ -95,7 +97,7 @@ async def refresh_tokens(ctx: dict[str, Any]) -> dict[str, Any]:
     wc = worker_context(ctx)
     if wc.sellers is None:
         return {"sellers": 0}
-    await asyncio.sleep(random.uniform(0.0, 30.0))
+    await asyncio.sleep(jittered(0.0, 30.0))
     results = await wc.sellers.refresh_due()
     return {"refreshed": sum(r.outcome == "refreshed" for r in results),
             "failed": [r.merchant_id for r in results if r.outcome == FAILED]}

@@ -18,7 +18,6 @@ refreshed at seven days, so the operator has that long to have the seller connec
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +36,7 @@ from square_mirror.errors import SquareError, SquareInvalidRequest, SquareNotFou
 from square_mirror.logs import get_logger
 from square_mirror.metrics import TOKEN_REFRESHES
 from square_mirror.queries import queries
+from square_mirror.retry import jittered
 from square_mirror.settings import Secret
 from square_mirror.square_api import SquareClient
 
@@ -60,7 +60,7 @@ class RefreshResult:
 def retry_delay(failures: int) -> timedelta:
     """Exponential backoff with full jitter, from five minutes up to twelve hours."""
     ceiling = min(RETRY_CAP, RETRY_BASE * (2 ** min(failures, 12)))
-    return timedelta(seconds=random.uniform(RETRY_BASE.total_seconds(), ceiling.total_seconds()))
+    return timedelta(seconds=jittered(RETRY_BASE.total_seconds(), ceiling.total_seconds()))
 
 
 class Refresher:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-Responder = Callable[[web.Request], web.StreamResponse]
+Responder = Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]]
 
 
 class ScriptedSquare:
@@ -25,7 +26,8 @@ class ScriptedSquare:
                               "body": json.loads(body) if body else None})
         if not self.script:
             return web.json_response({"errors": [{"code": "NOT_SCRIPTED", "category": "API_ERROR"}]}, status=500)
-        return self.script.pop(0)(request)
+        answer = self.script.pop(0)(request)
+        return await answer if inspect.isawaitable(answer) else answer
 
 
 def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Responder:

@@ -1,5 +1,8 @@
 """Sellers' OAuth credentials in ``square_private.seller_credentials``: tokens in and out, always through the
-cipher, so a token is never written or read in the clear. SQL: ``square_mirror/sql/credentials.sql``."""
+cipher, so a token is never written or read in the clear. SQL: ``square_mirror/sql/credentials.sql``.
+
+Times a refresh decision reads (connected, refreshed, next try) are the process's clock (``timefmt.utcnow``),
+not the database's, so a test can move them along with the emulator's."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from square_mirror.credentials.cipher import TokenCipher
 from square_mirror.credentials.oauth_state import state_hash
 from square_mirror.queries import queries
 from square_mirror.settings import Secret
-from square_mirror.timefmt import parse_time
+from square_mirror.timefmt import parse_time, utcnow
 
 ACTIVE, REFRESH_FAILED, REAUTHORIZE, REVOKED, REMOVED = "active", "refresh_failed", "reauthorize", "revoked", "removed"
 CODE, PKCE = "code", "pkce"
@@ -60,7 +63,8 @@ class CredentialStore:
         """Store a fresh grant (``conn``: inside the caller's transaction); the seller is active again."""
         await (conn or self.pool).execute(queries.get("save_grant"), grant.merchant_id, kind or grant.refresh_kind,
                                 self._seal(grant.access_token), grant.access_token_expires_at,
-                                self._seal(grant.refresh_token), grant.refresh_token_expires_at, list(grant.scopes))
+                                self._seal(grant.refresh_token), grant.refresh_token_expires_at, list(grant.scopes),
+                                utcnow())
 
     async def usable_tokens(self) -> dict[str, Secret]:
         """merchant ID -> its current access token, for every seller the mirror may call Square for."""
@@ -68,7 +72,7 @@ class CredentialStore:
         return {r["merchant_id"]: Secret(self.cipher.decrypt(r["access_token"])) for r in rows}
 
     async def due_for_refresh(self, age: timedelta) -> list[str]:
-        return [r["merchant_id"] for r in await self.pool.fetch(queries.get("due_for_refresh"), age)]
+        return [r["merchant_id"] for r in await self.pool.fetch(queries.get("due_for_refresh"), age, utcnow())]
 
     async def refresh_token(self, conn: Conn, merchant_id: str) -> tuple[str, Secret | None, str] | None:
         """(refresh kind, refresh token, status) of a seller, or None when unknown."""
@@ -79,19 +83,20 @@ class CredentialStore:
         return row["refresh_kind"], token, row["status"]
 
     async def begin_refresh(self, conn: Conn, merchant_id: str) -> None:
-        await conn.execute(queries.get("begin_refresh"), merchant_id)
+        await conn.execute(queries.get("begin_refresh"), merchant_id, utcnow())
 
     async def save_refresh(self, conn: Conn, grant: Grant, previous_refresh: Secret | None) -> None:
         """Square's answer to a refresh, stored before anything else happens. The code flow returns the same refresh
         token (kept if Square omits it); PKCE returns the next single-use one."""
         refresh = grant.refresh_token or previous_refresh
         await conn.execute(queries.get("save_refresh"), grant.merchant_id, self._seal(grant.access_token),
-                           grant.access_token_expires_at, self._seal(refresh), grant.refresh_token_expires_at)
+                           grant.access_token_expires_at, self._seal(refresh), grant.refresh_token_expires_at,
+                           utcnow())
 
     async def refresh_failed(self, conn: Conn, merchant_id: str, error: str, *, permanent: bool,
                              retry_in: timedelta) -> None:
         await conn.execute(queries.get("refresh_failed"), merchant_id, error[:300],
-                           REAUTHORIZE if permanent else REFRESH_FAILED, retry_in)
+                           REAUTHORIZE if permanent else REFRESH_FAILED, retry_in, utcnow())
 
     async def set_status(self, merchant_id: str, status: str, why: str | None = None) -> bool:
         return await self.pool.fetchval(queries.get("set_seller_status"), merchant_id, status, why) is not None

@@ -4,11 +4,11 @@
 -- name: save_grant --
 -- A seller connected (or added) with a fresh grant: tokens stored, status active, failures forgotten.
 -- $1 merchant_id, $2 refresh_kind, $3 access_token (encrypted), $4 access_token_expires_at, $5 refresh_token
--- (encrypted), $6 refresh_token_expires_at, $7 text[] scopes.
+-- (encrypted), $6 refresh_token_expires_at, $7 text[] scopes, $8 now (the process's clock: timefmt.utcnow).
 INSERT INTO square_private.seller_credentials AS c (
     merchant_id, refresh_kind, access_token, access_token_expires_at, refresh_token, refresh_token_expires_at,
     scopes, status, connected_at, refreshed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', now(), now())
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $8)
 ON CONFLICT (merchant_id) DO UPDATE SET
     refresh_kind = EXCLUDED.refresh_kind,
     access_token = EXCLUDED.access_token,
@@ -17,8 +17,8 @@ ON CONFLICT (merchant_id) DO UPDATE SET
     refresh_token_expires_at = EXCLUDED.refresh_token_expires_at,
     scopes = EXCLUDED.scopes,
     status = 'active',
-    connected_at = now(),
-    refreshed_at = now(),
+    connected_at = $8,
+    refreshed_at = $8,
     refresh_started_at = NULL,
     refresh_failures = 0,
     next_refresh_at = NULL,
@@ -35,13 +35,13 @@ WHERE status IN ('active', 'refresh_failed', 'reauthorize')
 
 -- name: due_for_refresh --
 -- Sellers whose token is older than $1 (or expires within it), and whose backoff has passed (a seller whose
--- refresh token Square refused is tried again with backoff, in case it was a passing refusal).
+-- refresh token Square refused is tried again with backoff, in case it was a passing refusal). $2 now.
 SELECT merchant_id
 FROM square_private.seller_credentials
 WHERE status IN ('active', 'refresh_failed', 'reauthorize') AND refresh_token IS NOT NULL
-  AND (coalesce(refreshed_at, connected_at) <= now() - $1::interval
-       OR access_token_expires_at <= now() + $1::interval)
-  AND (next_refresh_at IS NULL OR next_refresh_at <= now())
+  AND (coalesce(refreshed_at, connected_at) <= $2::timestamptz - $1::interval
+       OR access_token_expires_at <= $2::timestamptz + $1::interval)
+  AND (next_refresh_at IS NULL OR next_refresh_at <= $2::timestamptz)
 ORDER BY coalesce(refreshed_at, connected_at)
 
 -- name: credential_for_refresh --
@@ -50,25 +50,26 @@ SELECT merchant_id, refresh_kind, refresh_token, refreshed_at, status, refresh_s
 FROM square_private.seller_credentials WHERE merchant_id = $1
 
 -- name: begin_refresh --
--- A refresh is about to be sent (committed first, so a crash in flight is known afterwards). $1 merchant_id.
-UPDATE square_private.seller_credentials SET refresh_started_at = now(), updated_at = now() WHERE merchant_id = $1
+-- A refresh is about to be sent (committed first, so a crash in flight is known afterwards). $1 merchant_id,
+-- $2 now.
+UPDATE square_private.seller_credentials SET refresh_started_at = $2, updated_at = now() WHERE merchant_id = $1
 
 -- name: save_refresh --
 -- Square answered a refresh: the new tokens, at once. $1 merchant_id, $2 access_token (encrypted),
--- $3 access_token_expires_at, $4 refresh_token (encrypted), $5 refresh_token_expires_at.
+-- $3 access_token_expires_at, $4 refresh_token (encrypted), $5 refresh_token_expires_at, $6 now.
 UPDATE square_private.seller_credentials SET
     access_token = $2, access_token_expires_at = $3, refresh_token = $4, refresh_token_expires_at = $5,
-    status = 'active', refreshed_at = now(), refresh_started_at = NULL, refresh_failures = 0, next_refresh_at = NULL,
+    status = 'active', refreshed_at = $6, refresh_started_at = NULL, refresh_failures = 0, next_refresh_at = NULL,
     last_error = NULL, status_changed_at = CASE WHEN status = 'active' THEN status_changed_at ELSE now() END,
     updated_at = now()
 WHERE merchant_id = $1
 
 -- name: refresh_failed --
 -- A refresh failed: $3 the status ('refresh_failed': retried after $4; 'reauthorize': for good), $2 the error.
--- $1 merchant_id.
+-- $1 merchant_id, $5 now.
 UPDATE square_private.seller_credentials SET
     status = $3, last_error = $2, refresh_failures = refresh_failures + 1, refresh_started_at = NULL,
-    next_refresh_at = now() + $4::interval,
+    next_refresh_at = $5::timestamptz + $4::interval,
     status_changed_at = CASE WHEN status = $3 THEN status_changed_at ELSE now() END, updated_at = now()
 WHERE merchant_id = $1 AND status IN ('active', 'refresh_failed', 'reauthorize')
 

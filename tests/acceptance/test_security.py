@@ -79,12 +79,16 @@ async def test_analytics_role_cannot_write_or_change_the_schema(db_pool: asyncpg
 
 async def test_no_token_or_secret_is_stored_where_the_analytics_role_could_read_it(
         db_pool: asyncpg.Pool, reader_conn: asyncpg.Connection) -> None:
-    # Tokens live in SQUARE_ACCESS_TOKEN / SQUARE_TOKENS_FILE only; the database never holds one.
+    # Personal tokens live in SQUARE_ACCESS_TOKEN / SQUARE_TOKENS_FILE only; OAuth sellers' tokens live encrypted in
+    # schema square_private, which the analytics role is refused.
     columns = await db_pool.fetch(
         "SELECT table_schema, table_name, column_name FROM information_schema.columns"
-        " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        " WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'square_private')"
         " AND column_name ~* '(token|secret|signature|password|api_key|credential)'")
     assert [tuple(c) for c in columns] == []
+    for table in ("seller_credentials", "oauth_states"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader_conn.fetch(f"SELECT * FROM square_private.{table}")
     # Nor can the role read the server's own secrets (role password hashes).
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await reader_conn.fetch("SELECT rolpassword FROM pg_authid")

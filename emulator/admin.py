@@ -178,7 +178,7 @@ def _check_token_free(emulator: Emulator, token: str, merchant_id: str | None) -
 
 
 def _seller_json(state: MerchantState) -> dict[str, Any]:
-    return {"merchant_id": state.merchant_id, "token": state.token, "token_kind": state.token_kind,
+    return {"merchant_id": state.merchant_id, "token": state.token or None, "token_kind": state.token_kind,
             "revoked": state.revoked, "events_enabled": state.events_enabled}
 
 
@@ -207,6 +207,8 @@ async def sellers(request: web.Request) -> web.Response:
 
 def _application_json(emulator: Emulator) -> dict[str, Any]:
     return {"token": emulator.application_token, "application_id": emulator.application_id,
+            "application_secret": emulator.application_secret, "oauth_redirect_url": emulator.oauth_redirect_url,
+            "api_version": emulator.config.application_api_version,
             "events_enabled": emulator.app_events_enabled,
             "events_enablement_scope": emulator.knobs.events_enablement_scope}
 
@@ -215,20 +217,32 @@ async def get_application(request: web.Request) -> web.Response:
     return json_response(_application_json(_emu(request)))
 
 
+def _optional_string(body: dict[str, Any], name: str, *, nullable: bool) -> str | None:
+    value = body[name]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"`{name}` must be a non-empty string{' or null' if nullable else ''}.", field=name)
+    return value
+
+
 async def put_application(request: web.Request) -> web.Response:
-    """Set (or with ``null`` remove) the application's personal access token, a setting of the whole emulator."""
+    """Set the application's settings: its personal access token (``null`` removes it), its OAuth client secret,
+    its registered OAuth redirect URL (``null``: none). At least one of them."""
     body = await _json(request)
-    reject_unknown(body, frozenset(("token",)), orjson.dumps(body))
-    if "token" not in body:
+    reject_unknown(body, frozenset(("token", "application_secret", "oauth_redirect_url")), orjson.dumps(body))
+    if not body:
         raise bad_request("`token` is required (a string, or null to remove it).", field="token")
-    token = body["token"]
     emulator = _emu(request)
-    if token is not None:
-        if not isinstance(token, str) or not token.strip():
-            raise bad_request("`token` must be a non-empty string or null.", field="token")
-        if token in emulator.tokens:
+    if "token" in body:
+        token = _optional_string(body, "token", nullable=True)
+        if token is not None and token in emulator.tokens:
             raise bad_request(f"That token belongs to seller `{emulator.tokens[token]}`.", field="token")
-    emulator.application_token = token
+        emulator.application_token = token
+    if "application_secret" in body:
+        emulator.application_secret = str(_optional_string(body, "application_secret", nullable=False))
+    if "oauth_redirect_url" in body:
+        emulator.oauth_redirect_url = _optional_string(body, "oauth_redirect_url", nullable=True)
     return json_response(_application_json(emulator))
 
 

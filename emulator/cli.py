@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from .config import PERSONAL, TOKEN_KINDS, EmulatorConfig, Knobs, SubscriptionSpec
+from .config import DEFAULT_APPLICATION_SECRET, PERSONAL, TOKEN_KINDS, EmulatorConfig, Knobs, SubscriptionSpec
 from .testing import run_emulator
 
 
@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--application-id", metavar="ID",
                    help="the application every seller's token belongs to (owns the definitions created through the "
                         "public API; default sq0idp-square-mirror)")
+    p.add_argument("--application-secret", metavar="SECRET",
+                   help="the application's OAuth client secret (default sq0csp-emulator-secret)")
+    p.add_argument("--oauth-redirect-url", metavar="URL",
+                   help="the application's registered OAuth redirect URL (default: none; the authorize URL must then "
+                        "carry redirect_uri)")
     p.add_argument("--webhook-url")
     p.add_argument("--signature-key")
     p.add_argument("--notification-url", help="URL the signature is computed over (default: --webhook-url)")
@@ -86,7 +91,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     except orjson.JSONDecodeError:
         raise SystemExit(f"--custom-attributes expects a JSON object, got {args.custom_attributes!r}") from None
     extra = {"application_id": args.application_id} if args.application_id else {}
-    return EmulatorConfig(seed=args.seed, sellers=sellers, token_kinds=kinds,
+    return EmulatorConfig(application_secret=args.application_secret or DEFAULT_APPLICATION_SECRET,
+                          oauth_redirect_url=args.oauth_redirect_url, seed=args.seed, sellers=sellers,
+                          token_kinds=kinds,
                           application_token=args.application_token, customers=args.customers,
                           instant_profiles=args.instant_profiles, subscriptions=subs, knobs=knobs,
                           snapshot_path=args.snapshot, custom_attributes=custom_attributes, **extra)

@@ -30,16 +30,23 @@ DEPRECATED_ALIASES: dict[str, str] = {
     **{f"customer.custom_attribute_definition.visible.{a}": f"customer.custom_attribute_definition.public.{a}"
        for a in _DEFINITION_ACTIONS},
 }
+# FACTS-2 B.6: fired once per revoked access token when a seller's authorization of the app is revoked.
+REVOKED_EVENT_TYPE = "oauth.authorization.revoked"
 # What a subscription without an explicit `event_types` list receives: every non-deprecated type.
-DEFAULT_EVENT_TYPES = CUSTOMER_EVENT_TYPES + ATTRIBUTE_EVENT_TYPES
+DEFAULT_EVENT_TYPES = CUSTOMER_EVENT_TYPES + ATTRIBUTE_EVENT_TYPES + (REVOKED_EVENT_TYPE,)
 DEFAULT_APPLICATION_ID = "sq0idp-square-mirror"  # the one application every seller's token belongs to
+# The application's OAuth client secret (a public test value, not a secret) and its API version.
+DEFAULT_APPLICATION_SECRET = "sq0csp-emulator-secret"  # noqa: S105 (a documented test value)
+DEFAULT_API_VERSION = "2025-08-20"
 PERSONAL, OAUTH = "personal", "oauth"  # a seller's token: a personal access token (default) or an OAuth token
 TOKEN_KINDS = (PERSONAL, OAUTH)
 EVENTS_ENABLEMENT_SCOPES = ("seller", "application")
 # Knobs whose value must be one of a fixed set (checked by Knobs.merge).
 _CHOICES: dict[str, tuple[str, ...]] = {"events_enablement_scope": EVENTS_ENABLEMENT_SCOPES,
                                         "custom_attribute_event_shape": ("bare", "wrapped"),
-                                        "merge_custom_attributes": ("follow", "drop")}
+                                        "merge_custom_attributes": ("follow", "drop"),
+                                        "expired_token_code": ("ACCESS_TOKEN_EXPIRED", "UNAUTHORIZED"),
+                                        "subscription_timestamp_format": ("rfc3339", "go")}
 
 
 @dataclass
@@ -104,6 +111,27 @@ class Knobs:
     # UNCONFIRMED: a merge fires custom attribute events (`.updated` for the values landing on the new profile,
     # `.deleted` for the sources' values). False: none.
     merge_fires_attribute_events: bool = False
+    # --- OAuth (FACTS-2 B) and the Webhook Subscriptions API (FACTS-2 C) ---
+    # UNCONFIRMED: the code of the 401 an expired OAuth access token gets ("ACCESS_TOKEN_EXPIRED" or "UNAUTHORIZED").
+    expired_token_code: str = "ACCESS_TOKEN_EXPIRED"  # noqa: S105 (an error code)
+    # UNCONFIRMED #9: a code-flow refresh token never expires (0, the spec) or dies this many days after the last
+    # access token issued with it expired (15: the staff forum reply and the legacy docs).
+    refresh_token_grace_days: float = 0.0
+    # UNCONFIRMED: an access token stays valid after a refresh until its own expiry (False: the refresh revokes the
+    # authorization's earlier access tokens, which then get 401 ACCESS_TOKEN_REVOKED).
+    refresh_keeps_old_access_token: bool = True
+    # UNCONFIRMED: what ObtainToken answers for a bad grant (unknown, used or expired code, a wrong code_verifier or
+    # redirect_uri, an unknown, spent, expired, invalidated or revoked refresh token).
+    invalid_grant_status: int = 401
+    invalid_grant_code: str = "UNAUTHORIZED"
+    # UNCONFIRMED #11: RevokeToken with revoke_only_access_token=true fires oauth.authorization.revoked too.
+    revoke_only_access_token_fires_webhook: bool = False
+    # UNCONFIRMED #12: after UpdateWebhookSubscriptionSignatureKey, deliveries stay signed with the old key for
+    # this many seconds (0: the new key signs everything from now on, retries of older events included).
+    signature_key_overlap_seconds: float = 0.0
+    # UNCONFIRMED #12: created_at/updated_at of webhook subscriptions: RFC 3339 ("rfc3339") or the Go-style strings
+    # of the spec's examples ("go": "2022-01-10 23:29:48 +0000 UTC").
+    subscription_timestamp_format: str = "rfc3339"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +182,12 @@ class EmulatorConfig:
     # The application every seller's token (personal or OAuth) belongs to: definitions created through the public
     # API are owned by it; other applications' keys look like `{their id}:{key}` to it.
     application_id: str = DEFAULT_APPLICATION_ID
+    # The application's OAuth client secret (ObtainToken's client_secret, RevokeToken's `Authorization: Client ...`),
+    # its registered OAuth redirect URL (None: the authorize URL must carry redirect_uri) and its API version (the
+    # default api_version of the webhook subscriptions it creates).
+    application_secret: str = DEFAULT_APPLICATION_SECRET
+    oauth_redirect_url: str | None = None
+    application_api_version: str = DEFAULT_API_VERSION
     customers: int = 0  # seeded for each seller at start
     instant_profiles: int = 0  # seeded for each seller at start: profiles with no public information
     groups: int | None = None

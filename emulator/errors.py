@@ -129,3 +129,45 @@ def internal_error() -> SquareError:
 def service_unavailable() -> SquareError:
     return SquareError(503, [error("SERVICE_UNAVAILABLE", "Service unavailable. Please try again later.",
                                    category=API_ERROR)])
+
+
+def token_expired(code: str = "ACCESS_TOKEN_EXPIRED") -> SquareError:
+    """An expired OAuth access token (UNCONFIRMED: 401; the code is knob ``expired_token_code``)."""
+    return SquareError(401, [error(code, "The access token has expired.", category=AUTHENTICATION)])
+
+
+def insufficient_scopes(scopes: list[str], status: int = 403) -> SquareError:
+    """An OAuth token without a permission the endpoint needs (UNCONFIRMED status: 403)."""
+    return SquareError(status, [error(
+        "INSUFFICIENT_SCOPES", "The merchant has not given your application sufficient permissions to do that. The "
+        f"merchant must authorize your application for the following scopes: {', '.join(scopes)}",
+        category=AUTHENTICATION)])
+
+
+def webhooks_need_application_token() -> SquareError:
+    """The Webhook Subscriptions API takes the application's personal access token only (documented; the status and
+    code are UNCONFIRMED: 401 INSUFFICIENT_SCOPES, with the forum's wording)."""
+    return SquareError(401, [error(
+        "INSUFFICIENT_SCOPES", "Webhook subscriptions belong to the application: use its personal access token. The "
+        "merchant must authorize your application for the following scopes: DEVELOPER_APPLICATION_WEBHOOKS_READ, "
+        "DEVELOPER_APPLICATION_WEBHOOKS_WRITE", category=AUTHENTICATION)])
+
+
+def invalid_grant(detail: str, status: int, code: str) -> SquareError:
+    """ObtainToken's answer to a bad code or refresh token (UNCONFIRMED; knobs ``invalid_grant_status/code``)."""
+    category = AUTHENTICATION if status in (401, 403) else INVALID_REQUEST
+    return SquareError(status, [error(code, detail, category=category)])
+
+
+def invalid_client(detail: str) -> SquareError:
+    """A wrong client_id or client secret (ObtainToken, RevokeToken): 401 UNAUTHORIZED (UNCONFIRMED)."""
+    return SquareError(401, [error("UNAUTHORIZED", detail, category=AUTHENTICATION)])
+
+
+def missing_parameter(field: str) -> SquareError:
+    return SquareError(400, [error("MISSING_REQUIRED_PARAMETER", f"Missing required parameter `{field}`.",
+                                   field=field)])
+
+
+def not_found(detail: str) -> SquareError:
+    return SquareError(404, [error("NOT_FOUND", detail)])

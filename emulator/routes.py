@@ -1,8 +1,8 @@
 """The routing table: every path the emulator serves, public and admin, in one place.
 
-Public routes (``/v2/...``) are named by Square's operation IDs: ``app.square_middleware`` authenticates and
-injects faults by that name (knob ``endpoint_latency_ms``, the Events API's token rules). Admin routes
-(``/_emulator/...``) need no token and have no name.
+Public routes (``/v2/...``, and the OAuth API's ``/oauth2/...``) are named by Square's operation IDs:
+``app.square_middleware`` authenticates /v2 calls and injects faults by that name (knob ``endpoint_latency_ms``,
+the Events API's token rules). Admin routes (``/_emulator/...``) need no token and have no name.
 
 Order matters in one place. The literal paths under ``/v2/customers/`` (``search``, ``bulk-*``, ``groups``,
 ``segments``, ``custom-attribute-definitions``, ``custom-attributes/bulk-upsert``) are registered before the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, attribute_admin, customers, events_api, groups
+from . import admin, attribute_admin, customers, events_api, groups, oauth_admin, oauth_api, webhooks_api
 from . import custom_attributes as attrs
 
 
@@ -77,6 +77,24 @@ def setup_routes(app: web.Application) -> None:
     r.add_put("/v2/events/disable", events_api.disable_events, name="DisableEvents")
     r.add_get("/v2/merchants/{merchant_id}", events_api.retrieve_merchant, name="RetrieveMerchant")
 
+    # Webhook Subscriptions API (the application token only).
+    subs = "/v2/webhooks/subscriptions"
+    r.add_get("/v2/webhooks/event-types", webhooks_api.list_event_types, name="ListWebhookEventTypes")
+    r.add_get(subs, webhooks_api.list_subscriptions, name="ListWebhookSubscriptions")
+    r.add_post(subs, webhooks_api.create_subscription, name="CreateWebhookSubscription")
+    r.add_get(subs + "/{subscription_id}", webhooks_api.retrieve_subscription, name="RetrieveWebhookSubscription")
+    r.add_put(subs + "/{subscription_id}", webhooks_api.update_subscription, name="UpdateWebhookSubscription")
+    r.add_delete(subs + "/{subscription_id}", webhooks_api.delete_subscription, name="DeleteWebhookSubscription")
+    r.add_post(subs + "/{subscription_id}/signature-key", webhooks_api.update_signature_key,
+               name="UpdateWebhookSubscriptionSignatureKey")
+    r.add_post(subs + "/{subscription_id}/test", webhooks_api.test_subscription, name="TestWebhookSubscription")
+
+    # OAuth API (outside /v2: the handlers authenticate on their own).
+    r.add_get("/oauth2/authorize", oauth_api.authorize, name="Authorize")
+    r.add_post("/oauth2/token", oauth_api.obtain_token, name="ObtainToken")
+    r.add_post("/oauth2/token/status", oauth_api.token_status, name="RetrieveTokenStatus")
+    r.add_post("/oauth2/revoke", oauth_api.revoke_token, name="RevokeToken")
+
     # Admin API: what only the Square Dashboard can do, plus test control.
     r.add_post("/_emulator/reset", admin.reset)
     r.add_post("/_emulator/seed", admin.seed)
@@ -103,7 +121,14 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/_emulator/deliveries/drain", admin.drain)
     r.add_get("/_emulator/sellers", admin.sellers)
     r.add_post("/_emulator/sellers", admin.add_seller)
+    r.add_post("/_emulator/sellers/{merchant_id}/revoke-authorization", oauth_admin.revoke_authorization)
     r.add_post("/_emulator/sellers/{merchant_id}/{action:revoke|restore}", admin.revoke)
+    r.add_post("/_emulator/oauth/next-approval", oauth_admin.next_approval)
+    r.add_get("/_emulator/oauth", oauth_admin.dump)
+    r.add_post("/_emulator/oauth/expire", oauth_admin.expire)
+    r.add_post("/_emulator/oauth/invalidate-refresh", oauth_admin.invalidate_refresh)
+    r.add_get("/_emulator/clock", oauth_admin.get_clock)
+    r.add_post("/_emulator/clock/advance", oauth_admin.advance_clock)
     r.add_get("/_emulator/application", admin.get_application)
     r.add_put("/_emulator/application", admin.put_application)
     r.add_post("/_emulator/snapshot", admin.snapshot)

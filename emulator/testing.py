@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .app import create_app
 from .config import EmulatorConfig
@@ -124,6 +125,45 @@ class EmulatorHandle:
 
     async def drain_webhooks(self, timeout: float = 10.0) -> bool:
         return await self.emulator.webhooks.drain(timeout)
+
+    async def authorize(self, merchant_id: str | None = None, *,
+                        scope: str | None = "CUSTOMERS_READ MERCHANT_PROFILE_READ", state: str | None = None,
+                        redirect_uri: str | None = "https://mirror.example/oauth/callback",
+                        code_challenge: str | None = None, approve: bool | None = None) -> dict[str, str]:
+        """The seller ``merchant_id`` answers the authorize page (both default to the next queued admin approval,
+        else the first seller approving; a new merchant is created): the query of the redirect (``code``,
+        ``response_type``, ``state``; or ``error``, ``error_description``, ``state``)."""
+        params = {"client_id": self.emulator.application_id}
+        if approve is not None:
+            params["emulator_decision"] = "approve" if approve else "deny"
+        for name, value in (("scope", scope), ("state", state), ("redirect_uri", redirect_uri),
+                            ("code_challenge", code_challenge), ("emulator_merchant_id", merchant_id)):
+            if value is not None:
+                params[name] = value
+        async with self._session.get(f"{self.base_url}/oauth2/authorize", params=params,
+                                     allow_redirects=False) as resp:
+            if resp.status != 302:
+                raise RuntimeError(f"authorize -> {resp.status}: {await resp.text()}")
+            return dict(URL(resp.headers["Location"]).query)
+
+    async def obtain_token(self, **body: Any) -> tuple[int, dict[str, Any]]:
+        """``POST /oauth2/token`` with ``client_id`` filled in: (status, body)."""
+        async with self._session.post(f"{self.base_url}/oauth2/token",
+                                      json={"client_id": self.emulator.application_id, **body}) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def connect_seller(self, merchant_id: str | None = None, *,
+                             scope: str = "CUSTOMERS_READ MERCHANT_PROFILE_READ",
+                             short_lived: bool = False) -> dict[str, Any]:
+        """The code flow end to end (authorize, then ObtainToken with the client secret): ObtainToken's body."""
+        redirect = "https://mirror.example/oauth/callback"
+        query = await self.authorize(merchant_id, scope=scope, redirect_uri=redirect)
+        status, body = await self.obtain_token(grant_type="authorization_code", code=query["code"],
+                                               client_secret=self.emulator.application_secret, redirect_uri=redirect,
+                                               short_lived=short_lived)
+        if status != 200:
+            raise RuntimeError(f"ObtainToken -> {status}: {body}")
+        return body
 
 
 @asynccontextmanager

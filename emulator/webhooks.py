@@ -13,7 +13,8 @@ import hmac
 import itertools
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,18 +37,41 @@ def sign(signature_key: str, notification_url: str, body: bytes) -> str:
 
 @dataclass
 class Subscription:
+    """Where events go. Admin subscriptions belong to one seller (``merchant_id``); subscriptions made through the
+    Webhook Subscriptions API (``api``) belong to the application (``merchant_id`` None) and get the events of every
+    seller that authorized it (``WebhookDispatcher.audience``)."""
+
     id: str
-    merchant_id: str
+    merchant_id: str | None
     url: str
     signature_key: str
     notification_url: str
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     enabled: bool = True
+    api: bool = False
+    name: str | None = None
+    api_version: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    previous_key: str | None = None  # after a key rotation: still signing until previous_key_until
+    previous_key_until: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "merchant_id": self.merchant_id, "url": self.url,
-                "notification_url": self.notification_url, "event_types": list(self.event_types),
-                "enabled": self.enabled}
+        out = {"id": self.id, "merchant_id": self.merchant_id, "url": self.url,
+               "notification_url": self.notification_url, "event_types": list(self.event_types),
+               "enabled": self.enabled}
+        if self.api:
+            out |= {"api": True, "name": self.name, "api_version": self.api_version}
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return asdict(self) | {"event_types": list(self.event_types)}
+
+    def signing_key(self, now: float) -> str:
+        """The key deliveries are signed with now (the old one during a rotation overlap)."""
+        if self.previous_key is not None and now < self.previous_key_until:
+            return self.previous_key
+        return self.signature_key
 
 
 @dataclass
@@ -91,6 +115,16 @@ class WebhookDispatcher:
         self._ids = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
+        # Whether the application gets a seller's event of a type (an application-level subscription's filter:
+        # the seller authorized the app with the scope the event needs). None: every seller.
+        self.audience: Callable[[str, str], bool] | None = None
+
+    def _matches(self, sub: Subscription, merchant_id: str, event_type: str) -> bool:
+        if event_type not in sub.event_types:
+            return False
+        if sub.merchant_id is None:
+            return self.audience is None or self.audience(merchant_id, event_type)
+        return sub.merchant_id == merchant_id
 
     def subscribe(self, merchant_id: str, url: str, signature_key: str, notification_url: str | None = None,
                   event_types: tuple[str, ...] | None = None) -> Subscription:
@@ -105,14 +139,12 @@ class WebhookDispatcher:
         deprecated alias (a copy under the old type name, with its own event ID) to subscriptions naming that."""
         self._publish_one(merchant_id, event)
         alias = DEPRECATED_ALIASES.get(event["type"])
-        if alias is not None and any(alias in s.event_types and s.merchant_id == merchant_id
-                                     for s in self.subscriptions):
+        if alias is not None and any(self._matches(s, merchant_id, alias) for s in self.subscriptions):
             event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event['event_id']}/{alias}"))
             self._publish_one(merchant_id, {**event, "type": alias, "event_id": event_id})
 
     def _publish_one(self, merchant_id: str, event: dict[str, Any]) -> None:
-        subs = [s for s in self.subscriptions
-                if s.enabled and s.merchant_id == merchant_id and event["type"] in s.event_types]
+        subs = [s for s in self.subscriptions if s.enabled and self._matches(s, merchant_id, event["type"])]
         if not subs:
             return
         body = orjson.dumps(event)
@@ -165,7 +197,7 @@ class WebhookDispatcher:
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "Square Connect v2",
-                "x-square-hmacsha256-signature": sign(sub.signature_key, sub.notification_url, body),
+                "x-square-hmacsha256-signature": sign(sub.signing_key(clock.now()), sub.notification_url, body),
                 "square-environment": "Sandbox",
                 "square-initial-delivery-timestamp": initial,
             }
@@ -194,6 +226,23 @@ class WebhookDispatcher:
             wait = RETRY_SCHEDULE_SECONDS[min(attempt, len(RETRY_SCHEDULE_SECONDS) - 1)]
             await asyncio.sleep(wait * self.knobs.webhook_retry_scale)
         rec.status = "failed"
+
+    async def send_once(self, sub: Subscription, body: bytes) -> int | None:
+        """One signed POST outside the delivery machinery (TestWebhookSubscription): the status code the URL
+        answered, None if it could not be reached."""
+        if self.session is None or self.session.closed:
+            self.session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json", "User-Agent": "Square Connect v2",
+                   "x-square-hmacsha256-signature": sign(sub.signing_key(clock.now()), sub.notification_url, body),
+                   "square-environment": "Sandbox",
+                   "square-initial-delivery-timestamp": clock.rfc3339_ms(clock.now())}
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.knobs.webhook_timeout_seconds)
+            async with self.session.post(sub.url, data=body, headers=headers, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every pending delivery (retries included) has settled; False on timeout."""

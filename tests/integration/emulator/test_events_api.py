@@ -254,6 +254,8 @@ async def test_application_enable_switches_every_seller_and_the_scope_knob_decid
 
 async def test_admin_sets_and_removes_the_application_token(emu: EmulatorHandle) -> None:
     assert await emu.admin("GET", "application") == {"token": None, "application_id": "sq0idp-square-mirror",
+                                                     "application_secret": "sq0csp-emulator-secret",
+                                                     "oauth_redirect_url": None, "api_version": "2025-08-20",
                                                      "events_enabled": None, "events_enablement_scope": "seller"}
     assert (await call(emu, "POST", "/v2/events", "late-app", {}))[0] == 401
     out = await emu.admin("PUT", "application", {"token": "late-app"})

@@ -308,3 +308,48 @@ async def test_known_merchants_lists_an_active_oauth_seller_not_yet_in_square_me
     await CredentialStore(db_pool, TokenCipher(KEYS)).save_grant(Grant.from_response(obtained("FRESHSELLER1")))
     assert await merchants(db_pool) == {}
     assert await known_merchants(wc) == ["FRESHSELLER1"]
+
+
+# -- against the emulator: Square's authorize page, ObtainToken, RevokeToken and the revocation webhook ------------
+
+async def test_a_seller_connected_through_the_emulators_redirect_is_backfilled_and_its_revocation_stops_it(
+    db_pool: asyncpg.Pool, redis_url: str, arq: ArqRedis
+) -> None:
+    from emulator import EmulatorConfig
+    from emulator.testing import run_emulator
+    from tests.factories import NOTIFICATION_URL, SIGNATURE_KEY
+    from worker.events.process import process_event as run_event
+
+    async with run_emulator(EmulatorConfig(seed=7, application_token="app-token")) as emu:
+        config = replace(settings(emu.base_url, redis_url), square_application_id=emu.emulator.application_id,
+                         square_application_secret=Secret(emu.emulator.application_secret),
+                         square_application_access_token=Secret("app-token"))
+        client = SquareClient.from_settings(config, retry=RetryPolicy(attempts=1))
+        async with running_receiver(config) as receiver, aiohttp.ClientSession() as http, \
+                open_context(config, worker=True, pool=db_pool, client=client, redis=arq, arq_redis=arq) as wc:
+            await emu.subscribe(receiver.url, SIGNATURE_KEY, notification_url=NOTIFICATION_URL,
+                                event_types=["oauth.authorization.revoked"])
+            query = await emu.authorize(state=new_state(KEYS), redirect_uri=REDIRECT_URL)
+            async with http.get(receiver.base + "/square/oauth/callback", params=query) as response:
+                assert response.status == 200
+            [connect] = await queued_jobs(redis_url)
+            result = await connect_seller(job_ctx(wc), *connect.args)
+            merchant = result["merchant_id"]
+            assert result["status"] == "connected" and merchant in emu.emulator.merchants
+            await emu.seed(3, merchant)
+            [backfill] = [j for j in await queued_jobs(redis_url) if j.function == BACKFILL_JOB]
+            assert (await backfill_job(job_ctx(wc), *backfill.args))["status"] == "succeeded"
+            assert await db_pool.fetchval("SELECT count(*) FROM square.customers WHERE merchant_id = $1",
+                                          merchant) == 3
+
+            await wc.client.revoke_token(emu.emulator.application_secret,
+                                         {"client_id": emu.emulator.application_id, "merchant_id": merchant})
+            assert await emu.drain_webhooks(10)
+            events = [j for j in await queued_jobs(redis_url) if j.function != BACKFILL_JOB
+                      and j.function != CONNECT_SELLER_JOB]
+            assert events and {j.args[0]["type"] for j in events} == {"oauth.authorization.revoked"}
+            outcomes = [await run_event(job_ctx(wc), *j.args) for j in events]
+            assert outcomes[0] == "applied" and set(outcomes[1:]) <= {"stale"}
+            assert [r["status"] for r in await credentials(db_pool)] == ["revoked"]
+            assert merchant not in await known_merchants(wc)
+        await client.close()

@@ -22,11 +22,3 @@ signature.compute_signature
 # square_mirror/logs.py belongs to the logging rework (the review lists both as dead; that work removes them).
 logs.bind_context
 logs.clear_context
-
-# The OAuth redirect and revocation handling (the receiver's and the worker's side of connecting sellers) use these.
-from square_mirror.credentials import oauth_state, store  # noqa: E402
-
-oauth_state.check_state
-store.use_state
-store.CredentialStore.set_status
-square_api.SquareClient.revoke_token

@@ -25,6 +25,11 @@ CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES: Final = frozenset(
 SYNCED_EVENT_TYPES: Final = (
     CUSTOMER_EVENT_TYPES | CUSTOM_ATTRIBUTE_EVENT_TYPES | CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES
 )
+# A seller (or the app, or Square) revoked every token the app held for a seller: one event per revoked token.
+OAUTH_REVOKED_EVENT: Final = "oauth.authorization.revoked"
+# What the receiver queues: the synced events and the OAuth revocation (not replayed by the events lane: it is
+# the application's event, not a seller's).
+QUEUED_EVENT_TYPES: Final = SYNCED_EVENT_TYPES | frozenset({OAUTH_REVOKED_EVENT})
 
 # arq
 QUEUE_NAME: Final = "square-mirror:queue"
@@ -32,6 +37,9 @@ PROCESS_EVENT_JOB: Final = "process_event"
 RECONCILE_LANE_JOB: Final = "reconcile_lane_job"
 BACKFILL_JOB: Final = "backfill_job"
 JOB_PAYLOAD_VERSION: Final = 1
+# A seller came back from Square's authorize page: the receiver queues the code (sealed) for the worker to exchange.
+CONNECT_SELLER_JOB: Final = "connect_seller"
+CONNECT_JOB_PAYLOAD_VERSION: Final = 1
 # A process_event job's ID is the event ID: a duplicate delivery while the job is queued collapses into it.
 
 
@@ -50,6 +58,11 @@ def reconcile_job_id(lane: str, merchant_id: str) -> str:
 
 def backfill_job_id(merchant_id: str) -> str:
     return f"backfill:{merchant_id}"
+
+
+def connect_job_id(state_hash: str) -> str:
+    """One OAuth redirect (its state's SHA-256): a replayed redirect collapses into the job already queued."""
+    return f"connect:{state_hash}"
 
 
 def continuation_job_id(job_id: str, continues: str) -> str:

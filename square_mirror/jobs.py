@@ -1,11 +1,19 @@
-"""The one door between the receiver and the worker: the event job payload.
+"""The one door between the receiver and the worker: the event job payload, and the connect job payload.
 
-The receiver builds it with :func:`build_event_job`; the worker reads it with :func:`read_event_job`. Neither
-side imports the other's code. A customer event's payload is small and free of customer PII (names, emails,
-phones, addresses): the worker re-fetches the profile from Square anyway. A custom-attribute event's payload
-carries the changed value or definition (``object``), so that it is applied without any Square request; that
-value may be personal data, so it lives in Redis only until its job finishes (jobs keep no result) and is never
-written to the inbox (:func:`inbox_payload`) or a log.
+The receiver builds them with :func:`build_event_job` and :func:`build_connect_job`; the worker reads them with
+:func:`read_event_job` and :func:`read_connect_job`. Neither side imports the other's code. A customer event's
+payload is small and free of customer PII (names, emails, phones, addresses): the worker re-fetches the profile
+from Square anyway. A custom-attribute event's payload carries the changed value or definition (``object``), so
+that it is applied without any Square request; that value may be personal data, so it lives in Redis only until
+its job finishes (jobs keep no result) and is never written to the inbox (:func:`inbox_payload`) or a log.
+
+An ``oauth.authorization.revoked`` event's payload carries ``object = {"revoked_at", "revoker_type"}`` (Square's
+``data.object.revocation``; ``data.id`` is "not applicable" and never read). No secret is in it.
+
+The connect job carries the OAuth redirect's authorization code and state. Both are secrets while they live (the
+code for five minutes and one use, the state's MAC for an hour), so the payload holds them sealed with the first
+encryption key (Fernet): Redis, its dumps and anything that prints a job's arguments see ciphertext only, and the
+worker opens them with the same keys (:func:`read_connect_job`).
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from square_mirror.constants import (
+    CONNECT_JOB_PAYLOAD_VERSION,
     CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES,
     CUSTOM_ATTRIBUTE_EVENT_TYPES,
     JOB_PAYLOAD_VERSION,
+    OAUTH_REVOKED_EVENT,
 )
+from square_mirror.credentials.cipher import CipherUnavailable, TokenCipher
+from square_mirror.settings import Secret
 
 
 class InvalidEnvelope(ValueError):
@@ -44,6 +56,13 @@ class EventJob:
         """The key of a custom-attribute or definition event's object, as the payload gives it."""
         key = (self.object or {}).get("key")
         return key if isinstance(key, str) and key else None
+
+    @property
+    def revocation(self) -> tuple[str | None, str | None]:
+        """(revoked_at, revoker_type) of an ``oauth.authorization.revoked`` event, each None when Square omits it."""
+        obj = self.object or {}
+        revoked_at, revoker = obj.get("revoked_at"), obj.get("revoker_type")
+        return (revoked_at if isinstance(revoked_at, str) else None, revoker if isinstance(revoker, str) else None)
 
     @property
     def merge(self) -> tuple[list[str], str] | None:
@@ -114,6 +133,8 @@ def build_event_job(
                     }
     elif event_type in CUSTOM_ATTRIBUTE_EVENT_TYPES or event_type in CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES:
         return _custom_attribute_job(data, merchant_id, event_type, event_id, created_at, received_at, source)
+    elif event_type == OAUTH_REVOKED_EVENT:
+        return _revocation_job(data, merchant_id, event_id, created_at, received_at, source)
     # A plain dict literal with exactly EventJob's fields (dataclasses.asdict deep-copies: slow on the hot path).
     return {
         "v": JOB_PAYLOAD_VERSION,
@@ -181,10 +202,37 @@ def _custom_attribute_job(data: dict[str, Any], merchant_id: str, event_type: st
     }
 
 
+def _revocation_job(data: dict[str, Any], merchant_id: str, event_id: str, created_at: str | None,
+                    received_at: str | None, source: str) -> dict[str, Any]:
+    """An ``oauth.authorization.revoked`` event: who revoked and when (bounded strings; either may be missing)."""
+    raw = data.get("object")
+    revocation = raw.get("revocation") if isinstance(raw, dict) else None
+    obj: dict[str, Any] = {}
+    if isinstance(revocation, dict):
+        for field in ("revoked_at", "revoker_type"):
+            value = revocation.get(field)
+            if isinstance(value, str) and 0 < len(value) <= 64:
+                obj[field] = value
+    return {
+        "v": JOB_PAYLOAD_VERSION,
+        "merchant_id": merchant_id,
+        "type": OAUTH_REVOKED_EVENT,
+        "event_id": event_id,
+        "created_at": created_at,
+        "customer_id": None,
+        "version": None,
+        "deleted": False,
+        "event_context": None,
+        "received_at": received_at,
+        "source": source,
+        "object": obj,
+    }
+
+
 def inbox_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as the inbox keeps it: without a custom-attribute event's object, which may be personal data.
-    A job rebuilt from it (redrive) reads the value from Square instead."""
-    if payload.get("object") is None:
+    A job rebuilt from it (redrive) reads the value from Square instead. A revocation's object (who, when) stays."""
+    if payload.get("object") is None or payload.get("type") == OAUTH_REVOKED_EVENT:
         return payload
     return {k: v for k, v in payload.items() if k != "object"}
 
@@ -209,3 +257,54 @@ def read_event_job(payload: Mapping[str, Any]) -> EventJob:
         )
     except KeyError as exc:
         raise InvalidEnvelope(f"job payload lacks {exc.args[0]!r}") from None
+
+
+# -- the connect job: the OAuth redirect's code and state, sealed ------------------------------------------------
+
+MAX_CODE_CHARS = 512  # Square documents codes of at most 191 characters
+
+
+@dataclass(frozen=True, repr=False)
+class ConnectJob:
+    """An opened connect payload: the code and the state stay Secrets, so no repr or log line shows them."""
+
+    code: Secret
+    state: Secret
+    received_at: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ConnectJob(received_at={self.received_at!r})"
+
+
+def valid_code(code: str | None) -> bool:
+    """An authorization code as Square sends it: short, printable ASCII, nothing that could break a log or a URL."""
+    if not code or len(code) > MAX_CODE_CHARS:
+        return False
+    return code.isascii() and code.isprintable() and " " not in code
+
+
+def build_connect_job(code: str, state: str, cipher: TokenCipher, *, received_at: str | None = None) -> dict[str, Any]:
+    """The connect job's payload: the code and the state sealed with the first encryption key."""
+    if not valid_code(code):
+        raise InvalidEnvelope("invalid authorization code")
+    return {
+        "v": CONNECT_JOB_PAYLOAD_VERSION,
+        "code": cipher.encrypt(code),
+        "state": cipher.encrypt(state),
+        "received_at": received_at,
+    }
+
+
+def read_connect_job(payload: Mapping[str, Any], cipher: TokenCipher) -> ConnectJob:
+    """Open a payload built by :func:`build_connect_job` (any configured key opens it: key rotation)."""
+    if payload.get("v") != CONNECT_JOB_PAYLOAD_VERSION:
+        raise InvalidEnvelope(f"unsupported connect payload version {payload.get('v')!r}")
+    sealed_code, sealed_state = payload.get("code"), payload.get("state")
+    if not isinstance(sealed_code, str) or not isinstance(sealed_state, str):
+        raise InvalidEnvelope("connect payload lacks its code or state")
+    try:
+        code, state = cipher.decrypt(sealed_code), cipher.decrypt(sealed_state)
+    except (CipherUnavailable, UnicodeDecodeError, ValueError):
+        raise InvalidEnvelope("connect payload does not open with any configured encryption key") from None
+    received_at = payload.get("received_at")
+    return ConnectJob(Secret(code), Secret(state), received_at if isinstance(received_at, str) else None)

@@ -30,6 +30,11 @@ def rfc3339_ms(ms: int) -> str:
     return rfc3339(datetime.fromtimestamp(ms / 1000, UTC))
 
 
+def from_epoch(seconds: float) -> datetime:
+    """Unix seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 

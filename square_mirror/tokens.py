@@ -3,7 +3,9 @@ tokens from Postgres (``square_mirror.credentials``, loaded by the process and r
 
 The file is re-read when it changes (checked at most once a second), so replacing a revoked token needs no
 restart. A file that turns malformed while running keeps the last good tokens and logs the problem. A merchant in
-the file uses the file's token; else its OAuth token; else ``SQUARE_ACCESS_TOKEN``.
+the file uses the file's token; else its OAuth token; else ``SQUARE_ACCESS_TOKEN``, except for an OAuth seller whose
+access was revoked or removed (:meth:`TokenSource.withdrawn`): no token at all then, not even the application's for
+the Events API, so every call for it fails as unauthorized.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class TokenSource:
         self._path = path
         self._tokens: dict[str, Secret] = {}
         self._oauth: dict[str, Secret] = {}
+        self._withdrawn: frozenset[str] = frozenset()
         self._mtime: float | None = None
         self._checked = 0.0
         if path is not None:
@@ -75,6 +78,8 @@ class TokenSource:
         token = self._tokens.get(merchant_id) or self._oauth.get(merchant_id)
         if token is not None:
             return token.reveal()
+        if merchant_id in self._withdrawn:
+            raise NoToken(f"merchant {merchant_id} revoked the application's access (or was removed)")
         if self._single is not None:
             return self._single.reveal()
         raise NoToken(f"no access token configured for merchant {merchant_id}")
@@ -83,13 +88,23 @@ class TokenSource:
         """The token for the Events API, which takes personal access tokens only: the application's own (the
         caller filters by ``merchant_ids``) when configured, else the seller's token, which works only when it is
         that seller's personal access token (a single seller's ``SQUARE_ACCESS_TOKEN``)."""
-        if self._application is not None:
+        if self._application is not None and not self.withdrawn(merchant_id):
             return self._application.reveal()
         return self.token_for(merchant_id)
 
-    def set_oauth(self, tokens: dict[str, Secret]) -> None:
-        """The OAuth sellers' current access tokens (every seller not revoked or removed), replacing the last set."""
+    def set_oauth(self, tokens: dict[str, Secret], withdrawn: frozenset[str] | set[str] = frozenset()) -> None:
+        """The OAuth sellers' current access tokens (every seller not revoked or removed), replacing the last set, and
+        the sellers whose access is gone (revoked or removed)."""
         self._oauth = dict(tokens)
+        self._withdrawn = frozenset(withdrawn) - set(tokens)
+
+    def withdrawn(self, merchant_id: str) -> bool:
+        """An OAuth seller whose access was revoked or removed, and who has no token in the tokens file: nothing may
+        be synced for it (a seller with a personal token in the file is not affected by its OAuth grant's fate)."""
+        if merchant_id not in self._withdrawn:
+            return False
+        self._reload()
+        return merchant_id not in self._tokens
 
     def merchants(self) -> list[str]:
         """Merchants named in configuration (the tokens file, or SQUARE_MERCHANT_ID for a single token) and the

@@ -135,7 +135,8 @@ def test_time_is_read_and_formatted_in_one_module() -> None:
 
 
 def test_job_names_are_written_in_constants_only() -> None:
-    names = {constants.PROCESS_EVENT_JOB, constants.RECONCILE_LANE_JOB, constants.BACKFILL_JOB}
+    names = {constants.PROCESS_EVENT_JOB, constants.RECONCILE_LANE_JOB, constants.BACKFILL_JOB,
+             constants.CONNECT_SELLER_JOB}
     homes = sorted({rel for rel, tree in _modules() for s in _strings(tree) if s in names})
     assert homes == ["square_mirror/constants.py"]
     # arq names a job by its function, and the cron entries come from constants.cron_job_name
@@ -156,7 +157,7 @@ def test_job_ids_come_from_constants() -> None:
                 for keyword in node.keywords:
                     if keyword.arg == "_job_id" and isinstance(keyword.value, ast.Constant | ast.JoinedStr):
                         bad.append(f"{rel}:{node.lineno} builds its job ID in place")
-    job_id_literal = re.compile(r"^(reconcile|backfill):|:continued:")
+    job_id_literal = re.compile(r"^(reconcile|backfill|connect):|:continued:")
     for rel, tree in _modules():
         for node in ast.walk(tree):
             if isinstance(node, ast.JoinedStr) and rel != "square_mirror/constants.py":

@@ -16,6 +16,7 @@ from square_mirror.constants import QUEUE_NAME
 from square_mirror.settings import Settings
 from webhooks.enqueue import MAX_IN_FLIGHT, BatchEnqueuer, redis_client
 from webhooks.metrics import WebhookMetrics
+from webhooks.oauth import OAuthRedirect, oauth_config
 from webhooks.views import ReceiverConfig, Views
 
 DEFAULT_REDIS_TIMEOUT: Final = 2.0  # seconds; a hung Redis still gives a 503 long before Square's 10 s
@@ -39,7 +40,8 @@ def create_app(
     max_batch: int = 256,
     max_in_flight: int = MAX_IN_FLIGHT,
 ) -> web.Application:
-    """The receiver: ``POST settings.webhook_path``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``."""
+    """The receiver: ``POST settings.webhook_path``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, and, when
+    OAuth is configured, ``GET`` the path of ``SQUARE_OAUTH_REDIRECT_URL`` (webhooks/oauth.py)."""
     keys, notification_url = settings.require_webhook_config()
     redis_url = settings.require_redis_url()
     config = ReceiverConfig(
@@ -62,6 +64,7 @@ def create_app(
         metrics=metrics,
     )
     views = Views(config, enqueuer, redis, metrics)
+    oauth = oauth_config(settings)
 
     async def close_queue(_app: web.Application) -> None:
         # on_cleanup runs after the server finished its in-flight requests (AppRunner.cleanup).
@@ -76,4 +79,6 @@ def create_app(
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/metrics", views.metrics_view)
+    if oauth is not None:
+        app.router.add_get(oauth.path, OAuthRedirect(oauth, enqueuer, metrics).callback)
     return app

@@ -100,13 +100,14 @@ def redis_client(url: str, timeout: float) -> Redis:
                  ssl=bool(rs.ssl), ssl_check_hostname=True, socket_connect_timeout=timeout)
 
 
-def encode_job(payload: Mapping[str, Any], enqueue_time_ms: int) -> bytes:
-    """The bytes arq's Worker reads for ``process_event(payload)``, exactly as ``enqueue_job`` writes them.
+def encode_job(payload: Mapping[str, Any], enqueue_time_ms: int, function: str = PROCESS_EVENT_JOB) -> bytes:
+    """The bytes arq's Worker reads for ``process_event(payload)`` (or ``function``), exactly as ``enqueue_job``
+    writes them.
 
     arq's ``serialize_job`` builds this same dict (job try, function, args, kwargs, enqueue time); building it
     here saves a copy of the payload and a call layer per request. A test checks both agree byte for byte.
     """
-    return serialize_job({"t": None, "f": PROCESS_EVENT_JOB, "a": [payload], "k": {}, "et": enqueue_time_ms})
+    return serialize_job({"t": None, "f": function, "a": [payload], "k": {}, "et": enqueue_time_ms})
 
 
 class BatchEnqueuer:
@@ -154,6 +155,25 @@ class BatchEnqueuer:
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._expire_pending())
         return await future
+
+    async def enqueue_one(self, job_id: str, function: str, payload: Mapping[str, Any], *, expires_ms: int) -> bool:
+        """Queue one job of ``function`` at once, outside the batches, kept at most ``expires_ms`` while it waits (arq
+        drops a job whose key expired): for the rare jobs whose payload should not outlive its use (the OAuth
+        redirect's code). True if new, False if a job with this ID is queued or running; bounded by ``timeout``.
+        """
+        if self._closed:
+            raise QueueUnavailable("closing")
+        now_ms = int(time.time() * 1000)
+        try:
+            async with asyncio.timeout(self._timeout):
+                replies = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVAL", ENQUEUE_BATCH_LUA, 1, self._queue_name, expires_ms, now_ms, job_key_prefix,
+                    result_key_prefix, job_id, encode_job(payload, now_ms, function))
+        except Exception as exc:
+            raise QueueUnavailable(_failure_reason(exc)) from None
+        if not isinstance(replies, list) or len(replies) != 1:
+            raise QueueUnavailable("redis_error")
+        return int(replies[0]) == 1
 
     async def close(self) -> None:
         """Refuse new jobs and wait for the flushes in flight, so every answered request got its reply."""

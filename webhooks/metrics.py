@@ -126,6 +126,12 @@ class WebhookMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.oauth_redirects = Counter(
+            "square_mirror_webhook_oauth_redirects",
+            "Sellers sent back by Square's authorize page (the OAuth redirect), by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
         # A plain counter read at scrape time: a Gauge's inc/dec take a lock each, twice per request.
         self.in_flight_count = 0
         self.in_flight = Gauge(

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis
 
-from square_mirror.constants import SYNCED_EVENT_TYPES
+from square_mirror.constants import QUEUED_EVENT_TYPES
 from square_mirror.jobs import InvalidEnvelope, build_event_job
 from square_mirror.logs import get_logger, log_line, utc_timestamp
 from webhooks import metrics as m
@@ -164,7 +164,7 @@ class Views:
         except InvalidEnvelope as exc:
             verdict.reason = str(exc)
             return verdict
-        if payload["type"] not in SYNCED_EVENT_TYPES:
+        if payload["type"] not in QUEUED_EVENT_TYPES:
             verdict.outcome = m.IGNORED
             return verdict
         try:

@@ -33,7 +33,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME, REFRESH_TOKENS_CRON, WORKER_HEALTH_KEY
+from square_mirror.constants import (
+    CONNECT_SELLER_JOB,
+    PROCESS_EVENT_JOB,
+    QUEUE_NAME,
+    REFRESH_TOKENS_CRON,
+    WORKER_HEALTH_KEY,
+)
 from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.retry import redis_transient
@@ -41,11 +47,14 @@ from square_mirror.settings import Settings
 from worker.context import CONTEXT_KEY, build_context, worker_context
 from worker.events.process import process_event
 from worker.metrics import QUEUE_DEPTH
+from worker.oauth import connect_seller
 from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
 from worker.sellers import refresh_tokens
 
 FUNCTIONS: list[Function | Any] = [
     func(process_event, name=PROCESS_EVENT_JOB, keep_result=0),
+    # the OAuth redirect's code, exchanged once (worker/oauth.py); its payload is sealed and kept no longer
+    func(connect_seller, name=CONNECT_SELLER_JOB, keep_result=0),
     *ARQ_FUNCTIONS,
 ]
 CRON_JOBS: list[Any] = [

@@ -1,8 +1,10 @@
 """Which merchants the mirror syncs when none is named: the one rule for ``--all`` and the cron lanes.
 
 Every merchant in configuration (the tokens file, or SQUARE_MERCHANT_ID for SQUARE_ACCESS_TOKEN), every
-merchant the mirror already knows (``square.merchants``), and, with only SQUARE_ACCESS_TOKEN, the token's own
-merchant (GET /v2/merchants/me, asked once per context).
+merchant the mirror already knows (``square.merchants``), every OAuth seller whose token may be used
+(``square_private.seller_credentials``, even before ``square.merchants`` lists it), and, with only
+SQUARE_ACCESS_TOKEN, the token's own merchant (GET /v2/merchants/me, asked once per context). Not an OAuth seller
+whose access was revoked or removed, unless the tokens file gives it a token of its own.
 """
 
 from __future__ import annotations

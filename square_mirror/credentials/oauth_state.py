@@ -37,6 +37,17 @@ def new_state(keys: Sequence[Secret], *, lifetime: int = LIFETIME_SECONDS, now: 
     return f"{body}.{_mac(_key(keys[0]), body)}"
 
 
+def state_hash(state: str) -> str:
+    """What identifies a state without revealing it (its MAC never leaves the receiver and the worker): the
+    single-use record's key and the connect job's ID."""
+    return hashlib.sha256(state.encode("utf-8")).hexdigest()
+
+
+def state_expiry(state: str) -> int:
+    """When a state (already checked by :func:`check_state`) expires, in Unix seconds."""
+    return int(state.split(".")[1])
+
+
 def check_state(keys: Sequence[Secret], state: str | None, *, now: float | None = None) -> bool:
     """Signed by any configured key (rotation) and not expired. Compared in constant time."""
     if not state or len(state) > 200 or state.count(".") != 2:

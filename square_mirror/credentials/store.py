@@ -6,7 +6,6 @@ not the database's, so a test can move them along with the emulator's."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from square_mirror.credentials.cipher import TokenCipher
+from square_mirror.credentials.oauth_state import state_hash
 from square_mirror.queries import queries
 from square_mirror.settings import Secret
 from square_mirror.timefmt import parse_time, utcnow
@@ -59,8 +59,9 @@ class CredentialStore:
     def _seal(self, token: Secret | None) -> str | None:
         return self.cipher.encrypt(token.reveal()) if token is not None else None
 
-    async def save_grant(self, grant: Grant, *, kind: str | None = None) -> None:
-        await self.pool.execute(queries.get("save_grant"), grant.merchant_id, kind or grant.refresh_kind,
+    async def save_grant(self, grant: Grant, *, kind: str | None = None, conn: Conn | None = None) -> None:
+        """Store a fresh grant (``conn``: inside the caller's transaction); the seller is active again."""
+        await (conn or self.pool).execute(queries.get("save_grant"), grant.merchant_id, kind or grant.refresh_kind,
                                 self._seal(grant.access_token), grant.access_token_expires_at,
                                 self._seal(grant.refresh_token), grant.refresh_token_expires_at, list(grant.scopes),
                                 utcnow())
@@ -97,8 +98,20 @@ class CredentialStore:
         await conn.execute(queries.get("refresh_failed"), merchant_id, error[:300],
                            REAUTHORIZE if permanent else REFRESH_FAILED, retry_in, utcnow())
 
-    async def set_status(self, merchant_id: str, status: str, why: str | None = None) -> bool:
-        return await self.pool.fetchval(queries.get("set_seller_status"), merchant_id, status, why) is not None
+    async def revoke(self, merchant_id: str, why: str, revoked_at: datetime | None) -> bool:
+        """Mark a seller revoked (its token leaves every process at their next reload); False when there is nothing
+        to mark: an unknown seller, one already revoked or removed, or one connected again after ``revoked_at``
+        (a late revocation event must not revoke the new grant)."""
+        return await self.pool.fetchval(queries.get("revoke_seller"), merchant_id, why[:300], revoked_at) is not None
+
+    async def status(self, merchant_id: str) -> str | None:
+        """A seller's status, or None when the mirror holds no OAuth grant for it."""
+        status: str | None = await self.pool.fetchval(queries.get("seller_status"), merchant_id)
+        return status
+
+    async def withdrawn(self) -> set[str]:
+        """The sellers whose OAuth access is gone: revoked (by the seller, the app or Square) or removed."""
+        return {r["merchant_id"] for r in await self.pool.fetch(queries.get("withdrawn_sellers"))}
 
     async def listing(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.pool.fetch(queries.get("list_credentials"))]
@@ -114,10 +127,7 @@ class CredentialStore:
         return len(rows)
 
 
-def state_hash(state: str) -> str:
-    return hashlib.sha256(state.encode("utf-8")).hexdigest()
-
-
-async def use_state(pool: asyncpg.Pool, state: str, expires_at: datetime) -> bool:
-    """Accept a signed state once (the OAuth redirect's CSRF check ends here): False for a replay."""
+async def use_state(pool: Conn, state: str, expires_at: datetime) -> bool:
+    """Accept a signed state once (the OAuth redirect's CSRF check ends here): False for a replay. ``pool`` may be a
+    connection in a transaction: a rolled-back use leaves the state usable."""
     return await pool.fetchval(queries.get("use_oauth_state"), state_hash(state), expires_at) is not None

@@ -80,6 +80,24 @@ UPDATE square_private.seller_credentials SET status = $2, last_error = $3, statu
 WHERE merchant_id = $1 AND status <> $2
 RETURNING merchant_id
 
+-- name: revoke_seller --
+-- Square said the seller's authorization was revoked ($2 why, $3 revoked_at or NULL). Several events come per
+-- seller: only the first changes the row. A removed seller stays removed, and a grant obtained after the
+-- revocation (the seller connected again) is left alone. $1 merchant_id. Returns a row when the seller changed.
+UPDATE square_private.seller_credentials SET status = 'revoked', last_error = $2, status_changed_at = now(),
+    refresh_started_at = NULL, next_refresh_at = NULL, updated_at = now()
+WHERE merchant_id = $1 AND status NOT IN ('revoked', 'removed')
+  AND ($3::timestamptz IS NULL OR connected_at <= $3::timestamptz)
+RETURNING merchant_id
+
+-- name: seller_status --
+-- $1 merchant_id.
+SELECT status FROM square_private.seller_credentials WHERE merchant_id = $1
+
+-- name: withdrawn_sellers --
+-- Sellers whose OAuth access is gone (revoked or removed): no token, no lane, no event job for them.
+SELECT merchant_id FROM square_private.seller_credentials WHERE status IN ('revoked', 'removed')
+
 -- name: list_credentials --
 -- Every seller's credential metadata (no token). 
 SELECT merchant_id, refresh_kind, access_token_expires_at, refresh_token_expires_at, scopes, status, connected_at,

@@ -61,6 +61,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("--merchant", required=True, type=_merchant_id, metavar="ID", help="the seller's merchant ID")
     remove.add_argument("--purge", action="store_true", help="also delete every row of the seller")
     remove.add_argument("--batch-size", type=int, default=5000, metavar="N", help="rows per delete (default 5000)")
+    remove.add_argument("--revoke", action="store_true",
+                        help="first revoke the application's access at Square (RevokeToken), so the seller's "
+                        "webhooks stop too")
     remove.add_argument("--force", action="store_true",
                         help="purge even when the mirror does not know the merchant or it is still configured")
     refresh = sub.add_parser("refresh", help="refresh OAuth tokens now (the worker does it hourly)",
@@ -357,6 +360,8 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
             if refusal:
                 print(f"square-mirror: error: {refusal}", file=sys.stderr)
                 return 1
+        if args.revoke:
+            await _revoke(settings, mid)
         if is_oauth:
             await conn.fetchval(queries.get("set_seller_status"), mid, REMOVED, "square-mirror sellers remove")
             print(f"{mid}: removed: its token leaves the workers at their next reload (15 s) and its jobs and "
@@ -370,6 +375,20 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     return 0
+
+
+async def _revoke(settings: Settings, merchant_id: str) -> None:
+    """RevokeToken for every token of the seller (``Authorization: Client SECRET``): its webhooks stop, so nothing
+    of it comes back after a purge."""
+    from square_mirror.square_api import SquareClient
+
+    application_id = _require_application_id(settings)
+    if settings.square_application_secret is None:
+        raise SettingsError("SQUARE_APPLICATION_SECRET is not set: --revoke needs the application's client secret")
+    async with SquareClient.from_settings(settings) as client:
+        await client.revoke_token(settings.square_application_secret.reveal(),
+                                  {"client_id": application_id, "merchant_id": merchant_id})
+    print(f"{merchant_id}: the application's access revoked at Square")
 
 
 def _not_oauth(mid: str, configured: str | None) -> int:

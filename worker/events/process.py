@@ -31,6 +31,7 @@ from square_mirror.constants import (
     CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES,
     CUSTOM_ATTRIBUTE_EVENT_TYPES,
     CUSTOMER_EVENT_TYPES,
+    OAUTH_REVOKED_EVENT,
     QUEUE_NAME,
     RECONCILE_LANE_JOB,
     reconcile_job_id,
@@ -40,7 +41,7 @@ from square_mirror.jobs import EventJob, InvalidEnvelope, inbox_payload, read_ev
 from square_mirror.logs import bound_context, get_logger
 from square_mirror.retry import event_retry_delay, transient_reason, unauthorized_delay
 from square_mirror.timefmt import parse_time, utcnow
-from worker import attribute_sync, store
+from worker import attribute_sync, oauth, store
 from worker.context import WorkerContext, enqueue_time, job_try, worker_context
 from worker.events import attributes, inbox
 from worker.events.rules import event_is_stale, target_is_synced
@@ -95,6 +96,8 @@ async def _run(wc: WorkerContext, job: EventJob, payload: dict[str, Any], attemp
                 raise
             raise transient from None
     except SquareUnauthorized as exc:
+        if await oauth.withdrawn_now(wc, job.merchant_id):  # revoked while this job ran: see handle_event
+            return await _finish(wc, job, Outcome.IGNORED, enqueued)
         try:
             await wc.hooks.mark_unauthorized(job.merchant_id, str(exc))
         except Exception as mark_exc:  # Redis or Postgres down: the deferral below still matters most
@@ -163,6 +166,8 @@ async def handle_event(wc: WorkerContext, job: EventJob, payload: dict[str, Any]
     if sighting.processed:
         EVENTS.labels(job.type, Outcome.DUPLICATE).inc()
         return Outcome.DUPLICATE
+    if job.type == OAUTH_REVOKED_EVENT or oauth.withdrawn(wc, job.merchant_id):
+        return await _finish(wc, job, await _seller_gone(wc, job), enqueued)
     await _ensure_merchant(wc, job.merchant_id)
     if job.type in CUSTOM_ATTRIBUTE_EVENT_TYPES or job.type in CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES:
         return _count(job, await attributes.apply(wc, job, sighting.stored), enqueued)
@@ -207,6 +212,16 @@ async def handle_event(wc: WorkerContext, job: EventJob, payload: dict[str, Any]
 
     fetched = await wc.coalescer.fetch(job.merchant_id, customer_id, job.version)
     return await _finish(wc, job, fetched.outcome, enqueued)
+
+
+async def _seller_gone(wc: WorkerContext, job: EventJob) -> Outcome:
+    """A revocation is recorded (worker/oauth.py). Any other event of a seller whose OAuth access was revoked or
+    removed ends ``ignored``: not ``unauthorized``, which defers the job for hours in the hope that a token comes
+    back. No token will: the seller withdrew its consent, and if it connects again its backfill lists everything
+    again, so nothing an ignored event described is lost, and nothing is read or kept meanwhile."""
+    if job.type == OAUTH_REVOKED_EVENT:
+        return await oauth.record_revocation(wc, job)
+    return Outcome.IGNORED
 
 
 async def _finish(wc: WorkerContext, job: EventJob, outcome: Outcome, enqueued: datetime | None) -> str:

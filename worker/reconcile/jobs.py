@@ -16,6 +16,9 @@ retry delays square_mirror/retry.py's.
   incremental lane from its last committed page of the same window, the events lane from its watermark
   (moved page by page); the segments and groups lanes start over.
 - A run that ends ``partial`` or ``failed`` raises :class:`arq.Retry` while tries remain.
+- A seller whose OAuth access was revoked or removed (worker/oauth.py): a job queued for it returns ``withdrawn``
+  without running, and a run it was in the middle of fails its next Square call as unauthorized (the token is gone
+  from the TokenSource), ends ``failed`` and is not retried.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ from worker import runs
 from worker.backfill.phases import BACKFILL, backfill, summarize
 from worker.context import WorkerContext, job_id, job_try, worker_context
 from worker.merchants import known_merchants
+from worker.oauth import withdrawn
 from worker.reconcile.lanes import LANES, run_lane
 
 log = get_logger(__name__)
 
 SLICE_MARGIN_SECONDS: Final = 5.0
+# A job for a seller whose OAuth access was revoked or removed: nothing ran (worker/oauth.py).
+WITHDRAWN: Final = "withdrawn"
 
 
 def time_slice(wc: WorkerContext) -> float:
@@ -75,6 +81,8 @@ async def reconcile_lane_job(ctx: dict[str, Any], lane: str, merchant_id: str) -
     if lane not in LANES:
         raise ValueError(f"unknown lane {lane!r}")
     wc = worker_context(ctx)
+    if withdrawn(wc, merchant_id):
+        return {"merchant_id": merchant_id, "lane": lane, "status": WITHDRAWN}
     try:
         run = await _sliced(wc, lambda: run_lane(wc, merchant_id, lane))
     except runs.RunBusy:
@@ -85,7 +93,8 @@ async def reconcile_lane_job(ctx: dict[str, Any], lane: str, merchant_id: str) -
         log.info("lane_continued", merchant_id=merchant_id, lane=lane, queued=queued)
         return {"merchant_id": merchant_id, "lane": lane, "status": runs.INTERRUPTED, "continued": queued}
     refused = run.counts.get("events_refused", 0)  # a token the Events API refuses: retrying changes nothing
-    if run.status in (runs.PARTIAL, runs.FAILED) and not refused and job_try(ctx) < LANE_TRIES:
+    if run.status in (runs.PARTIAL, runs.FAILED) and not refused and job_try(ctx) < LANE_TRIES \
+            and not withdrawn(wc, merchant_id):  # revoked while it ran: its next Square call failed, and all would
         raise Retry(defer=lane_retry_delay(job_try(ctx)))
     return dict(summarize(run))
 
@@ -99,6 +108,8 @@ async def backfill_job(ctx: dict[str, Any], merchant_id: str | None = None, full
         for mid in merchants:
             await _enqueue(wc, BACKFILL_JOB, mid, full, job_id=backfill_job_id(mid))
         return {"queued": merchants}
+    if withdrawn(wc, merchant_id):
+        return {"merchant_id": merchant_id, "status": WITHDRAWN}
     concurrency = wc.settings.backfill_concurrency
     try:
         run = await _sliced(wc, lambda: backfill(
@@ -110,7 +121,7 @@ async def backfill_job(ctx: dict[str, Any], merchant_id: str | None = None, full
         queued = await _enqueue(wc, BACKFILL_JOB, merchant_id, False, defer=1,
                                 job_id=continuation_job_id(backfill_job_id(merchant_id), job_id(ctx)))
         return {"merchant_id": merchant_id, "status": runs.INTERRUPTED, "continued": queued}
-    if run.status == runs.PARTIAL and job_try(ctx) < BACKFILL_TRIES:
+    if run.status == runs.PARTIAL and job_try(ctx) < BACKFILL_TRIES and not withdrawn(wc, merchant_id):
         raise Retry(defer=BACKFILL_RETRY_DELAY_SECONDS)  # rate limit / outage: resume later from the checkpoint
     return dict(summarize(run))
 

@@ -26,5 +26,10 @@ WHERE m.auth_status IS DISTINCT FROM EXCLUDED.auth_status OR m.auth_error IS DIS
 INSERT INTO square.merchants (merchant_id) VALUES ($1) ON CONFLICT (merchant_id) DO NOTHING
 
 -- name: known_merchants --
--- Every merchant the mirror knows (worker/merchants.py).
-SELECT merchant_id FROM square.merchants
+-- Every merchant the mirror knows (worker/merchants.py), except OAuth sellers whose access was revoked or removed,
+-- and every OAuth seller whose token may be used, recorded in square.merchants yet or not.
+SELECT m.merchant_id FROM square.merchants m
+WHERE NOT EXISTS (SELECT 1 FROM square_private.seller_credentials c
+                  WHERE c.merchant_id = m.merchant_id AND c.status IN ('revoked', 'removed'))
+UNION
+SELECT merchant_id FROM square_private.seller_credentials WHERE status IN ('active', 'refresh_failed', 'reauthorize')

@@ -136,3 +136,24 @@ async def test_a_subscription_made_by_subscribe_passes_check_and_a_changed_url_d
     code, output = await cli(capsys, "webhooks", "check")
     assert code == 1
     assert f"notification URL differs at byte {len(NOTIFY) + 1}" in output
+
+
+async def test_remove_with_revoke_revokes_the_applications_access_at_square_then_stops_syncing(
+        env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], emu: EmulatorHandle, db_dsn: str,
+        tmp_path: Path) -> None:
+    grant = await emu.connect_seller("MLREVOKE001")
+    token_file = tmp_path / "refresh"
+    token_file.write_text(grant["refresh_token"])
+    code, _ = await cli(capsys, "sellers", "add", "--merchant", "MLREVOKE001", "--refresh-token-file", str(token_file))
+    assert code == 0
+    code, output = await cli(capsys, "sellers", "remove", "--merchant", "MLREVOKE001", "--revoke")
+    assert code == 0 and "revoked at Square" in output
+    assert grant["refresh_token"] not in output and grant["access_token"] not in output
+    status, answer = await emu.obtain_token(grant_type="refresh_token", refresh_token=grant["refresh_token"],
+                                            client_secret=emu.emulator.application_secret)
+    assert status == 401, answer  # the authorization is gone at Square
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT status FROM square_private.seller_credentials") == "removed"
+    finally:
+        await conn.close()

@@ -20,7 +20,7 @@ from redis import exceptions as redis_exceptions
 from redis.asyncio import client as redis_asyncio_client
 
 from emulator.testing import run_emulator
-from square_mirror.constants import PROCESS_EVENT_JOB, QUEUE_NAME
+from square_mirror.constants import CONNECT_SELLER_JOB, PROCESS_EVENT_JOB, QUEUE_NAME
 from square_mirror.jobs import build_event_job
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings
@@ -38,7 +38,7 @@ def test_worker_options_follow_the_issue() -> None:
     assert options["max_tries"] >= 20  # enough tries for long outages
     assert options["job_timeout"] <= 60  # short and uniform: a killed job is re-run after timeout + 10 s
     names = [getattr(f, "name", getattr(f, "__name__", None)) for f in FUNCTIONS]
-    assert names == [PROCESS_EVENT_JOB, "backfill_job", "reconcile_lane_job"]
+    assert names == [PROCESS_EVENT_JOB, CONNECT_SELLER_JOB, "backfill_job", "reconcile_lane_job"]
     assert FUNCTIONS[0].keep_result_s == 0
     assert all(not hasattr(f, "timeout_s") or f.timeout_s is None for f in FUNCTIONS)  # one uniform timeout
 

@@ -179,7 +179,7 @@ async def build_context(
         sellers = None
         if settings.encryption_keys:
             sellers = SellerCredentials(pool, client, settings)
-            await sellers.start()
+            await sellers.start(catch_up=worker)
             stack.push_async_callback(sellers.close)
     except BaseException:
         await stack.aclose()

@@ -40,13 +40,17 @@ class SellerCredentials:
         self._task: asyncio.Task[None] | None = None
 
     async def reload(self) -> None:
-        self.client.tokens.set_oauth(await self.store.usable_tokens())
+        """The tokens of every usable seller, and who is revoked or removed (no token, no work for them)."""
+        tokens = await self.store.usable_tokens()
+        self.client.tokens.set_oauth(tokens, await self.store.withdrawn())
 
-    async def start(self) -> None:
-        """Load the tokens now, then keep them current; the client refreshes a token Square says expired."""
+    async def start(self, *, catch_up: bool = False) -> None:
+        """Load the tokens now, then keep them current; the client refreshes a token Square says expired.
+        ``catch_up`` (a worker process): refresh at once the tokens that came due while no worker ran, rather than
+        at the next hourly run (the advisory lock keeps workers started together from refreshing a seller twice)."""
         await self.reload()
         self.client.on_token_expired = self.refresh_expired
-        self._task = asyncio.create_task(self._keep_current())
+        self._task = asyncio.create_task(self._keep_current(catch_up))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -54,7 +58,12 @@ class SellerCredentials:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _keep_current(self) -> None:
+    async def _keep_current(self, catch_up: bool) -> None:
+        if catch_up:
+            try:
+                await self.refresh_due()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("token_catch_up_failed", error=type(exc).__name__)
         while True:
             await asyncio.sleep(RELOAD_SECONDS)
             try:

@@ -1,6 +1,7 @@
 """Three OAuth sellers over simulated months: the emulator's clock moves past several token lifetimes (30 days each)
 and the mirror keeps every seller in sync by refreshing tokens itself; a seller whose refresh token becomes invalid
-is the only one marked, and the others carry on.
+is the only one marked, and the others carry on; a seller who revokes access stops at once, and
+``sellers remove --purge`` leaves no row of it. No token, refresh token or client secret reaches a log line.
 
 The mirror runs in this process (real Postgres, real Redis, the emulator as a real aiohttp server): the refresh job
 and the reconcile lanes are called as the worker's cron would call them, eight days apart in simulated time. The
@@ -10,6 +11,8 @@ moves with it.
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +26,23 @@ from emulator.testing import ManualClock, run_emulator
 from square_mirror.credentials import store as credential_store
 from square_mirror.credentials.cipher import new_key
 from square_mirror.credentials.store import Grant
+from square_mirror.jobs import build_event_job
+from square_mirror.logs import configure_logging
+from square_mirror.metrics import SELLERS as SELLERS_BY_STATUS
+from square_mirror.metrics import TOKEN_REFRESHES
 from square_mirror.settings import Secret, Settings
 from square_mirror.timefmt import utcnow
+from tests.integration.worker.support import job_ctx
 from tests.mirror_check import assert_mirror_matches
 from worker import runs
 from worker.backfill import backfill
+from worker.commands.sellers import seller_rows
 from worker.context import open_context
+from worker.events.process import process_event
+from worker.merchants import known_merchants
+from worker.purge import purge_seller, seller_tables
 from worker.reconcile import run_lane
+from worker.reconcile.jobs import reconcile_lane_job
 
 SELLERS = ("MLMONTHS0001", "MLMONTHS0002", "MLMONTHS0003")
 STEP = timedelta(days=8)
@@ -60,6 +73,9 @@ def _create(emu: Any, merchant_id: str, n: int) -> None:
 async def test_three_sellers_stay_in_sync_across_token_lifetimes(db_pool: asyncpg.Pool, redis_url: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     clocks = Clocks(monkeypatch)
+    logs = io.StringIO()
+    configure_logging("DEBUG", stream=logs)
+    refreshed_before = TOKEN_REFRESHES.labels("refreshed")._value.get()
     async with run_emulator(EmulatorConfig(seed=3, customers=20)) as emu:
         grants = {}
         for merchant_id in SELLERS:
@@ -102,3 +118,48 @@ async def test_three_sellers_stay_in_sync_across_token_lifetimes(db_pool: asyncp
             for merchant_id in SELLERS:
                 if merchant_id != broken:
                     assert listing[merchant_id]["refreshed_at"] >= utcnow() + clocks.offset - STEP
+            # The refreshes show in `sellers list` and in the metrics.
+            async with db_pool.acquire() as conn:
+                shown = {row["merchant_id"]: row for row in await seller_rows(conn, settings)}
+            assert shown[broken]["status"] == "reauthorize" and shown[SELLERS[0]]["status"] == "active"
+            assert TOKEN_REFRESHES.labels("refreshed")._value.get() - refreshed_before >= 2 * 8 + 4
+            assert SELLERS_BY_STATUS.labels("reauthorize")._value.get() == 1
+
+            # A seller revokes access in their Dashboard: Square sends oauth.authorization.revoked.
+            revoking = SELLERS[2]
+            await emu.admin("POST", f"sellers/{revoking}/revoke-authorization", {})
+            revocation = {"merchant_id": revoking, "type": "oauth.authorization.revoked", "event_id": "revoked-1",
+                          "created_at": "2030-01-01T00:00:00.000000000Z",
+                          "data": {"type": "revocation", "id": "n/a", "object": {"revocation": {
+                              "revoked_at": "2030-01-01T00:00:00.000000000Z", "revoker_type": "MERCHANT"}}}}
+            assert await process_event(job_ctx(wc), build_event_job(revocation)) == "applied"
+            assert revoking not in await known_merchants(wc)  # the cron lanes and --all skip it
+            job = await reconcile_lane_job(job_ctx(wc), "incremental", revoking)
+            assert job["status"] == "withdrawn"  # its next job stops before any Square call
+            _create(emu, SELLERS[0], 99)  # the others carry on
+            assert (await run_lane(wc, SELLERS[0], "incremental")).status == runs.SUCCEEDED
+            await assert_mirror_matches(db_pool, emu, SELLERS[0])
+
+            async with db_pool.acquire() as conn:
+                removed = await purge_seller(conn, revoking)
+                assert sum(removed.values()) > 0
+                for table in await seller_tables(conn):
+                    schema, name = table.split(".", 1)
+                    left = await conn.fetchval(
+                        f'SELECT count(*) FROM "{schema}"."{name}" WHERE merchant_id = $1', revoking)  # noqa: S608 (catalog names)
+                    assert left == 0, table
+                kept = await conn.fetchval("SELECT count(*) FROM square.customers WHERE merchant_id = $1",
+                                           SELLERS[0])
+                assert kept > 0
+
+        state = await emu.admin("GET", "oauth")
+        secrets_ = {app.application_secret}
+        for grant in state["grants"]:
+            secrets_.update(t["token"] for t in grant["access_tokens"])
+            secrets_.update(str(v) for k, v in grant.items() if "refresh" in k and isinstance(v, str) and len(v) > 20)
+    configure_logging("INFO")  # flushes the lines still waiting
+    written = logs.getvalue()
+    assert "token_refreshed" in written  # the log was captured
+    leaked = [s for s in secrets_ if s and s in written]
+    assert not leaked, f"{len(leaked)} secrets in the log"
+    assert all(isinstance(json.loads(line), dict) for line in written.splitlines() if line.strip())

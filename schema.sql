@@ -829,6 +829,26 @@ CREATE TABLE IF NOT EXISTS square_private.oauth_states (
     used_at     timestamptz
 );
 
+-- One batch of `square-mirror sellers remove --purge`: delete up to p_limit rows of a seller from one table (the
+-- caller lists the tables from the catalog; format's %I quotes them). Rows are picked by (tableoid, ctid), so a batch
+-- is one short statement and no lock is held between batches.
+CREATE OR REPLACE FUNCTION square_private.purge_seller_batch(p_schema text, p_table text, p_merchant_id text,
+                                                             p_limit integer)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    EXECUTE format(
+        'WITH doomed AS (SELECT tableoid, ctid FROM %I.%I WHERE merchant_id = $1 LIMIT $2), '
+        'gone AS (DELETE FROM %I.%I t USING doomed d '
+        'WHERE t.tableoid = d.tableoid AND t.ctid = d.ctid AND t.merchant_id = $1 RETURNING 1) '
+        'SELECT count(*) FROM gone', p_schema, p_table, p_schema, p_table)
+    INTO deleted USING p_merchant_id, p_limit;
+    RETURN deleted;
+END
+$$;
+REVOKE ALL ON FUNCTION square_private.purge_seller_batch(text, text, text, integer) FROM PUBLIC;
+
 -- Read-only role for analytics tools, created when the migrating user may create roles.
 DO $$
 BEGIN

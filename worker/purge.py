@@ -14,7 +14,7 @@ from typing import Final
 
 import asyncpg
 
-from square_mirror.queries import queries
+from worker.queries import queries
 
 DEFAULT_BATCH_SIZE: Final = 5000
 MAX_PASSES: Final = 10
@@ -30,7 +30,6 @@ async def purge_seller(conn: asyncpg.Connection, merchant_id: str, *,
     """Delete every row of ``merchant_id``; returns the rows removed per ``schema.table`` (every table listed)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    await conn.execute(queries.get("create_purge_batch"))
     tables = await seller_tables(conn)
     removed = dict.fromkeys(tables, 0)
     for _ in range(MAX_PASSES):

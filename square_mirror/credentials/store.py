@@ -131,3 +131,14 @@ async def use_state(pool: Conn, state: str, expires_at: datetime) -> bool:
     """Accept a signed state once (the OAuth redirect's CSRF check ends here): False for a replay. ``pool`` may be a
     connection in a transaction: a rolled-back use leaves the state usable."""
     return await pool.fetchval(queries.get("use_oauth_state"), state_hash(state), expires_at) is not None
+
+
+async def credential_rows(conn: Conn) -> list[asyncpg.Record]:
+    """Every seller's credential metadata, no token (``sellers list``, ``sellers remove``)."""
+    rows: list[asyncpg.Record] = await conn.fetch(queries.get("list_credentials"))
+    return rows
+
+
+async def set_status(conn: Conn, merchant_id: str, status: str, why: str | None = None) -> bool:
+    """Set a seller's status (``removed`` by ``sellers remove``); False when it already had it."""
+    return await conn.fetchval(queries.get("set_seller_status"), merchant_id, status, why) is not None

@@ -282,10 +282,11 @@ def _when(value: Any) -> Any:
 
 async def seller_rows(conn: Any, settings: Settings) -> list[dict[str, Any]]:
     """One entry per seller, without any token."""
-    from square_mirror.queries import queries
+    from square_mirror.credentials.store import credential_rows
+    from worker.queries import queries
 
     configured = _configured(settings)
-    credentials = {r["merchant_id"]: r for r in await conn.fetch(queries.get("list_credentials"))}
+    credentials = {r["merchant_id"]: r for r in await credential_rows(conn)}
     entries = []
     for row in await conn.fetch(queries.get("seller_sync_state"), sorted(configured)):
         mid = row["merchant_id"]
@@ -344,9 +345,8 @@ async def list_sellers(settings: Settings, args: argparse.Namespace) -> int:
 # -- remove ------------------------------------------------------------------------------------------------------
 
 async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
-    from square_mirror.credentials.store import REMOVED
+    from square_mirror.credentials.store import REMOVED, credential_rows, set_status
     from square_mirror.db import connect
-    from square_mirror.queries import queries
 
     if args.batch_size < 1:
         raise SettingsError("--batch-size must be at least 1")
@@ -354,7 +354,7 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
     configured = _configured(settings).get(mid)
     conn = await connect(settings.require_database_url())
     try:
-        is_oauth = mid in {r["merchant_id"] for r in await conn.fetch(queries.get("list_credentials"))}
+        is_oauth = mid in {r["merchant_id"] for r in await credential_rows(conn)}
         if args.purge:
             refusal = await _purge_refusal(conn, mid, configured, args.force)
             if refusal:
@@ -363,7 +363,7 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
         if args.revoke:
             await _revoke(settings, mid)
         if is_oauth:
-            await conn.fetchval(queries.get("set_seller_status"), mid, REMOVED, "square-mirror sellers remove")
+            await set_status(conn, mid, REMOVED, "square-mirror sellers remove")
             print(f"{mid}: removed: its token leaves the workers at their next reload (15 s) and its jobs and "
                   "lanes stop")
         elif not args.purge:
@@ -380,14 +380,14 @@ async def remove_seller(settings: Settings, args: argparse.Namespace) -> int:
 async def _revoke(settings: Settings, merchant_id: str) -> None:
     """RevokeToken for every token of the seller (``Authorization: Client SECRET``): its webhooks stop, so nothing
     of it comes back after a purge."""
-    from square_mirror.square_api import SquareClient
+    from worker.context import open_context
 
     application_id = _require_application_id(settings)
     if settings.square_application_secret is None:
         raise SettingsError("SQUARE_APPLICATION_SECRET is not set: --revoke needs the application's client secret")
-    async with SquareClient.from_settings(settings) as client:
-        await client.revoke_token(settings.square_application_secret.reveal(),
-                                  {"client_id": application_id, "merchant_id": merchant_id})
+    async with open_context(settings) as wc:
+        await wc.client.revoke_token(settings.square_application_secret.reveal(),
+                                     {"client_id": application_id, "merchant_id": merchant_id})
     print(f"{merchant_id}: the application's access revoked at Square")
 
 
@@ -404,7 +404,7 @@ def _not_oauth(mid: str, configured: str | None) -> int:
 
 
 async def _purge_refusal(conn: Any, mid: str, configured: str | None, force: bool) -> str | None:
-    from square_mirror.queries import queries
+    from worker.queries import queries
 
     if force:
         return None

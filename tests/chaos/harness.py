@@ -411,6 +411,7 @@ class ChaosRun:
         for seller in self.sellers:
             if seller.revoked:
                 await self._restore(api, seller)
+        await self._finale(api)
         cfg.say("faults stopped; waiting for deliveries to settle and the queue to drain")
         await api.admin("POST", "/deliveries/drain?timeout=60")
         self._phase("deliveries settled", faults_stopped)
@@ -659,6 +660,33 @@ class ChaosRun:
         if kind == "merge_hidden_hidden":
             return kind, await self._merge(api, seller, rng.sample(hidden, 2))
         raise AssertionError(kind)
+
+    async def _finale(self, api: Api) -> None:
+        """The stream's last changes, the same for every seed: a new instant profile joins a group and a segment for
+        each seller, so every run ends with hidden profiles where only a lookup by ID can see them (the random
+        stream alone may, by chance, leave none in a group)."""
+        for seller in self.sellers:
+            mid, tok = seller.merchant_id, seller.token
+            created = await api.admin("POST", "/instant-profiles", {"merchant_id": mid})
+            cid = created["customer"]["id"]
+            seller.live.append(cid)
+            if not seller.groups:
+                status, payload = await api.call(tok, "POST", "/v2/customers/groups",
+                                                 {"idempotency_key": str(uuid.uuid4()), "group": {"name": "Finale"}})
+                if status != 200:
+                    raise RuntimeError(f"{mid}: the finale's group was refused ({status})")
+                seller.groups.append(payload["group"]["id"])
+            if not seller.segments:
+                seller.segments.append((await api.admin("POST", "/segments", {"merchant_id": mid,
+                                                                              "name": "Finale"}))["segment"]["id"])
+            status, _ = await api.call(tok, "PUT", f"/v2/customers/{cid}/groups/{seller.groups[0]}")
+            if status != 200:
+                raise RuntimeError(f"{mid}: the finale's group membership was refused ({status})")
+            await api.admin("PUT", f"/segments/{seller.segments[0]}/members/{cid}?merchant_id={mid}")
+            counts = self.report.hidden_mutations.setdefault(mid, Counter())
+            for kind in ("instant_create", "hidden_group_member", "hidden_segment_member"):
+                self.report.mutations[kind] += 1
+                counts[kind] += 1
 
     # -- the faults ------------------------------------------------------------------------------------------------
 

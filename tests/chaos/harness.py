@@ -7,6 +7,9 @@ re-run. (Process timing is not deterministic, so a seed reproduces the plan, not
 What runs:
 - the emulator (``square-mirror emulator``) with several sellers, 5% 500s, 5% 429s, 50-200 ms latency, index lag,
   and webhook deliveries that are duplicated, reordered and sometimes lost (with Square's retry schedule shrunk);
+  one seller is the application's OAuth seller: it approves the application (the code flow), ``square-mirror
+  sellers add`` stores its refresh token, and the mirror syncs it with the tokens it keeps, encrypted, in Postgres
+  (the Events API with the application's own token);
 - one receiver and N workers (``square-mirror webhooks`` / ``worker``), on a private redis-server, so that Redis can
   be killed and restarted empty without touching anyone else's;
 - a stream of creates, updates, group changes, segment changes, deletes, merges and group/segment definition
@@ -47,10 +50,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
 import orjson
+from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
 from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME
@@ -63,6 +68,7 @@ ALL_LANES = ("incremental", "segments", "groups", "events", "custom_attributes",
 # `square-mirror reconcile`'s default, the crons
 PERIODIC_LANES = ("incremental", "segments", "groups", "events", "custom_attributes")
 # The emulator's seeded custom attributes: every data type, owned by the application, another one and the Dashboard.
+OAUTH_REDIRECT = "https://mirror.chaos.example/square/oauth/callback"
 SEEDED_CUSTOM_ATTRIBUTES = '{"definitions": 8, "share": 0.3, "min": 1, "max": 3, "hidden": 1}'
 PUBLIC_FIELDS = ("given_name", "family_name", "company_name", "email_address", "phone_number")
 # The mutation stream: kind -> weight. The hidden-profile kinds (the second half) are weighted so that in the CI-size
@@ -115,6 +121,7 @@ class ChaosConfig:
     database_url: str  # a migrated database of this run's own (its backends get terminated)
     seed: int = 1
     sellers: int = 2
+    oauth_sellers: int = 1  # of them, the last ones connect through OAuth (their tokens in Postgres, encrypted)
     customers: int = 30  # seeded per seller at start
     duration: float = 25.0  # seconds of mutations under faults
     mutation_concurrency: int = 3  # concurrent mutators (each picks a seller per mutation)
@@ -133,6 +140,7 @@ class ChaosReport:
     seed: int
     mutations: Counter[str] = field(default_factory=Counter)
     mutation_errors: Counter[str] = field(default_factory=Counter)
+    oauth_sellers: dict[str, str] = field(default_factory=dict)  # OAuth seller -> its credential status at the end
     deliveries: Counter[str] = field(default_factory=Counter)
     delivered_2xx_events: int = 0
     kills: Counter[str] = field(default_factory=Counter)
@@ -166,6 +174,7 @@ class ChaosReport:
         lines = [
             f"seed: {self.seed}",
             f"mutations: {sum(self.mutations.values())} ({fmt(self.mutations)})",
+            f"OAuth sellers (tokens in Postgres, encrypted) and their status at the end: {self.oauth_sellers}",
             f"mutations refused by Square (404 after a delete/merge etc.): {sum(self.mutation_errors.values())} "
             f"({fmt(self.mutation_errors)})",
             *(f"hidden-profile mutations for {mid}: {fmt(counts)}" for mid, counts in sorted(
@@ -293,6 +302,10 @@ class ChaosRun:
         self.stop_mutating = asyncio.Event()
         self.starts: Counter[str] = Counter()
         self.known_pii: set[str] = set()
+        self.encryption_key = Fernet.generate_key().decode("ascii")
+        self.application_token = f"EAAAchaosapp{secrets.token_hex(12)}"
+        self.oauth_merchants: list[str] = []
+        self.oauth_secrets: set[str] = set()  # every OAuth code, token and the client secret: never in a log line
 
     # -- processes ---------------------------------------------------------------------------------------------
 
@@ -352,15 +365,19 @@ class ChaosRun:
         emulator = self._start("emulator", cli_command(
             "emulator", "--port", str(emulator_port), "--seed", str(cfg.seed), "--customers", str(cfg.customers),
             "--webhook-url", hook_url, f"--signature-key={self.signature_key}",
-            f"--custom-attributes={SEEDED_CUSTOM_ATTRIBUTES}", *seller_args), dict(os.environ))
+            f"--custom-attributes={SEEDED_CUSTOM_ATTRIBUTES}", f"--oauth-redirect-url={OAUTH_REDIRECT}",
+            f"--application-token={self.application_token}", *seller_args), dict(os.environ))
         await wait_for(lambda: tcp_reachable("127.0.0.1", emulator_port), "the emulator", proc=emulator)
         first = (self.stack.workdir / "emulator-1.log").read_text().splitlines()[0]
         emulator_url = f"http://127.0.0.1:{emulator_port}"
         api = Api(session, emulator_url)
         announced = orjson.loads(first)
         tokens = {s["merchant_id"]: s["token"] for s in announced["sellers"]}
+        # The last sellers are the application's OAuth sellers: not in the tokens file (their tokens are the mirror's
+        # own, in Postgres); the stream still changes their directories with their personal tokens.
+        self.oauth_merchants = sorted(tokens)[len(tokens) - cfg.oauth_sellers:] if cfg.oauth_sellers else []
         tokens_file = self.stack.workdir / "tokens.json"
-        tokens_file.write_text(json.dumps(tokens))
+        tokens_file.write_text(json.dumps({m: t for m, t in tokens.items() if m not in self.oauth_merchants}))
         for mid, token in sorted(tokens.items()):
             truth = await api.admin("GET", f"/state?merchant_id={mid}")
             self._remember_pii(truth)
@@ -377,8 +394,11 @@ class ChaosRun:
             "WORKER_JOB_TIMEOUT_SECONDS": "8", "WORKER_RETRY_MAX_DELAY_SECONDS": "2",
             "WORKER_UNAUTHORIZED_RETRY_SECONDS": "2", "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
             "WORKER_DB_POOL_SIZE": "6", "SQUARE_TIMEOUT_SECONDS": "5", "RECONCILE_OVERLAP_SECONDS": "600",
-            "LOG_LEVEL": "INFO",
+            "LOG_LEVEL": "INFO", "SQUARE_MIRROR_ENCRYPTION_KEYS": self.encryption_key,
+            # The application's own token: the Events API refuses OAuth sellers' tokens.
+            "SQUARE_APPLICATION_ACCESS_TOKEN": self.application_token,
         })
+        await self._connect_oauth_sellers(session, api, emulator_url)
         await self._start_receiver()
         for n in range(cfg.workers):
             await self._start_worker(n)
@@ -661,10 +681,35 @@ class ChaosRun:
             return kind, await self._merge(api, seller, rng.sample(hidden, 2))
         raise AssertionError(kind)
 
+    async def _connect_oauth_sellers(self, session: aiohttp.ClientSession, api: Api, emulator_url: str) -> None:
+        """Each OAuth seller approves the application (the code flow), and `square-mirror sellers add` stores its
+        refresh token: from then on the mirror uses the tokens it keeps, encrypted, in Postgres."""
+        app = await api.admin("GET", "/application")
+        self.env.update({"SQUARE_APPLICATION_SECRET": app["application_secret"]})
+        self.oauth_secrets.add(app["application_secret"])
+        for mid in self.oauth_merchants:
+            params = {"client_id": app["application_id"], "scope": "CUSTOMERS_READ MERCHANT_PROFILE_READ",
+                      "state": "chaos", "redirect_uri": OAUTH_REDIRECT, "emulator_merchant_id": mid,
+                      "emulator_decision": "approve"}
+            async with session.get(f"{emulator_url}/oauth2/authorize", params=params,
+                                   allow_redirects=False) as resp:
+                code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
+            async with session.post(f"{emulator_url}/oauth2/token", json={
+                    "client_id": app["application_id"], "client_secret": app["application_secret"],
+                    "grant_type": "authorization_code", "code": code, "redirect_uri": OAUTH_REDIRECT}) as resp:
+                grant = await resp.json()
+            self.oauth_secrets.update({code, grant["access_token"], grant["refresh_token"]})
+            token_file = self.stack.workdir / f"refresh-{mid}"
+            token_file.write_text(grant["refresh_token"])
+            if await self._cli_once("sellers", ["sellers", "add", "--merchant", mid, "--refresh-token-file",
+                                                str(token_file)]) != 0:
+                raise RuntimeError(f"sellers add {mid} failed")
+            token_file.unlink()
+
     async def _finale(self, api: Api) -> None:
         """The stream's last changes, the same for every seed: a new instant profile joins a group and a segment for
-        each seller, so every run ends with hidden profiles where only a lookup by ID can see them (the random
-        stream alone may, by chance, leave none in a group)."""
+        each seller, so every run ends with hidden profiles where only a lookup by ID can see them, and a custom
+        attribute value is set and deleted (the random stream alone may, by chance, do neither)."""
         for seller in self.sellers:
             mid, tok = seller.merchant_id, seller.token
             created = await api.admin("POST", "/instant-profiles", {"merchant_id": mid})
@@ -683,6 +728,16 @@ class ChaosRun:
             if status != 200:
                 raise RuntimeError(f"{mid}: the finale's group membership was refused ({status})")
             await api.admin("PUT", f"/segments/{seller.segments[0]}/members/{cid}?merchant_id={mid}")
+            # and custom attribute values set on it, one of them deleted (a delete the random stream picks is refused
+            # when the customer holds no such value)
+            keys = sorted(seller.definitions)[:2]
+            for key in keys:
+                await api.admin("PUT", f"/customers/{cid}/custom-attributes/{key}",
+                                {"merchant_id": mid, "value": attribute_value(seller.definitions[key], 0, self.rng)})
+            if keys:
+                await api.admin("DELETE", f"/customers/{cid}/custom-attributes/{keys[0]}?merchant_id={mid}")
+                self.report.mutations["attribute_set"] += len(keys)
+                self.report.mutations["attribute_delete"] += 1
             counts = self.report.hidden_mutations.setdefault(mid, Counter())
             for kind in ("instant_create", "hidden_group_member", "hidden_segment_member"):
                 self.report.mutations[kind] += 1
@@ -700,7 +755,7 @@ class ChaosRun:
         plan += [(rng.uniform(0.1, 0.9) * cfg.duration, "terminate_pg") for _ in range(cfg.pg_terminations)]
         plan += [(0.15 * cfg.duration, "revoke"), (0.6 * cfg.duration, "restore")]
         plan.sort()
-        revoked = rng.choice(self.sellers)
+        revoked = rng.choice([s for s in self.sellers if s.merchant_id not in self.oauth_merchants] or self.sellers)
         started = time.monotonic()
         for at, action in plan:
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
@@ -845,6 +900,8 @@ class ChaosRun:
                 if any(200 <= (a.get("http_status") or 0) < 300 for a in d["attempts"]):
                     acked.add(d["event_id"])
             self.report.delivered_2xx_events = len(acked)
+            self.report.oauth_sellers = {r["merchant_id"]: r["status"] for r in await pool.fetch(
+                "SELECT merchant_id, status FROM square_private.seller_credentials ORDER BY merchant_id")}
             rows = await pool.fetch("SELECT event_id, source, outcome, error FROM square.webhook_events")
             self.report.failed_events = [f"{r['event_id']}: {r['error']}" for r in rows if r["outcome"] == "failed"]
             self.report.events_by_source = Counter(r["source"] for r in rows)
@@ -853,6 +910,9 @@ class ChaosRun:
             self.report.unaccounted_2xx = sorted(acked - inbox)
         finally:
             await pool.close()
+        for grant in (await api.admin("GET", "/oauth"))["grants"]:  # every token Square issued, refreshes included
+            self.oauth_secrets.update(t["token"] for t in grant["access_tokens"])
+            self.oauth_secrets.update([grant["refresh_token"], *grant["spent"]])
         self._grep_logs()
 
     # -- PII and secrets in logs -------------------------------------------------------------------------------
@@ -875,7 +935,8 @@ class ChaosRun:
                     self.known_pii.add(value)
 
     def _grep_logs(self) -> None:
-        secrets_ = {s.token for s in self.sellers} | {self.signature_key}
+        secrets_ = ({s.token for s in self.sellers} | {self.signature_key, self.encryption_key, self.application_token}
+                    | self.oauth_secrets)
         needles = sorted((self.known_pii | secrets_) - {""}, key=len, reverse=True)
         pattern = re.compile("|".join(re.escape(n) for n in needles)) if needles else None
         lines = 0

@@ -32,6 +32,8 @@ async def test_mirror_converges_exactly_after_chaos_and_logs_hold_no_pii_or_secr
     assert all(report.mutations[kind] for kind in ATTRIBUTE_KINDS), report.render()
     assert sum(s["segment_memberships"] for s in report.hidden_at_end.values()), report.render()
     assert not report.mismatches, report.render()
+    # one seller connected through OAuth: the mirror used the tokens it keeps, encrypted, and the seller is healthy
+    assert report.oauth_sellers and set(report.oauth_sellers.values()) == {"active"}, report.render()
     assert not report.unaccounted_2xx, report.render()
     assert not report.leaks, report.render()
     assert not report.crashes, report.render()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from arq.cron import CronJob
+
 from square_mirror.constants import LANE_TARGET_SECONDS, cron_job_name
 from worker.reconcile.jobs import ARQ_CRON_JOBS
 
 
-def _interval(job: object) -> int:
+def _interval(job: CronJob) -> int:
     """Seconds between two starts of an evenly spaced arq cron entry (fixed second, at most minutes and hours)."""
-    hour, minute = getattr(job, "hour"), getattr(job, "minute")
+    hour, minute = job.hour, job.minute
     if hour is not None:
         assert isinstance(hour, int) and isinstance(minute, int)
         return 86_400
@@ -16,7 +18,7 @@ def _interval(job: object) -> int:
         return 60
     minutes = sorted(minute) if isinstance(minute, set) else [minute]
     steps = {b - a for a, b in zip(minutes, [*minutes[1:], minutes[0] + 60], strict=True)}
-    assert len(steps) == 1, f"{getattr(job, 'name')}: unevenly spaced {minutes}"
+    assert len(steps) == 1, f"{job.name}: unevenly spaced {minutes}"
     return 60 * steps.pop()
 
 

@@ -926,4 +926,41 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
+-- The mirror as a source for others: a logical-replication publication of every table of schema square (never
+-- square_private), for Debezium or any other pgoutput consumer (docs/how-to/stream-changes.md). Created when the
+-- migrating user may: FOR TABLES IN SCHEMA (Postgres 15+, superuser), which takes in tables added later by
+-- itself; otherwise FOR TABLE each table (owner of the tables with CREATE on the database), which every migrate
+-- sets again, so a new table joins it. Never fails migrate: without the privilege it only says so. Streaming
+-- needs wal_level = logical too; the publication itself does not (it costs nothing until a slot reads it).
+-- Every table has a primary key, its default replica identity, so updates and deletes carry their keys.
+DO $$
+DECLARE
+    by_schema boolean := current_setting('server_version_num')::int >= 150000
+                         AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+    table_list text;
+BEGIN
+    IF by_schema THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'square_mirror') THEN
+            CREATE PUBLICATION square_mirror FOR TABLES IN SCHEMA square;
+        ELSE
+            ALTER PUBLICATION square_mirror SET TABLES IN SCHEMA square;
+        END IF;
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY c.relname) INTO table_list
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'square' AND c.relkind IN ('r', 'p');
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'square_mirror') THEN
+        EXECUTE 'CREATE PUBLICATION square_mirror FOR TABLE ' || table_list;
+    ELSE
+        EXECUTE 'ALTER PUBLICATION square_mirror SET TABLE ' || table_list;
+    END IF;
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'publication square_mirror not created or updated: the migrating user may not (%)', SQLERRM;
+    WHEN duplicate_object THEN
+        NULL;  -- created concurrently by another migration
+END
+$$;
+
 INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6), (7) ON CONFLICT (version) DO NOTHING;

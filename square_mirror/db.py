@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -121,5 +122,33 @@ async def describe_schema(dsn: str) -> list[tuple[str, str, list[str]]]:
     try:
         rows = await conn.fetch(queries.get("describe_schema"))
         return [(r["kind"], r["relname"], list(r["columns"])) for r in rows]
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationStatus:
+    """The logical-replication publication square_mirror that migrate keeps (docs/how-to/stream-changes.md)."""
+
+    present: bool
+    published: int  # tables of schema square it publishes
+    missing: list[str]  # tables of schema square it leaves out
+
+    def describe(self) -> str:
+        if not self.present:
+            return ("publication square_mirror: not created (the migrating user may not create publications; "
+                    "see docs/how-to/stream-changes.md)")
+        if self.missing:
+            return (f"publication square_mirror: {self.published} tables of schema square, without "
+                    f"{', '.join(self.missing)} (the migrating user may not update it)")
+        return f"publication square_mirror: every table of schema square ({self.published})"
+
+
+async def publication_status(dsn: str) -> PublicationStatus:
+    conn = await connect(dsn)
+    try:
+        row = await conn.fetchrow(queries.get("publication_status"))
+        assert row is not None
+        return PublicationStatus(row["present"], row["published"], list(row["missing"]))
     finally:
         await conn.close()

@@ -75,6 +75,9 @@ class EmbeddedPostgres:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 self._server.cleanup()
+            # pgserver's own exit handler would run this cleanup again at interpreter exit, logging to streams
+            # that may be closed by then (pytest's captured output): it is done.
+            atexit.unregister(self._server._cleanup)
             self._server = None
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

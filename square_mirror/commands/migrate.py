@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Final
 
-from square_mirror.db import connect, describe_schema, migrate
+from square_mirror.db import connect, describe_schema, migrate, publication_status
 from square_mirror.embedded import EmbeddedPostgres
 from square_mirror.searchable_events import ensure_enabled
 from square_mirror.settings import Settings
@@ -31,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 async def _migrate_and_report(dsn: str, print_schema: bool, settings: Settings | None = None) -> int:
     version = await migrate(dsn)
     print(f"schema square is at version {version}")
+    print((await publication_status(dsn)).describe())
     if settings is not None:
         await _enable_events(dsn, settings)
     if print_schema:

@@ -29,6 +29,18 @@ WHERE n.nspname = 'square' AND c.relkind IN ('r', 'v')
 GROUP BY c.relname, c.relkind
 ORDER BY kind, c.relname
 
+-- name: publication_status --
+-- The publication square_mirror (schema.sql, docs/how-to/stream-changes.md): whether it exists, how many tables of
+-- schema square it publishes, and the ones it leaves out. pg_publication_tables expands FOR TABLES IN SCHEMA too.
+SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'square_mirror') AS present,
+       count(t.tablename) AS published,
+       coalesce(array_agg(c.relname ORDER BY c.relname) FILTER (WHERE t.tablename IS NULL), '{}') AS missing
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_publication_tables t
+       ON t.pubname = 'square_mirror' AND t.schemaname = n.nspname AND t.tablename = c.relname
+WHERE n.nspname = 'square' AND c.relkind IN ('r', 'p')
+
 -- name: record_events_enabled --
 -- EnableEvents succeeded: the searchable period starts now unless it had started already and is not restarted.
 -- $1 merchant_id, $2 now, $3 restarted. Returns events_searchable_since.

@@ -307,12 +307,13 @@ QUEUE_FUNCTIONS: dict[str, Callable[[], list[Function | Any]]] = {
 }
 
 
-def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = False) -> list[Worker]:
+def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = False,
+                  ctx: dict[str, Any] | None = None) -> list[Worker]:
     """One arq worker per queue, sharing one process context (pools, client, metrics server) through one ctx dict:
     ``square-mirror worker --queues``. Signals are handled by :func:`run_workers`, for all of them at once."""
     if settings.log_level != "DEBUG":
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    shared: dict[str, Any] = {"settings": settings}
+    shared: dict[str, Any] = {"settings": settings, **(ctx or {})}  # ctx: keys a test pre-seeds (its pool, say)
     workers: list[Worker] = []
     for queue in queues:
         options = worker_options(settings)

@@ -186,6 +186,57 @@ CREATE TABLE IF NOT EXISTS square.sync_state (
     PRIMARY KEY (merchant_id, lane)
 );
 
+-- Staleness bounds, one row per known seller and reconcile lane (docs/explanation/reconciliation.md#staleness-bounds).
+-- complete_as_of: when the last complete pass of the lane began; everything the lane heals that happened before it
+-- is in the mirror, so now() - complete_as_of bounds how old that data can be. NULL: never complete. A pass is a
+-- succeeded run of the lane's kind, or of a backfill or sweep for the lanes a full listing covers (all but events;
+-- square_mirror/constants.py FULL_PASS_LANES); a pass continued over several runs (time slices, retries: each names
+-- the run it resumed in checkpoint.resumed_from) began when the first of them did. Failed, partial and interrupted
+-- runs complete nothing. target_seconds is the lane's schedule (square_mirror/constants.py LANE_TARGET_SECONDS).
+CREATE OR REPLACE VIEW square.sync_freshness AS
+WITH RECURSIVE lanes (lane, target_seconds) AS (
+    VALUES ('incremental', 60), ('segments', 300), ('groups', 300), ('events', 300), ('custom_attributes', 300),
+           ('sweep', 86400)
+), covers (lane, kind) AS (
+    SELECT lane, CASE lane WHEN 'sweep' THEN 'sweep' ELSE 'reconcile:' || lane END FROM lanes
+    UNION
+    SELECT lane, full_pass.kind FROM lanes CROSS JOIN (VALUES ('backfill'), ('sweep')) AS full_pass (kind)
+    WHERE lane <> 'events'
+), latest AS (  -- the newest succeeded run of each (seller, kind): passes of one kind never overlap (one lock)
+    SELECT m.merchant_id, k.kind, r.run_id
+    FROM square.merchants m
+    CROSS JOIN (SELECT DISTINCT kind FROM covers) AS k
+    CROSS JOIN LATERAL (
+        SELECT r.run_id FROM square.sync_runs r
+        WHERE r.merchant_id = m.merchant_id AND r.kind = k.kind AND r.status = 'succeeded'
+        ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1
+    ) AS r
+), chain (merchant_id, kind, run_id, link, started_at) AS (  -- that run and the unfinished runs it continued
+    SELECT l.merchant_id, l.kind, l.run_id, r.run_id, r.started_at
+    FROM latest l JOIN square.sync_runs r ON r.merchant_id = l.merchant_id AND r.run_id = l.run_id
+    UNION ALL
+    SELECT ch.merchant_id, ch.kind, ch.run_id, p.run_id, p.started_at
+    FROM chain ch
+    JOIN square.sync_runs c ON c.merchant_id = ch.merchant_id AND c.run_id = ch.link
+    JOIN square.sync_runs p ON p.merchant_id = ch.merchant_id
+        AND p.run_id = CASE WHEN jsonb_typeof(c.checkpoint -> 'resumed_from') = 'number'
+                            THEN (c.checkpoint ->> 'resumed_from')::bigint END
+    WHERE p.kind = ch.kind AND p.status <> 'succeeded' AND p.run_id < ch.link
+), passes AS (
+    SELECT merchant_id, kind, run_id, min(started_at) AS complete_as_of FROM chain GROUP BY merchant_id, kind, run_id
+)
+SELECT m.merchant_id, l.lane, b.complete_as_of,
+       extract(epoch FROM now() - b.complete_as_of)::double precision AS staleness_seconds,
+       l.target_seconds, b.kind AS completed_by_kind, b.run_id AS completed_by_run_id
+FROM square.merchants m
+CROSS JOIN lanes l
+LEFT JOIN LATERAL (
+    SELECT p.complete_as_of, p.kind, p.run_id
+    FROM passes p JOIN covers c ON c.kind = p.kind AND c.lane = l.lane
+    WHERE p.merchant_id = m.merchant_id
+    ORDER BY p.complete_as_of DESC, p.run_id DESC LIMIT 1
+) AS b ON true;
+
 -- The staleness rule, in one place: may a customer snapshot observed at new_observed replace the stored row?
 -- A tombstone is final; a higher version wins; an equal version wins only when observed later (segment
 -- membership changes without a version bump). The upsert's ON CONFLICT guard calls exactly this.
@@ -875,4 +926,4 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6), (7) ON CONFLICT (version) DO NOTHING;

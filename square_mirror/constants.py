@@ -48,6 +48,24 @@ CONNECT_JOB_PAYLOAD_VERSION: Final = 1
 # A process_event job's ID is the event ID: a duplicate delivery while the job is queued collapses into it.
 
 
+# The reconcile lanes and each one's target interval in seconds: how often its cron schedule starts a pass for every
+# seller (worker/reconcile/jobs.py; tests/unit/worker/test_freshness.py checks the schedules against it). A lane's
+# staleness bound is judged against it (square.sync_freshness in schema.sql repeats these figures, checked by
+# tests/integration/worker/test_freshness.py; status --strict: STALENESS_LIMIT_FACTOR times the target).
+LANE_TARGET_SECONDS: Final = {
+    "incremental": 60,
+    "segments": 300,
+    "groups": 300,
+    "events": 300,
+    "custom_attributes": 300,
+    "sweep": 86_400,
+}
+# The lanes a succeeded backfill or sweep also completes: it re-reads every customer (their group and segment
+# memberships included), the group and segment definitions, the hidden profiles by ID and every custom attribute,
+# and infers deletions and merges. Not the events lane: no full listing reads Square's Events API.
+FULL_PASS_LANES: Final = ("incremental", "segments", "groups", "custom_attributes", "sweep")
+
+
 REFRESH_TOKENS_CRON: Final = "refresh_tokens"  # the cron entry that refreshes OAuth sellers' tokens
 
 

@@ -87,6 +87,7 @@ class Settings:
     backfill_concurrency: int = 8
     backfill_custom_attribute_concurrency: int = 256
     reconcile_overlap_seconds: float = 120.0
+    staleness_limit_factor: float = 2.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def require_database_url(self) -> str:
@@ -157,6 +158,7 @@ class Settings:
             backfill_concurrency=_positive_int(env, "BACKFILL_CONCURRENCY", 8),
             backfill_custom_attribute_concurrency=_positive_int(env, "BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY", 256),
             reconcile_overlap_seconds=_number(env, "RECONCILE_OVERLAP_SECONDS", 120.0, minimum=0.0),
+            staleness_limit_factor=_number(env, "STALENESS_LIMIT_FACTOR", 2.0, minimum=1.0),
         )
 
 

@@ -1,7 +1,8 @@
 """The worker process: arq's job list and cron list, the Worker it runs, its start-up and shut-down.
 
 Start-up builds the one :class:`worker.context.WorkerContext` (:func:`worker.context.build_context`) and puts it
-in arq's ctx, and serves ``/metrics`` and ``/healthz`` on WORKER_METRICS_PORT.
+in arq's ctx, and serves ``/metrics`` and ``/healthz`` on WORKER_METRICS_PORT (each scrape samples the queue depth
+and reads the lanes' staleness bounds, worker/freshness.py).
 
 Why each setting (measured on arq 0.28):
 - job ID = event ID (set by the receiver); ``keep_result=0`` so a finished job's ID can be enqueued again
@@ -49,6 +50,7 @@ from square_mirror.retry import redis_transient
 from square_mirror.settings import Settings
 from worker.context import CONTEXT_KEY, build_context
 from worker.events.process import process_event
+from worker.freshness import refresh_lane_staleness
 from worker.metrics import QUEUE_DEPTH
 from worker.oauth import connect_seller
 from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS, backfill_job, reconcile_lane_job
@@ -370,8 +372,15 @@ async def _start_context(ctx: dict[str, Any]) -> None:
     async def sample_queue_depth() -> None:
         QUEUE_DEPTH.set(await redis.zcard(QUEUE_NAME))
 
+    async def before_scrape() -> None:  # each on its own: Redis away does not freeze the staleness bounds
+        results = await asyncio.gather(sample_queue_depth(), refresh_lane_staleness(context.pool),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     try:
-        runner = await start_metrics_server(settings.worker_metrics_port, before_scrape=sample_queue_depth)
+        runner = await start_metrics_server(settings.worker_metrics_port, before_scrape=before_scrape)
     except BaseException:
         await context.aclose()
         raise

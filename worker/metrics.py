@@ -57,3 +57,9 @@ SYNC_RUNS: Final = Counter(
     "Backfill and reconcile runs finished, by kind and final status (succeeded, partial, failed, interrupted)",
     ["kind", "status"],
 )
+LANE_STALENESS: Final = Gauge(
+    "square_mirror_lane_staleness_seconds",
+    "Upper bound on how old a lane's data can be for a seller: seconds since its last complete pass began "
+    "(square.sync_freshness); +Inf while it never completed. Read from Postgres at each scrape",
+    ["merchant_id", "lane"],
+)

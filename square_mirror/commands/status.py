@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from square_mirror.constants import QUEUE_NAME
 from square_mirror.db import DatabaseUnavailable, connect
+from square_mirror.freshness import Bound, read_bounds
 from square_mirror.queries import queries
 from square_mirror.settings import Settings
 from square_mirror.timefmt import iso, utcnow
@@ -21,8 +22,9 @@ HELP = (
     "status; plus queue depth, the OAuth sellers by status (and each one that needs attention) and the webhook "
     "subscription check (with SQUARE_APPLICATION_ACCESS_TOKEN). Exits 1 when unhealthy (unauthorized merchant, "
     "failed last run, queue older than --max-queue-age, an OAuth seller to re-authorize or revoked, a webhook "
-    "subscription that does not match the configuration, failed events with --strict), 2 when Postgres or Redis "
-    "cannot be reached."
+    "subscription that does not match the configuration; with --strict also failed events and a lane's staleness "
+    "bound over STALENESS_LIMIT_FACTOR times its target interval), 2 when Postgres or Redis cannot be reached. "
+    "Each seller's staleness bounds (how old each lane's data can be at most) are shown either way."
 )
 
 
@@ -30,14 +32,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--max-queue-age", type=float, default=300.0,
                         help="seconds the oldest queued event may wait before status is unhealthy (default 300)")
-    parser.add_argument("--strict", action="store_true", help="failed events (see redrive) also make it unhealthy")
+    parser.add_argument("--strict", action="store_true",
+                        help="failed events (see redrive) and a lane's staleness bound over STALENESS_LIMIT_FACTOR "
+                             "times its target interval (a lane never completed for a seller known longer than that) "
+                             "also make it unhealthy")
 
 
 def _iso(value: Any) -> Any:
     return iso(value) if isinstance(value, datetime) else value
 
 
-async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tuple[dict[str, Any], int]:
+async def collect(settings: Settings, max_queue_age: float, strict: bool,
+                  at: datetime | None = None) -> tuple[dict[str, Any], int]:
+    """The report and the exit code; staleness bounds as of ``at`` (default: the database's now)."""
     problems: list[str] = []
     report: dict[str, Any] = {"checked_at": iso(utcnow()), "merchants": {}, "queue": None}
     try:
@@ -47,6 +54,7 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     try:
         merchant_rows = await conn.fetch(queries.get("merchant_status"))
         run_rows = await conn.fetch(queries.get("latest_runs"))
+        bounds = await read_bounds(conn, at)
         report["sellers"] = await _sellers(conn, settings, problems)
     finally:
         await conn.close()
@@ -79,6 +87,9 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
             continue  # the Events API refused the token: said in the events line, the other lanes heal the mirror
         if run["status"] in ("failed", "partial", "interrupted"):
             problems.append(f"{run['merchant_id']}: last {run['kind']} run {run['status']}")
+    refused = {r["merchant_id"] for r in run_rows
+               if r["kind"] == "reconcile:events" and (r["counts"] or {}).get("events_refused")}
+    _freshness(report, bounds, settings.staleness_limit_factor, problems if strict else None, refused)
     if settings.redis_url is not None:
         redis: Redis = Redis.from_url(settings.redis_url.reveal(), socket_timeout=3, socket_connect_timeout=3)
         try:
@@ -98,6 +109,29 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool) -> tup
     report["healthy"] = not problems
     report["problems"] = problems
     return report, 0 if not problems else 1
+
+
+def _freshness(report: dict[str, Any], bounds: list[Bound], factor: float, problems: list[str] | None,
+               refused: set[str]) -> None:
+    """Each seller's staleness bounds in its entry; with ``problems`` (--strict), each one over its limit there.
+    The events lane of a seller whose token the Events API refuses is exempt (said in its events line)."""
+    for bound in bounds:
+        limit = bound.limit_seconds(factor)
+        exceeds = bound.exceeds(factor)
+        entry = report["merchants"].setdefault(bound.merchant_id, {"runs": {}})
+        entry.setdefault("freshness", {})[bound.lane] = {
+            "complete_as_of": _iso(bound.complete_as_of),
+            "staleness_seconds": None if bound.staleness_seconds is None else round(bound.staleness_seconds, 3),
+            "target_seconds": bound.target_seconds, "limit_seconds": limit, "exceeds_limit": exceeds,
+        }
+        if problems is None or not exceeds or (bound.lane == "events" and bound.merchant_id in refused):
+            continue
+        if bound.staleness_seconds is None:
+            problems.append(f"{bound.merchant_id}: lane {bound.lane} never completed in the "
+                            f"{bound.known_for_seconds:.0f} s the seller is known (limit {limit:.0f} s)")
+        else:
+            problems.append(f"{bound.merchant_id}: lane {bound.lane} staleness bound {bound.staleness_seconds:.0f} s "
+                            f"(limit {limit:.0f} s, {factor:g} x its {bound.target_seconds} s target)")
 
 
 async def _sellers(conn: Any, settings: Settings, problems: list[str]) -> dict[str, Any]:
@@ -150,6 +184,7 @@ def render(report: dict[str, Any]) -> str:
                      f"customers, {entry.get('failed_events', 0)} failed events, last event "
                      f"{entry.get('last_event_processed_at') or 'never'} (lag {entry.get('last_event_lag_seconds')} s)")
         lines.extend(_events_lines(entry))
+        lines.extend(_freshness_lines(entry))
         for kind, run in entry.get("runs", {}).items():
             lines.append(f"    {kind}: {run['status']} (run {run['run_id']}, started {run['started_at']})")
     for problem in report.get("problems", []):
@@ -199,6 +234,19 @@ def _events_lines(entry: dict[str, Any]) -> list[str]:
         lines.append(f"    events replay: {counts['events_missing_from_search']} delivered events were not "
                      "searchable (events had been disabled); enabled again")
     return lines
+
+
+def _freshness_lines(entry: dict[str, Any]) -> list[str]:
+    """One line: each lane's staleness bound (since its last complete pass began), and which are over the limit."""
+    lanes = entry.get("freshness") or {}
+    if not lanes:
+        return []
+    parts = []
+    for lane, bound in lanes.items():
+        seconds = bound["staleness_seconds"]
+        text = f"{lane} never" if seconds is None else f"{lane} {seconds:.0f} s"
+        parts.append(text + (f" (over {bound['limit_seconds']:.0f} s)" if bound["exceeds_limit"] else ""))
+    return ["    staleness bounds: " + ", ".join(parts)]
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -136,3 +136,12 @@ ORDER BY valid_from, version
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99
 FROM (SELECT extract(epoch FROM processed_at - received_at) AS s
       FROM square.webhook_events WHERE merchant_id = $1 AND processed_at IS NOT NULL AND source = 'webhook') x
+
+-- name: lane_freshness --
+-- Each seller's staleness bound per lane (square.sync_freshness) as of $1 (NULL: now), and how long it has been known.
+SELECT f.merchant_id, f.lane, f.complete_as_of, f.target_seconds,
+       extract(epoch FROM coalesce($1::timestamptz, now()) - f.complete_as_of)::double precision AS staleness_seconds,
+       extract(epoch FROM coalesce($1::timestamptz, now()) - m.first_seen_at)::double precision AS known_for_seconds
+FROM square.sync_freshness f
+JOIN square.merchants m ON m.merchant_id = f.merchant_id
+ORDER BY f.merchant_id, f.lane

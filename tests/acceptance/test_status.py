@@ -56,3 +56,24 @@ def test_unreachable_database_exits_2() -> None:
 
     result = _status({"DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db"})
     assert result.returncode == 2
+
+
+async def test_strict_fails_when_a_staleness_bound_is_over_its_limit(db_dsn: str, db_pool: asyncpg.Pool) -> None:
+    # A seller known since 2020 whose lanes never completed: over the limit; status without --strict does not care.
+    await db_pool.execute("INSERT INTO square.merchants (merchant_id, first_seen_at) VALUES ('OLD', '2020-01-01Z')")
+    plain = _status({"DATABASE_URL": db_dsn}, "--json")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    report = json.loads(plain.stdout)
+    assert report["merchants"]["OLD"]["freshness"]["segments"] == {
+        "complete_as_of": None, "staleness_seconds": None, "target_seconds": 300, "limit_seconds": 600.0,
+        "exceeds_limit": True}
+    strict = _status({"DATABASE_URL": db_dsn}, "--strict")
+    assert strict.returncode == 1
+    assert "OLD: lane segments never completed" in strict.stdout
+    assert "staleness bounds: incremental never (over 120 s)" in strict.stdout
+    # A succeeded sweep and an events pass (both began moments ago, well within every limit): healthy again.
+    await db_pool.execute(
+        "INSERT INTO square.sync_runs (merchant_id, kind, status, started_at, finished_at) VALUES"
+        " ('OLD', 'sweep', 'succeeded', now(), now()), ('OLD', 'reconcile:events', 'succeeded', now(), now())")
+    again = _status({"DATABASE_URL": db_dsn}, "--strict")
+    assert again.returncode == 0, again.stdout

@@ -40,6 +40,7 @@ from square_mirror import searchable_events
 from square_mirror.constants import (
     CUSTOM_ATTRIBUTE_DEFINITION_EVENT_TYPES,
     CUSTOM_ATTRIBUTE_EVENT_TYPES,
+    LANE_TARGET_SECONDS,
     PROCESS_EVENT_JOB,
     QUEUE_NAME,
     SYNCED_EVENT_TYPES,
@@ -60,7 +61,7 @@ from worker.sync import SyncContext, sync_customers, sync_definitions, sync_miss
 
 log = get_logger(__name__)
 
-LANES: Final = ("incremental", "segments", "groups", "events", "custom_attributes", "sweep")
+LANES: Final = tuple(LANE_TARGET_SECONDS)  # incremental, segments, groups, events, custom_attributes, sweep
 EVENTS_RETENTION: Final = timedelta(days=28)
 EVENTS_RETENTION_MARGIN: Final = timedelta(minutes=10)
 EVENTS_MAX_RESTARTS: Final = 5  # one window of events: an expired cursor starts it over, five times at most

@@ -75,10 +75,12 @@ async def test_worker_serves_metrics_and_stops_on_sigterm(db_dsn: str, redis_url
             assert "square_mirror_worker_queue_depth 0.0" in body
             assert "square_mirror_worker_job_seconds" in body
             assert "square_mirror_square_requests_total" in body
+            assert "# TYPE square_mirror_lane_staleness_seconds gauge" in body  # read from Postgres at the scrape
         finally:
             proc.send_signal(signal.SIGTERM)
-            _out, err = await asyncio.wait_for(proc.communicate(), 30)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()[-2000:]
+        assert b"metrics_refresh_failed" not in out + err
 
 
 async def test_redrive_requires_a_selection(db_dsn: str, redis_url: str) -> None:

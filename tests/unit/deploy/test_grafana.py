@@ -59,5 +59,6 @@ def test_the_dashboard_covers_the_metrics_operators_need() -> None:
     for needed in ("square_mirror_webhook_requests_total", "square_mirror_worker_events_total",
                    "square_mirror_worker_event_lag_seconds_bucket", "square_mirror_worker_queue_depth",
                    "square_mirror_square_requests_total", "square_mirror_square_rate_limited_total",
-                   "square_mirror_rate_limit_wait_seconds_total", "square_mirror_sync_runs_total"):
+                   "square_mirror_rate_limit_wait_seconds_total", "square_mirror_sync_runs_total",
+                   "square_mirror_lane_staleness_seconds"):
         assert needed in joined

@@ -16,6 +16,7 @@ app.RedisTolerantWorker.finish_job
 db.SCHEMA_VERSION
 square_api.SquareClient.list_customers  # the client's ListCustomers (the backfill lists with SearchCustomers)
 runs.last_run
+app.build_worker  # one worker with every job function: the tests and the benchmark's baseline
 queries.Query.description  # tests/integration/worker/test_queries.py: every query states what it does
 signature.compute_signature
 constants.FULL_PASS_LANES  # the lanes square.sync_freshness lets a backfill or sweep complete (its tests check)

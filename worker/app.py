@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, Final
 
 from aiohttp import web
 from arq import cron
@@ -38,6 +40,7 @@ from square_mirror.constants import (
     CONNECT_SELLER_JOB,
     PROCESS_EVENT_JOB,
     QUEUE_NAME,
+    QUEUES,
     REFRESH_TOKENS_CRON,
     WORKER_HEALTH_KEY,
 )
@@ -45,20 +48,20 @@ from square_mirror.logs import get_logger
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.retry import redis_transient
 from square_mirror.settings import Settings
-from worker.context import CONTEXT_KEY, build_context, worker_context
+from worker.context import CONTEXT_KEY, build_context
 from worker.events.process import process_event
 from worker.freshness import refresh_lane_staleness
 from worker.metrics import QUEUE_DEPTH
 from worker.oauth import connect_seller
-from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS
+from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS, backfill_job, reconcile_lane_job
 from worker.sellers import refresh_tokens
 
-FUNCTIONS: list[Function | Any] = [
+EVENT_FUNCTIONS: list[Function | Any] = [
     func(process_event, name=PROCESS_EVENT_JOB, keep_result=0),
     # the OAuth redirect's code, exchanged once (worker/oauth.py); its payload is sealed and kept no longer
     func(connect_seller, name=CONNECT_SELLER_JOB, keep_result=0),
-    *ARQ_FUNCTIONS,
 ]
+FUNCTIONS: list[Function | Any] = [*EVENT_FUNCTIONS, *ARQ_FUNCTIONS]
 CRON_JOBS: list[Any] = [
     *ARQ_CRON_JOBS,
     # hourly, once across the fleet: tokens older than TOKEN_REFRESH_AGE_DAYS are refreshed (worker/sellers.py)
@@ -85,6 +88,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "log_results": False,
     }
 
+
+_STARTUP_LOCK: Final = "square_mirror_startup_lock"  # ctx keys of the process's workers' shared start-up
+_RUNNING: Final = "square_mirror_workers_running"
 
 # finish_job's arguments after self: job_id, finish, result_data, result_timeout_s, keep_result_forever,
 # incr_score, keep_in_progress.
@@ -276,7 +282,8 @@ def build_worker(
     cron_jobs: list[Any] | None = None,
     **overrides: Any,
 ) -> Worker:
-    """The worker ``square-mirror worker`` runs; ``ctx`` may pre-seed keys (a test's pool, say)."""
+    """A worker on the events queue with every job function and cron entry (tests, the benchmark's baseline);
+    ``ctx`` may pre-seed keys (a test's pool, say). ``square-mirror worker`` runs :func:`build_workers`."""
     if settings.log_level != "DEBUG":
         logging.getLogger("arq.worker").setLevel(logging.WARNING)  # one INFO line per job start and end
     options = worker_options(settings)
@@ -293,8 +300,70 @@ def build_worker(
     )
 
 
+# What each queue's worker runs: events (the receiver's jobs, replayed events, OAuth connections), lanes (the lane
+# jobs and every cron entry, which only fan out), backfill.
+QUEUE_FUNCTIONS: dict[str, Callable[[], list[Function | Any]]] = {
+    "events": lambda: list(EVENT_FUNCTIONS),
+    "lanes": lambda: [reconcile_lane_job],
+    "backfill": lambda: [backfill_job],
+}
+
+
+def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = False,
+                  ctx: dict[str, Any] | None = None) -> list[Worker]:
+    """One arq worker per queue, sharing one process context (pools, client, metrics server) through one ctx dict:
+    ``square-mirror worker --queues``. Signals are handled by :func:`run_workers`, for all of them at once."""
+    if settings.log_level != "DEBUG":
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    shared: dict[str, Any] = {"settings": settings, **(ctx or {})}  # ctx: keys a test pre-seeds (its pool, say)
+    workers: list[Worker] = []
+    for queue in queues:
+        options = worker_options(settings)
+        options["queue_name"] = QUEUES[queue]
+        if queue != "events":  # the events worker keeps the health key status reads
+            options["health_check_key"] = f"{WORKER_HEALTH_KEY}:{queue}"
+        worker = RedisTolerantWorker(
+            functions=QUEUE_FUNCTIONS[queue](), cron_jobs=list(CRON_JOBS) if queue == "lanes" else None,
+            on_startup=startup, on_shutdown=shutdown, burst=burst, handle_signals=False, ctx=shared, **options)
+        workers.append(worker)
+    return workers
+
+
+def run_workers(workers: Sequence[Worker]) -> None:
+    """Run the workers of one process until a signal stops them all (each finishing its jobs as arq does)."""
+    loop = workers[0].loop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, partial(_stop_all, workers, sig))
+    tasks = []
+    for worker in workers:
+        worker.main_task = loop.create_task(worker.main())
+        tasks.append(worker.main_task)
+    try:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    finally:
+        for worker in workers:
+            loop.run_until_complete(worker.close())
+
+
+def _stop_all(workers: Sequence[Worker], sig: signal.Signals) -> None:
+    for worker in workers:
+        if worker._job_completion_wait:  # arq keeps it private; its own signal handler reads it the same way
+            worker.handle_sig_wait_for_completion(sig)
+        else:
+            worker.handle_sig(sig)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
-    """arq ``on_startup``: ctx arrives with ``settings`` and ``redis`` (and a test's ``pool``, if it seeds one)."""
+    """arq ``on_startup``: ctx arrives with ``settings`` and ``redis`` (and a test's ``pool``, if it seeds one).
+    The workers of one process (one per queue) share ctx: the first one builds the context, the others count."""
+    lock = ctx.setdefault(_STARTUP_LOCK, asyncio.Lock())
+    async with lock:
+        ctx[_RUNNING] = ctx.get(_RUNNING, 0) + 1
+        if CONTEXT_KEY not in ctx:
+            await _start_context(ctx)
+
+
+async def _start_context(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     redis = ctx["redis"]
     context = await build_context(settings, worker=True, pool=ctx.get("pool"), redis=redis, arq_redis=redis)
@@ -322,9 +391,14 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """arq ``on_shutdown``: finish batches in flight, then close what start-up opened."""
+    """arq ``on_shutdown``: the last worker of the process finishes batches in flight, then closes what start-up
+    opened."""
+    ctx[_RUNNING] = ctx.get(_RUNNING, 1) - 1
+    if ctx[_RUNNING] > 0:
+        return
     if CONTEXT_KEY in ctx:
-        await worker_context(ctx).aclose()
+        context = ctx.pop(CONTEXT_KEY)
+        await context.aclose()
     log.info("worker_stopped")
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from arq import Retry
 from redis import exceptions as redis_exceptions
 
-from square_mirror.constants import BACKFILL_JOB, QUEUE_NAME, backfill_job_id
+from square_mirror.constants import BACKFILL_JOB, backfill_job_id, queue_for
 from square_mirror.credentials.oauth_state import check_state, state_expiry
 from square_mirror.credentials.store import Grant, use_state
 from square_mirror.errors import SquareError
@@ -140,7 +140,7 @@ async def _queue_backfill(wc: WorkerContext, merchant_id: str) -> bool:
         return False
     try:
         job = await wc.arq_redis.enqueue_job(BACKFILL_JOB, merchant_id, False, _job_id=backfill_job_id(merchant_id),
-                                             _queue_name=QUEUE_NAME)
+                                             _queue_name=queue_for(BACKFILL_JOB))
     except (OSError, redis_exceptions.RedisError) as exc:
         log.warning("backfill_not_queued", error_type=type(exc).__name__)
         return False

@@ -58,7 +58,7 @@ import orjson
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
-from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME
+from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME, QUEUES
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.devstack import Stack, cli_command, emulator_admin, wait_for
@@ -107,6 +107,11 @@ def attribute_value(definition: dict[str, Any], n: int, rng: random.Random) -> A
                     "country": "US"},
     }
     return values.get(kind, f"chaos value {n}")
+
+
+async def _queued(redis: Redis) -> int:
+    """Jobs waiting or running on every queue (events, lanes, backfill)."""
+    return sum([await redis.zcard(queue) for queue in QUEUES.values()])
 
 
 def is_hidden(doc: dict[str, Any]) -> bool:
@@ -820,7 +825,7 @@ class ChaosRun:
         try:
             deadline, quiet, shown = time.monotonic() + self.config.converge_timeout, 0, time.monotonic() + 20
             while time.monotonic() < deadline and quiet < 3:
-                quiet = quiet + 1 if not await redis.zcard(QUEUE_NAME) else 0
+                quiet = quiet + 1 if not await _queued(redis) else 0
                 if os.environ.get("CHAOS_DEBUG") and time.monotonic() > shown:
                     shown = time.monotonic() + 10
                     now_ms = time.time() * 1000
@@ -830,7 +835,7 @@ class ChaosRun:
                                     f" running: {running[:10]}")
                 await asyncio.sleep(0.3)
             if quiet < 3:
-                self.report.mismatches.append(f"the queue still held {await redis.zcard(QUEUE_NAME)} jobs after "
+                self.report.mismatches.append(f"the queues still held {await _queued(redis)} jobs after "
                                               f"{self.config.converge_timeout:.0f} s")
         finally:
             await redis.aclose()

@@ -251,13 +251,13 @@ def _warn_scopes(scopes: list[str] | None) -> None:
 
 
 async def _queue_backfill(arq_redis: Any, merchant_id: str) -> int:
-    from square_mirror.constants import BACKFILL_JOB, QUEUE_NAME, backfill_job_id
+    from square_mirror.constants import BACKFILL_JOB, backfill_job_id, queue_for
 
     if arq_redis is None:
         print(f"REDIS_URL is not set: run square-mirror backfill --merchant {merchant_id} to copy its customers")
         return 0
     job = await arq_redis.enqueue_job(BACKFILL_JOB, merchant_id, False, _job_id=backfill_job_id(merchant_id),
-                                      _queue_name=QUEUE_NAME)
+                                      _queue_name=queue_for(BACKFILL_JOB))
     print(f"backfill of {merchant_id} {'queued' if job is not None else 'already queued or running'}")
     return 0
 

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 
 from square_mirror.allocator import pin_mmap_threshold
+from square_mirror.constants import QUEUES
 from square_mirror.logs import configure_logging
 from square_mirror.settings import Settings
-from worker.app import build_worker
+from worker.app import build_workers, run_workers
 
 HELP = (
     "Run the sync worker: consume the event jobs the webhook receiver enqueues (and backfill / reconcile jobs), "
@@ -17,8 +18,20 @@ HELP = (
 )
 
 
+def _queues(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(QUEUES)}; got {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    parser.add_argument("--queues", type=_queues, default=list(QUEUES), metavar="QUEUES",
+                        help="which job queues this process consumes, comma-separated: events (webhook and "
+                        "replayed events), lanes (the reconcile lanes and every cron job), backfill; default: all "
+                        "three. Run event workers apart from lane and backfill workers so neither waits on the other")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = build_worker(settings, burst=args.burst)
-        worker.run()
+        workers = build_workers(settings, args.queues, burst=args.burst)
+        run_workers(workers)
     finally:
         loop.close()
         asyncio.set_event_loop(None)
-    return 1 if args.burst and worker.jobs_failed else 0
+    return 1 if args.burst and any(w.jobs_failed for w in workers) else 0

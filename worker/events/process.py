@@ -32,8 +32,8 @@ from square_mirror.constants import (
     CUSTOM_ATTRIBUTE_EVENT_TYPES,
     CUSTOMER_EVENT_TYPES,
     OAUTH_REVOKED_EVENT,
-    QUEUE_NAME,
     RECONCILE_LANE_JOB,
+    queue_for,
     reconcile_job_id,
 )
 from square_mirror.errors import SquareError, SquareRateLimited, SquareUnauthorized
@@ -256,6 +256,7 @@ async def _queue_events_pass(wc: WorkerContext, merchant_id: str) -> None:
         return
     try:
         await wc.arq_redis.enqueue_job(RECONCILE_LANE_JOB, "events", merchant_id,
-                                       _job_id=reconcile_job_id("events", merchant_id), _queue_name=QUEUE_NAME)
+                                       _job_id=reconcile_job_id("events", merchant_id),
+                                       _queue_name=queue_for(RECONCILE_LANE_JOB))
     except (OSError, redis_exceptions.RedisError) as exc:  # the cron's next events pass enables them instead
         log.info("events_pass_not_queued", merchant_id=merchant_id, error_type=type(exc).__name__)

@@ -31,11 +31,11 @@ from arq import Retry, cron
 
 from square_mirror.constants import (
     BACKFILL_JOB,
-    QUEUE_NAME,
     RECONCILE_LANE_JOB,
     backfill_job_id,
     continuation_job_id,
     cron_job_name,
+    queue_for,
     reconcile_job_id,
 )
 from square_mirror.logs import get_logger
@@ -62,7 +62,7 @@ def time_slice(wc: WorkerContext) -> float:
 async def _enqueue(wc: WorkerContext, function: str, *args: Any, job_id: str, defer: float = 0.0) -> bool:
     if wc.arq_redis is None:
         return False
-    job = await wc.arq_redis.enqueue_job(function, *args, _job_id=job_id, _queue_name=QUEUE_NAME,
+    job = await wc.arq_redis.enqueue_job(function, *args, _job_id=job_id, _queue_name=queue_for(function),
                                          _defer_by=defer or None)
     return job is not None
 

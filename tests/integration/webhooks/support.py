@@ -17,7 +17,7 @@ from aiohttp import web
 from arq.connections import ArqRedis, create_pool
 from arq.jobs import JobDef
 
-from square_mirror.constants import QUEUE_NAME
+from square_mirror.constants import QUEUE_NAME, QUEUES
 from square_mirror.embedded import free_port, tcp_reachable
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings
@@ -119,8 +119,11 @@ async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
 
 
 async def queued_jobs(redis_url: str) -> list[JobDef]:
+    """Every queued job, on every queue (events first, then lanes, then backfill)."""
     async with arq_pool(redis_url) as pool:
-        jobs: list[JobDef] = await pool.queued_jobs(queue_name=QUEUE_NAME)
+        jobs: list[JobDef] = []
+        for queue in QUEUES.values():
+            jobs += await pool.queued_jobs(queue_name=queue)
         return jobs
 
 

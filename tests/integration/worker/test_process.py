@@ -415,7 +415,7 @@ async def test_a_seller_whose_events_were_never_enabled_gets_its_events_pass_que
 ) -> None:
     from arq import create_pool
 
-    from square_mirror.constants import QUEUE_NAME, RECONCILE_LANE_JOB
+    from square_mirror.constants import LANES_QUEUE, RECONCILE_LANE_JOB
     from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 
     arq_redis = await create_pool(redis_settings(redis_url), job_serializer=serialize_job,
@@ -427,7 +427,7 @@ async def test_a_seller_whose_events_were_never_enabled_gets_its_events_pass_que
                 h.state.create_customer({"given_name": name})
             outcomes = [await h.run(p) for p in h.payloads()]
             assert outcomes == ["applied", "applied"]
-            jobs = await arq_redis.queued_jobs(queue_name=QUEUE_NAME)
+            jobs = await arq_redis.queued_jobs(queue_name=LANES_QUEUE)
             assert [(j.function, tuple(j.args), j.job_id) for j in jobs] == [
                 (RECONCILE_LANE_JOB, ("events", h.merchant_id), f"reconcile:events:{h.merchant_id}")]
     finally:

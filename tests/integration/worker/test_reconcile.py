@@ -14,6 +14,7 @@ from emulator import EmulatorConfig
 from emulator.config import Knobs
 from emulator.testing import EmulatorHandle, run_emulator
 from square_mirror.commands.status import collect, render
+from square_mirror.constants import BACKFILL_QUEUE
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings
 from square_mirror.square_api import SquareClient
@@ -366,7 +367,7 @@ async def test_arq_jobs_fan_out_and_continue_in_time_slices(emu: EmulatorHandle,
     try:
         first = await backfill_job(job_ctx, emu.merchant_id)  # 2000 customers at 400 ms a page: > a 3 s slice
         assert first["status"] == "interrupted" and first["continued"] is True
-        queued = await arq_redis.queued_jobs(queue_name="square-mirror:queue")
+        queued = await arq_redis.queued_jobs(queue_name=BACKFILL_QUEUE)
         assert [(j.function, list(j.args)) for j in queued] == [("backfill_job", [emu.merchant_id, False])]
         await emu.set_faults(endpoint_latency_ms={})
         second = await backfill_job({**job_ctx, "job_id": "second"}, emu.merchant_id)

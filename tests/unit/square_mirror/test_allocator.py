@@ -125,11 +125,11 @@ def test_worker_and_receiver_pin_the_threshold_and_the_receiver_caps_its_reads(m
     def stop(*_a: object, **_k: object) -> None:
         raise Stop
 
-    monkeypatch.setattr(worker.commands.worker, "build_worker", stop)
+    monkeypatch.setattr(worker.commands.worker, "build_workers", stop)
     monkeypatch.setenv("DATABASE_URL", "postgresql://nowhere/db")
     monkeypatch.setenv("REDIS_URL", "redis://nowhere:6379/0")
     with pytest.raises(Stop):
-        worker.commands.worker.run(argparse.Namespace(burst=False))
+        worker.commands.worker.run(argparse.Namespace(burst=False, queues=["events", "lanes", "backfill"]))
     assert calls == ["worker"]
 
     import webhooks.app

@@ -66,6 +66,15 @@ LANE_TARGET_SECONDS: Final = {
 FULL_PASS_LANES: Final = ("incremental", "segments", "groups", "custom_attributes", "sweep")
 
 
+# LANE_SCHEDULER: the lanes' fixed cron entries (cron, the default) or one cron entry that queues each seller's due
+# lanes within its request budget (budget: worker/reconcile/scheduler.py).
+LANE_SCHEDULER_CRON: Final = "cron"
+LANE_SCHEDULER_BUDGET: Final = "budget"
+LANE_SCHEDULERS: Final = (LANE_SCHEDULER_CRON, LANE_SCHEDULER_BUDGET)
+SCHEDULE_LANES_CRON: Final = "schedule_lanes"  # the budget scheduler's cron entry (every minute)
+# The budget scheduler spreads each seller's lane jobs over this many seconds, by a fixed offset per seller.
+LANE_SPREAD_SECONDS: Final = 60
+
 REFRESH_TOKENS_CRON: Final = "refresh_tokens"  # the cron entry that refreshes OAuth sellers' tokens
 
 

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from square_mirror.constants import DEFAULT_SQUARE_BASE_URL, DEFAULT_SQUARE_VERSION
+from square_mirror.constants import (
+    DEFAULT_SQUARE_BASE_URL,
+    DEFAULT_SQUARE_VERSION,
+    LANE_SCHEDULER_CRON,
+    LANE_SCHEDULERS,
+)
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SQUARE_VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -88,6 +93,8 @@ class Settings:
     backfill_custom_attribute_concurrency: int = 256
     reconcile_overlap_seconds: float = 120.0
     staleness_limit_factor: float = 2.0
+    lane_scheduler: str = LANE_SCHEDULER_CRON
+    lane_budget_share: float = 0.3
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def require_database_url(self) -> str:
@@ -159,6 +166,8 @@ class Settings:
             backfill_custom_attribute_concurrency=_positive_int(env, "BACKFILL_CUSTOM_ATTRIBUTE_CONCURRENCY", 256),
             reconcile_overlap_seconds=_number(env, "RECONCILE_OVERLAP_SECONDS", 120.0, minimum=0.0),
             staleness_limit_factor=_number(env, "STALENESS_LIMIT_FACTOR", 2.0, minimum=1.0),
+            lane_scheduler=_lane_scheduler(env),
+            lane_budget_share=_share(env, "LANE_BUDGET_SHARE", 0.3),
         )
 
 
@@ -394,3 +403,18 @@ def _log_level(env: Mapping[str, str]) -> str:
     if value not in LOG_LEVELS:
         raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return value
+
+
+def _lane_scheduler(env: Mapping[str, str]) -> str:
+    value = (_get(env, "LANE_SCHEDULER") or LANE_SCHEDULER_CRON).lower()
+    if value not in LANE_SCHEDULERS:
+        raise SettingsError(f"LANE_SCHEDULER must be one of {', '.join(LANE_SCHEDULERS)}, got {value!r}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    """A share of something: above 0, at most 1."""
+    share = _number(env, name, default, minimum=0.0)
+    if not 0.0 < share <= 1.0:
+        raise SettingsError(f"{name} must be above 0 and at most 1, got {share}")
+    return share

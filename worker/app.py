@@ -15,7 +15,7 @@ Why each setting (measured on arq 0.28):
   fewer no-op jobs per second: docs/performance.md, Worker).
 - ``job_completion_wait``: on SIGTERM stop picking jobs and let running ones finish before cancelling.
 
-``FUNCTIONS`` and ``CRON_JOBS`` list the event job and the backfill / reconcile jobs (worker/reconcile/jobs.py).
+``FUNCTIONS`` and :func:`cron_jobs_for` list the event job and the backfill / reconcile jobs (worker/reconcile/jobs.py).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from worker.events.process import process_event
 from worker.freshness import refresh_lane_staleness
 from worker.metrics import QUEUE_DEPTH
 from worker.oauth import connect_seller
-from worker.reconcile.jobs import ARQ_CRON_JOBS, ARQ_FUNCTIONS, backfill_job, reconcile_lane_job
+from worker.reconcile.jobs import ARQ_FUNCTIONS, backfill_job, lane_cron_jobs, reconcile_lane_job
 from worker.sellers import refresh_tokens
 
 EVENT_FUNCTIONS: list[Function | Any] = [
@@ -62,11 +62,13 @@ EVENT_FUNCTIONS: list[Function | Any] = [
     func(connect_seller, name=CONNECT_SELLER_JOB, keep_result=0),
 ]
 FUNCTIONS: list[Function | Any] = [*EVENT_FUNCTIONS, *ARQ_FUNCTIONS]
-CRON_JOBS: list[Any] = [
-    *ARQ_CRON_JOBS,
-    # hourly, once across the fleet: tokens older than TOKEN_REFRESH_AGE_DAYS are refreshed (worker/sellers.py)
-    cron(refresh_tokens, name=REFRESH_TOKENS_CRON, minute=7, second=50, unique=True),
-]
+# hourly, once across the fleet: tokens older than TOKEN_REFRESH_AGE_DAYS are refreshed (worker/sellers.py)
+REFRESH_TOKENS: Final = cron(refresh_tokens, name=REFRESH_TOKENS_CRON, minute=7, second=50, unique=True)
+
+
+def cron_jobs_for(settings: Settings) -> list[Any]:
+    """Every cron entry for these settings: the lanes' (LANE_SCHEDULER) and the token refresh."""
+    return [*lane_cron_jobs(settings), REFRESH_TOKENS]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -290,7 +292,7 @@ def build_worker(
     options.update(overrides)
     return RedisTolerantWorker(
         functions=list(FUNCTIONS if functions is None else functions),
-        cron_jobs=list(CRON_JOBS if cron_jobs is None else cron_jobs) or None,
+        cron_jobs=list(cron_jobs_for(settings) if cron_jobs is None else cron_jobs) or None,
         on_startup=startup,
         on_shutdown=shutdown,
         burst=burst,
@@ -323,7 +325,7 @@ def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = Fa
         if queue != "events":  # the events worker keeps the health key status reads
             options["health_check_key"] = f"{WORKER_HEALTH_KEY}:{queue}"
         worker = RedisTolerantWorker(
-            functions=QUEUE_FUNCTIONS[queue](), cron_jobs=list(CRON_JOBS) if queue == "lanes" else None,
+            functions=QUEUE_FUNCTIONS[queue](), cron_jobs=cron_jobs_for(settings) if queue == "lanes" else None,
             on_startup=startup, on_shutdown=shutdown, burst=burst, handle_signals=False, ctx=shared, **options)
         workers.append(worker)
     return workers

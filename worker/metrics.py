@@ -63,3 +63,9 @@ LANE_STALENESS: Final = Gauge(
     "(square.sync_freshness); +Inf while it never completed. Read from Postgres at each scrape",
     ["merchant_id", "lane"],
 )
+LANES_UNAFFORDABLE: Final = Counter(
+    "square_mirror_lanes_unaffordable_total",
+    "Due lanes the budget scheduler (LANE_SCHEDULER=budget) could not queue for a seller because the measured cost "
+    "of their last pass did not fit the seller's lane budget that minute; each is logged as lane_unaffordable",
+    ["lane"],
+)

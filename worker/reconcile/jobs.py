@@ -31,7 +31,9 @@ from arq import Retry, cron
 
 from square_mirror.constants import (
     BACKFILL_JOB,
+    LANE_SCHEDULER_BUDGET,
     RECONCILE_LANE_JOB,
+    SCHEDULE_LANES_CRON,
     backfill_job_id,
     continuation_job_id,
     cron_job_name,
@@ -40,12 +42,14 @@ from square_mirror.constants import (
 )
 from square_mirror.logs import get_logger
 from square_mirror.retry import BACKFILL_RETRY_DELAY_SECONDS, BACKFILL_TRIES, LANE_TRIES, lane_retry_delay
+from square_mirror.settings import Settings
 from worker import runs
 from worker.backfill.phases import BACKFILL, backfill, summarize
 from worker.context import WorkerContext, job_id, job_try, worker_context
 from worker.merchants import known_merchants
 from worker.oauth import withdrawn
 from worker.reconcile.lanes import LANES, run_lane
+from worker.reconcile.scheduler import plan_sellers, seller_offset_seconds
 
 log = get_logger(__name__)
 
@@ -158,6 +162,19 @@ async def reconcile_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _fan_out(ctx, "sweep")
 
 
+async def schedule_lanes(ctx: dict[str, Any]) -> dict[str, Any]:
+    """LANE_SCHEDULER=budget: queue each seller's due lanes that fit its lane budget, at its offset in the minute
+    (worker/reconcile/scheduler.py); the lanes it could not afford were logged and counted there."""
+    wc = worker_context(ctx)
+    plans = await plan_sellers(wc.pool, wc.settings, await known_merchants(wc))
+    queued: dict[str, dict[str, bool]] = {}
+    for mid, seller in plans.items():
+        offset = seller_offset_seconds(mid)
+        queued[mid] = {lane: await _enqueue(wc, RECONCILE_LANE_JOB, lane, mid, job_id=reconcile_job_id(lane, mid),
+                                            defer=offset) for lane in seller.queued}
+    return {"queued": queued, "unaffordable": {mid: p.unaffordable for mid, p in plans.items() if p.unaffordable}}
+
+
 # arq names a job by its function: BACKFILL_JOB and RECONCILE_LANE_JOB (tests/test_architecture.py compares them).
 ARQ_FUNCTIONS: Final = [backfill_job, reconcile_lane_job]
 
@@ -177,3 +194,13 @@ ARQ_CRON_JOBS: Final = [
     cron(reconcile_sweep, name=cron_job_name("sweep"), hour=3, minute=17, second=0, unique=True,
          max_tries=LANE_TRIES),
 ]
+
+# LANE_SCHEDULER=budget: one entry every minute instead of the lanes' fixed ones.
+BUDGET_CRON_JOBS: Final = [
+    cron(schedule_lanes, name=SCHEDULE_LANES_CRON, second=0, unique=True, max_tries=LANE_TRIES),
+]
+
+
+def lane_cron_jobs(settings: Settings) -> list[Any]:
+    """The lanes' cron entries under LANE_SCHEDULER: the fixed ones (cron, the default) or the budget scheduler's."""
+    return list(BUDGET_CRON_JOBS if settings.lane_scheduler == LANE_SCHEDULER_BUDGET else ARQ_CRON_JOBS)

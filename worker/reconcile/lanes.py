@@ -508,7 +508,11 @@ async def run_lane(wc: WorkerContext, merchant_id: str, lane: str) -> runs.Run:
     # The Events API refuses OAuth tokens: its refusal says nothing about the merchant's token (never unauthorized).
     async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,
                              marks_unauthorized=lane != "events") as run:
-        if lane != "events":  # that lane enables events at every pass
-            await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
-        await function(wc, merchant_id, run)
+        before = sync.client.requests_made  # the pass's measured cost (the budget scheduler reads it)
+        try:
+            if lane != "events":  # that lane enables events at every pass
+                await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
+            await function(wc, merchant_id, run)
+        finally:  # the client is shared: requests other jobs made at the same time are counted too
+            run.add(requests=sync.client.requests_made - before)
     return run

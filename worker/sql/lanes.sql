@@ -22,3 +22,16 @@ WHERE merchant_id = $1 AND source = 'webhook' AND type = ANY ($2::text[])
 SELECT id FROM square.customers WHERE merchant_id = $1 AND deleted_at IS NULL AND observed_at < $2
     AND id > $3 ORDER BY id LIMIT $4
 
+
+-- name: lane_costs --
+-- The measured cost of each known seller's last succeeded run of each of these kinds: its counts and seconds.
+-- $1 text[] kinds.
+SELECT m.merchant_id, k.kind, r.counts, r.seconds
+FROM square.merchants m
+CROSS JOIN unnest($1::text[]) AS k (kind)
+CROSS JOIN LATERAL (
+    SELECT r.counts, extract(epoch FROM r.finished_at - r.started_at)::double precision AS seconds
+    FROM square.sync_runs r
+    WHERE r.merchant_id = m.merchant_id AND r.kind = k.kind AND r.status = 'succeeded' AND r.finished_at IS NOT NULL
+    ORDER BY r.started_at DESC LIMIT 1
+) AS r

@@ -68,6 +68,8 @@ async def test_segments_lane_heals_membership_changes(emu: EmulatorHandle, ctx: 
     await assert_mirror_matches(db_pool, emu)
     row = await runs.last_run(db_pool, emu.merchant_id, "reconcile:segments")
     assert row is not None and row["status"] == "succeeded"
+    # the pass's measured cost, for the budget scheduler: at least its listing pages (more: memberships, refetches)
+    assert row["counts"]["requests"] >= row["counts"]["pages"] > 0
 
 
 async def test_groups_lane_heals_membership_and_deleted_groups(emu: EmulatorHandle, ctx: WorkerContext,

@@ -312,9 +312,10 @@ QUEUE_FUNCTIONS: dict[str, Callable[[], list[Function | Any]]] = {
 
 
 def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = False,
-                  ctx: dict[str, Any] | None = None) -> list[Worker]:
+                  ctx: dict[str, Any] | None = None, cron: bool = True) -> list[Worker]:
     """One arq worker per queue, sharing one process context (pools, client, metrics server) through one ctx dict:
-    ``square-mirror worker --queues``. Signals are handled by :func:`run_workers`, for all of them at once."""
+    ``square-mirror worker --queues``. Signals are handled by :func:`run_workers`, for all of them at once.
+    ``cron=False``: the lanes worker schedules nothing (a test that must not meet a cron entry coming due)."""
     if settings.log_level != "DEBUG":
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
     shared: dict[str, Any] = {"settings": settings, **(ctx or {})}  # ctx: keys a test pre-seeds (its pool, say)
@@ -325,7 +326,8 @@ def build_workers(settings: Settings, queues: Sequence[str], *, burst: bool = Fa
         if queue != "events":  # the events worker keeps the health key status reads
             options["health_check_key"] = f"{WORKER_HEALTH_KEY}:{queue}"
         worker = RedisTolerantWorker(
-            functions=QUEUE_FUNCTIONS[queue](), cron_jobs=cron_jobs_for(settings) if queue == "lanes" else None,
+            functions=QUEUE_FUNCTIONS[queue](),
+            cron_jobs=cron_jobs_for(settings) if queue == "lanes" and cron else None,
             on_startup=startup, on_shutdown=shutdown, burst=burst, handle_signals=False, ctx=shared, **options)
         workers.append(worker)
     return workers

@@ -85,6 +85,45 @@ class Join:
     target: str  # what is joined: a table with its alias, a function call, a (LATERAL) subquery
     condition: str | None  # the ON clause; None for CROSS JOIN, NATURAL JOIN or USING
     lateral: bool
+    constant: bool = False  # a list of constants (a CTE of VALUES, or a query of such CTEs only): no seller's rows
+
+
+_CTE: Final = re.compile(r"\b(\w+)\s*(?:\([^()]*\))?\s+AS\s+(?:(?:NOT\s+)?MATERIALIZED\s+)?\(", re.I)
+_WORD: Final = re.compile(r"\b[a-z_]\w*\b", re.I)
+
+
+def constant_ctes(sql: str) -> set[str]:
+    """The CTEs of ``sql`` that read no table: built from VALUES and other such CTEs only (a view's lists of lanes,
+    say). Joining one is merchant-local: it holds no seller's rows."""
+    bodies: dict[str, str] = {}
+    for match in _CTE.finditer(sql):
+        end = _clause_end(sql, match.end(), set())
+        bodies[match.group(1).lower()] = sql[match.end():end]
+    constant: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, body in bodies.items():
+            if name in constant or re.search(r"\bsquare(?:_private)?\.", body, re.I):
+                continue
+            if "VALUES" not in body.upper() and not {w.lower() for w in _WORD.findall(body)} & constant:
+                continue
+            names_read = {w.lower() for w in re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", body, re.I)}
+            if names_read <= constant | {"lateral"}:
+                constant.add(name)
+                changed = True
+    return constant
+
+
+def _reads_only(target: str, constant: set[str]) -> bool:
+    if re.search(r"\bsquare(?:_private)?\.", target, re.I):
+        return False
+    if target.startswith("("):
+        if re.match(r"\(\s*VALUES\b", target, re.I):
+            return True  # a VALUES list
+        read = {w.lower() for w in re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", target, re.I)}
+        return bool(read) and read <= constant
+    return target.split()[0].lower() in constant
 
 
 def _clause_end(sql: str, start: int, ends: set[str]) -> int:
@@ -106,17 +145,20 @@ def _clause_end(sql: str, start: int, ends: set[str]) -> int:
 
 def joins(sql: str) -> list[Join]:
     found = []
+    constant = constant_ctes(sql)
     for match in _JOIN.finditer(sql):
         target_end = _clause_end(sql, match.end(), _CLAUSE_END | {"ON"})
         target = sql[match.end():target_end].strip()
         condition = None
         if sql[target_end:target_end + 2].upper() == "ON":
             condition = sql[target_end + 2:_clause_end(sql, target_end + 2, _CLAUSE_END)].strip()
-        found.append(Join(target, condition, match.group(1) is not None))
+        found.append(Join(target, condition, match.group(1) is not None, _reads_only(target, constant)))
     return found
 
 
 def merchant_local(join: Join) -> bool:
+    if join.constant:
+        return True  # a list of constants (lanes, kinds): no seller's rows to keep together
     if _FUNCTION_TARGET.match(join.target):
         return True  # generate_series(...), jsonb_array_elements(...): rows computed from the row, not a table
     if join.target.startswith("(") or join.lateral:

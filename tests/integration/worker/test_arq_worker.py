@@ -61,7 +61,7 @@ async def test_enqueued_events_become_rows_and_finished_ids_can_be_enqueued_agai
             for event in events:
                 job = await redis.enqueue_job(PROCESS_EVENT_JOB, build_event_job(event), _job_id=event["event_id"])
                 assert job is not None
-            workers = build_workers(settings, ["events", "lanes"], burst=True, ctx={"pool": db_pool})
+            workers = build_workers(settings, ["events", "lanes"], burst=True, ctx={"pool": db_pool}, cron=False)
             for w in workers:  # in burst mode a worker stops at an empty queue: the events' worker queues the pass
                 await w.main()
             for w in workers:

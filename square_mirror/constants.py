@@ -34,10 +34,9 @@ QUEUED_EVENT_TYPES: Final = SYNCED_EVENT_TYPES | frozenset({OAUTH_REVOKED_EVENT}
 # arq. Three queues, so an operator may run event workers apart from lane and backfill workers
 # (`square-mirror worker --queues ...`): a seller's backfill or a slow lane never waits in front of events.
 QUEUE_NAME: Final = "square-mirror:queue"  # events (the receiver's jobs, replayed events, OAuth connections)
-EVENTS_QUEUE: Final = QUEUE_NAME
 LANES_QUEUE: Final = "square-mirror:lanes"  # reconcile lane jobs and the cron entries
 BACKFILL_QUEUE: Final = "square-mirror:backfill"  # backfill jobs
-QUEUES: Final = {"events": EVENTS_QUEUE, "lanes": LANES_QUEUE, "backfill": BACKFILL_QUEUE}
+QUEUES: Final = {"events": QUEUE_NAME, "lanes": LANES_QUEUE, "backfill": BACKFILL_QUEUE}
 PROCESS_EVENT_JOB: Final = "process_event"
 RECONCILE_LANE_JOB: Final = "reconcile_lane_job"
 BACKFILL_JOB: Final = "backfill_job"
@@ -80,7 +79,7 @@ REFRESH_TOKENS_CRON: Final = "refresh_tokens"  # the cron entry that refreshes O
 
 def queue_for(function: str) -> str:
     """The queue a job is enqueued on: backfills, lanes, and everything else (events) each on its own."""
-    return {BACKFILL_JOB: BACKFILL_QUEUE, RECONCILE_LANE_JOB: LANES_QUEUE}.get(function, EVENTS_QUEUE)
+    return {BACKFILL_JOB: BACKFILL_QUEUE, RECONCILE_LANE_JOB: LANES_QUEUE}.get(function, QUEUE_NAME)
 
 
 def cron_job_name(lane: str) -> str:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from square_mirror.credentials.cipher import TokenCipher
 from square_mirror.credentials.oauth_state import state_hash
@@ -20,7 +21,8 @@ from square_mirror.timefmt import parse_time, utcnow
 
 ACTIVE, REFRESH_FAILED, REAUTHORIZE, REVOKED, REMOVED = "active", "refresh_failed", "reauthorize", "revoked", "removed"
 CODE, PKCE = "code", "pkce"
-Conn = asyncpg.Connection | asyncpg.Pool | Any
+# A plain connection, one borrowed from a pool, or the pool itself.
+Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 
 @dataclass(frozen=True, repr=False)

@@ -78,14 +78,18 @@ class Api:
 
 
 class HookReceiver:
-    """A real HTTP endpoint recording every webhook it is sent (body parsed), answering 200."""
+    """A real HTTP endpoint recording every webhook it is sent (body parsed, and each request's headers with its
+    raw body, to check signatures), answering 200."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.raw: list[tuple[dict[str, str], bytes]] = []
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.received.append(orjson.loads(await request.read()))
+        body = await request.read()
+        self.raw.append((dict(request.headers), body))
+        self.received.append(orjson.loads(body))
         return web.Response(status=200)
 
     def types(self) -> list[str]:

@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
-from aiohttp import web
 from square.utils.webhooks_helper import verify_signature
 from yarl import URL
 
@@ -345,37 +343,9 @@ async def subscribe_all(emu: EmulatorHandle, receiver: HookReceiver) -> str:
     return key
 
 
-class SignedReceiver(HookReceiver):
-    """Also keeps each request's headers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw: list[tuple[dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.raw.append((dict(request.headers), body))
-        self.received.append(orjson.loads(body))
-        return web.Response()
-
-
-@pytest.fixture
-async def signed_receiver() -> AsyncIterator[SignedReceiver]:
-    receiver = SignedReceiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
-    yield receiver
-    await runner.cleanup()
-
-
 async def test_revoke_by_merchant_kills_every_token_and_fires_one_signed_event_per_token(
-        emu: EmulatorHandle, signed_receiver: SignedReceiver) -> None:
-    key = await subscribe_all(emu, signed_receiver)
+        emu: EmulatorHandle, hook_receiver: HookReceiver) -> None:
+    key = await subscribe_all(emu, hook_receiver)
     one = await emu.connect_seller("MLREVOKE0001")
     two = await emu.connect_seller("MLREVOKE0001")
     assert await revoke(emu, {"merchant_id": "MLREVOKE0001"}) == (200, {"success": True})
@@ -386,11 +356,11 @@ async def test_revoke_by_merchant_kills_every_token_and_fires_one_signed_event_p
         status, body = await emu.obtain_token(grant_type="refresh_token", refresh_token=token["refresh_token"],
                                               client_secret=SECRET)
         assert status == 401 and "revoked" in body["errors"][0]["detail"]
-    assert len(signed_receiver.raw) == 2  # one per revoked access token
-    for headers, body in signed_receiver.raw:
+    assert len(hook_receiver.raw) == 2  # one per revoked access token
+    for headers, body in hook_receiver.raw:
         assert verify_signature(request_body=body.decode(), signature_header=headers["x-square-hmacsha256-signature"],
-                                signature_key=key, notification_url=signed_receiver.url)
-    events = signed_receiver.received
+                                signature_key=key, notification_url=hook_receiver.url)
+    events = hook_receiver.received
     for event in events:
         assert list(event) == ["merchant_id", "type", "event_id", "created_at", "data"]
         assert event["merchant_id"] == "MLREVOKE0001" and event["type"] == "oauth.authorization.revoked"

@@ -15,6 +15,7 @@ app.RedisTolerantWorker.finish_job
 # Used by the tests only.
 db.SCHEMA_VERSION
 square_api.SquareClient.list_customers  # the client's ListCustomers (the backfill lists with SearchCustomers)
+square_api.SquareClient.requests_made  # the process-wide count of requests (a run counts its own: ratelimit.spending)
 runs.last_run
 app.build_worker  # one worker with every job function: the tests and the benchmark's baseline
 queries.Query.description  # tests/integration/worker/test_queries.py: every query states what it does

@@ -109,6 +109,8 @@ def continuation_job_id(job_id: str, continues: str) -> str:
 # Redis key prefixes (everything the project writes to Redis starts with this)
 REDIS_PREFIX: Final = "square-mirror:"
 RATE_LIMIT_KEY: Final = REDIS_PREFIX + "ratelimit:"  # + merchant_id
+USAGE_KEY: Final = REDIS_PREFIX + "usage:"  # + merchant_id: requests per minute and class (square_mirror/ratelimit.py)
+USAGE_MINUTES: Final = 16  # how many minutes of it Redis keeps: the budget scheduler's window and one more
 UNAUTHORIZED_KEY: Final = REDIS_PREFIX + "unauthorized:"  # + merchant_id
 HEALTH_KEY: Final = REDIS_PREFIX + "health:"  # + process name
 WORKER_HEALTH_KEY: Final = HEALTH_KEY + "worker"

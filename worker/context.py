@@ -29,6 +29,7 @@ from worker.events.attribute_writer import AttributeWriter
 from worker.events.coalescer import FetchCoalescer
 from worker.events.inbox import ERROR_MAX_CHARS, Inbox
 from worker.metrics import MERCHANT_UNAUTHORIZED
+from worker.runs import RunLocks
 from worker.sellers import SellerCredentials
 from worker.sync import SyncContext
 
@@ -158,7 +159,8 @@ async def build_context(
                 stack.push_async_callback(redis.aclose)
         redis = redis if redis is not None else arq_redis
         hooks = AuthHooks(pool, redis)
-        limiter = RateLimiter(redis, rate=settings.square_max_requests_per_second, burst=settings.square_request_burst)
+        limiter = RateLimiter(redis, rate=settings.square_max_requests_per_second, burst=settings.square_request_burst,
+                              lane_share=settings.lane_budget_share)
         if client is None:
             client = SquareClient.from_settings(
                 settings, rate_limiter=limiter if limiter.enabled else None, timeout=settings.square_timeout_seconds,
@@ -167,7 +169,11 @@ async def build_context(
                 max_connections=max(20, settings.worker_max_jobs) if worker
                 else max(100, conc * 4 + settings.backfill_custom_attribute_concurrency))
             stack.push_async_callback(client.close)
-        sync = SyncContext(pool, client)
+        locks = None
+        if worker:  # its many concurrent runs share one lock session (worker/runs.py)
+            locks = RunLocks(pool)
+            stack.push_async_callback(locks.close)  # before the pool closes (the stack unwinds in reverse)
+        sync = SyncContext(pool, client, locks)
         inbox = Inbox(inbox_pool)
         stack.push_async_callback(inbox.close)
         coalescer = FetchCoalescer(sync, window=settings.worker_fetch_window_ms / 1000.0,

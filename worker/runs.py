@@ -7,14 +7,20 @@ how a run ended to its status, so a run that raised, was cancelled or was rate-l
 :func:`recorded` is the one life of a run, for the backfill and every lane alike: lock, merchant row, start,
 and the final status however the work ends (returned, raised, cancelled).
 
-One run per (merchant, kind) at a time: :func:`exclusive` holds a Postgres advisory lock on its own connection
-for the whole run. A process that dies (even by SIGKILL) drops its connection and with it the lock, so the
-next run that takes the lock knows that any row still ``running`` is dead and marks it ``interrupted``; its
-checkpoint is what a resumed backfill continues from.
+One run per (merchant, kind) at a time: :func:`exclusive` holds a Postgres advisory lock for the whole run. A
+process that dies (even by SIGKILL) drops its connection and with it the lock, so the next run that takes the
+lock knows that any row still ``running`` is dead and marks it ``interrupted``; its checkpoint is what a resumed
+backfill continues from.
+
+In the worker the locks of all its runs live on one session (:class:`RunLocks`), not one pooled connection per
+run: with hundreds of sellers' lanes running at once, a connection held idle by each run's lock emptied the pool,
+and the runs, each waiting for a second connection to write, stalled one another and the event jobs with them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -23,6 +29,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from square_mirror.errors import SquareUnauthorized
 from square_mirror.logs import get_logger
@@ -124,7 +131,8 @@ ErrorNote = Callable[["Run", Exception], bool]
 
 @asynccontextmanager
 async def recorded(pool: asyncpg.Pool, merchant_id: str, kind: str, *, prepare: Prepare | None = None,
-                   on_error: ErrorNote | None = None, marks_unauthorized: bool = True) -> AsyncIterator[Run]:
+                   on_error: ErrorNote | None = None, marks_unauthorized: bool = True,
+                   locks: RunLocks | None = None) -> AsyncIterator[Run]:
     """One recorded run of ``kind`` for ``merchant_id``, under its lock (:class:`RunBusy` when taken).
 
     ``prepare`` runs once the lock and the merchant's row are there, before the run starts, and gives its
@@ -134,7 +142,7 @@ async def recorded(pool: asyncpg.Pool, merchant_id: str, kind: str, *, prepare: 
     merchant unauthorized (unless ``marks_unauthorized`` is off); ``on_error`` may count the error and return
     True to keep it out of the log (it was said elsewhere).
     """
-    async with exclusive(pool, merchant_id, kind):
+    async with exclusive(pool, merchant_id, kind, locks):
         await store.ensure_merchant(pool, merchant_id)
         checkpoint = await prepare() if prepare is not None else None
         run = await start_run(pool, merchant_id, kind, checkpoint)
@@ -160,30 +168,117 @@ def _lock_key(merchant_id: str, kind: str) -> str:
     return f"square-mirror:run:{kind}:{merchant_id}"
 
 
-@asynccontextmanager
-async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str) -> AsyncIterator[None]:
-    """Hold the (merchant, kind) run lock; raise :class:`RunBusy` if another process holds it.
+# How a lost lock session shows itself: the server ended it, or the pool already took the broken connection back.
+SESSION_LOST: Final = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
-    Rows of that kind still ``running`` once the lock is ours belong to dead processes: they become
-    ``interrupted`` (their checkpoints stay, for resuming).
+
+class RunLocks:
+    """The run locks of one process, all held on one Postgres session taken from the pool for the process's life.
+
+    Session-level advisory locks are re-entrant within a session, so the process also keeps the set of keys it
+    holds: a second run of the same (merchant, kind) in this process is refused like one in another process.
+    If the session is lost (Postgres restarted) its locks went with it; the next lock taken opens a new session
+    and takes the held keys again, and logs those another process took meanwhile (both runs write through the
+    same version guards, so that costs requests, never correctness).
     """
-    conn = await pool.acquire()
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+        self._session = asyncio.Lock()  # one statement at a time on the session
+        self._held: set[str] = set()
+
+    async def _connection(self) -> PoolConnectionProxy:
+        if self._conn is not None and _alive(self._conn):
+            return self._conn
+        await self._drop()
+        self._conn = conn = await self._pool.acquire()
+        lost = [key for key in sorted(self._held) if not await conn.fetchval(queries.get("try_run_lock"), key)]
+        if lost:
+            log.warning("run_locks_lost", count=len(lost))
+        return conn
+
+    async def take(self, key: str) -> bool:
+        """Take ``key`` if no run in this or another process holds it."""
+        if key in self._held:
+            return False
+        async with self._session:
+            try:
+                got = bool(await (await self._connection()).fetchval(queries.get("try_run_lock"), key))
+            except SESSION_LOST:  # found out only now that Postgres dropped the session: once more on a new one
+                await self._drop()
+                got = bool(await (await self._connection()).fetchval(queries.get("try_run_lock"), key))
+        if got:
+            self._held.add(key)
+        return got
+
+    async def release(self, key: str) -> None:
+        self._held.discard(key)
+        async with self._session:
+            if self._conn is not None and _alive(self._conn):
+                try:
+                    await self._conn.execute(queries.get("release_run_lock"), key)
+                except SESSION_LOST:  # the lock went with the session
+                    await self._drop()
+
+    async def _drop(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await _give_back(self._pool, conn)
+
+    async def close(self) -> None:
+        """Give the session back (releasing its locks) before the pool closes."""
+        async with self._session:
+            self._held.clear()
+            await self._drop()
+
+
+def _alive(conn: PoolConnectionProxy) -> bool:
     try:
-        got = await conn.fetchval(queries.get("try_run_lock"), _lock_key(merchant_id, kind))
-        if not got:
-            raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
-        try:
-            dead = await conn.fetch(
-                queries.get("interrupt_dead_runs"), merchant_id, kind,
-            )
-            if dead:
-                log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
-                            run_ids=[r["run_id"] for r in dead])
-            yield
-        finally:
-            await conn.execute(queries.get("release_run_lock"), _lock_key(merchant_id, kind))
-    finally:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took back a connection that broke
+        return False
+
+
+async def _give_back(pool: asyncpg.Pool, conn: PoolConnectionProxy) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # the pool already took it back
         await pool.release(conn)
+
+
+@asynccontextmanager
+async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str,
+                    locks: RunLocks | None = None) -> AsyncIterator[None]:
+    """Hold the (merchant, kind) run lock; raise :class:`RunBusy` if another run holds it.
+
+    ``locks``: the process's lock session; without it (a command's single run) the lock holds a pool connection
+    of its own for the run. Rows of that kind still ``running`` once the lock is ours belong to dead processes:
+    they become ``interrupted`` (their checkpoints stay, for resuming).
+    """
+    key = _lock_key(merchant_id, kind)
+    if locks is None:
+        async with pool.acquire() as conn:
+            if not await conn.fetchval(queries.get("try_run_lock"), key):
+                raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
+            try:
+                await _interrupt_dead_runs(pool, merchant_id, kind)
+                yield
+            finally:
+                await conn.execute(queries.get("release_run_lock"), key)
+        return
+    if not await locks.take(key):
+        raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
+    try:
+        await _interrupt_dead_runs(pool, merchant_id, kind)
+        yield
+    finally:
+        await locks.release(key)
+
+
+async def _interrupt_dead_runs(pool: asyncpg.Pool, merchant_id: str, kind: str) -> None:
+    dead = await pool.fetch(queries.get("interrupt_dead_runs"), merchant_id, kind)
+    if dead:
+        log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
+                    run_ids=[r["run_id"] for r in dead])
 
 
 async def resumable_checkpoint(pool: asyncpg.Pool, merchant_id: str, kind: str) -> tuple[int, dict[str, Any]] | None:

@@ -26,7 +26,7 @@ from worker import store
 from worker.outcome import Outcome
 
 if TYPE_CHECKING:
-    from worker.runs import Run
+    from worker.runs import Run, RunLocks
 
 log = get_logger(__name__)
 LIST_MAX_RESTARTS = 5  # the definition lists are small: an expired cursor starts them over, five times at most
@@ -44,6 +44,7 @@ class SyncResult:
 class SyncContext:
     pool: asyncpg.Pool
     client: SquareClient
+    locks: RunLocks | None = None  # the worker's run locks on one session (worker/runs.py); None: one per run
 
 
 async def fetch_profiles(

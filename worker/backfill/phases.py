@@ -33,6 +33,7 @@ from typing import Any, Final
 from square_mirror import searchable_events
 from square_mirror.logs import get_logger
 from square_mirror.pagination import Pages
+from square_mirror.ratelimit import LANE_SPENDING, OTHER_SPENDING, Spend, spending
 from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT
 from square_mirror.timefmt import iso, require_time, utcnow
 from worker import runs, store
@@ -310,6 +311,16 @@ async def backfill(
     status :func:`worker.runs.status_for` gives (the run is returned, the error is not raised); cancellation
     records ``interrupted`` and propagates. Raises :class:`worker.runs.RunBusy` if the same run is in progress.
     """
+    # this run's own requests (others run on the same client at the same time); a sweep's are the lanes'
+    with spending(LANE_SPENDING if kind == SWEEP else OTHER_SPENDING) as spend:
+        return await _recorded_backfill(ctx, merchant_id, spend, full=full, concurrency=concurrency,
+                                        attribute_concurrency=attribute_concurrency, kind=kind, reporter=reporter,
+                                        log_every=log_every)
+
+
+async def _recorded_backfill(ctx: SyncContext, merchant_id: str, spend: Spend, *, full: bool, concurrency: int,
+                             attribute_concurrency: int, kind: str, reporter: ProgressFactory | None,
+                             log_every: float) -> runs.Run:
     checkpoint: dict[str, Any] = {}
     requests_before = 0
 
@@ -321,10 +332,10 @@ async def backfill(
             checkpoint["resumed_from"] = previous[0]
         # As early as possible: events that occur before this are never searchable (square_mirror.searchable_events).
         await searchable_events.ensure_enabled(ctx.pool, ctx.client, merchant_id)
-        requests_before = ctx.client.requests_made
+        requests_before = spend.requests
         return checkpoint
 
-    async with runs.recorded(ctx.pool, merchant_id, kind, prepare=prepare) as run:
+    async with runs.recorded(ctx.pool, merchant_id, kind, prepare=prepare, locks=ctx.locks) as run:
         bar = reporter(f"{kind} {merchant_id}", merchant_id) if reporter is not None else None
         progress = Progress(label=kind, merchant_id=merchant_id, reporter=bar, log_every=log_every)
         try:
@@ -335,7 +346,9 @@ async def backfill(
         finally:
             progress.close()
             progress.log_line(f"{kind}_progress_final")
-            run.counts["square_requests"] = ctx.client.requests_made - requests_before
+            # square_requests: the listing's (the backfill's figure); requests: the whole pass's (its cost)
+            run.counts["square_requests"] = spend.requests - requests_before
+            run.counts["requests"] = spend.requests
     return run
 
 

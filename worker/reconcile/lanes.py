@@ -49,6 +49,7 @@ from square_mirror.errors import SquareInvalidRequest
 from square_mirror.jobs import EventJob, InvalidEnvelope, build_event_job, read_event_job
 from square_mirror.logs import get_logger
 from square_mirror.pagination import Pages
+from square_mirror.ratelimit import LANE_SPENDING, spending
 from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT, EVENTS_PAGE_LIMIT
 from square_mirror.timefmt import parse_time, require_time, rfc3339, rfc3339_ms, utcnow
 from worker import attribute_sync, runs, store
@@ -506,13 +507,13 @@ async def run_lane(wc: WorkerContext, merchant_id: str, lane: str) -> runs.Run:
                               attribute_concurrency=wc.settings.backfill_custom_attribute_concurrency)
     function = LANE_FUNCTIONS[lane]
     # The Events API refuses OAuth tokens: its refusal says nothing about the merchant's token (never unauthorized).
-    async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,
-                             marks_unauthorized=lane != "events") as run:
-        before = sync.client.requests_made  # the pass's measured cost (the budget scheduler reads it)
-        try:
-            if lane != "events":  # that lane enables events at every pass
-                await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
-            await function(wc, merchant_id, run)
-        finally:  # the client is shared: requests other jobs made at the same time are counted too
-            run.add(requests=sync.client.requests_made - before)
+    with spending(LANE_SPENDING) as spend:  # the pass's own requests: its cost, which the budget scheduler reads
+        async with runs.recorded(sync.pool, merchant_id, lane_kind(lane), on_error=_quiet_refusal,
+                                 marks_unauthorized=lane != "events", locks=sync.locks) as run:
+            try:
+                if lane != "events":  # that lane enables events at every pass
+                    await searchable_events.ensure_enabled(sync.pool, sync.client, merchant_id)
+                await function(wc, merchant_id, run)
+            finally:
+                run.add(requests=spend.requests)
     return run

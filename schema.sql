@@ -186,6 +186,22 @@ CREATE TABLE IF NOT EXISTS square.sync_state (
     PRIMARY KEY (merchant_id, lane)
 );
 
+-- The budget scheduler's view of each seller (LANE_SCHEDULER=budget, worker/reconcile/scheduler.py), as of its last
+-- minute: the lanes' share of the seller's rate (NULL: unlimited), what events and backfills left of it, what the
+-- lanes need to run at their targets (their measured costs per target interval), whether that fits, the lanes whose
+-- pass lasts longer than their target, the due lanes left for a later minute, and each lane's measured cost.
+CREATE TABLE IF NOT EXISTS square.lane_budgets (
+    merchant_id     text PRIMARY KEY,
+    planned_at      timestamptz NOT NULL,
+    share_rps       double precision,
+    available_rps   double precision,
+    need_rps        double precision NOT NULL,
+    affordable      boolean NOT NULL,
+    too_slow_lanes  text[] NOT NULL DEFAULT '{}',
+    deferred_lanes  text[] NOT NULL DEFAULT '{}',
+    lane_costs      jsonb NOT NULL DEFAULT '{}'
+);
+
 -- Staleness bounds, one row per known seller and reconcile lane (docs/explanation/reconciliation.md#staleness-bounds).
 -- complete_as_of: when the last complete pass of the lane began; everything the lane heals that happened before it
 -- is in the mirror, so now() - complete_as_of bounds how old that data can be. NULL: never complete. A pass is a
@@ -963,4 +979,4 @@ EXCEPTION
 END
 $$;
 
-INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6), (7) ON CONFLICT (version) DO NOTHING;
+INSERT INTO square.schema_version (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8) ON CONFLICT (version) DO NOTHING;

@@ -73,6 +73,9 @@ LANE_SCHEDULERS: Final = (LANE_SCHEDULER_CRON, LANE_SCHEDULER_BUDGET)
 SCHEDULE_LANES_CRON: Final = "schedule_lanes"  # the budget scheduler's cron entry (every minute)
 # The budget scheduler spreads each seller's lane jobs over this many seconds, by a fixed offset per seller.
 LANE_SPREAD_SECONDS: Final = 60
+# The budget scheduler weighs what a seller's requests went to over this window (at least twice the 5-minute lanes'
+# target, at most what Redis keeps: USAGE_MINUTES).
+LANE_BUDGET_WINDOW_SECONDS: Final = 900
 
 REFRESH_TOKENS_CRON: Final = "refresh_tokens"  # the cron entry that refreshes OAuth sellers' tokens
 

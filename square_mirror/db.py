@@ -12,7 +12,7 @@ import orjson
 
 from square_mirror.queries import queries
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 # Arbitrary constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK_KEY: Final = 0x5371_4D69
 # Re-plan every execution: a generic plan cached while the tables were small keeps scanning whole tables

@@ -50,7 +50,7 @@ from square_mirror.retry import redis_transient
 from square_mirror.settings import Settings
 from worker.context import CONTEXT_KEY, build_context
 from worker.events.process import process_event
-from worker.freshness import refresh_lane_staleness
+from worker.freshness import refresh_lane_budget_ratio, refresh_lane_staleness
 from worker.metrics import QUEUE_DEPTH
 from worker.oauth import connect_seller
 from worker.reconcile.jobs import ARQ_FUNCTIONS, backfill_job, lane_cron_jobs, reconcile_lane_job
@@ -378,6 +378,7 @@ async def _start_context(ctx: dict[str, Any]) -> None:
 
     async def before_scrape() -> None:  # each on its own: Redis away does not freeze the staleness bounds
         results = await asyncio.gather(sample_queue_depth(), refresh_lane_staleness(context.pool),
+                                       refresh_lane_budget_ratio(context.pool),
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

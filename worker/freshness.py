@@ -7,6 +7,9 @@ the view when Prometheus asks gives the bound at the moment it is scraped, from 
 analysts use, with no schedule to drift and nothing to miss; the cost is one indexed query per scrape (a few
 index probes per seller and run kind). Every worker serves the same series; the dashboard takes the ``max``.
 
+The lane budget gauge, ``square_mirror_lane_budget_ratio``, is read the same way from ``square.lane_budgets``
+(what the budget scheduler wrote at its last minute), so every worker serves it, not only the one that planned.
+
 A seller's lane never complete has no bound: its value is +Inf (as ``status`` says ``never``), so a panel or an
 alert sees it rather than a missing series. Sellers no longer in ``square.merchants`` drop out at the next scrape.
 """
@@ -19,7 +22,8 @@ from datetime import datetime
 import asyncpg
 
 from square_mirror.freshness import Bound, read_bounds
-from worker.metrics import LANE_STALENESS
+from worker.metrics import LANE_BUDGET_RATIO, LANE_STALENESS
+from worker.queries import queries
 
 
 async def refresh_lane_staleness(pool: asyncpg.Pool, at: datetime | None = None) -> list[Bound]:
@@ -30,3 +34,11 @@ async def refresh_lane_staleness(pool: asyncpg.Pool, at: datetime | None = None)
         value = math.inf if bound.staleness_seconds is None else bound.staleness_seconds
         LANE_STALENESS.labels(bound.merchant_id, bound.lane).set(value)
     return bounds
+
+
+async def refresh_lane_budget_ratio(pool: asyncpg.Pool) -> None:
+    """Set each seller's need / share ratio from square.lane_budgets (sellers with an unlimited rate have none)."""
+    rows = await pool.fetch(queries.get("lane_budget_ratios"))
+    LANE_BUDGET_RATIO.clear()
+    for row in rows:
+        LANE_BUDGET_RATIO.labels(row["merchant_id"]).set(row["ratio"])

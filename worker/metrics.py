@@ -63,9 +63,15 @@ LANE_STALENESS: Final = Gauge(
     "(square.sync_freshness); +Inf while it never completed. Read from Postgres at each scrape",
     ["merchant_id", "lane"],
 )
-LANES_UNAFFORDABLE: Final = Counter(
-    "square_mirror_lanes_unaffordable_total",
-    "Due lanes the budget scheduler (LANE_SCHEDULER=budget) could not queue for a seller because the measured cost "
-    "of their last pass did not fit the seller's lane budget that minute; each is logged as lane_unaffordable",
+LANES_DEFERRED: Final = Counter(
+    "square_mirror_lanes_deferred_total",
+    "Due lanes the budget scheduler (LANE_SCHEDULER=budget) left for a later minute because the measured cost of "
+    "their last pass did not fit what the seller's lane budget had left over the window",
     ["lane"],
+)
+LANE_BUDGET_RATIO: Final = Gauge(
+    "square_mirror_lane_budget_ratio",
+    "What a seller's lanes need to run at their targets over its lane share (square.lane_budgets, read from "
+    "Postgres at each scrape): above 1 it cannot afford them (LANE_SCHEDULER=budget)",
+    ["merchant_id"],
 )

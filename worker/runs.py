@@ -33,7 +33,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from square_mirror.errors import SquareUnauthorized
 from square_mirror.logs import get_logger
-from square_mirror.retry import is_outage
+from square_mirror.retry import DATABASE_TRANSIENT, is_outage
 from square_mirror.timefmt import parse_time
 from worker import store
 from worker.metrics import SYNC_RUNS
@@ -168,8 +168,8 @@ def _lock_key(merchant_id: str, kind: str) -> str:
     return f"square-mirror:run:{kind}:{merchant_id}"
 
 
-# How a lost lock session shows itself: the server ended it, or the pool already took the broken connection back.
-SESSION_LOST: Final = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+# How a lost lock session shows itself (the server ended it, the pool took the broken connection back): transient.
+SESSION_LOST: Final = DATABASE_TRANSIENT
 
 
 class RunLocks:

@@ -55,6 +55,7 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool,
         merchant_rows = await conn.fetch(queries.get("merchant_status"))
         run_rows = await conn.fetch(queries.get("latest_runs"))
         bounds = await read_bounds(conn, at)
+        budget_rows = await conn.fetch(queries.get("lane_budget_status"))
         report["sellers"] = await _sellers(conn, settings, problems)
     finally:
         await conn.close()
@@ -90,6 +91,7 @@ async def collect(settings: Settings, max_queue_age: float, strict: bool,
     refused = {r["merchant_id"] for r in run_rows
                if r["kind"] == "reconcile:events" and (r["counts"] or {}).get("events_refused")}
     _freshness(report, bounds, settings.staleness_limit_factor, problems if strict else None, refused)
+    report["lane_budgets"] = _lane_budgets(report, budget_rows)
     if settings.redis_url is not None:
         redis: Redis = Redis.from_url(settings.redis_url.reveal(), socket_timeout=3, socket_connect_timeout=3)
         try:
@@ -172,6 +174,21 @@ async def _webhook_subscription(settings: Settings, problems: list[str]) -> dict
     return result.as_json()
 
 
+def _lane_budgets(report: dict[str, Any], rows: list[Any]) -> dict[str, Any]:
+    """Each seller's lane budget in its entry (LANE_SCHEDULER=budget), and the sellers that cannot afford their
+    lanes at the configured share, listed: their lanes run less often than their targets."""
+    unaffordable = []
+    for row in rows:
+        budget = {"planned_at": _iso(row["planned_at"]), "share_rps": row["share_rps"],
+                  "available_rps": row["available_rps"], "need_rps": row["need_rps"], "affordable": row["affordable"],
+                  "too_slow_lanes": list(row["too_slow_lanes"]), "deferred_lanes": list(row["deferred_lanes"])}
+        report["merchants"].setdefault(row["merchant_id"], {"runs": {}})["lane_budget"] = budget
+        if not row["affordable"]:
+            unaffordable.append({"merchant_id": row["merchant_id"], "need_rps": row["need_rps"],
+                                 "share_rps": row["share_rps"], "too_slow_lanes": list(row["too_slow_lanes"])})
+    return {"sellers": len(rows), "unaffordable": unaffordable}
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"square-mirror status: {'healthy' if report.get('healthy') else 'UNHEALTHY'}"]
     queue = report.get("queue")
@@ -179,6 +196,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  queue: {queue}")
     lines.extend(_seller_lines(report.get("sellers") or {}))
     lines.extend(_subscription_lines(report.get("webhook_subscription") or {}))
+    lines.extend(_budget_lines(report.get("lane_budgets") or {}))
     for merchant_id, entry in report.get("merchants", {}).items():
         lines.append(f"  {merchant_id}: auth {entry.get('auth_status', 'ok')}, {entry.get('live_customers', 0)} live "
                      f"customers, {entry.get('failed_events', 0)} failed events, last event "
@@ -202,6 +220,20 @@ def _seller_lines(sellers: dict[str, Any]) -> list[str]:
                      + (f" ({seller['last_error']})" if seller["last_error"] else ""))
     if sellers.get("events_lane_off"):
         lines.append(f"    {sellers['events_lane_off']}")
+    return lines
+
+
+def _budget_lines(budgets: dict[str, Any]) -> list[str]:
+    if not budgets.get("sellers"):
+        return []
+    unaffordable = budgets["unaffordable"]
+    lines = [f"  lane budgets: {budgets['sellers'] - len(unaffordable)} of {budgets['sellers']} sellers afford their "
+             "lanes at their targets"]
+    for seller in unaffordable:
+        slow = f"; passes longer than the target: {', '.join(seller['too_slow_lanes'])}" if seller["too_slow_lanes"] \
+            else ""
+        lines.append(f"    {seller['merchant_id']}: cannot afford its lanes (needs {seller['need_rps']:.2f} req/s, "
+                     f"share {seller['share_rps'] or 0:.2f} req/s{slow}); they run less often than their targets")
     return lines
 
 

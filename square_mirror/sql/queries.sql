@@ -157,3 +157,9 @@ SELECT f.merchant_id, f.lane, f.complete_as_of, f.target_seconds,
 FROM square.sync_freshness f
 JOIN square.merchants m ON m.merchant_id = f.merchant_id
 ORDER BY f.merchant_id, f.lane
+
+-- name: lane_budget_status --
+-- Each known seller's lane budget as the budget scheduler last planned it (square.lane_budgets); status reads it.
+SELECT b.merchant_id, b.planned_at, b.share_rps, b.available_rps, b.need_rps, b.affordable, b.too_slow_lanes,
+       b.deferred_lanes
+FROM square.lane_budgets b JOIN square.merchants m USING (merchant_id) ORDER BY b.merchant_id

@@ -31,6 +31,7 @@ from arq import Retry, cron
 
 from square_mirror.constants import (
     BACKFILL_JOB,
+    LANE_BUDGET_WINDOW_SECONDS,
     LANE_SCHEDULER_BUDGET,
     RECONCILE_LANE_JOB,
     SCHEDULE_LANES_CRON,
@@ -41,6 +42,7 @@ from square_mirror.constants import (
     reconcile_job_id,
 )
 from square_mirror.logs import get_logger
+from square_mirror.ratelimit import read_usage
 from square_mirror.retry import BACKFILL_RETRY_DELAY_SECONDS, BACKFILL_TRIES, LANE_TRIES, lane_retry_delay
 from square_mirror.settings import Settings
 from worker import runs
@@ -164,15 +166,20 @@ async def reconcile_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
 
 async def schedule_lanes(ctx: dict[str, Any]) -> dict[str, Any]:
     """LANE_SCHEDULER=budget: queue each seller's due lanes that fit its lane budget, at its offset in the minute
-    (worker/reconcile/scheduler.py); the lanes it could not afford were logged and counted there."""
+    (worker/reconcile/scheduler.py, which also records and reports each seller's affordability)."""
     wc = worker_context(ctx)
-    plans = await plan_sellers(wc.pool, wc.settings, await known_merchants(wc))
+    merchants = await known_merchants(wc)
+    usage = None
+    if wc.redis is not None and wc.settings.square_max_requests_per_second > 0:
+        usage = await read_usage(wc.redis, merchants, LANE_BUDGET_WINDOW_SECONDS // 60 - 1)
+    plans = await plan_sellers(wc.pool, wc.settings, merchants, usage=usage)
     queued: dict[str, dict[str, bool]] = {}
     for mid, seller in plans.items():
         offset = seller_offset_seconds(mid)
         queued[mid] = {lane: await _enqueue(wc, RECONCILE_LANE_JOB, lane, mid, job_id=reconcile_job_id(lane, mid),
                                             defer=offset) for lane in seller.queued}
-    return {"queued": queued, "unaffordable": {mid: p.unaffordable for mid, p in plans.items() if p.unaffordable}}
+    return {"queued": queued, "deferred": {mid: p.deferred for mid, p in plans.items() if p.deferred},
+            "unaffordable": sorted(mid for mid, p in plans.items() if not p.affordable)}
 
 
 # arq names a job by its function: BACKFILL_JOB and RECONCILE_LANE_JOB (tests/test_architecture.py compares them).

@@ -1,18 +1,26 @@
 """The budget-aware lane scheduler (``LANE_SCHEDULER=budget``): one cron entry instead of the lanes' fixed ones.
 
 Every minute, for every known seller (:func:`worker.merchants.known_merchants`), it reads each lane's staleness bound
-(``square.sync_freshness``, the rule ``status`` and the gauge use) and the measured cost of the lane's last succeeded
-pass (its ``requests`` count, else its ``pages``; and its seconds), and queues the lanes that are due (staleness at
-least the lane's target interval, or never complete), most stale first, while the seller's lane budget for the
-minute has room for their cost:
+(``square.sync_freshness``, the rule ``status`` and the gauge use), the measured cost of the lane's last succeeded
+pass (its ``requests``, else its ``pages``; and its seconds) and what the seller's requests went to over the last
+:data:`~square_mirror.constants.LANE_BUDGET_WINDOW_SECONDS` (counted by the rate limiter, square_mirror/ratelimit.py,
+per class: ``lanes`` and ``other``, that is events, backfills and commands). Then:
 
-    budget = LANE_BUDGET_SHARE x SQUARE_MAX_REQUESTS_PER_SECOND x 60 requests
-
-- A lane whose cost is unknown (it never succeeded) is assumed to fit and costs nothing from the budget.
-- ``SQUARE_MAX_REQUESTS_PER_SECOND=0`` (unlimited): every due lane is queued.
-- A due lane that does not fit is never silently skipped: it is logged (``lane_unaffordable``, with the seller,
-  lane, cost and budget) and counted (``square_mirror_lanes_unaffordable_total{lane}``); it stays due and is
-  considered again the next minute, more stale and so earlier in the order.
+- **Events and backfills first.** The lanes may use ``LANE_BUDGET_SHARE x SQUARE_MAX_REQUESTS_PER_SECOND``, but
+  never more than what the others left of the seller's rate over the window (``available_rps``). The rate limiter
+  enforces the same order from one request to the next: the lanes leave the events a reserve of the bucket.
+- **Spread over the window, not the minute.** The lanes' credit is ``available_rps x window`` minus what the lanes
+  already spent in it. Due lanes (staleness at least the target, or never complete) are queued most stale first
+  while their cost fits the credit; the others are *deferred* (counted, ``square_mirror_lanes_deferred_total``)
+  and come first once the credit allows. A pass costlier than the whole window's credit runs when the lanes spent
+  nothing in the window, so it runs less often than its target rather than never.
+- **Affordability, reported.** A seller *can afford* its lanes when the sum over its lanes of ``cost / target``
+  fits its lane share, and no pass lasts longer than its lane's target; otherwise it is reported: the row in
+  ``square.lane_budgets`` (which ``status`` reads), a ``lanes_unaffordable`` log line when it becomes so, and the
+  gauge ``square_mirror_lane_budget_ratio`` (need / share, at each scrape). Its lanes still run, as often as the
+  budget allows: never silently skipped.
+- A lane whose cost is unknown (it never succeeded) is assumed to fit and costs nothing from the credit;
+  ``SQUARE_MAX_REQUESTS_PER_SECOND=0`` (unlimited): every due lane is queued.
 - A seller's jobs are deferred by a fixed offset within the minute derived from its merchant ID
   (:func:`seller_offset_seconds`), so a thousand sellers do not all start in the same second.
 
@@ -22,6 +30,7 @@ The job IDs are the cron lanes' (``reconcile:<lane>:<merchant>``): a lane still 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,17 +38,18 @@ from typing import Any, Final
 
 import asyncpg
 
-from square_mirror.constants import LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS
+from square_mirror.constants import LANE_BUDGET_WINDOW_SECONDS, LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS
 from square_mirror.freshness import Bound, read_bounds
 from square_mirror.logs import get_logger
+from square_mirror.ratelimit import LANE_SPENDING, OTHER_SPENDING
 from square_mirror.settings import Settings
-from worker.metrics import LANES_UNAFFORDABLE
+from worker.metrics import LANES_DEFERRED
 from worker.queries import queries
 from worker.reconcile.lanes import lane_kind
 
 log = get_logger(__name__)
 
-MINUTE_SECONDS: Final = 60.0
+Usage = Mapping[str, int]  # requests in the window by spending class (square_mirror.ratelimit.read_usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +73,50 @@ class Due:
         return -stale, list(LANE_TARGET_SECONDS).index(self.lane)
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One seller's lane budget over the window: requests per second and what the lanes already spent."""
+
+    share_rps: float  # LANE_BUDGET_SHARE x the seller's rate
+    available_rps: float  # of it, what the events and backfills left over the window
+    lanes_spent: int = 0  # the lanes' requests in the window
+    window_seconds: float = LANE_BUDGET_WINDOW_SECONDS
+
+    @property
+    def whole(self) -> float:
+        """The lanes' credit for a window in which they spent nothing."""
+        return self.available_rps * self.window_seconds
+
+    @property
+    def credit(self) -> float:
+        return self.whole - self.lanes_spent
+
+
 @dataclass(slots=True)
 class Plan:
-    """One seller's minute: the lanes to queue (in order) and the due lanes its budget could not afford."""
+    """One seller's minute: the lanes to queue (in order), the due ones left for later, and its affordability."""
 
     queued: list[str] = field(default_factory=list)
-    unaffordable: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    need_rps: float = 0.0  # the lanes' measured cost per second at their targets
+    budget: Budget | None = None  # None: unlimited
+    too_slow: list[str] = field(default_factory=list)  # lanes whose pass lasts longer than their target
+
+    @property
+    def affordable(self) -> bool:
+        return not self.too_slow and (self.budget is None or self.need_rps <= self.budget.share_rps)
 
 
-def lane_budget(settings: Settings) -> float | None:
-    """Requests one seller's lanes may make in a minute; None: unlimited (SQUARE_MAX_REQUESTS_PER_SECOND=0)."""
+def seller_budget(settings: Settings, usage: Usage | None = None,
+                  window_seconds: float = LANE_BUDGET_WINDOW_SECONDS) -> Budget | None:
+    """The lanes' budget given what the seller's requests went to in the window; None: unlimited."""
     rate = settings.square_max_requests_per_second
     if rate <= 0:
         return None
-    return settings.lane_budget_share * rate * MINUTE_SECONDS
+    usage = usage or {}
+    share = settings.lane_budget_share * rate
+    others = usage.get(OTHER_SPENDING, 0) / window_seconds
+    return Budget(share, max(0.0, min(share, rate - others)), int(usage.get(LANE_SPENDING, 0)), window_seconds)
 
 
 def due_lanes(bounds: Iterable[Bound]) -> list[Due]:
@@ -89,19 +129,26 @@ def due_lanes(bounds: Iterable[Bound]) -> list[Due]:
     return sorted(due, key=Due.order)
 
 
-def plan(due: Sequence[Due], costs: Mapping[str, Cost], budget: float | None) -> Plan:
-    """Queue the due lanes, most stale first, while their measured cost fits what is left of ``budget``."""
-    result = Plan()
-    left = budget
+def need_rps(costs: Mapping[str, Cost]) -> float:
+    """Requests per second the lanes need to run at their targets, from their measured costs."""
+    return sum(cost.requests / LANE_TARGET_SECONDS[lane] for lane, cost in costs.items())
+
+
+def plan(due: Sequence[Due], costs: Mapping[str, Cost], budget: Budget | None) -> Plan:
+    """Queue the due lanes, most stale first, while their measured cost fits the budget's credit."""
+    result = Plan(need_rps=need_rps(costs), budget=budget,
+                  too_slow=[lane for lane, cost in costs.items() if cost.seconds > LANE_TARGET_SECONDS[lane]])
+    left = None if budget is None else budget.credit
     for lane in sorted(due, key=Due.order):
         cost = costs.get(lane.lane)
         requests = 0 if cost is None else cost.requests
-        if left is not None and requests > left:
-            result.unaffordable.append(lane.lane)
-            continue
-        result.queued.append(lane.lane)
-        if left is not None:
+        if left is None or budget is None:
+            result.queued.append(lane.lane)
+        elif requests <= left or (requests > budget.whole > 0 and left >= budget.whole and not result.queued):
+            result.queued.append(lane.lane)  # the second case: a pass larger than a whole window, alone in one
             left -= requests
+        else:
+            result.deferred.append(lane.lane)
     return result
 
 
@@ -126,26 +173,42 @@ async def lane_costs(pool: asyncpg.Pool) -> dict[str, dict[str, Cost]]:
     return costs
 
 
-def report_unaffordable(merchant_id: str, lanes: Sequence[str], costs: Mapping[str, Cost],
-                        budget: float | None) -> None:
-    for lane in lanes:
-        cost = costs[lane]
-        LANES_UNAFFORDABLE.labels(lane).inc()
-        log.warning("lane_unaffordable", merchant_id=merchant_id, lane=lane, requests=cost.requests,
-                    seconds=round(cost.seconds, 1), budget_requests=budget)
+_ROUND: Final = 3
+
+
+async def record_plans(pool: asyncpg.Pool, plans: Mapping[str, Plan], costs: Mapping[str, Mapping[str, Cost]]) -> None:
+    """Keep each seller's minute in ``square.lane_budgets``; log the sellers that just became unable to afford
+    their lanes (and those able again), once each, not every minute."""
+    deferred = [lane for seller in plans.values() for lane in seller.deferred]
+    for lane in set(deferred):
+        LANES_DEFERRED.labels(lane).inc(deferred.count(lane))
+    rows = [(mid, None if p.budget is None else round(p.budget.share_rps, _ROUND),
+             None if p.budget is None else round(p.budget.available_rps, _ROUND), round(p.need_rps, _ROUND),
+             p.affordable, json.dumps(p.too_slow), json.dumps(p.deferred),
+             json.dumps({lane: {"requests": c.requests, "seconds": round(c.seconds, 1)}
+                         for lane, c in costs.get(mid, {}).items()}))
+            for mid, p in plans.items()]
+    changed = await pool.fetch(queries.get("record_lane_budgets"), *map(list, zip(*rows, strict=True))) if rows else []
+    for row in changed:
+        seller = plans[row["merchant_id"]]
+        if seller.affordable:
+            log.info("lanes_affordable_again", merchant_id=row["merchant_id"], need_rps=round(seller.need_rps, 3))
+            continue
+        log.warning("lanes_unaffordable", merchant_id=row["merchant_id"], need_rps=round(seller.need_rps, 3),
+                    share_rps=None if seller.budget is None else seller.budget.share_rps, too_slow=seller.too_slow)
 
 
 async def plan_sellers(pool: asyncpg.Pool, settings: Settings, merchants: Sequence[str],
-                       at: datetime | None = None) -> dict[str, Plan]:
-    """Each seller's plan for the minute starting ``at`` (default: the database's now); unaffordable lanes reported."""
+                       at: datetime | None = None, usage: Mapping[str, Usage] | None = None) -> dict[str, Plan]:
+    """Each seller's plan for the minute starting ``at`` (default: the database's now), given each seller's
+    requests in the window by class (``usage``, from the rate limiter; none: nothing spent)."""
     bounds: dict[str, list[Bound]] = {}
     for bound in await read_bounds(pool, at):
         bounds.setdefault(bound.merchant_id, []).append(bound)
     costs = await lane_costs(pool)
-    budget = lane_budget(settings)
     plans = {}
     for merchant_id in merchants:
-        seller_costs = costs.get(merchant_id, {})
-        plans[merchant_id] = plan(due_lanes(bounds.get(merchant_id, [])), seller_costs, budget)
-        report_unaffordable(merchant_id, plans[merchant_id].unaffordable, seller_costs, budget)
+        budget = seller_budget(settings, (usage or {}).get(merchant_id))
+        plans[merchant_id] = plan(due_lanes(bounds.get(merchant_id, [])), costs.get(merchant_id, {}), budget)
+    await record_plans(pool, plans, costs)
     return plans

@@ -35,3 +35,36 @@ CROSS JOIN LATERAL (
     WHERE r.merchant_id = m.merchant_id AND r.kind = k.kind AND r.status = 'succeeded' AND r.finished_at IS NOT NULL
     ORDER BY r.started_at DESC LIMIT 1
 ) AS r
+
+-- name: record_lane_budgets --
+-- Each seller's lane budget this minute (worker/reconcile/scheduler.py), one row per seller; returns the sellers
+-- whose affordability changed (a seller seen for the first time: when it cannot afford its lanes).
+-- $1 text[] merchant_id, $2 float8[] share_rps, $3 float8[] available_rps, $4 float8[] need_rps, $5 bool[]
+-- affordable, $6 text[] too slow lanes, $7 text[] deferred lanes, $8 text[] lane costs (each a JSON text: arrays
+-- of arrays cannot be ragged).
+WITH input AS (
+    SELECT merchant_id, share_rps, available_rps, need_rps, affordable, too_slow::jsonb AS too_slow,
+           deferred::jsonb AS deferred, costs::jsonb AS costs
+    FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::bool[], $6::text[], $7::text[], $8::text[])
+        AS i (merchant_id, share_rps, available_rps, need_rps, affordable, too_slow, deferred, costs)
+), previous AS (
+    SELECT b.merchant_id, b.affordable FROM square.lane_budgets b JOIN input USING (merchant_id)
+), upserted AS (
+    INSERT INTO square.lane_budgets AS b (merchant_id, planned_at, share_rps, available_rps, need_rps, affordable,
+                                          too_slow_lanes, deferred_lanes, lane_costs)
+    SELECT merchant_id, now(), share_rps, available_rps, need_rps, affordable,
+           ARRAY(SELECT jsonb_array_elements_text(too_slow)), ARRAY(SELECT jsonb_array_elements_text(deferred)), costs
+    FROM input
+    ON CONFLICT (merchant_id) DO UPDATE SET planned_at = excluded.planned_at, share_rps = excluded.share_rps,
+        available_rps = excluded.available_rps, need_rps = excluded.need_rps, affordable = excluded.affordable,
+        too_slow_lanes = excluded.too_slow_lanes, deferred_lanes = excluded.deferred_lanes,
+        lane_costs = excluded.lane_costs
+    RETURNING b.merchant_id, b.affordable
+)
+SELECT u.merchant_id FROM upserted u LEFT JOIN previous p USING (merchant_id)
+WHERE u.affordable IS DISTINCT FROM COALESCE(p.affordable, true)
+
+-- name: lane_budget_ratios --
+-- Each known seller's lane need over its share, for the gauge (a share of 0 or NULL: unlimited, no ratio).
+SELECT b.merchant_id, b.need_rps / b.share_rps AS ratio FROM square.lane_budgets b
+JOIN square.merchants m USING (merchant_id) WHERE b.share_rps > 0

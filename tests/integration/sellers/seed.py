@@ -19,6 +19,7 @@ SEED_STATEMENTS = (
     "VALUES ($1, $1 || '-e1', 'customer.updated', now())",
     "INSERT INTO square.sync_runs (merchant_id, kind, status, finished_at) VALUES ($1, 'backfill', 'succeeded', now())",
     "INSERT INTO square.sync_state (merchant_id, lane) VALUES ($1, 'incremental')",
+    "INSERT INTO square.lane_budgets (merchant_id, planned_at, need_rps, affordable) VALUES ($1, now(), 0.5, true)",
     "INSERT INTO square.customer_custom_attribute_definitions (merchant_id, key, name) VALUES ($1, 'drink', 'Drink')",
     "INSERT INTO square.customer_custom_attributes (merchant_id, customer_id, key, value, version) "
     "VALUES ($1, 'C1', 'drink', '\"tea\"', 1)",

@@ -14,9 +14,10 @@ import pytest
 from arq import create_pool
 from prometheus_client import REGISTRY
 
+from square_mirror.commands.status import collect, render
 from square_mirror.constants import LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS, LANES_QUEUE, reconcile_job_id
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
-from square_mirror.settings import Settings, SettingsError
+from square_mirror.settings import Secret, Settings, SettingsError
 from square_mirror.square_api import RetryPolicy, SquareClient
 from square_mirror.tokens import TokenSource
 from worker.app import cron_jobs_for
@@ -54,10 +55,15 @@ async def fresh_except(pool: asyncpg.Pool, merchant_id: str, *stale: str, at: da
             await ran(pool, merchant_id, lane, LANE_TARGET_SECONDS[lane] / 2, requests=1, at=at)
 
 
-def _unaffordable() -> dict[str, float]:
+def _deferred() -> dict[str, float]:
     return {s.labels["lane"]: s.value for family in REGISTRY.collect()
-            if family.name == "square_mirror_lanes_unaffordable" for s in family.samples
+            if family.name == "square_mirror_lanes_deferred" for s in family.samples
             if s.name.endswith("_total")}
+
+
+def spent(lanes: int = 0, other: int = 0) -> dict[str, dict[str, int]]:
+    """The rate limiter's count of one seller's requests over the window, by class."""
+    return {"M": {"lanes": lanes, "other": other}}
 
 
 async def test_a_due_lane_is_planned_and_a_fresh_one_is_not(db_pool: asyncpg.Pool) -> None:
@@ -65,7 +71,7 @@ async def test_a_due_lane_is_planned_and_a_fresh_one_is_not(db_pool: asyncpg.Poo
     await fresh_except(db_pool, "M", "segments")
     await ran(db_pool, "M", "segments", 301, requests=50)  # just past its 300 s target
     plans = await plan_sellers(db_pool, BUDGET, ["M"], AT)
-    assert plans["M"].queued == ["segments"] and plans["M"].unaffordable == []
+    assert plans["M"].queued == ["segments"] and plans["M"].deferred == []
 
 
 async def test_a_seller_never_synced_gets_every_lane_and_unknown_costs_fit(db_pool: asyncpg.Pool) -> None:
@@ -76,28 +82,72 @@ async def test_a_seller_never_synced_gets_every_lane_and_unknown_costs_fit(db_po
     assert plans["CONFIG"].queued == list(LANES)
 
 
-async def test_the_most_stale_goes_first_when_the_budget_fits_only_one(db_pool: asyncpg.Pool) -> None:
+async def test_the_most_stale_goes_first_when_the_window_s_credit_fits_only_one(db_pool: asyncpg.Pool) -> None:
     await seller(db_pool, "M")
     await fresh_except(db_pool, "M", "segments", "groups", "events")
     await ran(db_pool, "M", "segments", 400, requests=200)
     await ran(db_pool, "M", "groups", 900, requests=200)  # the most stale
     await ran(db_pool, "M", "events", 600, requests=200)
-    before = _unaffordable()
-    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT)
+    before = _deferred()
+    # 5 requests/s for the lanes over 900 s: 4,500, of which the lanes already spent 4,300
+    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=4300))
     assert plans["M"].queued == ["groups"]
-    assert plans["M"].unaffordable == ["events", "segments"]  # reported, in staleness order
-    after = _unaffordable()
+    assert plans["M"].deferred == ["events", "segments"]  # left for later, in staleness order
+    after = _deferred()
     assert {lane: after.get(lane, 0) - before.get(lane, 0) for lane in ("events", "segments", "groups")} == \
         {"events": 1, "segments": 1, "groups": 0}
+    assert plans["M"].affordable  # 3 x 200 / 300 s = 2 requests/s of a 5 requests/s share: only not this minute
 
 
-async def test_cheap_lanes_fill_what_an_unaffordable_one_leaves(db_pool: asyncpg.Pool) -> None:
+async def test_a_lane_costlier_than_a_minute_s_share_runs_on_the_window_s_credit(db_pool: asyncpg.Pool) -> None:
+    await seller(db_pool, "M")
+    await fresh_except(db_pool, "M", "segments")
+    await ran(db_pool, "M", "segments", 400, requests=1000)  # over 300 a minute, under 4,500 a window
+    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=100))
+    assert plans["M"].queued == ["segments"] and plans["M"].affordable
+
+
+async def test_events_and_backfills_take_what_they_need_first(db_pool: asyncpg.Pool) -> None:
+    await seller(db_pool, "M")
+    await fresh_except(db_pool, "M", "segments")
+    await ran(db_pool, "M", "segments", 400, requests=200)
+    # the others used 8 of the seller's 10 requests/s: the lanes get 2 (not their 5), 1,800 a window
+    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=1700, other=8 * 900))
+    assert plans["M"].budget is not None and plans["M"].budget.available_rps == pytest.approx(2.0)
+    assert plans["M"].deferred == ["segments"]
+    roomier = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=1500, other=8 * 900))
+    assert roomier["M"].queued == ["segments"]
+    backfilling = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(other=10 * 900))
+    assert backfilling["M"].deferred == ["segments"]  # a backfill using the whole rate: the lanes wait
+
+
+async def test_a_pass_costlier_than_the_whole_window_runs_alone_and_the_seller_is_reported(
+    db_pool: asyncpg.Pool, db_dsn: str,
+) -> None:
     await seller(db_pool, "M")
     await fresh_except(db_pool, "M", "segments", "groups")
-    await ran(db_pool, "M", "segments", 900, requests=5000)  # more than a whole minute's budget
+    await ran(db_pool, "M", "segments", 900, requests=5000)  # more than 4,500, the lanes' whole window
     await ran(db_pool, "M", "groups", 400, requests=10)
+    busy = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=10))
+    assert busy["M"].queued == ["groups"] and busy["M"].deferred == ["segments"]  # cheap lanes fill the rest
+    idle = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent())
+    assert idle["M"].queued == ["segments"] and idle["M"].deferred == ["groups"]  # never skipped for good
+    assert not idle["M"].affordable and idle["M"].need_rps > 5.0
+    row = await db_pool.fetchrow("SELECT * FROM square.lane_budgets WHERE merchant_id = 'M'")
+    assert not row["affordable"] and row["share_rps"] == 5.0 and row["deferred_lanes"] == ["groups"]
+    assert row["lane_costs"]["segments"]["requests"] == 5000
+    report, _ = await collect(Settings(database_url=Secret(db_dsn)), 300.0, False)
+    assert [s["merchant_id"] for s in report["lane_budgets"]["unaffordable"]] == ["M"]
+    assert report["merchants"]["M"]["lane_budget"]["affordable"] is False
+    assert "M: cannot afford its lanes" in render(report)
+
+
+async def test_a_pass_longer_than_its_target_makes_the_seller_unable_to_afford_it(db_pool: asyncpg.Pool) -> None:
+    await seller(db_pool, "M")
+    await fresh_except(db_pool, "M", "incremental")
+    await ran(db_pool, "M", "incremental", 120, requests=2, seconds=75.0)  # a 60 s target
     plans = await plan_sellers(db_pool, BUDGET, ["M"], AT)
-    assert plans["M"].queued == ["groups"] and plans["M"].unaffordable == ["segments"]
+    assert plans["M"].too_slow == ["incremental"] and not plans["M"].affordable
 
 
 async def test_an_unlimited_rate_runs_everything_due(db_pool: asyncpg.Pool) -> None:
@@ -105,8 +155,9 @@ async def test_an_unlimited_rate_runs_everything_due(db_pool: asyncpg.Pool) -> N
     await fresh_except(db_pool, "M", "segments", "groups")
     await ran(db_pool, "M", "segments", 900, requests=10**6)
     await ran(db_pool, "M", "groups", 400, requests=10**6)
-    plans = await plan_sellers(db_pool, replace(BUDGET, square_max_requests_per_second=0.0), ["M"], AT)
-    assert plans["M"].queued == ["segments", "groups"] and plans["M"].unaffordable == []
+    plans = await plan_sellers(db_pool, replace(BUDGET, square_max_requests_per_second=0.0), ["M"], AT,
+                               usage=spent(lanes=10**6))
+    assert plans["M"].queued == ["segments", "groups"] and plans["M"].deferred == [] and plans["M"].affordable
 
 
 async def test_a_pass_without_a_requests_count_costs_its_pages(db_pool: asyncpg.Pool) -> None:
@@ -115,8 +166,8 @@ async def test_a_pass_without_a_requests_count_costs_its_pages(db_pool: asyncpg.
     await db_pool.execute(
         "INSERT INTO square.sync_runs (merchant_id, kind, status, started_at, finished_at, heartbeat_at, counts)"
         " VALUES ('M', 'reconcile:segments', 'succeeded', $1, $1, $1, '{\"pages\": 301}')", AT - timedelta(hours=1))
-    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT)
-    assert plans["M"].unaffordable == ["segments"]
+    plans = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=4300))
+    assert plans["M"].deferred == ["segments"]
 
 
 def test_offsets_differ_across_sellers_and_are_stable() -> None:
@@ -167,7 +218,8 @@ async def test_the_cron_entry_queues_due_lanes_at_each_sellers_offset(db_pool: a
     job_ctx = {CONTEXT_KEY: wc, "job_try": 1, "job_id": "schedule"}
     try:
         result = await schedule_lanes(job_ctx)
-        assert result == {"queued": {"A": {"incremental": True}, "B": {"incremental": True}}, "unaffordable": {}}
+        assert result == {"queued": {"A": {"incremental": True}, "B": {"incremental": True}}, "deferred": {},
+                          "unaffordable": []}
         jobs = {j.job_id: j for j in await arq_redis.queued_jobs(queue_name=LANES_QUEUE)}
         assert set(jobs) == {reconcile_job_id("incremental", "A"), reconcile_job_id("incremental", "B")}
         assert all(list(j.args) == ["incremental", j.job_id.rsplit(":", 1)[1]] for j in jobs.values())

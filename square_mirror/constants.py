@@ -113,6 +113,9 @@ def continuation_job_id(job_id: str, continues: str) -> str:
 REDIS_PREFIX: Final = "square-mirror:"
 RATE_LIMIT_KEY: Final = REDIS_PREFIX + "ratelimit:"  # + merchant_id
 USAGE_KEY: Final = REDIS_PREFIX + "usage:"  # + merchant_id: requests per minute and class (square_mirror/ratelimit.py)
+# The share of a seller's burst (SQUARE_REQUEST_BURST) a backfill leaves to the seller's events
+# (square_mirror/ratelimit.py): its event lag stays low while its backfill runs.
+BACKFILL_EVENT_RESERVE: Final = 0.2
 USAGE_MINUTES: Final = 16  # how many minutes of it Redis keeps: the budget scheduler's window and one more
 UNAUTHORIZED_KEY: Final = REDIS_PREFIX + "unauthorized:"  # + merchant_id
 HEALTH_KEY: Final = REDIS_PREFIX + "health:"  # + process name

@@ -4,11 +4,13 @@ Square rate-limits per seller and does not publish the numbers, so a fleet of wo
 share one budget per merchant instead of each process storming the seller on its own. A token bucket in a
 Lua script (atomic, using Redis' clock so hosts with skewed clocks agree) answers "go now" or "wait N ms".
 
-Two classes of spending share each seller's bucket, because a seller's event lag matters more than how soon a
-reconcile lane finishes:
-- ``other`` (events, backfills, commands) takes a token whenever one is there;
-- ``lanes`` takes one only while the bucket keeps ``reserve`` tokens after it, so a lane pass never empties the
-  bucket under the events: they always find the reserve, and the lanes get what the events leave.
+Three classes of spending share each seller's bucket, because a seller's event lag matters more than how soon its
+backfill ends, and that more than how soon a reconcile lane does:
+- ``events`` (the event jobs, and any request made outside :func:`spending`) take a token whenever one is there;
+- ``backfill`` takes one only while the bucket keeps :data:`~square_mirror.constants.BACKFILL_EVENT_RESERVE` of
+  the burst after it, so a backfill never empties the bucket under the seller's events;
+- ``lanes`` takes one only while the bucket keeps ``(1 - lane_share)`` of the burst (at least the backfill's
+  reserve), so the lanes get what the events and the backfill leave.
 
 Every token taken is also counted per seller, class and minute (:data:`USAGE_KEY`, kept for
 :data:`USAGE_MINUTES` minutes), which is what the budget scheduler (worker/reconcile/scheduler.py) reads to know
@@ -29,11 +31,12 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:  # only the type: a run without REDIS_URL never pays for importing redis
     from redis.asyncio import Redis
 
-from square_mirror.constants import RATE_LIMIT_KEY, USAGE_KEY, USAGE_MINUTES
+from square_mirror.constants import BACKFILL_EVENT_RESERVE, RATE_LIMIT_KEY, USAGE_KEY, USAGE_MINUTES
 
-LANE_SPENDING: Final = "lanes"  # the reconcile lanes' requests: they take from the bucket only above the reserve
-OTHER_SPENDING: Final = "other"  # events, backfills, commands: first served
-SPENDING_CLASSES: Final = (LANE_SPENDING, OTHER_SPENDING)
+EVENT_SPENDING: Final = "events"  # event jobs and anything else outside spending(): first served
+BACKFILL_SPENDING: Final = "backfill"  # backfill runs: above the events' reserve
+LANE_SPENDING: Final = "lanes"  # the reconcile lanes (the sweep included): above the lanes' reserve
+SPENDING_CLASSES: Final = (EVENT_SPENDING, BACKFILL_SPENDING, LANE_SPENDING)
 
 # KEYS[1] the bucket, KEYS[2] the usage hash; ARGV rate, burst, cost, reserve (tokens this class must leave),
 # class, minutes kept. Returns the milliseconds to wait (0: taken and counted).
@@ -59,7 +62,7 @@ if tokens - cost >= reserve then
   local minute = math.floor(now / 60000)
   local kept = tonumber(ARGV[6])
   redis.call('HINCRBY', KEYS[2], minute .. ':' .. ARGV[5], cost)
-  redis.call('HDEL', KEYS[2], (minute - kept) .. ':lanes', (minute - kept) .. ':other')
+  redis.call('HDEL', KEYS[2], (minute - kept) .. ':events', (minute - kept) .. ':backfill', (minute - kept) .. ':lanes')
   redis.call('PEXPIRE', KEYS[2], kept * 60000)
 else
   wait = math.ceil((cost + reserve - tokens) * 1000.0 / rate)
@@ -74,7 +77,7 @@ return wait
 class Spend:
     """One piece of work's requests (a lane pass, a backfill run) and the class they are charged to."""
 
-    kind: str = OTHER_SPENDING
+    kind: str = EVENT_SPENDING
     requests: int = 0
 
 
@@ -82,7 +85,7 @@ _SPEND: ContextVar[Spend | None] = ContextVar("square_mirror_spend", default=Non
 
 
 @contextmanager
-def spending(kind: str = OTHER_SPENDING) -> Iterator[Spend]:
+def spending(kind: str = EVENT_SPENDING) -> Iterator[Spend]:
     """Charge the Square requests made by the current task (and the tasks it starts) to ``kind`` and count them.
 
     A context variable, not the client's total, because one process runs many passes at once on one client."""
@@ -105,31 +108,35 @@ class RateLimiter:
     """Token bucket per merchant: ``rate`` requests per second with bursts of ``burst``. rate <= 0 disables it.
 
     ``lane_share``: the lanes' share of the budget; the lanes leave ``(1 - lane_share) x burst`` tokens to the
-    others (at least one)."""
+    others, a backfill leaves :data:`BACKFILL_EVENT_RESERVE` x burst to the events (each at least one token, and
+    never the whole burst)."""
 
     def __init__(self, redis: Redis | None, *, rate: float, burst: int | None = None,
                  lane_share: float = 1.0) -> None:
         self.redis = redis
         self.rate = rate
         self.burst = burst if burst is not None else max(1, int(rate))
-        reserve = 0 if lane_share >= 1.0 else max(1, round((1.0 - lane_share) * self.burst))
-        self.lane_reserve = min(reserve, self.burst - 1)  # a burst of 1 leaves nothing to reserve
+        most = self.burst - 1  # a burst of 1 leaves nothing to reserve
+        self.backfill_reserve = min(most, max(1, round(BACKFILL_EVENT_RESERVE * self.burst)))
+        lanes = 0 if lane_share >= 1.0 else max(1, round((1.0 - lane_share) * self.burst))
+        self.lane_reserve = min(most, max(lanes, self.backfill_reserve))
+        self._reserves = {EVENT_SPENDING: 0, BACKFILL_SPENDING: self.backfill_reserve, LANE_SPENDING: self.lane_reserve}
         self._script: Any = redis.register_script(_BUCKET_SCRIPT) if redis is not None and rate > 0 else None
 
     @property
     def enabled(self) -> bool:
         return self._script is not None
 
-    async def take(self, merchant_id: str, cost: int = 1, kind: str = OTHER_SPENDING) -> float:
+    async def take(self, merchant_id: str, cost: int = 1, kind: str = EVENT_SPENDING) -> float:
         """Take ``cost`` tokens of class ``kind`` now if the bucket allows: 0.0, else the seconds to wait first."""
         if self._script is None:
             return 0.0
-        reserve = self.lane_reserve if kind == LANE_SPENDING else 0
+        reserve = self._reserves[kind]
         wait_ms = int(await self._script(keys=[RATE_LIMIT_KEY + merchant_id, USAGE_KEY + merchant_id],
                                          args=[self.rate, self.burst, cost, reserve, kind, USAGE_MINUTES]))
         return max(0, wait_ms) / 1000.0
 
-    async def acquire(self, merchant_id: str, cost: int = 1, kind: str = OTHER_SPENDING) -> float:
+    async def acquire(self, merchant_id: str, cost: int = 1, kind: str = EVENT_SPENDING) -> float:
         """Wait until the merchant's budget allows ``cost`` requests of class ``kind``; returns the seconds spent
         waiting."""
         waited = 0.0
@@ -143,7 +150,8 @@ class RateLimiter:
 
 async def read_usage(redis: Redis, merchant_ids: Sequence[str], minutes: int) -> dict[str, dict[str, int]]:
     """Requests each seller's bucket gave out in the last ``minutes`` whole minutes and the current one, by class
-    (``lanes``, ``other``); by Redis' clock, the one the bucket counts by. At most :data:`USAGE_MINUTES` back."""
+    (``events``, ``backfill``, ``lanes``); by Redis' clock, the one the bucket counts by. At most
+    :data:`USAGE_MINUTES` back."""
     seconds, _micros = await redis.time()
     now_minute = int(seconds) // 60
     first = now_minute - min(minutes, USAGE_MINUTES - 1)

@@ -27,7 +27,7 @@ from square_mirror.errors import SquareUnauthorized as SquareUnauthorized
 from square_mirror.errors import SquareUnavailable as SquareUnavailable
 from square_mirror.logs import get_logger
 from square_mirror.metrics import RATE_LIMIT_WAIT_SECONDS, SQUARE_RATE_LIMITED, SQUARE_REQUEST_SECONDS, SQUARE_REQUESTS
-from square_mirror.ratelimit import OTHER_SPENDING, RateLimiter, current_spend
+from square_mirror.ratelimit import EVENT_SPENDING, RateLimiter, current_spend
 from square_mirror.retry import SQUARE_RETRIED
 from square_mirror.retry import RetryPolicy as RetryPolicy
 from square_mirror.settings import Settings
@@ -197,7 +197,7 @@ class SquareClient:
         while True:
             if self.rate_limiter is not None and merchant_id:  # OAuth calls are the application's, not a seller's
                 spend = current_spend()
-                kind = OTHER_SPENDING if spend is None else spend.kind
+                kind = EVENT_SPENDING if spend is None else spend.kind
                 waited = await self.rate_limiter.acquire(merchant_id, kind=kind)
                 if waited:
                     RATE_LIMIT_WAIT_SECONDS.inc(waited)

@@ -33,7 +33,7 @@ from typing import Any, Final
 from square_mirror import searchable_events
 from square_mirror.logs import get_logger
 from square_mirror.pagination import Pages
-from square_mirror.ratelimit import LANE_SPENDING, OTHER_SPENDING, Spend, spending
+from square_mirror.ratelimit import BACKFILL_SPENDING, LANE_SPENDING, Spend, spending
 from square_mirror.square_api import BULK_RETRIEVE_LIMIT, CUSTOMERS_PAGE_LIMIT
 from square_mirror.timefmt import iso, require_time, utcnow
 from worker import runs, store
@@ -312,7 +312,7 @@ async def backfill(
     records ``interrupted`` and propagates. Raises :class:`worker.runs.RunBusy` if the same run is in progress.
     """
     # this run's own requests (others run on the same client at the same time); a sweep's are the lanes'
-    with spending(LANE_SPENDING if kind == SWEEP else OTHER_SPENDING) as spend:
+    with spending(LANE_SPENDING if kind == SWEEP else BACKFILL_SPENDING) as spend:
         return await _recorded_backfill(ctx, merchant_id, spend, full=full, concurrency=concurrency,
                                         attribute_concurrency=attribute_concurrency, kind=kind, reporter=reporter,
                                         log_every=log_every)

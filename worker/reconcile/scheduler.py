@@ -4,7 +4,7 @@ Every minute, for every known seller (:func:`worker.merchants.known_merchants`),
 (``square.sync_freshness``, the rule ``status`` and the gauge use), the measured cost of the lane's last succeeded
 pass (its ``requests``, else its ``pages``; and its seconds) and what the seller's requests went to over the last
 :data:`~square_mirror.constants.LANE_BUDGET_WINDOW_SECONDS` (counted by the rate limiter, square_mirror/ratelimit.py,
-per class: ``lanes`` and ``other``, that is events, backfills and commands). Then:
+per class: ``events``, ``backfill`` and ``lanes``). Then:
 
 - **Events and backfills first.** The lanes may use ``LANE_BUDGET_SHARE x SQUARE_MAX_REQUESTS_PER_SECOND``, but
   never more than what the others left of the seller's rate over the window (``available_rps``). The rate limiter
@@ -41,7 +41,7 @@ import asyncpg
 from square_mirror.constants import LANE_BUDGET_WINDOW_SECONDS, LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS
 from square_mirror.freshness import Bound, read_bounds
 from square_mirror.logs import get_logger
-from square_mirror.ratelimit import LANE_SPENDING, OTHER_SPENDING
+from square_mirror.ratelimit import BACKFILL_SPENDING, EVENT_SPENDING, LANE_SPENDING
 from square_mirror.settings import Settings
 from worker.metrics import LANES_DEFERRED
 from worker.queries import queries
@@ -115,7 +115,7 @@ def seller_budget(settings: Settings, usage: Usage | None = None,
         return None
     usage = usage or {}
     share = settings.lane_budget_share * rate
-    others = usage.get(OTHER_SPENDING, 0) / window_seconds
+    others = (usage.get(EVENT_SPENDING, 0) + usage.get(BACKFILL_SPENDING, 0)) / window_seconds
     return Budget(share, max(0.0, min(share, rate - others)), int(usage.get(LANE_SPENDING, 0)), window_seconds)
 
 

@@ -1,4 +1,5 @@
-"""The per-seller budget: the lanes leave a reserve to events and backfills, and every token is counted by class."""
+"""The per-seller budget: events first, then backfills, then lanes, each leaving a reserve to those before it; every
+token counted by class."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from square_mirror.ratelimit import LANE_SPENDING, OTHER_SPENDING, RateLimiter, current_spend, read_usage, spending
+from square_mirror.ratelimit import (
+    BACKFILL_SPENDING,
+    EVENT_SPENDING,
+    LANE_SPENDING,
+    RateLimiter,
+    current_spend,
+    read_usage,
+    spending,
+)
 from square_mirror.settings import Secret
 from square_mirror.square_api import RetryPolicy, SquareClient
 from square_mirror.tokens import TokenSource
@@ -27,12 +36,14 @@ def slow_limiter(redis: Redis) -> RateLimiter:
     return RateLimiter(redis, rate=0.001, burst=10, lane_share=0.3)
 
 
-async def test_lanes_stop_at_the_reserve_that_events_and_backfills_may_still_use(redis: Redis) -> None:
+async def test_lanes_stop_at_their_reserve_backfills_at_theirs_and_events_take_the_rest(redis: Redis) -> None:
     limiter = slow_limiter(redis)
-    assert limiter.lane_reserve == 7
+    assert (limiter.lane_reserve, limiter.backfill_reserve) == (7, 2)
     assert [await limiter.take("M1", kind=LANE_SPENDING) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert await limiter.take("M1", kind=LANE_SPENDING) > 0  # 7 left: the reserve
-    assert [await limiter.take("M1") for _ in range(7)] == [0.0] * 7  # the others take it
+    assert await limiter.take("M1", kind=LANE_SPENDING) > 0  # 7 left: the lanes' reserve
+    assert [await limiter.take("M1", kind=BACKFILL_SPENDING) for _ in range(5)] == [0.0] * 5
+    assert await limiter.take("M1", kind=BACKFILL_SPENDING) > 0  # 2 left: the events' reserve
+    assert [await limiter.take("M1") for _ in range(2)] == [0.0, 0.0]  # events: outside spending()
     assert await limiter.take("M1") > 0
     assert await limiter.take("M2", kind=LANE_SPENDING) == 0.0  # every seller has a bucket of its own
 
@@ -41,17 +52,21 @@ async def test_a_seller_s_usage_is_counted_by_class_and_only_when_a_token_was_ta
     limiter = slow_limiter(redis)
     for _ in range(5):
         await limiter.take("M1", kind=LANE_SPENDING)  # 3 taken, 2 refused
-    for _ in range(9):
-        await limiter.take("M1")  # 7 taken, 2 refused
+    for _ in range(6):
+        await limiter.take("M1", kind=BACKFILL_SPENDING)  # 5 taken, 1 refused
+    for _ in range(4):
+        await limiter.take("M1", kind=EVENT_SPENDING)  # 2 taken, 2 refused
     await limiter.take("M2")
     usage = await read_usage(redis, ["M1", "M2", "M3"], minutes=1)
-    assert usage == {"M1": {LANE_SPENDING: 3, OTHER_SPENDING: 7}, "M2": {LANE_SPENDING: 0, OTHER_SPENDING: 1},
-                     "M3": {LANE_SPENDING: 0, OTHER_SPENDING: 0}}
+    assert usage == {"M1": {LANE_SPENDING: 3, BACKFILL_SPENDING: 5, EVENT_SPENDING: 2},
+                     "M2": {LANE_SPENDING: 0, BACKFILL_SPENDING: 0, EVENT_SPENDING: 1},
+                     "M3": {LANE_SPENDING: 0, BACKFILL_SPENDING: 0, EVENT_SPENDING: 0}}
 
 
 def test_a_burst_of_one_reserves_nothing_so_lanes_can_still_run() -> None:
     assert RateLimiter(None, rate=1, burst=1, lane_share=0.3).lane_reserve == 0
-    assert RateLimiter(None, rate=1, burst=100).lane_reserve == 0  # no share given: no reserve
+    assert RateLimiter(None, rate=1, burst=1).backfill_reserve == 0
+    assert RateLimiter(None, rate=1, burst=100).lane_reserve == 20  # no lane share: the backfill's reserve
 
 
 def test_only_known_spending_classes_are_accepted() -> None:
@@ -75,7 +90,8 @@ async def test_concurrent_work_counts_its_own_requests_on_one_shared_client(
             return spend.requests
 
     async with client:
-        counted = await asyncio.gather(work(LANE_SPENDING, 2), work(OTHER_SPENDING, 3))
+        counted = await asyncio.gather(work(LANE_SPENDING, 2), work(BACKFILL_SPENDING, 3))
     assert counted == [2, 3]
     assert current_spend() is None
-    assert await read_usage(redis, ["M1"], minutes=1) == {"M1": {LANE_SPENDING: 2, OTHER_SPENDING: 3}}
+    assert await read_usage(redis, ["M1"], minutes=1) == {"M1": {LANE_SPENDING: 2, BACKFILL_SPENDING: 3,
+                                                                 EVENT_SPENDING: 0}}

@@ -62,8 +62,9 @@ def _deferred() -> dict[str, float]:
 
 
 def spent(lanes: int = 0, other: int = 0) -> dict[str, dict[str, int]]:
-    """The rate limiter's count of one seller's requests over the window, by class."""
-    return {"M": {"lanes": lanes, "other": other}}
+    """The rate limiter's count of one seller's requests over the window, by class (``other``: events and backfill
+    alike, half each)."""
+    return {"M": {"lanes": lanes, "events": other // 2, "backfill": other - other // 2}}
 
 
 async def test_a_due_lane_is_planned_and_a_fresh_one_is_not(db_pool: asyncpg.Pool) -> None:

@@ -73,6 +73,9 @@ LANE_SCHEDULERS: Final = (LANE_SCHEDULER_CRON, LANE_SCHEDULER_BUDGET)
 SCHEDULE_LANES_CRON: Final = "schedule_lanes"  # the budget scheduler's cron entry (every minute)
 # The budget scheduler spreads each seller's lane jobs over this many seconds, by a fixed offset per seller.
 LANE_SPREAD_SECONDS: Final = 60
+# A lane is due when its staleness at its job's start will be at least its target less this (worker/reconcile/
+# scheduler.py): without it, a pass that began a second late would make the lane wait one more minute.
+LANE_DUE_SLACK_SECONDS: Final = 10
 # The budget scheduler weighs what a seller's requests went to over this window (at least twice the 5-minute lanes'
 # target, at most what Redis keeps: USAGE_MINUTES).
 LANE_BUDGET_WINDOW_SECONDS: Final = 900
@@ -116,6 +119,9 @@ USAGE_KEY: Final = REDIS_PREFIX + "usage:"  # + merchant_id: requests per minute
 # The share of a seller's burst (SQUARE_REQUEST_BURST) a backfill leaves to the seller's events
 # (square_mirror/ratelimit.py): its event lag stays low while its backfill runs.
 BACKFILL_EVENT_RESERVE: Final = 0.2
+# The share of a seller's rate its event fetches' batches may start at (worker/events/coalescer.py): beyond it a
+# busy seller's events wait for fuller batches instead of taking the whole budget.
+EVENT_FETCH_SHARE: Final = 0.5
 USAGE_MINUTES: Final = 16  # how many minutes of it Redis keeps: the budget scheduler's window and one more
 UNAUTHORIZED_KEY: Final = REDIS_PREFIX + "unauthorized:"  # + merchant_id
 HEALTH_KEY: Final = REDIS_PREFIX + "health:"  # + process name

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from square_mirror.constants import QUEUE_NAME, UNAUTHORIZED_KEY
+from square_mirror.constants import EVENT_FETCH_SHARE, QUEUE_NAME, UNAUTHORIZED_KEY
 from square_mirror.db import create_pool, init_connection
 from square_mirror.logs import get_logger
 from square_mirror.ratelimit import RateLimiter
@@ -176,7 +176,9 @@ async def build_context(
         sync = SyncContext(pool, client, locks)
         inbox = Inbox(inbox_pool)
         stack.push_async_callback(inbox.close)
+        rate = settings.square_max_requests_per_second
         coalescer = FetchCoalescer(sync, window=settings.worker_fetch_window_ms / 1000.0,
+                                   min_interval=1.0 / (EVENT_FETCH_SHARE * rate) if rate > 0 else 0.0,
                                    on_success=hooks.mark_authorized)
         stack.push_async_callback(coalescer.close)
         attributes = AttributeWriter(pool, settings.square_application_id,

@@ -3,7 +3,8 @@
 Each job ``submit``s a keyed item and awaits its own result; a batch is run after ``window`` seconds (or at
 ``max_batch`` items, at once), with at most ``max_in_flight`` batches running at once, so under load batches
 grow with the load instead of the number of round trips. A key already pending shares that item's result.
-``run`` may answer an exception for one key: only that item's waiters see it.
+``run`` may answer an exception for one key: only that item's waiters see it. ``min_interval`` spaces the starts
+of batches that are not full, so a busy key gathers more items per batch rather than more batches.
 
 Used for the inbox (record + gate, finish: one statement per batch) and, one batcher per merchant, for the
 fetch coalescer (one BulkRetrieveCustomers per batch), which also lets a job share a batch already running
@@ -30,9 +31,12 @@ class MicroBatcher(Generic[K, V, R]):
         window: float = 0.005,
         max_batch: int = 500,
         max_in_flight: int = 2,
+        min_interval: float = 0.0,
     ) -> None:
         self._run_batch = run
         self.window = max(0.0, window)
+        self.min_interval = max(0.0, min_interval)
+        self._next_start = 0.0  # loop time before which a batch that is not full does not start
         self.max_batch = max(1, max_batch)
         self.max_in_flight = max(1, max_in_flight)
         self._items: dict[K, V] = {}
@@ -56,7 +60,7 @@ class MicroBatcher(Generic[K, V, R]):
             future.add_done_callback(_consume)
             self._items[key] = item
             if self._timer is None and not self._due:
-                self._timer = loop.call_later(self.window, self._window_passed)
+                self._timer = loop.call_later(max(self.window, self._next_start - loop.time()), self._window_passed)
             if len(self._items) >= self.max_batch:
                 self._flush()
         return future
@@ -81,9 +85,11 @@ class MicroBatcher(Generic[K, V, R]):
             return
         items, futures = self._items, self._futures
         self._items, self._futures = {}, {}
+        loop = asyncio.get_running_loop()
+        self._next_start = loop.time() + self.min_interval
         self._running_futures.update(futures)
         self._running += 1
-        task = asyncio.get_running_loop().create_task(self._run(items, futures))
+        task = loop.create_task(self._run(items, futures))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

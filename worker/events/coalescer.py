@@ -5,7 +5,10 @@ merchant), which is sent after a short window (a few ms) or as soon as it holds 
 :func:`worker.sync.sync_customers` call (fetch, merge redirects, confirmed NOT_FOUNDs, version-guarded upsert,
 missing definitions). Every waiting job gets its own ID's outcome. At most ``max_in_flight`` batches per
 merchant run at once (full batches excepted): under load, IDs keep gathering while earlier batches are out,
-so batches grow with the load instead of the call count.
+so batches grow with the load instead of the call count. With a per-seller rate (SQUARE_MAX_REQUESTS_PER_SECOND),
+a seller's batches that are not full start at most :data:`~square_mirror.constants.EVENT_FETCH_SHARE` x its rate
+times a second: a seller with a flood of edits waits a little longer for fuller batches (at 10 requests/s, at most
+0.2 s), so its events cannot take the whole budget its backfill and lanes also need.
 
 Jobs for a customer whose fetch is already in flight share it, but only if what it brought back is at least
 as new as their event: a fetch that left before the event's change was committed cannot answer for it, so
@@ -62,6 +65,7 @@ class FetchCoalescer:
         window: float = 0.005,
         max_batch: int = BULK_RETRIEVE_LIMIT,
         max_in_flight: int = 4,
+        min_interval: float = 0.0,
         on_success: MerchantHook | None = None,
         sync_function: SyncFunction | None = None,
     ) -> None:
@@ -69,6 +73,7 @@ class FetchCoalescer:
         self.window = max(0.0, window)
         self.max_batch = max(1, min(max_batch, BULK_RETRIEVE_LIMIT))
         self.max_in_flight = max(1, max_in_flight)
+        self.min_interval = max(0.0, min_interval)
         self.on_success = on_success
         self._sync_function: SyncFunction = sync_function or sync_customers
         self._batchers: dict[str, MicroBatcher[str, None, Fetched]] = {}
@@ -97,7 +102,8 @@ class FetchCoalescer:
                 return await self._run(merchant_id, list(items))
 
             batcher = self._batchers[merchant_id] = MicroBatcher(
-                run, window=self.window, max_batch=self.max_batch, max_in_flight=self.max_in_flight)
+                run, window=self.window, max_batch=self.max_batch, max_in_flight=self.max_in_flight,
+                min_interval=self.min_interval)
         return batcher
 
     async def _run(self, merchant_id: str, ids: list[str]) -> dict[str, Fetched | BaseException]:

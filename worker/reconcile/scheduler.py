@@ -11,7 +11,8 @@ per class: ``events``, ``backfill`` and ``lanes``). Then:
   enforces the same order from one request to the next: the lanes leave the events a reserve of the bucket.
 - **Spread over the window, not the minute.** The lanes' credit is ``available_rps x window`` minus what the lanes
   already spent in it. Due lanes (staleness at least the target, or never complete) are queued most stale first
-  while their cost fits the credit; the others are *deferred* (counted, ``square_mirror_lanes_deferred_total``)
+  while their cost fits the credit (due: as of when the seller's job will start, within a few seconds); the others
+  are *deferred* (counted, ``square_mirror_lanes_deferred_total``)
   and come first once the credit allows. A pass costlier than the whole window's credit runs when the lanes spent
   nothing in the window, so it runs less often than its target rather than never.
 - **Affordability, reported.** A seller *can afford* its lanes when the sum over its lanes of ``cost / target``
@@ -38,7 +39,12 @@ from typing import Any, Final
 
 import asyncpg
 
-from square_mirror.constants import LANE_BUDGET_WINDOW_SECONDS, LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS
+from square_mirror.constants import (
+    LANE_BUDGET_WINDOW_SECONDS,
+    LANE_DUE_SLACK_SECONDS,
+    LANE_SPREAD_SECONDS,
+    LANE_TARGET_SECONDS,
+)
 from square_mirror.freshness import Bound, read_bounds
 from square_mirror.logs import get_logger
 from square_mirror.ratelimit import BACKFILL_SPENDING, EVENT_SPENDING, LANE_SPENDING
@@ -119,13 +125,18 @@ def seller_budget(settings: Settings, usage: Usage | None = None,
     return Budget(share, max(0.0, min(share, rate - others)), int(usage.get(LANE_SPENDING, 0)), window_seconds)
 
 
-def due_lanes(bounds: Iterable[Bound]) -> list[Due]:
-    """The lanes due among one seller's bounds (a seller not yet in square.merchants: every lane)."""
+def due_lanes(bounds: Iterable[Bound], lead_seconds: float = 0.0) -> list[Due]:
+    """The lanes due among one seller's bounds (a seller not yet in square.merchants: every lane).
+
+    Judged at the time the job will start, ``lead_seconds`` from now (the seller's offset in the minute), less
+    :data:`LANE_DUE_SLACK_SECONDS`: judged at the minute itself, a pass that started a second late would wait a
+    whole extra minute, and a 60 s lane would run every two minutes."""
     rows = list(bounds)
     if not rows:
         return [Due(lane, None) for lane in LANE_TARGET_SECONDS]
     due = [Due(b.lane, b.staleness_seconds) for b in rows
-           if b.staleness_seconds is None or b.staleness_seconds >= b.target_seconds]
+           if b.staleness_seconds is None
+           or b.staleness_seconds + lead_seconds >= b.target_seconds - LANE_DUE_SLACK_SECONDS]
     return sorted(due, key=Due.order)
 
 
@@ -209,6 +220,7 @@ async def plan_sellers(pool: asyncpg.Pool, settings: Settings, merchants: Sequen
     plans = {}
     for merchant_id in merchants:
         budget = seller_budget(settings, (usage or {}).get(merchant_id))
-        plans[merchant_id] = plan(due_lanes(bounds.get(merchant_id, [])), costs.get(merchant_id, {}), budget)
+        due = due_lanes(bounds.get(merchant_id, []), seller_offset_seconds(merchant_id))
+        plans[merchant_id] = plan(due, costs.get(merchant_id, {}), budget)
     await record_plans(pool, plans, costs)
     return plans

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from square_mirror.commands.status import collect, render
 from square_mirror.constants import LANE_SPREAD_SECONDS, LANE_TARGET_SECONDS, LANES_QUEUE, reconcile_job_id
+from square_mirror.freshness import Bound
 from square_mirror.queue import deserialize_job, redis_settings, serialize_job
 from square_mirror.settings import Secret, Settings, SettingsError
 from square_mirror.square_api import RetryPolicy, SquareClient
@@ -24,7 +25,7 @@ from worker.app import cron_jobs_for
 from worker.context import CONTEXT_KEY, build_context
 from worker.reconcile.jobs import ARQ_CRON_JOBS, schedule_lanes
 from worker.reconcile.lanes import lane_kind
-from worker.reconcile.scheduler import plan_sellers, seller_offset_seconds
+from worker.reconcile.scheduler import due_lanes, plan_sellers, seller_offset_seconds
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 LANES = tuple(LANE_TARGET_SECONDS)
@@ -49,10 +50,12 @@ async def ran(pool: asyncpg.Pool, merchant_id: str, lane: str, ago: float, *, re
 
 
 async def fresh_except(pool: asyncpg.Pool, merchant_id: str, *stale: str, at: datetime | None = None) -> None:
-    """Every lane fresh (half its target ago, cheap) except ``stale``, which the test seeds itself."""
+    """Every lane fresh (cheap, a second ago; the sweep, which completes the others too, half a day ago) except
+    ``stale``, which the test seeds itself."""
     for lane in LANES:
         if lane not in stale:
-            await ran(pool, merchant_id, lane, LANE_TARGET_SECONDS[lane] / 2, requests=1, at=at)
+            await ran(pool, merchant_id, lane, LANE_TARGET_SECONDS[lane] / 2 if lane == "sweep" else 1, requests=1,
+                      at=at)
 
 
 def _deferred() -> dict[str, float]:
@@ -169,6 +172,16 @@ async def test_a_pass_without_a_requests_count_costs_its_pages(db_pool: asyncpg.
         " VALUES ('M', 'reconcile:segments', 'succeeded', $1, $1, $1, '{\"pages\": 301}')", AT - timedelta(hours=1))
     plans = await plan_sellers(db_pool, BUDGET, ["M"], AT, usage=spent(lanes=4300))
     assert plans["M"].deferred == ["segments"]
+
+
+def test_a_lane_is_due_when_it_will_be_stale_at_its_job_s_start_within_the_slack() -> None:
+    def bound(staleness: float | None) -> Bound:
+        return Bound("M", "incremental", None, staleness, 60, 3600.0)
+
+    assert [d.lane for d in due_lanes([bound(55.0)])] == ["incremental"]  # within the slack of its 60 s target
+    assert due_lanes([bound(40.0)]) == []
+    assert [d.lane for d in due_lanes([bound(40.0)], lead_seconds=15.0)] == ["incremental"]  # 55 s when it starts
+    assert [d.lane for d in due_lanes([bound(None)])] == ["incremental"]  # never complete: always due
 
 
 def test_offsets_differ_across_sellers_and_are_stable() -> None:

@@ -34,10 +34,11 @@ the emulator answered, which are the over-budget check: the goal "no seller over
 seller, and the sellers that got one are listed. The emulator counts what arrived, every path included (lanes,
 backfills, the event path's reads), whatever the mirror believes it sent; the mirror's own figures (its lane and
 backfill runs' counts in ``square.sync_runs``, the workers' ``square_mirror_square_requests_total``) are printed
-beside them. Also: the sellers the mirror reported unable to afford a lane (the workers' ``lane_unaffordable`` log
-lines, distinct seller and lane, per class); each lane's staleness bound (``square.sync_freshness``), max per class;
-Redis ``INFO memory`` and ``pg_database_size``; and the goals' pass/fail. ``--compare`` runs the same benchmark without
-and then with the split and prints the ratio of the event lag p99s (the split's baseline is the one pool).
+beside them. Also: the sellers the mirror reported unable to afford their lanes (the workers' ``lanes_unaffordable``
+log lines, per class, and those still so at the end in ``square.lane_budgets``); each lane's staleness bound
+(``square.sync_freshness``), max per class; Redis ``INFO memory`` and ``pg_database_size``; and the goals'
+pass/fail. ``--compare`` runs the same benchmark without and then with the split and prints the ratio of the event
+lag p99s (the split's baseline is the one pool).
 """
 
 # ruff: noqa: E402
@@ -279,21 +280,38 @@ async def run_once(opts: argparse.Namespace, split: bool) -> dict[str, Any]:
 
 
 def lane_unaffordable(logs: list[Path]) -> list[tuple[str, str]]:
-    """Distinct (merchant ID, lane) of the workers' ``lane_unaffordable`` log lines (JSON, keys in any order)."""
-    found = set()
+    """The sellers the workers logged as unable to afford their lanes during the run, one (merchant ID, why) each.
+
+    The log lines are JSON with the event after the fields, so each line is parsed, not matched. Two shapes: the
+    budget scheduler's ``lanes_unaffordable`` (per seller, logged when it becomes so: ``need_rps`` against
+    ``share_rps`` and the lanes whose pass outlasts their target, ``too_slow``; the last report of a seller wins) and
+    the first scheduler's ``lane_unaffordable`` (per seller and ``lane``). A seller reported once is listed even if it
+    could afford its lanes again later (``lanes_affordable_again``): ``square.lane_budgets`` tells the end state.
+    """
+    why: dict[str, str] = {}
+    lanes: dict[str, set[str]] = {}
     for path in logs:
         if not path.exists():
             continue
         for line in path.read_text(errors="replace").splitlines():
-            if "lane_unaffordable" not in line:
+            if "_unaffordable" not in line:
                 continue
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry.get("event") == "lane_unaffordable":
-                found.add((str(entry.get("merchant_id")), str(entry.get("lane"))))
-    return sorted(found)
+            if not isinstance(entry, dict):
+                continue
+            mid = str(entry.get("merchant_id"))
+            if entry.get("event") == "lanes_unaffordable":
+                slow = entry.get("too_slow") or []
+                why[mid] = (f"needs {entry.get('need_rps')} of {entry.get('share_rps')} rps"
+                            + (f", too slow: {'+'.join(map(str, slow))}" if slow else ""))
+            elif entry.get("event") == "lane_unaffordable":
+                lanes.setdefault(mid, set()).add(str(entry.get("lane")))
+    for mid, names in lanes.items():
+        why.setdefault(mid, "+".join(sorted(names)))
+    return sorted(why.items())
 
 
 def first_ten(items: list[str]) -> str:
@@ -326,7 +344,7 @@ def emulator_counts(counted: dict[str, Any], by_mid: dict[str, dict[str, Any]],
             "max_per_second": rows[peak]["max_per_second"], "max_per_second_seller": peak,
             "429": sum(c["429"] for c in rows.values()), "sellers_429": [f"{m} ({rows[m]['429']})" for m in limited],
             "operations": sorted(operations.items(), key=lambda kv: -kv[1]),
-            "unaffordable": [f"{m}/{lane}" for m, lane in unaffordable if m in rows],
+            "unaffordable": [f"{m} ({why})" for m, why in unaffordable if m in rows],
         }
     others = {k: v["total"] for k, v in per_key.items() if k not in by_mid}
     return {"emulator": {"seconds": counted["seconds"], "classes": classes, "others": others,
@@ -340,6 +358,11 @@ async def db_value(dsn: str, sql: str) -> Any:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+def budget_line(b: Any) -> str:
+    slow = f", too slow: {'+'.join(b['too_slow_lanes'])}" if b["too_slow_lanes"] else ""
+    return f"{b['merchant_id']} (needs {b['need_rps']} of {b['share_rps']} rps{slow})"
 
 
 async def measure(dsn: str, db_name: str, by_mid: dict[str, dict[str, Any]], big: str, start: Any, end: Any,
@@ -358,13 +381,16 @@ async def measure(dsn: str, db_name: str, by_mid: dict[str, dict[str, Any]], big
         fresh = await conn.fetch("SELECT merchant_id, lane, staleness_seconds, target_seconds"
                                  " FROM square.sync_freshness")
         pg_size = await conn.fetchval("SELECT pg_database_size($1)", db_name)
+        budgets = await conn.fetch("SELECT merchant_id, need_rps, share_rps, too_slow_lanes FROM square.lane_budgets"
+                                   " WHERE NOT affordable ORDER BY merchant_id")
     finally:
         await conn.close()
     window_h = (end - start).total_seconds() / 3600
     bf_start = bf["started_at"] if bf else None
     bf_end = (bf["finished_at"] or end) if bf else None
     out: dict[str, Any] = {"window_s": round((end - start).total_seconds()), "pg_mb": round(pg_size / 2**20, 1),
-                           "big_backfill": None, "classes": {}}
+                           "big_backfill": None, "classes": {},
+                           "unaffordable_at_end": [budget_line(b) for b in budgets]}
     if bf:
         counts = json.loads(bf["counts"]) if isinstance(bf["counts"], str) else bf["counts"]
         out["big_backfill"] = {"status": bf["status"], "seconds": round((bf_end - bf_start).total_seconds(), 1),
@@ -429,7 +455,7 @@ def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
           f"{opts.budget_rps * 3600:,.0f}/h; the emulator's bucket also allows a burst of 100), counted by the "
           f"emulator over {emu['seconds']:.0f} s:")
     print("| class | requests | requests/seller/h mean / max (seller) | busiest second: requests of budget/s (seller) "
-          "| 429s (sellers) | mirror's lane+backfill runs: requests/seller/h mean / max | seller x lane unaffordable |")
+          "| 429s (sellers) | mirror's lane+backfill runs: requests/seller/h mean / max | sellers unaffordable |")
     print("|---|---|---|---|---|---|---|")
     for cls, e in emu["classes"].items():
         c = r["classes"].get(cls, {})
@@ -443,7 +469,7 @@ def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
         if e["sellers_429"]:
             print(f"  {cls}: sellers answered 429: {first_ten(e['sellers_429'])}")
         if e["unaffordable"]:
-            print(f"  {cls}: lanes the mirror reported unaffordable (lane_unaffordable): "
+            print(f"  {cls}: sellers the mirror logged unable to afford their lanes (lanes_unaffordable): "
                   f"{first_ten(e['unaffordable'])}")
     if emu["others"]:
         print(f"  not charged to a seller: {emu['others']}")
@@ -464,7 +490,7 @@ def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
             if v["over"]]
     never = [(cls, lane, v["never"]) for cls, c in r["classes"].items() for lane, v in c["lanes"].items()
              if v["never"] and lane in judged]
-    unaffordable = {m for m, _ in r["unaffordable"]}
+    unaffordable = {m for m, _ in r["unaffordable"]} | {m.split(" ")[0] for m in r["unaffordable_at_end"]}
     print(f"GOAL event lag p99 < 1 s per class during the big backfill, nothing left unprocessed: "
           f"{'PASS' if lag_ok else 'FAIL'}")
     limited = [s for e in emu["classes"].values() for s in e["sellers_429"]]
@@ -473,8 +499,9 @@ def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
     bad = [o for o in over if not set(o[2]) <= unaffordable] + [n for n in never]
     print(f"GOAL every judged lane's bound within 2x target for the sellers that can afford it: "
           f"{'PASS' if not bad else 'FAIL'} {bad[:10] if bad else ''}")
-    print(f"sellers that cannot afford a lane (lane_unaffordable): {len(unaffordable)}"
-          f"{': ' + first_ten([f'{m}/{lane}' for m, lane in r['unaffordable']]) if r['unaffordable'] else ''}")
+    print(f"sellers logged unable to afford their lanes (lanes_unaffordable): {len(unaffordable)}; still so at the "
+          f"end (square.lane_budgets): {len(r['unaffordable_at_end'])}"
+          f"{': ' + first_ten(r['unaffordable_at_end']) if r['unaffordable_at_end'] else ''}")
 
 
 async def main(opts: argparse.Namespace) -> int:

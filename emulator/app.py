@@ -17,6 +17,7 @@ from .emulator import Emulator, load_snapshot_if_exists, save_snapshot
 from .errors import SquareError
 from .keys import EMULATOR, MERCHANT_KEY, PRINCIPAL_KEY, json_response
 from .routes import setup_routes
+from .traffic import APPLICATION, OAUTH2, UNAUTHENTICATED, UNMATCHED
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -24,7 +25,37 @@ _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 @web.middleware
 async def square_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Auth + faults for /v2, and Square's error envelope for every SquareError."""
+    """Auth + faults for /v2, and Square's error envelope for every SquareError; every public request counted
+    (``traffic.py``) under the seller it authenticated as, with the status it was answered."""
+    if not request.path.startswith(("/v2/", "/oauth2/")):
+        return await _serve(request, handler)  # admin calls are not Square traffic
+    status = 500
+    try:
+        response = await _serve(request, handler)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # the OAuth authorize page's redirect
+        status = exc.status
+        raise
+    finally:
+        request.app[EMULATOR].requests.add(_traffic_key(request), _operation(request) or UNMATCHED, status)
+
+
+def _operation(request: web.Request) -> str | None:
+    route = request.match_info.route
+    return route.name if route is not None else None
+
+
+def _traffic_key(request: web.Request) -> str:
+    if request.path.startswith("/oauth2/"):
+        return OAUTH2
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is None:
+        return UNAUTHENTICATED
+    return principal.merchant.merchant_id if principal.merchant is not None else APPLICATION
+
+
+async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     emulator = request.app[EMULATOR]
     try:
         version = request.headers.get("Square-Version")
@@ -33,13 +64,12 @@ async def square_middleware(request: web.Request, handler: Handler) -> web.Strea
                 raise SquareError(400, [{"code": "INVALID_SQUARE_VERSION_FORMAT", "detail": "Invalid Square-Version "
                                          f"format `{version}`, expected YYYY-MM-DD.", "field": "Square-Version",
                                          "category": "INVALID_REQUEST_ERROR"}])
-            route = request.match_info.route
-            operation = route.name or request.path if route is not None else request.path
+            operation = _operation(request) or request.path
             principal = emulator.authenticate(request, operation)
             request[PRINCIPAL_KEY] = principal
             if principal.merchant is not None:
                 request[MERCHANT_KEY] = principal.merchant
-            bucket = principal.merchant.merchant_id if principal.merchant is not None else "<application>"
+            bucket = principal.merchant.merchant_id if principal.merchant is not None else APPLICATION
             await emulator.faults.before(bucket, operation)
         response = await handler(request)
         if version is not None and request.path.startswith("/v2/"):

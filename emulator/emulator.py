@@ -24,6 +24,7 @@ from .oauth import AccessToken, OAuthStore, required_scope
 from .seeding import seed_merchant
 from .state import MerchantState
 from .subscriptions import ApiSubscriptions
+from .traffic import RequestCounts
 from .webhooks import Subscription, WebhookDispatcher
 
 # The Events API: endpoints the application token is good for, and the ones OAuth tokens are refused by.
@@ -71,6 +72,7 @@ class Emulator:
         self._initial_knobs = config.knobs.to_json()
         self.webhooks = WebhookDispatcher(config.seed, self.knobs)
         self.faults = FaultInjector(config.seed, self.knobs)
+        self.requests = RequestCounts()  # every public request per seller (admin /_emulator/requests)
         self.merchants: dict[str, MerchantState] = {}
         self.tokens: dict[str, str] = {}
         self.application_token: str | None = config.application_token
@@ -162,6 +164,7 @@ class Emulator:
         self.webhooks.log.clear()
         self.knobs.merge(self._initial_knobs)
         self.faults.reset(self.seed)
+        self.requests.reset()
         self._build()
 
     def merchant(self, merchant_id: str | None) -> MerchantState:

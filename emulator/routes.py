@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, attribute_admin, customers, events_api, groups, oauth_admin, oauth_api, webhooks_api
+from . import admin, attribute_admin, customers, events_api, groups, oauth_admin, oauth_api, traffic_admin, webhooks_api
 from . import custom_attributes as attrs
 
 
@@ -133,3 +133,5 @@ def setup_routes(app: web.Application) -> None:
     r.add_put("/_emulator/application", admin.put_application)
     r.add_post("/_emulator/snapshot", admin.snapshot)
     r.add_post("/_emulator/restore", admin.restore)
+    r.add_get("/_emulator/requests", traffic_admin.counts)
+    r.add_delete("/_emulator/requests", traffic_admin.reset)

@@ -435,7 +435,30 @@ async def measure(dsn: str, db_name: str, by_mid: dict[str, dict[str, Any]], big
             "req_per_h_mean": sum(per_h) / len(per_h), "req_per_h_max": max(per_h), "budget_per_h": budget_h,
             "lanes": lanes,
         }
+    out["over_runs"] = await _over_runs(dsn, out["classes"], start)
     return out
+
+
+async def _over_runs(dsn: str, classes: dict[str, Any], start: Any) -> list[str]:
+    """For the first sellers over 2x a lane's target: that lane's runs in the window, to see why."""
+    over = [(mid, lane) for c in classes.values() for lane, v in c["lanes"].items() for mid in v["over_sellers"][:2]]
+    lines = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        for mid, lane in over[:6]:
+            kind = "sweep" if lane == "sweep" else f"reconcile:{lane}"
+            rows = await conn.fetch(
+                "SELECT status, extract(epoch FROM started_at - $3)::float8 AS at,"
+                " extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS secs, counts, error"
+                " FROM square.sync_runs WHERE merchant_id = $1 AND kind = $2 AND started_at >= $3 ORDER BY run_id",
+                mid, kind, start)
+            runs = "; ".join(f"{r['at']:.0f}s {r['status']} {r['secs']:.1f}s "
+                             f"{json.loads(r['counts'] or '{}').get('requests', '?')} req"
+                             + (f" ({(r['error'] or '')[:60]})" if r["error"] else "") for r in rows)
+            lines.append(f"  {mid} {lane}: {len(rows)} runs in the window: {runs or 'none'}")
+    finally:
+        await conn.close()
+    return lines
 
 
 def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
@@ -477,6 +500,8 @@ def report(r: dict[str, Any], opts: argparse.Namespace) -> None:
     for cls, c in r["classes"].items():
         parts = [f"{lane} {v['max']:.0f}s ({v['target']}; {v['over']}; {v['never']})" for lane, v in c["lanes"].items()]
         print(f"  {cls}: " + ", ".join(parts))
+    for line in r.get("over_runs", []):
+        print(line)
     print(f"Square requests, all endpoints: {emu['total']:,} counted by the emulator "
           f"({emu['total'] / max(emu['seconds'], 1):.1f}/s); the workers' metric {r['square_requests_total']:,.0f} "
           f"(429s {r['square_429']:.0f}), of them in lane and backfill runs (sync_runs): "

@@ -96,7 +96,14 @@ class MicroBatcher(Generic[K, V, R]):
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._running -= 1
-        if self._due:
+        if not self._due:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._next_start - loop.time()
+        if wait > 0 and len(self._items) < self.max_batch:  # paced: the batch keeps gathering until its time
+            self._due = False
+            self._timer = loop.call_later(wait, self._window_passed)
+        else:
             self._flush()
 
     async def _run(self, items: dict[K, V], futures: dict[K, asyncio.Future[R]]) -> None:

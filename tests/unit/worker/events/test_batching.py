@@ -40,3 +40,28 @@ async def test_without_pacing_each_window_sends_its_own_batch() -> None:
     for key in ("a", "b"):
         await batcher.submit(key, None)
     assert batches == [["a"], ["b"]]
+
+
+async def test_a_batch_due_while_others_were_in_flight_still_waits_for_its_pace() -> None:
+    release = asyncio.Event()
+    batches: list[list[str]] = []
+
+    async def run(items: dict[str, None]) -> dict[str, str | BaseException]:
+        batches.append(sorted(items))
+        await release.wait()
+        return dict.fromkeys(items, "ok")
+
+    batcher: MicroBatcher[str, None, str] = MicroBatcher(run, window=0.0, max_in_flight=1, min_interval=3600.0)
+    first = asyncio.ensure_future(batcher.submit("a", None))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(batcher.submit("b", None))  # its window passes while "a" is in flight
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    assert await first == "ok"
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert batches == [["a"]] and not second.done()  # "a" came back, but "b"'s batch waits for its pace
+    await batcher.close()
+    assert second.result() == "ok" and batches == [["a"], ["b"]]

@@ -2,6 +2,7 @@
 
 Usage: PYTHONPATH=. python bench/chaos.py [--seed N] [--sellers 20] [--customers 50] [--duration 180]
                                           [--scheduler budget|cron] [--trigger-scheduler] [--max-rps 20]
+                                          [--db-pool-size 20]
                                           [--workers 2] [--worker-kills 8] [--receiver-kills 2] [--redis-restarts 2]
                                           [--pg-terminations 6] [--database-url postgresql://...] [--keep-logs]
 
@@ -47,14 +48,16 @@ async def _main(args: argparse.Namespace) -> int:
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         dsn = with_database(args.database_url, name)
-        max_rps = args.max_rps if args.max_rps is not None else 20.0 if args.scheduler == LANE_SCHEDULER_BUDGET else 0.0
+        budget = args.scheduler == LANE_SCHEDULER_BUDGET
+        max_rps = args.max_rps if args.max_rps is not None else 20.0 if budget else 0.0
         await migrate(dsn)
         config = ChaosConfig(
             database_url=dsn, seed=args.seed, sellers=args.sellers, customers=args.customers,
             duration=args.duration, mutation_concurrency=args.mutators, workers=args.workers,
             worker_kills=args.worker_kills, receiver_kills=args.receiver_kills, redis_restarts=args.redis_restarts,
             pg_terminations=args.pg_terminations, converge_timeout=args.converge_timeout, keep_logs=args.keep_logs,
-            scheduler=args.scheduler, wait_for_cron=not args.trigger_scheduler, max_requests_per_second=max_rps)
+            scheduler=args.scheduler, wait_for_cron=not args.trigger_scheduler, max_requests_per_second=max_rps,
+            worker_db_pool_size=args.db_pool_size or (20 if budget else 6))
         started = time.monotonic()
         report = await ChaosRun(config).run()
         print()
@@ -85,6 +88,9 @@ def main() -> int:
     parser.add_argument("--receiver-kills", type=int, default=2)
     parser.add_argument("--redis-restarts", type=int, default=2)
     parser.add_argument("--pg-terminations", type=int, default=6)
+    parser.add_argument("--db-pool-size", type=int, default=None,
+                        help="WORKER_DB_POOL_SIZE (default: 20 with the budget scheduler, which starts a seller's "
+                             "lanes together, 6 with cron; see ChaosConfig.worker_db_pool_size)")
     parser.add_argument("--converge-timeout", type=float, default=300.0)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL")
                         or "postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN (a database is created)")

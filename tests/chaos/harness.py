@@ -31,10 +31,11 @@ means it stays so, not that the daily sweep happened to run last.
 
 Who starts those passes is ``ChaosConfig.scheduler``, the workers' ``LANE_SCHEDULER``. ``cron``: the harness runs
 ``square-mirror reconcile``, as an operator would. ``budget``: nobody but the workers' budget scheduler
-(worker/reconcile/scheduler.py) queues a lane, so convergence proves that it plans and queues every seller's lanes.
-It queues only lanes that are due, and right after a backfill none but the events lane is for minutes, so the
-harness moves every recorded run back in time by the longest target of the lanes wanted (a day for the sweep,
-5 minutes for the periodic lanes): to the scheduler, as if that much time had passed since each pass, as after an
+(worker/reconcile/scheduler.py) queues the first pass's lanes (nor the second's, unless ``periodic_by_scheduler`` is
+off), so convergence proves that it plans and queues every seller's lanes. It queues only lanes that are due, and
+right after a backfill only the events lane is (the incremental lane is after a minute, the others after five), so
+the harness moves every recorded run back in time by the longest target of the lanes wanted (a day for the sweep, 5
+minutes for the periodic lanes): to the scheduler, as if that much time had passed since each pass, as after an
 outage. (Only ``started_at``/``finished_at`` move; the lanes' windows come from their watermarks, and an earlier
 start only widens a fallback window.) Then the scheduler's own job runs, queued at once through arq under its cron
 name (or, ``wait_for_cron``, when its cron entry comes due at the next minute), defers each seller's lanes by the

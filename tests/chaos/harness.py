@@ -28,6 +28,19 @@ queue drains again and :func:`square_mirror.convergence.mirror_diff` compares ev
 the lanes that run every few minutes (reconcile's default: incremental, segments, groups, events; the sweep runs
 once a day) run once more with nothing changed meanwhile, and the mirror must still equal the truth: converged
 means it stays so, not that the daily sweep happened to run last.
+
+Who starts those passes is ``ChaosConfig.scheduler``, the workers' ``LANE_SCHEDULER``. ``cron``: the harness runs
+``square-mirror reconcile``, as an operator would. ``budget``: nobody but the workers' budget scheduler
+(worker/reconcile/scheduler.py) queues the first pass's lanes (nor the second's, unless ``periodic_by_scheduler`` is
+off), so convergence proves that it plans and queues every seller's lanes. It queues only lanes that are due, and
+right after a backfill only the events lane is (the incremental lane is after a minute, the others after five), so
+the harness moves every recorded run back in time by the longest target of the lanes wanted (a day for the sweep, 5
+minutes for the periodic lanes): to the scheduler, as if that much time had passed since each pass, as after an
+outage. (Only ``started_at``/``finished_at`` move; the lanes' windows come from their watermarks, and an earlier
+start only widens a fallback window.) Then the scheduler's own job runs, queued at once through arq under its cron
+name (or, ``wait_for_cron``, when its cron entry comes due at the next minute), defers each seller's lanes by the
+seller's offset in the minute, and the harness waits until, for every seller, each wanted lane has a succeeded run
+that began after that moment and whose pass (``square.sync_freshness``) began after it too.
 """
 
 from __future__ import annotations
@@ -55,14 +68,27 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import asyncpg
 import orjson
+from arq.connections import create_pool as arq_pool
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
-from square_mirror.constants import DEFAULT_SQUARE_VERSION, QUEUE_NAME, QUEUES
+from square_mirror.constants import (
+    DEFAULT_SQUARE_VERSION,
+    LANE_SCHEDULER_BUDGET,
+    LANE_SCHEDULER_CRON,
+    LANE_SCHEDULERS,
+    LANE_TARGET_SECONDS,
+    LANES_QUEUE,
+    QUEUE_NAME,
+    QUEUES,
+    SCHEDULE_LANES_CRON,
+)
 from square_mirror.convergence import mirror_diff
 from square_mirror.db import create_pool
 from square_mirror.devstack import Stack, cli_command, emulator_admin, wait_for
 from square_mirror.embedded import free_port, tcp_reachable
+from square_mirror.queue import deserialize_job, redis_settings, serialize_job
+from worker.reconcile.lanes import lane_kind
 
 ALL_LANES = ("incremental", "segments", "groups", "events", "custom_attributes", "sweep")
 # `square-mirror reconcile`'s default, the crons
@@ -137,12 +163,28 @@ class ChaosConfig:
     pg_terminations: int = 2
     converge_timeout: float = 90.0
     keep_logs: bool = False
+    scheduler: str = LANE_SCHEDULER_CRON  # the workers' LANE_SCHEDULER: who starts the passes after the faults
+    wait_for_cron: bool = False  # budget: wait for the scheduler's cron entry instead of queuing its job at once
+    # SQUARE_MAX_REQUESTS_PER_SECOND (0: unlimited); with the budget scheduler a figure above 0 gives every seller a
+    # finite lane budget (LANE_BUDGET_SHARE of it for a minute), so the scheduler weighs the lanes' measured costs
+    max_requests_per_second: float = 0.0
+    # budget: the periodic lanes' second pass is the scheduler's too (False: `square-mirror reconcile` starts it, a
+    # minute sooner, and only the first pass, the one that must heal the chaos, is the scheduler's)
+    periodic_by_scheduler: bool = True
+    # WORKER_DB_POOL_SIZE: small, so many runs at once (the budget scheduler queues a seller's six due lanes at one
+    # moment) show that a run's lock does not hold a pooled connection (worker/runs.py RunLocks)
+    worker_db_pool_size: int = 6
     say: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in LANE_SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(LANE_SCHEDULERS)}, not {self.scheduler!r}")
 
 
 @dataclass
 class ChaosReport:
     seed: int
+    scheduler: str = LANE_SCHEDULER_CRON
     mutations: Counter[str] = field(default_factory=Counter)
     mutation_errors: Counter[str] = field(default_factory=Counter)
     oauth_sellers: dict[str, str] = field(default_factory=dict)  # OAuth seller -> its credential status at the end
@@ -166,6 +208,9 @@ class ChaosReport:
     after_periodic: list[str] = field(default_factory=list)  # what differed after the periodic lanes ran again
     hidden_mutations: dict[str, Counter[str]] = field(default_factory=dict)  # seller -> hidden-profile kind -> done
     hidden_at_end: dict[str, dict[str, int]] = field(default_factory=dict)  # seller -> hidden profiles in the truth
+    # budget: phase -> seller -> the lanes with a succeeded run that began after the harness asked for the phase
+    scheduled: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    unaffordable: int = 0  # lane_unaffordable lines in the workers' logs (a due lane the budget could not afford)
 
     @property
     def ok(self) -> bool:
@@ -177,7 +222,7 @@ class ChaosReport:
 
         converge = f"{self.converge_seconds:.1f} s" if self.converge_seconds is not None else "did not converge"
         lines = [
-            f"seed: {self.seed}",
+            f"seed: {self.seed}; lane scheduler: {self.scheduler}",
             f"mutations: {sum(self.mutations.values())} ({fmt(self.mutations)})",
             f"OAuth sellers (tokens in Postgres, encrypted) and their status at the end: {self.oauth_sellers}",
             f"mutations refused by Square (404 after a delete/merge etc.): {sum(self.mutation_errors.values())} "
@@ -203,6 +248,12 @@ class ChaosReport:
             f"differences after the periodic lanes ran once more ({', '.join(PERIODIC_LANES)}): "
             f"{len(self.after_periodic)}",
             *(f"  {m}" for m in self.after_periodic[:10]),
+            *(f"lanes the budget scheduler ran for the {phase}: "
+              + ", ".join(f"{lane} x{n}" for lane, n in sorted(Counter(
+                  lane for lanes in sellers.values() for lane in lanes).items()))
+              + f" (over {len(sellers)} sellers)" for phase, sellers in self.scheduled.items()),
+            *([f"due lanes the budget scheduler could not afford (lane_unaffordable): {self.unaffordable}"]
+              if self.scheduler == LANE_SCHEDULER_BUDGET else []),
             f"mismatches: {len(self.mismatches)}",
             *(f"  {m}" for m in self.mismatches[:30]),
             f"2xx-acknowledged events recorded only by reconcile's events replay (their job was lost): "
@@ -295,7 +346,7 @@ class ChaosRun:
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
-        self.report = ChaosReport(seed=config.seed)
+        self.report = ChaosReport(seed=config.seed, scheduler=config.scheduler)
         self.stack = Stack(Path(tempfile.mkdtemp(prefix="square-mirror-chaos-")))
         self.redis = PrivateRedis(self.stack)
         self.signature_key = secrets.token_urlsafe(24)
@@ -395,11 +446,14 @@ class ChaosRun:
             "DATABASE_URL": cfg.database_url, "REDIS_URL": self.redis.url, "SQUARE_BASE_URL": emulator_url,
             "SQUARE_TOKENS_FILE": str(tokens_file), "SQUARE_WEBHOOK_SIGNATURE_KEY": self.signature_key,
             "SQUARE_APPLICATION_ID": announced["application_id"],
-            "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url, "SQUARE_MAX_REQUESTS_PER_SECOND": "0",
+            "SQUARE_WEBHOOK_NOTIFICATION_URL": hook_url,
+            "SQUARE_MAX_REQUESTS_PER_SECOND": str(cfg.max_requests_per_second),
             "WORKER_JOB_TIMEOUT_SECONDS": "8", "WORKER_RETRY_MAX_DELAY_SECONDS": "2",
             "WORKER_UNAUTHORIZED_RETRY_SECONDS": "2", "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
-            "WORKER_DB_POOL_SIZE": "6", "SQUARE_TIMEOUT_SECONDS": "5", "RECONCILE_OVERLAP_SECONDS": "600",
+            "WORKER_DB_POOL_SIZE": str(cfg.worker_db_pool_size), "SQUARE_TIMEOUT_SECONDS": "5",
+            "RECONCILE_OVERLAP_SECONDS": "600",
             "LOG_LEVEL": "INFO", "SQUARE_MIRROR_ENCRYPTION_KEYS": self.encryption_key,
+            "LANE_SCHEDULER": cfg.scheduler,
             # The application's own token: the Events API refuses OAuth sellers' tokens.
             "SQUARE_APPLICATION_ACCESS_TOKEN": self.application_token,
         })
@@ -445,10 +499,7 @@ class ChaosRun:
         self.report.before_reconcile = await self._diffs(api)
         # Writes made in the last index_lag_seconds become visible to List/Search only now.
         await asyncio.sleep(max(0.0, 2.5 - (time.monotonic() - faults_stopped)))
-        lanes = [arg for lane in ALL_LANES for arg in ("--lane", lane)]
-        code = await self._cli_once("reconcile", ["reconcile", "--all", *lanes])
-        if code != 0:
-            self.report.mismatches.append(f"reconcile exited with code {code}")
+        await self._reconcile("reconcile", ALL_LANES)
         self._phase("reconcile", faults_stopped)
         await self._drain_queue()
         self._phase("queue drained again", faults_stopped)
@@ -856,12 +907,74 @@ class ChaosRun:
             if own:
                 await pool.close()
 
+    async def _reconcile(self, phase: str, lanes: tuple[str, ...], by_scheduler: bool = True) -> None:
+        """A pass of these lanes for every seller, started the way the configured scheduler starts them."""
+        if self.config.scheduler == LANE_SCHEDULER_BUDGET and by_scheduler:
+            await self._scheduled(phase, lanes)
+            return
+        args = [arg for lane in lanes for arg in ("--lane", lane)]
+        code = await self._cli_once("reconcile", ["reconcile", "--all", *args])
+        if code != 0:
+            self.report.mismatches.append(f"the {phase} (square-mirror reconcile) exited with code {code}")
+
+    async def _scheduled(self, phase: str, lanes: tuple[str, ...]) -> None:
+        """The budget scheduler's pass: lanes made due by moving the recorded runs back (see the module's docstring),
+        the scheduler's job run, and a wait until each seller's lanes ran after that, with no fixed sleep: a minute
+        for the sellers' offsets and more for the cron entry, which catches what the first plan met still queued."""
+        cfg = self.config
+        aged = max(LANE_TARGET_SECONDS[lane] for lane in lanes)
+        conn = await asyncpg.connect(cfg.database_url)
+        try:
+            since = await conn.fetchval("SELECT now()")
+            await conn.execute("UPDATE square.sync_runs SET started_at = started_at - make_interval(secs => $1),"
+                               " finished_at = finished_at - make_interval(secs => $1)", float(aged))
+        finally:
+            await conn.close()
+        if not cfg.wait_for_cron:
+            arq = await arq_pool(redis_settings(self.redis.url), job_serializer=serialize_job,
+                                 job_deserializer=deserialize_job)
+            try:
+                trigger = f"chaos-{phase.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
+                await arq.enqueue_job(SCHEDULE_LANES_CRON, _job_id=trigger, _queue_name=LANES_QUEUE)
+            finally:
+                await arq.aclose()
+        cfg.say(f"  {phase}: runs moved back {aged} s; waiting for the budget scheduler to run "
+                f"{', '.join(lanes)} for {len(self.sellers)} sellers")
+        kinds = {lane_kind(lane): lane for lane in LANE_TARGET_SECONDS}  # what ran is reported, wanted or not
+        pool = await create_pool(cfg.database_url, min_size=1, max_size=2)
+        try:
+            deadline, shown = time.monotonic() + cfg.converge_timeout + 60, time.monotonic() + 10
+            while True:
+                ran: dict[str, set[str]] = {s.merchant_id: set() for s in self.sellers}
+                for r in await pool.fetch("SELECT DISTINCT merchant_id, kind FROM square.sync_runs"
+                                          " WHERE started_at >= $1 AND status = 'succeeded' AND kind = ANY($2::text[])",
+                                          since, list(kinds)):
+                    ran.setdefault(r["merchant_id"], set()).add(kinds[r["kind"]])
+                passed = {(r["merchant_id"], r["lane"]) for r in await pool.fetch(
+                    "SELECT merchant_id, lane FROM square.sync_freshness WHERE complete_as_of >= $1", since)}
+                missing = sorted(f"{mid}: {lane}" for mid, done in ran.items() for lane in lanes
+                                 if lane not in done or (mid, lane) not in passed)
+                if not missing or time.monotonic() > deadline:
+                    break
+                if os.environ.get("CHAOS_DEBUG") and time.monotonic() > shown:
+                    shown = time.monotonic() + 10
+                    self.config.say(f"  not yet: {missing[:12]}")
+                    for r in await pool.fetch(
+                            "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS age,"
+                            " left(query, 90) AS query FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND state <> 'idle' AND pid <> pg_backend_pid()"):
+                        self.config.say(f"    pg {dict(r)}")
+                await asyncio.sleep(1.0)
+        finally:
+            await pool.close()
+        self.report.scheduled[phase] = {mid: sorted(done) for mid, done in sorted(ran.items())}
+        if missing:
+            self.report.mismatches.append(f"the budget scheduler had not run every lane for the {phase} after "
+                                          f"{cfg.converge_timeout + 60:.0f} s: {', '.join(missing[:20])}")
+
     async def _periodic_again(self, api: Api, pool: asyncpg.Pool) -> None:
         """The lanes that run every few minutes, once more with nothing changed: the mirror must stay equal."""
-        lanes = [arg for lane in PERIODIC_LANES for arg in ("--lane", lane)]
-        code = await self._cli_once("reconcile", ["reconcile", "--all", *lanes])
-        if code != 0:
-            self.report.mismatches.append(f"the periodic reconcile exited with code {code}")
+        await self._reconcile("periodic lanes again", PERIODIC_LANES, by_scheduler=self.config.periodic_by_scheduler)
         await self._drain_queue()
         self.report.after_periodic = await self._diffs(api, pool)
         self.report.mismatches += [f"after the periodic lanes ran again: {d}" for d in self.report.after_periodic]
@@ -950,6 +1063,7 @@ class ChaosRun:
                 continue  # the emulator plays Square (its own logs are Square's); redis logs no data
             for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 lines += 1
+                self.report.unaffordable += "lane_unaffordable" in line
                 if pattern is not None and (match := pattern.search(line)):
                     what = "secret" if match.group(0) in secrets_ else "customer PII"
                     self.report.leaks.append(f"{path.name}:{number}: {what} ({len(match.group(0))} chars)")

@@ -169,10 +169,8 @@ async def build_context(
                 max_connections=max(20, settings.worker_max_jobs) if worker
                 else max(100, conc * 4 + settings.backfill_custom_attribute_concurrency))
             stack.push_async_callback(client.close)
-        locks = None
-        if worker:  # its many concurrent runs share one lock session (worker/runs.py)
-            locks = RunLocks(pool)
-            stack.push_async_callback(locks.close)  # before the pool closes (the stack unwinds in reverse)
+        locks = RunLocks(pool)  # the process's concurrent runs share one lock session (worker/runs.py)
+        stack.push_async_callback(locks.close)  # before the pool closes (the stack unwinds in reverse)
         sync = SyncContext(pool, client, locks)
         inbox = Inbox(inbox_pool)
         stack.push_async_callback(inbox.close)

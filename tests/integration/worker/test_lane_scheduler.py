@@ -23,6 +23,7 @@ from square_mirror.square_api import RetryPolicy, SquareClient
 from square_mirror.tokens import TokenSource
 from worker.app import cron_jobs_for
 from worker.context import CONTEXT_KEY, build_context
+from worker.freshness import refresh_lane_budget_ratio
 from worker.reconcile.jobs import ARQ_CRON_JOBS, schedule_lanes
 from worker.reconcile.lanes import lane_kind
 from worker.reconcile.scheduler import due_lanes, plan_sellers, seller_offset_seconds
@@ -140,6 +141,10 @@ async def test_a_pass_costlier_than_the_whole_window_runs_alone_and_the_seller_i
     row = await db_pool.fetchrow("SELECT * FROM square.lane_budgets WHERE merchant_id = 'M'")
     assert not row["affordable"] and row["share_rps"] == 5.0 and row["deferred_lanes"] == ["groups"]
     assert row["lane_costs"]["segments"]["requests"] == 5000
+    await refresh_lane_budget_ratio(db_pool)  # the gauge, as each scrape reads it
+    ratio = {s.labels["merchant_id"]: s.value for family in REGISTRY.collect()
+             if family.name == "square_mirror_lane_budget_ratio" for s in family.samples}
+    assert ratio["M"] == pytest.approx(row["need_rps"] / 5.0) and ratio["M"] > 1
     report, _ = await collect(Settings(database_url=Secret(db_dsn)), 300.0, False)
     assert [s["merchant_id"] for s in report["lane_budgets"]["unaffordable"]] == ["M"]
     assert report["merchants"]["M"]["lane_budget"]["affordable"] is False

@@ -173,7 +173,7 @@ SESSION_LOST: Final = DATABASE_TRANSIENT
 
 
 class RunLocks:
-    """The run locks of one process, all held on one Postgres session taken from the pool for the process's life.
+    """The run locks of one process, all held on one Postgres session taken from the pool while any is held.
 
     Session-level advisory locks are re-entrant within a session, so the process also keeps the set of keys it
     holds: a second run of the same (merchant, kind) in this process is refused like one in another process.
@@ -213,6 +213,8 @@ class RunLocks:
         return got
 
     async def release(self, key: str) -> None:
+        """Release ``key``; with no lock left, give the session back to the pool (a process between runs holds no
+        connection, and a pool can close without closing this first)."""
         self._held.discard(key)
         async with self._session:
             if self._conn is not None and _alive(self._conn):
@@ -220,6 +222,8 @@ class RunLocks:
                     await self._conn.execute(queries.get("release_run_lock"), key)
                 except SESSION_LOST:  # the lock went with the session
                     await self._drop()
+            if not self._held:
+                await self._drop()
 
     async def _drop(self) -> None:
         if self._conn is not None:

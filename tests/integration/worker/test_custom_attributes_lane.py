@@ -32,7 +32,9 @@ async def emu() -> AsyncIterator[EmulatorHandle]:
 @pytest.fixture
 async def ctx(emu: EmulatorHandle, db_pool: asyncpg.Pool) -> AsyncIterator[WorkerContext]:
     client: SquareClient = emulator_client(emu)
-    yield await build_context(Settings(), pool=db_pool, client=client)
+    context = await build_context(Settings(), pool=db_pool, client=client)
+    yield context
+    await context.aclose()
     await client.close()
 
 

@@ -89,3 +89,11 @@ async def test_a_lost_lock_session_is_replaced_and_the_held_locks_taken_again(
     finally:
         await admin.close()
         await locks.close()
+
+
+async def test_between_runs_the_process_holds_no_connection_so_its_pool_can_close(db_dsn: str) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    locks = RunLocks(pool)  # never closed: a context a caller forgot to close
+    async with exclusive(pool, "M1", KIND, locks):
+        pass
+    await asyncio.wait_for(pool.close(), 30)  # waits for every connection: the lock session was given back

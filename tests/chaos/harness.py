@@ -210,7 +210,7 @@ class ChaosReport:
     hidden_at_end: dict[str, dict[str, int]] = field(default_factory=dict)  # seller -> hidden profiles in the truth
     # budget: phase -> seller -> the lanes with a succeeded run that began after the harness asked for the phase
     scheduled: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    unaffordable: int = 0  # lane_unaffordable lines in the workers' logs (a due lane the budget could not afford)
+    unaffordable: int = 0  # lanes_unaffordable log lines: a seller whose lanes need more than its share
 
     @property
     def ok(self) -> bool:
@@ -252,7 +252,7 @@ class ChaosReport:
               + ", ".join(f"{lane} x{n}" for lane, n in sorted(Counter(
                   lane for lanes in sellers.values() for lane in lanes).items()))
               + f" (over {len(sellers)} sellers)" for phase, sellers in self.scheduled.items()),
-            *([f"due lanes the budget scheduler could not afford (lane_unaffordable): {self.unaffordable}"]
+            *([f"sellers reported unable to afford their lanes (lanes_unaffordable): {self.unaffordable}"]
               if self.scheduler == LANE_SCHEDULER_BUDGET else []),
             f"mismatches: {len(self.mismatches)}",
             *(f"  {m}" for m in self.mismatches[:30]),
@@ -1063,7 +1063,7 @@ class ChaosRun:
                 continue  # the emulator plays Square (its own logs are Square's); redis logs no data
             for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 lines += 1
-                self.report.unaffordable += "lane_unaffordable" in line
+                self.report.unaffordable += '"lanes_unaffordable"' in line
                 if pattern is not None and (match := pattern.search(line)):
                     what = "secret" if match.group(0) in secrets_ else "customer PII"
                     self.report.leaks.append(f"{path.name}:{number}: {what} ({len(match.group(0))} chars)")

@@ -22,6 +22,17 @@ async def small_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+async def refused_to_another_process(pool: asyncpg.Pool, merchant_id: str) -> None:
+    """Another process (its own lock session) cannot start a run of that kind for that seller."""
+    other = RunLocks(pool)
+    try:
+        with pytest.raises(RunBusy):
+            async with exclusive(pool, merchant_id, KIND, other):
+                pass
+    finally:
+        await other.close()
+
+
 async def test_more_runs_than_pooled_connections_hold_their_locks_at_once_and_still_write(
     small_pool: asyncpg.Pool,
 ) -> None:
@@ -55,11 +66,7 @@ async def test_a_second_run_of_the_same_kind_is_refused_in_this_process_and_in_a
             with pytest.raises(RunBusy):  # advisory locks are re-entrant per session: the process must refuse
                 async with exclusive(small_pool, "M1", KIND, locks):
                     pass
-            other = RunLocks(small_pool)
-            with pytest.raises(RunBusy):
-                async with exclusive(small_pool, "M1", KIND, other):
-                    pass
-            await other.close()
+            await refused_to_another_process(small_pool, "M1")
             async with exclusive(small_pool, "M1", "reconcile:groups", locks):  # another kind is free
                 pass
         async with exclusive(small_pool, "M1", KIND):  # released: a command's own-connection lock takes it
@@ -81,11 +88,7 @@ async def test_a_lost_lock_session_is_replaced_and_the_held_locks_taken_again(
             async with exclusive(small_pool, "M2", KIND, locks):  # opens a new session, takes M1's lock again
                 held = await admin.fetchval(f"SELECT count(*) {OUR_ADVISORY_LOCKS}")
                 assert held == 2
-            other = RunLocks(small_pool)
-            with pytest.raises(RunBusy):
-                async with exclusive(small_pool, "M1", KIND, other):
-                    pass
-            await other.close()
+            await refused_to_another_process(small_pool, "M1")
     finally:
         await admin.close()
         await locks.close()

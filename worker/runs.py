@@ -168,10 +168,6 @@ def _lock_key(merchant_id: str, kind: str) -> str:
     return f"square-mirror:run:{kind}:{merchant_id}"
 
 
-# How a lost lock session shows itself (the server ended it, the pool took the broken connection back): transient.
-SESSION_LOST: Final = DATABASE_TRANSIENT
-
-
 class RunLocks:
     """The run locks of one process, all held on one Postgres session taken from the pool while any is held.
 
@@ -205,7 +201,7 @@ class RunLocks:
         async with self._session:
             try:
                 got = bool(await (await self._connection()).fetchval(queries.get("try_run_lock"), key))
-            except SESSION_LOST:  # found out only now that Postgres dropped the session: once more on a new one
+            except DATABASE_TRANSIENT:  # found out only now that Postgres dropped the session: once more on a new one
                 await self._drop()
                 got = bool(await (await self._connection()).fetchval(queries.get("try_run_lock"), key))
         if got:
@@ -220,7 +216,7 @@ class RunLocks:
             if self._conn is not None and _alive(self._conn):
                 try:
                     await self._conn.execute(queries.get("release_run_lock"), key)
-                except SESSION_LOST:  # the lock went with the session
+                except DATABASE_TRANSIENT:  # the lock went with the session
                     await self._drop()
             if not self._held:
                 await self._drop()
@@ -254,35 +250,22 @@ async def exclusive(pool: asyncpg.Pool, merchant_id: str, kind: str,
                     locks: RunLocks | None = None) -> AsyncIterator[None]:
     """Hold the (merchant, kind) run lock; raise :class:`RunBusy` if another run holds it.
 
-    ``locks``: the process's lock session; without it (a command's single run) the lock holds a pool connection
-    of its own for the run. Rows of that kind still ``running`` once the lock is ours belong to dead processes:
-    they become ``interrupted`` (their checkpoints stay, for resuming).
+    ``locks``: the process's lock session; without it (a run on its own) a session of its own, for the run. Rows of
+    that kind still ``running`` once the lock is ours belong to dead processes: they become ``interrupted`` (their
+    checkpoints stay, for resuming).
     """
     key = _lock_key(merchant_id, kind)
-    if locks is None:
-        async with pool.acquire() as conn:
-            if not await conn.fetchval(queries.get("try_run_lock"), key):
-                raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
-            try:
-                await _interrupt_dead_runs(pool, merchant_id, kind)
-                yield
-            finally:
-                await conn.execute(queries.get("release_run_lock"), key)
-        return
+    locks = locks if locks is not None else RunLocks(pool)  # gives its session back once the lock is released
     if not await locks.take(key):
         raise RunBusy(f"a {kind} run for merchant {merchant_id} is already in progress")
     try:
-        await _interrupt_dead_runs(pool, merchant_id, kind)
+        dead = await pool.fetch(queries.get("interrupt_dead_runs"), merchant_id, kind)
+        if dead:
+            log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
+                        run_ids=[r["run_id"] for r in dead])
         yield
     finally:
         await locks.release(key)
-
-
-async def _interrupt_dead_runs(pool: asyncpg.Pool, merchant_id: str, kind: str) -> None:
-    dead = await pool.fetch(queries.get("interrupt_dead_runs"), merchant_id, kind)
-    if dead:
-        log.warning("runs_marked_interrupted", merchant_id=merchant_id, kind=kind,
-                    run_ids=[r["run_id"] for r in dead])
 
 
 async def resumable_checkpoint(pool: asyncpg.Pool, merchant_id: str, kind: str) -> tuple[int, dict[str, Any]] | None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -149,13 +150,14 @@ def plan(due: Sequence[Due], costs: Mapping[str, Cost], budget: Budget | None) -
     """Queue the due lanes, most stale first, while their measured cost fits the budget's credit."""
     result = Plan(need_rps=need_rps(costs), budget=budget,
                   too_slow=[lane for lane, cost in costs.items() if cost.seconds > LANE_TARGET_SECONDS[lane]])
-    left = None if budget is None else budget.credit
+    if budget is None:
+        result.queued = [lane.lane for lane in sorted(due, key=Due.order)]
+        return result
+    left = budget.credit
     for lane in sorted(due, key=Due.order):
         cost = costs.get(lane.lane)
         requests = 0 if cost is None else cost.requests
-        if left is None or budget is None:
-            result.queued.append(lane.lane)
-        elif requests <= left or (requests > budget.whole > 0 and left >= budget.whole and not result.queued):
+        if requests <= left or (requests > budget.whole > 0 and left >= budget.whole and not result.queued):
             result.queued.append(lane.lane)  # the second case: a pass larger than a whole window, alone in one
             left -= requests
         else:
@@ -190,9 +192,8 @@ _ROUND: Final = 3
 async def record_plans(pool: asyncpg.Pool, plans: Mapping[str, Plan], costs: Mapping[str, Mapping[str, Cost]]) -> None:
     """Keep each seller's minute in ``square.lane_budgets``; log the sellers that just became unable to afford
     their lanes (and those able again), once each, not every minute."""
-    deferred = [lane for seller in plans.values() for lane in seller.deferred]
-    for lane in set(deferred):
-        LANES_DEFERRED.labels(lane).inc(deferred.count(lane))
+    for lane, count in Counter(lane for seller in plans.values() for lane in seller.deferred).items():
+        LANES_DEFERRED.labels(lane).inc(count)
     rows = [(mid, None if p.budget is None else round(p.budget.share_rps, _ROUND),
              None if p.budget is None else round(p.budget.available_rps, _ROUND), round(p.need_rps, _ROUND),
              p.affordable, json.dumps(p.too_slow), json.dumps(p.deferred),
